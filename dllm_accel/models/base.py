@@ -1,0 +1,247 @@
+"""The backbone protocol every decoding component drives, and the math both models share.
+
+A backbone exposes the pieces of one bidirectional transformer forward (ARCHITECTURE.md §3):
+
+    h      = model.embed(ids)                    # [B, n] -> [B, n, d]
+    rope   = model.rotary(positions)             # RoPE tables for those rows' true positions
+    q,k,v  = model.layer(i).qkv(h, rope)         # post-norm, post-RoPE; q [B,Hq,n,D], k,v [B,Hkv,n,D]
+    a      = attend(q, k, v, key_mask)           # [B, Hq, n, D]
+    h      = model.layer(i).finish(h, a)         # output projection, residual, MLP, residual
+    logits = model.head(h)                       # final norm + LM head, for the rows given
+
+`model(input_ids, attention_mask)` is composed from exactly these pieces (`DiffusionLM.forward`),
+so the cache engine and the plain forward share one implementation of the math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Model-specific facts the samplers need; the only place token ids and the logit shift live."""
+
+    model_type: str
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    eot_id: int | None  # end-of-turn token of the chat template (None if the checkpoint has none)
+    bos_id: int | None
+    logit_shift: int  # 0: logits[i] score token i (LLaDA); 1: logits[i] score token i+1 (Dream)
+    vocab_size: int  # rows of the embedding and of the LM head
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, T, V]
+
+
+class Rope(NamedTuple):
+    """cos/sin tables [B or 1, 1, n, D]. Their dtype is the dtype RoPE is applied in."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> Rope:
+    """Rotate-half RoPE tables for `positions` [B, n] (or [n]), computed in fp32, returned in `dtype`."""
+    exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponent)  # [D/2]
+    angles = positions.reshape(-1, positions.shape[-1]).float()[..., None] * inv_freq  # [B, n, D/2]
+    angles = torch.cat((angles, angles), dim=-1)[:, None]  # [B, 1, n, D]
+    return Rope(angles.cos().to(dtype), angles.sin().to(dtype))
+
+
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """x [B, H, n, D] rotated in the tables' dtype, returned in x's dtype."""
+    xr = x.to(rope.cos.dtype)
+    first, second = xr.chunk(2, dim=-1)
+    rotated = torch.cat((-second, first), dim=-1)
+    return (xr * rope.cos + rotated * rope.sin).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Normalise in fp32, cast back, then scale (the order both released models use)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+
+def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope):
+    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k."""
+    b, n, _ = x_normed.shape
+    q = q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim).transpose(1, 2)
+    k = k_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
+    v = v_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
+    return apply_rotary(q, rope), apply_rotary(k, rope), v
+
+
+def finish_layer(h, attn, out_proj, mlp_norm, gate_proj, up_proj, down_proj):
+    """Attention output [B, Hq, n, D] -> output projection, residual, SwiGLU MLP, residual."""
+    b, _, n, _ = attn.shape
+    h = h + out_proj(attn.transpose(1, 2).reshape(b, n, -1))
+    x = mlp_norm(h)
+    return h + down_proj(F.silu(gate_proj(x)) * up_proj(x))
+
+
+def attend(q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Bidirectional attention of q [B, Hq, n, D] over k, v [B, Hkv, T, D] -> [B, Hq, n, D].
+
+    key_mask [B, T] (True = attend) hides padding keys; None attends to every key.
+    Query head h reads key/value head h // (Hq / Hkv), as both released models group them.
+    """
+    mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class DiffusionLM(nn.Module):
+    """Shared surface and full forward; subclasses provide the modules and the positions rule."""
+
+    spec: ModelSpec
+    rope_theta: float
+
+    # -- provided by each model ---------------------------------------------------------------
+    embedding: nn.Embedding
+    blocks: nn.ModuleList
+    final_norm: RMSNorm
+    head_weight: torch.Tensor
+
+    def positions(self, attention_mask: torch.Tensor | None, length: int) -> torch.Tensor:
+        """Position ids [B or 1, length] of a (left-padded) batch; the model's own rule."""
+        raise NotImplementedError
+
+    def rope_dtype(self) -> torch.dtype:
+        """The dtype RoPE is applied in."""
+        raise NotImplementedError
+
+    # -- the protocol -------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embedding.weight.device
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids)
+
+    def layer(self, i: int) -> nn.Module:
+        return self.blocks[i]
+
+    def rotary(self, positions: torch.Tensor) -> Rope:
+        return rotary_tables(positions, self.spec.head_dim, self.rope_theta, self.rope_dtype())
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.final_norm(h), self.head_weight)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
+        """Logits [B, T, V] of a full bidirectional pass. Rows where attention_mask is 0 (left
+        padding) are hidden as keys; their own logits are unspecified."""
+        self._check_inputs(input_ids, attention_mask)
+        key_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        rope = self.rotary(self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device))
+        h = self.embed(input_ids)
+        for block in self.blocks:
+            q, k, v = block.qkv(h, rope)
+            h = block.finish(h, attend(q, k, v, key_mask))
+        return ModelOutput(logits=self.head(h))
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be an integer tensor of shape [batch, length], got {got}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= self.spec.vocab_size:
+            raise ValueError(
+                f"input_ids contains ids outside the vocabulary [0, {self.spec.vocab_size}): "
+                f"found min {low}, max {high}"
+            )
+        if attention_mask is None:
+            return
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}"
+            )
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+
+
+# -- reading config.json ---------------------------------------------------------------------
+_REQUIRED = object()
+
+
+def config_value(config: dict, name: str, default=_REQUIRED):
+    """config[name], or `default` when absent or null; a clear error when required and absent."""
+    value = config.get(name)
+    if value is not None:
+        return value
+    if default is _REQUIRED:
+        raise ValueError(f"config.json is missing the required field {name!r}")
+    return default
+
+
+def require_supported(config: dict, name: str, supported: tuple, default=None) -> None:
+    """Refuse an architecture option this implementation does not compute."""
+    value = config.get(name, default)
+    if value not in supported:
+        raise ValueError(f"config.json: {name}={value!r} is not supported; supported values: {supported}")
+
+
+def token_id(config: dict, name: str, released: int | None, vocab_size: int) -> int | None:
+    """A special token id from config.json; else the released model's id when it fits the vocabulary."""
+    value = config.get(name)
+    if value is None and released is not None and released < vocab_size:
+        value = released
+    if value is not None and not 0 <= value < vocab_size:
+        raise ValueError(f"config.json: {name}={value} lies outside the vocabulary [0, {vocab_size})")
+    return value
+
+
+def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n_layers: int, d_model: int,
+               logit_shift: int, released_mask: int, released_eot: int, eot_id: int | None) -> ModelSpec:
+    mask = token_id(config, "mask_token_id", released_mask, vocab)
+    eos = token_id(config, "eos_token_id", None, vocab)
+    if mask is None or eos is None:
+        raise ValueError(f"config.json must give mask_token_id and eos_token_id inside the vocabulary [0, {vocab})")
+    pad = token_id(config, "pad_token_id", None, vocab)
+    if eot_id is None:
+        eot_id = token_id(config, "eot_token_id", released_eot, vocab)
+    return ModelSpec(
+        model_type=model_type, mask_id=mask, eos_id=eos, pad_id=eos if pad is None else pad, eot_id=eot_id,
+        bos_id=token_id(config, "bos_token_id", None, vocab), logit_shift=logit_shift, vocab_size=vocab,
+        n_layers=n_layers, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
+        d_model=d_model,
+    )

