@@ -239,6 +239,8 @@ def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n
     pad = token_id(config, "pad_token_id", None, vocab)
     if eot_id is None:
         eot_id = token_id(config, "eot_token_id", released_eot, vocab)
+    elif not 0 <= eot_id < vocab:
+        raise ValueError(f"the tokenizer's end-of-turn id {eot_id} lies outside the vocabulary [0, {vocab})")
     return ModelSpec(
         model_type=model_type, mask_id=mask, eos_id=eos, pad_id=eos if pad is None else pad, eot_id=eot_id,
         bos_id=token_id(config, "bos_token_id", None, vocab), logit_shift=logit_shift, vocab_size=vocab,

@@ -53,7 +53,7 @@ class LLaDAModel(DiffusionLM):
 
     model_type = "llada"
     eot_text = EOT_TEXT
-    tokenizer_class = None  # the released tokenizer.json loads with AutoTokenizer
+    tokenizer_class = "PreTrainedTokenizerFast"  # as the released tokenizer_config.json names it
 
     def __init__(self, config: dict, *, eot_id: int | None = None):
         super().__init__()

@@ -166,17 +166,18 @@ def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
 
 
 def eot_from_tokenizer_files(directory: Path, text: str) -> int | None:
-    """The id of the end-of-turn token `text` as the checkpoint's tokenizer files declare it."""
-    config_file = directory / "tokenizer_config.json"
-    if config_file.is_file():
-        decoder = json.loads(config_file.read_text()).get("added_tokens_decoder", {})
-        for token_id, token in decoder.items():
-            if token.get("content") == text:
-                return int(token_id)
-    added_file = directory / "added_tokens.json"
-    if added_file.is_file():
-        return json.loads(added_file.read_text()).get(text)
-    return None
+    """The id of the end-of-turn token `text` as the checkpoint's tokenizer files declare it
+    (tokenizer.json's added tokens, tokenizer_config.json's added_tokens_decoder, added_tokens.json)."""
+    ids: dict[str, int] = {}
+    for name, read in [
+        ("tokenizer.json", lambda d: {t["content"]: t["id"] for t in d.get("added_tokens", [])}),
+        ("tokenizer_config.json",
+         lambda d: {t["content"]: int(i) for i, t in d.get("added_tokens_decoder", {}).items()}),
+        ("added_tokens.json", lambda d: d),
+    ]:
+        if (directory / name).is_file():
+            ids = read(json.loads((directory / name).read_text())) | ids
+    return ids.get(text)
 
 
 def _weight_files(directory: Path) -> dict[Path, list[str]]:

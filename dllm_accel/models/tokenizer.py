@@ -18,9 +18,7 @@ def load_tokenizer(path):
     """The tokenizer of a checkpoint directory (Dream's remote DreamTokenizer loads as Qwen2's)."""
     directory = Path(path)
     cls = model_class(read_config(directory).get("model_type"))
-    if cls.tokenizer_class is not None:
-        return getattr(transformers, cls.tokenizer_class).from_pretrained(directory)
-    return transformers.AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+    return getattr(transformers, cls.tokenizer_class).from_pretrained(directory)
 
 
 def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True, device=None) -> dict:
