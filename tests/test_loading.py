@@ -102,6 +102,33 @@ def test_from_hf_shares_the_parameter_tensors(model_type):
     assert not torch.equal(logits(native, ids), logits(source, ids))
 
 
+def test_from_hf_leaves_the_hf_models_parameters_as_they_were():
+    source = tiny_model("llada")
+    hf = StandIn(source.state_dict(), source.config)
+    hf.requires_grad_(False)
+    native = dllm_accel.from_hf(hf)
+    assert not any(p.requires_grad for p in hf.parameters())
+    assert not any(p.requires_grad for p in native.parameters())
+
+
+def test_a_failed_save_leaves_the_earlier_checkpoint_whole(tmp_path, monkeypatch):
+    first = tiny_model("llada")
+    dllm_accel.save_model(first, tmp_path, max_shard_bytes=20_000)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    calls = []
+
+    def failing_save(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return save_file(*args, **kwargs)
+
+    monkeypatch.setattr(dllm_accel.models.loading, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        dllm_accel.save_model(tiny_model("llada", seed=3), tmp_path, max_shard_bytes=20_000)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
+
+
 def test_from_hf_rejects_what_is_not_a_transformers_model():
     with pytest.raises(TypeError, match="from_hf expects a transformers model"):
         dllm_accel.from_hf(nn.Linear(2, 2))

@@ -90,6 +90,8 @@ def from_hf(hf_model: nn.Module) -> DiffusionLM:
         model = model_class(config.get("model_type"))(config)
     params = dict(hf_model.named_parameters())
     check_keys(model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__)
+    for name, param in model.named_parameters():  # assign copies this flag onto the shared parameter
+        param.requires_grad_(params[name].requires_grad)
     model.load_state_dict(params, strict=True, assign=True)
     return model.eval()
 
