@@ -187,6 +187,16 @@ def test_missing_config_field(saved):
         dllm_accel.load_model(saved)
 
 
+def test_rope_theta_is_required_and_read_from_rope_parameters_too(saved):
+    config = json.loads((saved / "config.json").read_text())
+    theta = config.pop("rope_theta")
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="missing the required field 'rope_theta'"):
+        dllm_accel.load_model(saved)
+    edit_config(saved, rope_parameters={"rope_type": "default", "rope_theta": theta})
+    assert dllm_accel.load_model(saved).rope_theta == theta
+
+
 def test_special_id_outside_the_vocabulary(saved):
     edit_config(saved, mask_token_id=126336)
     with pytest.raises(ValueError, match=r"mask_token_id=126336 lies outside the vocabulary \[0, 128\)"):

@@ -205,6 +205,7 @@ def test_bad_input_ids(bad_ids, message):
     (torch.ones(1, 4, dtype=torch.long), r"attention_mask must have the shape of input_ids \(1, 3\), got \(1, 4\)"),
     (torch.ones(3, dtype=torch.long), r"attention_mask must have the shape of input_ids"),
     (torch.tensor([[0, 2, 1]]), r"attention_mask must hold only 0 \(padding\) and 1"),
+    (torch.tensor([[0, 0, 0]]), r"attention_mask has a row with no token"),
 ])
 def test_bad_attention_mask(mask, message):
     with pytest.raises(ValueError, match=message):

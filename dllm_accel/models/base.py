@@ -197,6 +197,8 @@ class DiffusionLM(nn.Module):
             )
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+        if not bool(attention_mask.any(dim=1).all()):
+            raise ValueError("attention_mask has a row with no token (all 0); every row needs at least one")
 
 
 # -- reading config.json ---------------------------------------------------------------------
@@ -211,6 +213,14 @@ def config_value(config: dict, name: str, default=_REQUIRED):
     if default is _REQUIRED:
         raise ValueError(f"config.json is missing the required field {name!r}")
     return default
+
+
+def rope_theta(config: dict) -> float:
+    """RoPE base; transformers 5 configs may carry it inside `rope_parameters`."""
+    theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
+    if theta is None:
+        raise ValueError("config.json is missing the required field 'rope_theta'")
+    return float(theta)
 
 
 def require_supported(config: dict, name: str, supported: tuple, default=None) -> None:

@@ -21,6 +21,7 @@ from .base import (
     finish_layer,
     project_qkv,
     require_supported,
+    rope_theta,
 )
 
 MASK_ID = 151666  # <|mask|>
@@ -82,7 +83,7 @@ class DreamModel(DiffusionLM):
         eps = config_value(config, "rms_norm_eps", 1e-6)
         intermediate = config_value(config, "intermediate_size")
         self.config = dict(config)
-        self.rope_theta = float(config_value(config, "rope_theta", 10000.0))
+        self.rope_theta = rope_theta(config)
         self.weight_tying = bool(config.get("tie_word_embeddings", False))
 
         self.model = nn.Module()

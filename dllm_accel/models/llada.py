@@ -20,6 +20,7 @@ from .base import (
     finish_layer,
     project_qkv,
     require_supported,
+    rope_theta,
 )
 
 MASK_ID = 126336  # <|mdm_mask|> of the released tokenizer
@@ -66,7 +67,7 @@ class LLaDAModel(DiffusionLM):
         eps = config_value(config, "rms_norm_eps", 1e-5)
         shape = HeadShape(n_heads, n_kv_heads, d_model // n_heads)
         self.config = dict(config)
-        self.rope_theta = float(config_value(config, "rope_theta", 10000.0))
+        self.rope_theta = rope_theta(config)
         self.rope_full_precision = bool(config_value(config, "rope_full_precision", True))
         self.weight_tying = bool(config.get("weight_tying", False))
 

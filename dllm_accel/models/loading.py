@@ -50,6 +50,7 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     device: where the tensors are loaded (default CPU).
     """
     directory = Path(path)
+    target = _resolve_dtype(dtype)
     config = read_config(directory)
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
@@ -65,13 +66,12 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     check_keys(model, found, source=str(directory))
 
     device = str(torch.device(device or "cpu"))
-    tensors, target = {}, None
+    tensors = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt", device=device) as f:
             for key in keys:
                 tensor = f.get_tensor(key)
-                target = target or _resolve_dtype(dtype, default=tensor.dtype)  # None: as stored
-                tensors[key] = tensor.to(target)
+                tensors[key] = tensor if target is None else tensor.to(target)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
 
@@ -101,7 +101,7 @@ def build_model(config: dict, *, dtype=torch.float32, device=None, seed: int = 0
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config)
-    model = model.to_empty(device=device or "cpu").to(_resolve_dtype(dtype, default=torch.float32))
+    model = model.to_empty(device=device or "cpu").to(_resolve_dtype(dtype) or torch.float32)
     std = config.get("initializer_range") or config.get("init_std") or 0.02
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -216,9 +216,10 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
     return shards
 
 
-def _resolve_dtype(dtype, default: torch.dtype) -> torch.dtype:
+def _resolve_dtype(dtype) -> torch.dtype | None:
+    """None (or "auto") means: as stored."""
     if dtype is None or dtype == "auto":
-        return default
+        return None
     resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
         return resolved

@@ -18,7 +18,7 @@ def load_tokenizer(path):
     """The tokenizer of a checkpoint directory (Dream's remote DreamTokenizer loads as Qwen2's)."""
     directory = Path(path)
     cls = model_class(read_config(directory).get("model_type"))
-    return getattr(transformers, cls.tokenizer_class).from_pretrained(directory)
+    return getattr(transformers, cls.tokenizer_class).from_pretrained(directory, local_files_only=True)
 
 
 def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True, device=None) -> dict:
