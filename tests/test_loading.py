@@ -187,14 +187,43 @@ def test_missing_config_field(saved):
         dllm_accel.load_model(saved)
 
 
-def test_rope_theta_is_required_and_read_from_rope_parameters_too(saved):
+def test_rope_theta_default_and_rope_parameters(saved):
     config = json.loads((saved / "config.json").read_text())
-    theta = config.pop("rope_theta")
+    config.pop("rope_theta")
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="missing the required field 'rope_theta'"):
+    assert dllm_accel.load_model(saved).rope_theta == 10000.0  # the remote config's default
+    edit_config(saved, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    assert dllm_accel.load_model(saved).rope_theta == 500000.0  # where transformers 5 puts it
+    edit_config(saved, rope_parameters={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(ValueError, match=r"rope_parameters.rope_type='yarn' is not supported"):
         dllm_accel.load_model(saved)
-    edit_config(saved, rope_parameters={"rope_type": "default", "rope_theta": theta})
-    assert dllm_accel.load_model(saved).rope_theta == theta
+
+
+def test_multi_query_attention_contradicting_n_kv_heads(saved):
+    edit_config(saved, multi_query_attention=True, n_kv_heads=2)
+    with pytest.raises(ValueError, match=r"n_kv_heads=2 is not supported; supported values: \(None, 1\)"):
+        dllm_accel.load_model(saved)
+
+
+def test_llada_ties_weights_when_its_config_does_not_say(saved):
+    """The remote LLaDA config defaults weight_tying to True."""
+    config = json.loads((saved / "config.json").read_text())
+    config.pop("weight_tying")
+    (saved / "config.json").write_text(json.dumps(config))
+    edit_weights(saved, lambda s: s.pop("model.transformer.ff_out.weight"))
+    model = dllm_accel.load_model(saved)
+    assert model.head_weight is model.embedding.weight
+
+
+def test_mixed_dtype_checkpoint_loads_in_one_dtype(saved):
+    norm = "model.transformer.ln_f.weight"
+    edit_weights(saved, lambda s: s.update({norm: s[norm].half()}))
+    config = json.loads((saved / "config.json").read_text())
+    config.pop("torch_dtype")
+    (saved / "config.json").write_text(json.dumps(config))
+    assert {p.dtype for p in dllm_accel.load_model(saved).parameters()} == {torch.float32}
+    edit_config(saved, torch_dtype="bfloat16")
+    assert {p.dtype for p in dllm_accel.load_model(saved).parameters()} == {torch.bfloat16}
 
 
 def test_special_id_outside_the_vocabulary(saved):
@@ -250,7 +279,7 @@ def test_shape_mismatch(saved):
         dllm_accel.load_model(saved)
 
 
-def test_weight_tying_loads_without_a_head(tmp_path):
+def test_weight_tying_loads_with_or_without_a_stored_head(tmp_path):
     tied = tiny_model("Dream", tie_word_embeddings=True)
     assert "lm_head.weight" not in tied.state_dict()
     dllm_accel.save_model(tied, tmp_path)
@@ -258,6 +287,9 @@ def test_weight_tying_loads_without_a_head(tmp_path):
     assert loaded.head_weight is loaded.embedding.weight
     ids = random_ids(tied, 1, 5)
     assert torch.equal(logits(loaded, ids), logits(tied, ids))
+    # a checkpoint that also stores the tied head's copy loads the same (as Hugging Face ties it)
+    edit_weights(tmp_path, lambda s: s.update({"lm_head.weight": torch.zeros_like(s["model.embed_tokens.weight"])}))
+    assert torch.equal(logits(dllm_accel.load_model(tmp_path), ids), logits(tied, ids))
 
 
 def test_released_config_files_build(tmp_path):

@@ -124,6 +124,8 @@ class DiffusionLM(nn.Module):
 
     spec: ModelSpec
     rope_theta: float
+    weight_tying: bool
+    head_key: str  # the LM head's checkpoint key, absent from the model when tied to the embedding
 
     # -- provided by each model ---------------------------------------------------------------
     embedding: nn.Embedding
@@ -215,12 +217,13 @@ def config_value(config: dict, name: str, default=_REQUIRED):
     return default
 
 
-def rope_theta(config: dict) -> float:
-    """RoPE base; transformers 5 configs may carry it inside `rope_parameters`."""
-    theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
-    if theta is None:
-        raise ValueError("config.json is missing the required field 'rope_theta'")
-    return float(theta)
+def rope_theta(config: dict, default: float = 10000.0) -> float:
+    """RoPE base (default: both remote configs' own); transformers 5 may nest it in `rope_parameters`."""
+    parameters = config.get("rope_parameters") or {}
+    if parameters.get("rope_type", "default") != "default":
+        raise ValueError(f"config.json: rope_parameters.rope_type={parameters['rope_type']!r} is not supported; "
+                         "supported values: ('default',)")
+    return float(config.get("rope_theta") or parameters.get("rope_theta") or default)
 
 
 def require_supported(config: dict, name: str, supported: tuple, default=None) -> None:

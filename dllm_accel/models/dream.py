@@ -71,6 +71,7 @@ class DreamModel(DiffusionLM):
 
     model_type = "Dream"
     eot_text = EOT_TEXT
+    head_key = "lm_head.weight"
     tokenizer_class = "Qwen2Tokenizer"  # the remote DreamTokenizer is Qwen2's byte-level BPE
 
     def __init__(self, config: dict, *, eot_id: int | None = None):

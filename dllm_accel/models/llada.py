@@ -54,6 +54,7 @@ class LLaDAModel(DiffusionLM):
 
     model_type = "llada"
     eot_text = EOT_TEXT
+    head_key = "model.transformer.ff_out.weight"
     tokenizer_class = "PreTrainedTokenizerFast"  # as the released tokenizer_config.json names it
 
     def __init__(self, config: dict, *, eot_id: int | None = None):
@@ -61,7 +62,10 @@ class LLaDAModel(DiffusionLM):
         _check_supported(config)
         d_model = config_value(config, "d_model")
         n_heads = config_value(config, "n_heads")
-        n_kv_heads = 1 if config.get("multi_query_attention") else config_value(config, "n_kv_heads", n_heads)
+        n_kv_heads = config_value(config, "n_kv_heads", n_heads)
+        if config.get("multi_query_attention"):
+            require_supported(config, "n_kv_heads", (None, 1))  # the remote code refuses the contradiction
+            n_kv_heads = 1
         mlp_hidden = config_value(config, "mlp_hidden_size", config_value(config, "mlp_ratio", 4) * d_model)
         vocab = config_value(config, "embedding_size", config_value(config, "vocab_size"))
         eps = config_value(config, "rms_norm_eps", 1e-5)
@@ -69,7 +73,7 @@ class LLaDAModel(DiffusionLM):
         self.config = dict(config)
         self.rope_theta = rope_theta(config)
         self.rope_full_precision = bool(config_value(config, "rope_full_precision", True))
-        self.weight_tying = bool(config.get("weight_tying", False))
+        self.weight_tying = bool(config.get("weight_tying", True))  # the remote config's default
 
         modules = dict(
             wte=nn.Embedding(vocab, d_model),

@@ -55,7 +55,7 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
-    files = _weight_files(directory)
+    files = _weight_files(directory, skip=model.head_key if model.weight_tying else None)
     found = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt") as f:
@@ -66,12 +66,14 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     check_keys(model, found, source=str(directory))
 
     device = str(torch.device(device or "cpu"))
+    target = target or _resolve_dtype(config.get("torch_dtype"))  # as Hugging Face's "auto" does
     tensors = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt", device=device) as f:
             for key in keys:
                 tensor = f.get_tensor(key)
-                tensors[key] = tensor if target is None else tensor.to(target)
+                target = target or tensor.dtype  # no dtype anywhere: the first tensor's, for all
+                tensors[key] = tensor.to(target)
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.eval()
 
@@ -89,6 +91,8 @@ def from_hf(hf_model: nn.Module) -> DiffusionLM:
     with torch.device("meta"):
         model = model_class(config.get("model_type"))(config)
     params = dict(hf_model.named_parameters())
+    if model.weight_tying:
+        params.pop(model.head_key, None)
     check_keys(model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__)
     for name, param in model.named_parameters():  # assign copies this flag onto the shared parameter
         param.requires_grad_(params[name].requires_grad)
@@ -182,25 +186,28 @@ def eot_from_tokenizer_files(directory: Path, text: str) -> int | None:
     return ids.get(text)
 
 
-def _weight_files(directory: Path) -> dict[Path, list[str]]:
-    """Shard file -> the keys it holds; every shard checked to exist."""
+def _weight_files(directory: Path, skip: str | None) -> dict[Path, list[str]]:
+    """Shard file -> the keys to read from it (all but `skip`: a tied head's redundant copy);
+    every shard checked to exist."""
     index_file = directory / INDEX_FILE
+    single = directory / SINGLE_FILE
     if index_file.is_file():
         weight_map = json.loads(index_file.read_text()).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_file} has no weight_map")
-        files: dict[Path, list[str]] = {}
-        for key, name in weight_map.items():
-            files.setdefault(directory / name, []).append(key)
-        absent = sorted(f.name for f in files if not f.is_file())
+        absent = sorted({name for name in weight_map.values() if not (directory / name).is_file()})
         if absent:
             raise FileNotFoundError(f"shard(s) {absent} listed in {index_file} are missing from {directory}")
-        return files
-    single = directory / SINGLE_FILE
-    if single.is_file():
+    elif single.is_file():
         with safe_open(single, framework="pt") as f:
-            return {single: list(f.keys())}
-    raise FileNotFoundError(f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+            weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
+    else:
+        raise FileNotFoundError(f"{directory} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+    files: dict[Path, list[str]] = {}
+    for key, name in weight_map.items():
+        if key != skip:
+            files.setdefault(directory / name, []).append(key)
+    return files
 
 
 def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[list[str]]:
