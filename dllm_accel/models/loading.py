@@ -46,7 +46,8 @@ def read_config(path) -> dict:
 def load_model(path, dtype=None, device=None) -> DiffusionLM:
     """Native model from a Hugging Face checkpoint directory.
 
-    dtype: None keeps the stored dtype; a torch.dtype or its name ("bfloat16", ...) converts.
+    dtype: a torch.dtype or its name ("bfloat16", ...); None (or "auto") takes config.json's torch_dtype,
+        else the stored dtype, as transformers' "auto" does.
     device: where the tensors are loaded (default CPU).
     """
     directory = Path(path)
@@ -66,7 +67,7 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     check_keys(model, found, source=str(directory))
 
     device = str(torch.device(device or "cpu"))
-    target = target or _resolve_dtype(config.get("torch_dtype"))  # as Hugging Face's "auto" does
+    target = target or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # transformers 5: dtype
     tensors = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt", device=device) as f:
