@@ -155,8 +155,10 @@ def sharded(tmp_path):
     return tmp_path
 
 
-def edit_config(directory, **changes):
+def edit_config(directory, drop=(), **changes):
     config = json.loads((directory / "config.json").read_text())
+    for field in drop:
+        del config[field]
     config.update(changes)
     (directory / "config.json").write_text(json.dumps(config))
 
@@ -180,17 +182,13 @@ def test_unsupported_architecture_option(saved):
 
 
 def test_missing_config_field(saved):
-    config = json.loads((saved / "config.json").read_text())
-    del config["n_layers"]
-    (saved / "config.json").write_text(json.dumps(config))
+    edit_config(saved, drop=["n_layers"])
     with pytest.raises(ValueError, match="config.json is missing the required field 'n_layers'"):
         dllm_accel.load_model(saved)
 
 
 def test_rope_theta_default_and_rope_parameters(saved):
-    config = json.loads((saved / "config.json").read_text())
-    config.pop("rope_theta")
-    (saved / "config.json").write_text(json.dumps(config))
+    edit_config(saved, drop=["rope_theta"])
     assert dllm_accel.load_model(saved).rope_theta == 10000.0  # the remote config's default
     edit_config(saved, rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
     assert dllm_accel.load_model(saved).rope_theta == 500000.0  # where transformers 5 puts it
@@ -207,9 +205,7 @@ def test_multi_query_attention_contradicting_n_kv_heads(saved):
 
 def test_llada_ties_weights_when_its_config_does_not_say(saved):
     """The remote LLaDA config defaults weight_tying to True."""
-    config = json.loads((saved / "config.json").read_text())
-    config.pop("weight_tying")
-    (saved / "config.json").write_text(json.dumps(config))
+    edit_config(saved, drop=["weight_tying"])
     edit_weights(saved, lambda s: s.pop("model.transformer.ff_out.weight"))
     model = dllm_accel.load_model(saved)
     assert model.head_weight is model.embedding.weight
@@ -218,9 +214,7 @@ def test_llada_ties_weights_when_its_config_does_not_say(saved):
 def test_mixed_dtype_checkpoint_loads_in_one_dtype(saved):
     norm = "model.transformer.ln_f.weight"
     edit_weights(saved, lambda s: s.update({norm: s[norm].half()}))
-    config = json.loads((saved / "config.json").read_text())
-    config.pop("torch_dtype")
-    (saved / "config.json").write_text(json.dumps(config))
+    edit_config(saved, drop=["torch_dtype"])
     assert {p.dtype for p in dllm_accel.load_model(saved).parameters()} == {torch.float32}
     edit_config(saved, torch_dtype="bfloat16")
     assert {p.dtype for p in dllm_accel.load_model(saved).parameters()} == {torch.bfloat16}

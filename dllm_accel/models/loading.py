@@ -51,8 +51,8 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     device: where the tensors are loaded (default CPU).
     """
     directory = Path(path)
-    target = _resolve_dtype(dtype)
     config = read_config(directory)
+    target = _resolve_dtype(dtype) or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # "auto"
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
@@ -67,7 +67,6 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     check_keys(model, found, source=str(directory))
 
     device = str(torch.device(device or "cpu"))
-    target = target or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # transformers 5: dtype
     tensors = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt", device=device) as f:
@@ -225,7 +224,7 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:
-    """None (or "auto") means: as stored."""
+    """None (or "auto") means: no dtype asked for."""
     if dtype is None or dtype == "auto":
         return None
     resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
