@@ -1,5 +1,6 @@
 """dllm_accel: training-free decoding acceleration for masked diffusion language models."""
 
+from .dropin import dream_generate, llada_generate
 from .models import (
     DiffusionLM,
     ModelSpec,
@@ -10,10 +11,13 @@ from .models import (
     load_tokenizer,
     save_model,
 )
+from .policies import DreamAlgorithm, EntropyThreshold, Factor, FullLength, LowConfidence, StopAtEOS, Threshold
+from .sampler import GenerationOutput, Sampler, StepRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionLM", "ModelSpec", "build_model", "encode_chat", "from_hf", "load_model", "load_tokenizer",
-    "save_model",
+    "DiffusionLM", "DreamAlgorithm", "EntropyThreshold", "Factor", "FullLength", "GenerationOutput",
+    "LowConfidence", "ModelSpec", "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model",
+    "dream_generate", "encode_chat", "from_hf", "llada_generate", "load_model", "load_tokenizer", "save_model",
 ]

@@ -41,6 +41,11 @@ class ModelSpec:
     head_dim: int
     d_model: int
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Tokens that end an answer: EOS, and the chat template's end-of-turn where there is one."""
+        return (self.eos_id,) if self.eot_id is None or self.eot_id == self.eos_id else (self.eos_id, self.eot_id)
+
 
 @dataclass
 class ModelOutput:
@@ -169,16 +174,23 @@ class DiffusionLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
         """Logits [B, T, V] of a full bidirectional pass. Rows where attention_mask is 0 (left
         padding) are hidden as keys; their own logits are unspecified."""
-        self._check_inputs(input_ids, attention_mask)
-        key_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool()
+        self.check_inputs(input_ids, attention_mask)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # no padding: attention without a mask
+        return ModelOutput(logits=self.head(self.hidden_states(input_ids, attention_mask)))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Last layer's output [B, T, d], before the final norm; the inputs are trusted (no checks, no
+        host sync), so callers that loop validate once up front."""
+        key_mask = None if attention_mask is None else attention_mask.bool()
         rope = self.rotary(self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device))
         h = self.embed(input_ids)
         for block in self.blocks:
             q, k, v = block.qkv(h, rope)
             h = block.finish(h, attend(q, k, v, key_mask))
-        return ModelOutput(logits=self.head(h))
+        return h
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
             got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
             raise ValueError(f"input_ids must be an integer tensor of shape [batch, length], got {got}")

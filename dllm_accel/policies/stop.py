@@ -1,0 +1,38 @@
+"""What happens to a row after it commits a stop token (EOS, or the chat template's end-of-turn)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.base import ModelSpec
+
+
+class FullLength:
+    """Decode every position of the canvas, stop tokens or not: the official samplers' behaviour."""
+
+    def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
+        pass
+
+    def __repr__(self):
+        return "FullLength()"
+
+
+class StopAtEOS:
+    """A row stops at its first committed stop token: every position after it becomes EOS at once, so it
+    is never decoded and never left as MASK. The row finishes when nothing before that token is masked."""
+
+    def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
+        """generated [B, N], the canvas after the prompt, edited in place."""
+        stop = torch.isin(generated, torch.tensor(spec.stop_ids, device=generated.device))
+        after_first_stop = stop.cumsum(1) - stop.long() > 0
+        generated.masked_fill_(after_first_stop, spec.eos_id)
+
+    def __repr__(self):
+        return "StopAtEOS()"
+
+
+def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """[B] tokens per row up to and including the first stop token (all N when there is none)."""
+    stop = torch.isin(generated, torch.tensor(spec.stop_ids, device=generated.device))
+    first = stop.int().argmax(1)
+    return torch.where(stop.any(1), first + 1, generated.shape[1])

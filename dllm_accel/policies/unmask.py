@@ -1,0 +1,374 @@
+"""Unmask policies: which masked positions a decoding step commits, and to which tokens.
+
+A policy validates its arguments when built and is a pure function of what the Sampler hands it:
+
+    steps = policy.steps_per_block(n_blocks)        # once per generation; None: until the block is done
+    plan = policy.begin_block(n_masked, steps)      # once per block; n_masked [B]: masks in the block
+    quota = policy.quota(ctx)                       # before the forward: tokens per row [B], or None
+                                                    # when the scores decide; rows at 0 are not computed
+    commit, tokens = policy.select(ctx, logits, quota)   # logits [M, V]: one row per candidate
+
+The candidates (`ctx.candidates` [B, L]) are the masked positions the step may commit; `logits` holds
+their rows in row-major order, the model's logit shift already applied by the Sampler.
+
+Numerics — the dtype each score is computed in, and why:
+- LowConfidence and DreamAlgorithm take probabilities from a softmax in the logits' own dtype, as the
+  official LLaDA and Dream samplers do, so their ranking (on a bf16 model, its ties too) is theirs.
+- Threshold and Factor compare a probability with a fixed bar. bf16 rounding (steps of 2^-8 near 1)
+  would move the bar, so they compute in fp32, on the candidate rows only. Fast-dLLM uses float64;
+  fp32's relative error (~1e-7) matters only for a confidence within 1e-7 of the bar.
+- EntropyThreshold computes entropy in fp32 (log-sum-exp form).
+- Sampling at temperature > 0 is Gumbel-max with float64 noise, LLaDA's choice (low-precision Gumbel
+  noise hurts generation quality, arXiv:2409.02908), on the candidate rows only, never the canvas.
+Policies without a fixed number of steps (Threshold, Factor, EntropyThreshold) never predict the mask
+token: a committed MASK makes no progress, and their loop would not end. The official samplers do
+not exclude it, so LowConfidence and DreamAlgorithm do not either.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.base import ModelSpec
+
+
+@dataclass
+class StepContext:
+    candidates: torch.Tensor  # [B, L] bool: masked positions this step may commit
+    step: int  # index of the step inside its block
+    plan: object  # what begin_block returned for this block
+    spec: ModelSpec
+    generator: torch.Generator | None = None
+
+
+class UnmaskPolicy:
+    cfg_scale: float = 0.0  # > 0: the Sampler adds an unconditional pass (prompt masked) and mixes
+
+    def steps_per_block(self, n_blocks: int) -> int | None:
+        return None
+
+    def begin_block(self, n_masked: torch.Tensor, steps: int | None):
+        return None
+
+    def quota(self, ctx: StepContext) -> torch.Tensor | None:
+        return None
+
+    def select(self, ctx: StepContext, logits: torch.Tensor, quota: torch.Tensor | None):
+        raise NotImplementedError
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _require(ok: bool, name: str, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_steps(steps) -> None:
+    _require(_is_int(steps) and steps >= 1, "steps", "a positive integer", steps)
+
+
+def _check_temperature(temperature) -> None:
+    _require(_is_number(temperature) and temperature >= 0, "temperature", "a number >= 0", temperature)
+
+
+def _split_steps(steps: int, n_blocks: int) -> int:
+    if steps % n_blocks:
+        raise ValueError(
+            f"steps ({steps}) must be divisible by the number of blocks ({n_blocks} = generation length / "
+            "block_length)"
+        )
+    return steps // n_blocks
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def dense(values: torch.Tensor, candidates: torch.Tensor, fill: float = -math.inf) -> torch.Tensor:
+    """Per-candidate values [M] laid out on the canvas [B, L], `fill` elsewhere."""
+    out = torch.full(candidates.shape, fill, dtype=values.dtype, device=values.device)
+    return out.masked_scatter_(candidates, values)
+
+
+def top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: the `counts[b]` highest finite scores of each row (-inf marks non-candidates)."""
+    k = int(counts.max())
+    chosen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    if k == 0:
+        return chosen
+    top = scores.topk(k, dim=1)
+    keep = (torch.arange(k, device=scores.device) < counts[:, None]) & (top.values > -math.inf)
+    return chosen.scatter_(1, top.indices, keep)
+
+
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator=None) -> torch.Tensor:
+    """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in float64."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return _gumbel_scores(logits, temperature, generator).argmax(-1)
+
+
+def _gumbel_scores(logits, temperature, generator):
+    # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T): LLaDA's formula, in log space
+    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return logits.double() - temperature * torch.log(-torch.log(u))
+
+
+def _random_scores(candidates: torch.Tensor, generator) -> torch.Tensor:
+    scores = torch.rand(candidates.shape, device=candidates.device, generator=generator)
+    return scores.masked_fill_(~candidates, -math.inf)
+
+
+def _tokens_without_mask(logits, temperature, mask_id, generator) -> torch.Tensor:
+    """The chosen tokens with the mask token excluded (see the module notes)."""
+    if temperature > 0:
+        scores = _gumbel_scores(logits, temperature, generator)
+        scores[:, mask_id] = -math.inf
+        return scores.argmax(-1)
+    best_two = logits.topk(2, dim=-1).indices
+    return torch.where(best_two[:, 0] == mask_id, best_two[:, 1], best_two[:, 0])
+
+
+def _probability_fp32(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """softmax(logits)[tokens] in fp32 over the full vocabulary."""
+    logits32 = logits.float()
+    return (logits32.gather(1, tokens[:, None]).squeeze(1) - torch.logsumexp(logits32, -1)).exp()
+
+
+def _above_bar(scores: torch.Tensor, bar: float, candidates: torch.Tensor) -> torch.Tensor:
+    """[B, L] bool: every candidate scoring >= bar, and always each row's best one."""
+    chosen = scores >= bar
+    best = scores.argmax(1, keepdim=True)
+    chosen.scatter_(1, best, True)
+    return chosen & candidates
+
+
+# -- LLaDA -----------------------------------------------------------------------------------------
+REMASKING = ("low_confidence", "random")
+
+
+@dataclass(frozen=True)
+class LowConfidence(UnmaskPolicy):
+    """LLaDA's official sampler: per block a fixed number of steps, each committing the scheduled
+    number of tokens (masks ÷ steps, the remainder to the first steps) with the highest confidence
+    (`low_confidence`: probability of the chosen token; `random`: uniform scores).
+
+    `cfg_scale` > 0 adds classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), u from a pass
+    with the prompt masked. `logits_eos_inf` forbids EOS. `confidence_eos_eot_inf` drops EOS and
+    end-of-turn from the softmax that scores the chosen token, so a chosen EOS/EOT scores 0 (the
+    official sampler's effect at temperature 0; at temperature > 0 its code drops end-of-turn only)."""
+
+    steps: int
+    remasking: str = "low_confidence"
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    logits_eos_inf: bool = field(default=False, kw_only=True)
+    confidence_eos_eot_inf: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self):
+        _check_steps(self.steps)
+        _require(self.remasking in REMASKING, "remasking", f"one of {REMASKING}", self.remasking)
+        _check_temperature(self.temperature)
+        _require(_is_number(self.cfg_scale) and self.cfg_scale >= 0, "cfg_scale", "a number >= 0", self.cfg_scale)
+
+    def steps_per_block(self, n_blocks):
+        return _split_steps(self.steps, n_blocks)
+
+    def begin_block(self, n_masked, steps):
+        base, remainder = n_masked // steps, n_masked % steps
+        return base[:, None] + (torch.arange(steps, device=n_masked.device) < remainder[:, None])  # [B, steps]
+
+    def quota(self, ctx):
+        return ctx.plan[:, ctx.step]
+
+    def select(self, ctx, logits, quota):
+        spec = ctx.spec
+        if self.logits_eos_inf:
+            logits = logits.clone()
+            logits[:, spec.eos_id] = -math.inf
+        tokens = gumbel_argmax(logits, self.temperature, ctx.generator)
+        if self.remasking == "random":
+            scores = _random_scores(ctx.candidates, ctx.generator)
+        else:
+            if self.confidence_eos_eot_inf:
+                logits = logits.clone()
+                logits[:, list(spec.stop_ids)] = -math.inf
+            confidence = torch.softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
+            scores = dense(confidence, ctx.candidates)
+        return top_per_row(scores, quota)[ctx.candidates], tokens
+
+
+# -- Fast-dLLM and dParallel -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Threshold(UnmaskPolicy):
+    """Fast-dLLM's parallel decoding: commit every candidate whose chosen token has probability >= tau,
+    and always each row's most confident one."""
+
+    tau: float
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        _require(_is_number(self.tau) and 0 < self.tau <= 1, "tau (the confidence threshold)", "in (0, 1]", self.tau)
+        _check_temperature(self.temperature)
+
+    def select(self, ctx, logits, quota):
+        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
+        scores = dense(_probability_fp32(logits, tokens), ctx.candidates)
+        return _above_bar(scores, self.tau, ctx.candidates)[ctx.candidates], tokens
+
+
+@dataclass(frozen=True)
+class Factor(UnmaskPolicy):
+    """Fast-dLLM's factor rule: with the candidates' confidences sorted, c_1 >= c_2 >= ..., commit the
+    longest prefix with c_n >= 1 - f / (n + 1) (the first always). As in Fast-dLLM's released code,
+    when only the last candidate fails its bar, it is committed with the others."""
+
+    f: float
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        _require(_is_number(self.f) and self.f > 0, "f (the factor)", "a number > 0", self.f)
+        _check_temperature(self.temperature)
+
+    def select(self, ctx, logits, quota):
+        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
+        scores = dense(_probability_fp32(logits, tokens), ctx.candidates)
+        ordered = scores.sort(dim=1, descending=True).values
+        n = torch.arange(1, scores.shape[1] + 1, device=scores.device)
+        bars = 1 - self.f / (n + 1)
+        bars[0] = -math.inf
+        leading = (ordered >= bars).long().cumprod(1).sum(1)
+        n_candidates = ctx.candidates.sum(1)
+        counts = torch.where(leading >= n_candidates - 1, n_candidates, leading)
+        return top_per_row(scores, counts)[ctx.candidates], tokens
+
+
+@dataclass(frozen=True)
+class EntropyThreshold(UnmaskPolicy):
+    """dParallel's rule: commit each row's lowest-entropy candidate and every candidate whose predictive
+    entropy (nats) is <= h."""
+
+    h: float
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        _require(_is_number(self.h) and self.h >= 0, "h (the entropy threshold, nats)", "a number >= 0", self.h)
+        _check_temperature(self.temperature)
+
+    def select(self, ctx, logits, quota):
+        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
+        logits32 = logits.float()
+        log_probs = logits32 - torch.logsumexp(logits32, -1, keepdim=True)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        scores = dense(-entropy, ctx.candidates)
+        return _above_bar(scores, -self.h, ctx.candidates)[ctx.candidates], tokens
+
+
+# -- Dream -----------------------------------------------------------------------------------------
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+@dataclass(frozen=True)
+class DreamAlgorithm(UnmaskPolicy):
+    """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
+    `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
+    per row, m the mean number of masks per row (int(m) at the last step), ranked by `maskgit_plus`
+    (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy` (negative entropy),
+    and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp) instead. Tokens: argmax
+    at temperature 0, else a sample after `top_p` / `top_k` filtering. Without blocks `steps` covers
+    the whole generation; with blocks each block gets steps / n_blocks and its own time grid."""
+
+    alg: str = "origin"
+    steps: int = 512
+    eps: float = 1e-3
+    alg_temp: float | None = None
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self):
+        _require(self.alg in DREAM_ALGS, "alg", f"one of {DREAM_ALGS}", self.alg)
+        _check_steps(self.steps)
+        _require(_is_number(self.eps) and 0 < self.eps < 1, "eps", "in (0, 1)", self.eps)
+        _require(self.alg_temp is None or (_is_number(self.alg_temp) and self.alg_temp >= 0), "alg_temp",
+                 "None or a number >= 0", self.alg_temp)
+        _check_temperature(self.temperature)
+        _require(self.top_p is None or (_is_number(self.top_p) and 0 < self.top_p <= 1), "top_p",
+                 "None or in (0, 1]", self.top_p)
+        _require(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1), "top_k",
+                 "None or a positive integer", self.top_k)
+
+    def steps_per_block(self, n_blocks):
+        return _split_steps(self.steps, n_blocks)
+
+    def begin_block(self, n_masked, steps):
+        return torch.linspace(1, self.eps, steps + 1, device=n_masked.device)  # float32, as Dream's
+
+    def quota(self, ctx):
+        times, i = ctx.plan, ctx.step
+        last = i == len(times) - 2
+        t, s = times[i], times[i + 1]
+        if self.alg == "origin":
+            drawn = torch.rand(ctx.candidates.shape, device=t.device, generator=ctx.generator) < 1 - s / t
+            return ctx.candidates.sum(1) if last else (drawn & ctx.candidates).sum(1)
+        # Dream's count is one number for the batch, from the mean number of masks (over the rows still
+        # decoding), in its float32 arithmetic, then truncated; a row commits at most what it has masked.
+        n_masked = ctx.candidates.sum(1)
+        decoding = n_masked > 0
+        mean = n_masked.sum() / decoding.sum().clamp(min=1)
+        count = mean if last else mean * (1 - s / t)
+        return torch.where(decoding, count.long(), 0)
+
+    def select(self, ctx, logits, quota):
+        probs, tokens = self._sample(logits, ctx.generator)
+        if self.alg == "origin":  # which masks move is independent of the scores
+            return top_per_row(_random_scores(ctx.candidates, ctx.generator), quota)[ctx.candidates], tokens
+        if self.alg == "maskgit_plus":
+            confidence = probs.gather(1, tokens[:, None]).squeeze(1)
+        elif self.alg == "topk_margin":
+            top_two = probs.topk(2, dim=-1).values
+            confidence = top_two[:, 0] - top_two[:, 1]
+        else:
+            confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
+        scores = dense(confidence, ctx.candidates)
+        if self.alg_temp:  # k positions without replacement ∝ softmax(score / alg_temp): Gumbel top-k
+            u = torch.rand(scores.shape, device=scores.device, generator=ctx.generator)
+            scores = scores.float() / self.alg_temp - torch.log(-torch.log(u))
+        return top_per_row(scores, quota)[ctx.candidates], tokens
+
+    def _sample(self, logits, generator):
+        """Dream's token choice: probabilities in the logits' dtype after temperature, top-p, top-k."""
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        if self.top_p is not None and self.top_p < 1:
+            logits = _top_p_filter(logits, self.top_p)
+        if self.top_k is not None:
+            logits = _top_k_filter(logits, self.top_k)
+        probs = torch.softmax(logits, -1)
+        if self.temperature > 0:
+            return probs, torch.multinomial(probs.float(), 1, generator=generator).squeeze(1)
+        return probs, probs.argmax(-1)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (always the first)."""
+    ordered, order = logits.sort(-1, descending=True)
+    cumulative = torch.softmax(ordered, -1).cumsum(-1)
+    drop_sorted = cumulative > top_p
+    drop_sorted[..., 1:] = drop_sorted[..., :-1].clone()
+    drop_sorted[..., 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
+
+
+def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)

@@ -1,0 +1,174 @@
+"""The one decode loop (ARCHITECTURE.md §2): a canvas of prompt ++ MASK, refined step by step.
+
+    x [B, P+N] = prompt ++ MASK * N
+    for each block (semi-autoregressive; one block spanning N without block_length):
+        plan = unmask.begin_block(masks in the block)
+        each step:
+            candidates = masked positions before the block's end
+            quota      = unmask.quota(...)           rows with nothing to commit are not computed
+            logits     = the model on the live rows; the head only on the candidates' rows, shifted
+                         by spec.logit_shift (Dream scores token i from position i - 1)
+            commit     = unmask.select(...)          tokens written; then stop.after_step
+    -> GenerationOutput
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from .models.base import DiffusionLM
+from .policies.stop import FullLength, count_generated
+from .policies.unmask import StepContext, UnmaskPolicy
+
+
+@dataclass
+class StepRecord:
+    block: int
+    step: int  # index inside the block
+    forwarded: bool  # False when no row had anything to commit: no forward ran
+    committed: torch.Tensor  # [B] tokens committed per row
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # [B, P+N]: the prompt as given (padding included), then the generation
+    generated_tokens: torch.Tensor  # [B]: up to and including the first stop token; prompt excluded
+    nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
+    steps: int  # decoding steps that ran a forward
+    row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
+    trace: list[StepRecord] | None = None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return float(self.generated_tokens.sum()) / max(1, int(self.row_forwards.sum()))
+
+
+class Sampler:
+    """Decodes with an unmask policy; `stop` decides what a row does after its first stop token.
+
+    `trace=True` keeps a StepRecord per step on the output. `cache` and `guide` are the slots of the
+    KV-cache refresh policies and of AR guidance; only None (full forward, no guide) exists so far."""
+
+    def __init__(self, model: DiffusionLM, *, unmask: UnmaskPolicy, cache=None, guide=None, stop=None,
+                 trace: bool = False):
+        if not isinstance(model, DiffusionLM):
+            raise TypeError(f"model must be a dllm_accel DiffusionLM (see load_model / from_hf), got "
+                            f"{type(model).__name__}")
+        if not isinstance(unmask, UnmaskPolicy):
+            raise TypeError(f"unmask must be an unmask policy (LowConfidence, Threshold, Factor, EntropyThreshold, "
+                            f"DreamAlgorithm), got {unmask!r}")
+        if cache is not None:
+            raise ValueError(f"cache must be None (a full forward every step); got {cache!r}")
+        if guide is not None:
+            raise ValueError(f"guide must be None (no AR guide exists yet); got {guide!r}")
+        self.model, self.unmask, self.stop, self.trace = model, unmask, stop or FullLength(), trace
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int, block_length: int | None = None, generator: torch.Generator | None = None,
+                 callback: Callable[[StepRecord, torch.Tensor], None] | None = None) -> GenerationOutput:
+        """Left-padded prompts [B, P] (attention_mask 0 on padding) -> GenerationOutput.
+
+        `generator` drives every random draw (sampling, random remasking). `callback(record, sequences)`
+        is called after every step, including steps that needed no forward."""
+        spec, device = self.model.spec, self.model.device
+        attention_mask = self._check_prompt(input_ids, attention_mask)
+        n_blocks, block_length = _blocks(max_new_tokens, block_length)
+        steps = self.unmask.steps_per_block(n_blocks)
+        batch, prompt_len = input_ids.shape
+        x = torch.cat([input_ids.to(device),
+                       torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device)], 1)
+        canvas_mask = None if attention_mask is None else torch.cat(
+            [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
+        nfe = total_steps = 0
+        row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
+        trace = [] if self.trace else None
+        passes = 2 if self.unmask.cfg_scale > 0 else 1
+        for block in range(n_blocks):
+            end = prompt_len + (block + 1) * block_length
+            plan = self.unmask.begin_block((x[:, end - block_length:end] == spec.mask_id).sum(1), steps)
+            step = 0
+            while steps is None or step < steps:
+                candidates = x == spec.mask_id
+                candidates[:, end:] = False
+                if not candidates.any():
+                    break
+                ctx = StepContext(candidates, step, plan, spec, generator)
+                quota = self.unmask.quota(ctx)
+                live = candidates.any(1) if quota is None else candidates.any(1) & (quota > 0)
+                n_live = int(live.sum())
+                committed = torch.zeros(batch, dtype=torch.long, device=device)
+                if n_live:
+                    ctx = replace(ctx, candidates=candidates & live[:, None])
+                    logits = self._candidate_logits(x, canvas_mask, live, n_live, ctx.candidates, prompt_len)
+                    commit, tokens = self.unmask.select(ctx, logits, quota)
+                    rows, positions = ctx.candidates.nonzero(as_tuple=True)
+                    x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
+                    committed.index_add_(0, rows, commit.long())
+                    self.stop.after_step(x[:, prompt_len:], spec)
+                    nfe, total_steps = nfe + passes, total_steps + 1
+                    row_forwards += live.long() * passes
+                record = StepRecord(block, step, n_live > 0, committed)
+                if trace is not None:
+                    trace.append(record)
+                if callback is not None:
+                    callback(record, x)
+                step += 1
+        return GenerationOutput(
+            sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
+            row_forwards=row_forwards, trace=trace,
+        )
+
+    def _candidate_logits(self, x, canvas_mask, live, n_live, candidates, prompt_len) -> torch.Tensor:
+        """Logits [M, V] of the candidates, in row-major order; only live rows go through the model."""
+        spec = self.model.spec
+        rows, positions = candidates.nonzero(as_tuple=True)
+        ids, mask = x, canvas_mask
+        if n_live < x.shape[0]:
+            keep = live.nonzero().squeeze(1)
+            ids, mask = x[keep], None if canvas_mask is None else canvas_mask[keep]
+            rows = (live.cumsum(0) - 1)[rows]  # batch row -> row among the live ones
+        if self.unmask.cfg_scale > 0:
+            unconditional = ids.clone()
+            unconditional[:, :prompt_len] = spec.mask_id
+            ids = torch.cat([ids, unconditional])
+            mask = None if mask is None else torch.cat([mask, mask])
+        hidden = self.model.hidden_states(ids, mask)
+        sources = positions - spec.logit_shift  # the one place the shift is applied
+        logits = self.model.head(hidden[rows, sources])
+        if self.unmask.cfg_scale > 0:
+            unconditional_logits = self.model.head(hidden[rows + n_live, sources])
+            logits = unconditional_logits + (self.unmask.cfg_scale + 1) * (logits - unconditional_logits)
+        return logits
+
+    def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:
+        """Validate once; returns the attention mask, or None when nothing is padded."""
+        spec = self.model.spec
+        if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
+            raise ValueError("input_ids has no tokens (an empty prompt); every prompt needs at least one token")
+        self.model.check_inputs(input_ids, attention_mask)
+        if bool((input_ids == spec.mask_id).any()):
+            row, position = (input_ids == spec.mask_id).nonzero()[0].tolist()
+            raise ValueError(f"input_ids contains the mask token {spec.mask_id} (row {row}, position {position}); "
+                             f"prompts must not contain it. Pad with pad_token_id ({spec.pad_id}) instead")
+        if attention_mask is None:
+            return None
+        if not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
+            raise ValueError("attention_mask must be left padding: in each row only 0s (padding) then only 1s; "
+                             "use tokenizer.padding_side = 'left'")
+        return None if bool(attention_mask.all()) else attention_mask
+
+
+def _blocks(max_new_tokens, block_length) -> tuple[int, int]:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if block_length is None:
+        return 1, max_new_tokens
+    if not isinstance(block_length, int) or isinstance(block_length, bool) or block_length <= 0:
+        raise ValueError(f"block_length must be None or a positive integer, got {block_length!r}")
+    if max_new_tokens % block_length:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be divisible by block_length ({block_length})")
+    return max_new_tokens // block_length, block_length

@@ -1,0 +1,326 @@
+"""The decode loop against plain statements of the official algorithms, batching, EOS, accounting, errors."""
+
+import pytest
+import reference_samplers as ref
+import torch
+from conftest import tiny_model
+from torch import nn
+
+import dllm_accel
+from dllm_accel import (
+    DreamAlgorithm,
+    EntropyThreshold,
+    Factor,
+    LowConfidence,
+    Sampler,
+    StopAtEOS,
+    Threshold,
+)
+
+MASK, EOS, EOT = 127, 126, 125  # the tiny configs' special ids
+
+
+def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
+    """A tiny random model with varied predictions and a realistic spread of confidences.
+
+    Dimension 0 of its residual stream is a constant feature (set in the embedding; no layer reads or
+    writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about that
+    logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
+    predicted, unless `favour` says otherwise."""
+    model = tiny_model(model_type, n_kv_heads=2 if model_type == "Dream" else None, seed=seed)
+    d = model.spec.d_model
+    with torch.no_grad():
+        model.embedding.weight[:, 0] = model.embedding.weight[:, 1:].std()
+        for module in model.blocks.modules():
+            if isinstance(module, nn.Linear) and module.in_features == d:
+                module.weight[:, 0] = 0
+            if isinstance(module, nn.Linear) and module.out_features == d:
+                module.weight[0] = 0
+                if module.bias is not None:
+                    module.bias[0] = 0
+        model.final_norm.weight[0] = 1.0
+        ids = torch.randint(0, model.spec.vocab_size - 3, (4, 32), generator=torch.Generator().manual_seed(seed))
+        normed = model.final_norm(model.hidden_states(ids))
+        head = model.head_weight.mul_(sharpness)
+        common = normed[..., 1:].mean((0, 1))
+        common /= common.norm()
+        head[:, 1:] -= torch.outer(head[:, 1:] @ common, common)  # no token wins everywhere
+        head[:, 0] = 0
+        for token, logit in ({MASK: -50.0} | (favour or {})).items():
+            head[token, 0] = logit / normed[..., 0].mean()
+    return model
+
+
+def prompts(model, lengths, seed=0):
+    """Left-padded prompts of the given lengths (ordinary tokens), with their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), model.spec.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.randint(0, model.spec.vocab_size - 3, (n,), generator=generator)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+LLADA_CASES = {  # id: (prompt lengths, steps, gen_length, block_length, cfg_scale, eos options)
+    "B1-one-per-step": ([9], 16, 16, 16, 0.0, {}),
+    "B1-blocks-two-per-step": ([9], 8, 16, 4, 0.0, {}),
+    "B1-uneven-schedule": ([9], 6, 16, 8, 0.0, {}),
+    "B1-more-steps-than-tokens": ([9], 24, 12, 6, 0.0, {}),
+    "B3-ragged": ([9, 5, 7], 16, 16, 8, 0.0, {}),
+    "B3-ragged-cfg": ([9, 5, 7], 8, 16, 8, 1.5, {}),
+    "B1-cfg": ([6], 16, 16, 8, 0.5, {}),
+    "B2-logits-eos-inf": ([9, 6], 16, 16, 8, 0.0, dict(logits_eos_inf=True)),
+    "B2-confidence-eos-eot-inf": ([9, 6], 16, 16, 8, 0.0, dict(confidence_eos_eot_inf=True)),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("case", LLADA_CASES)
+def test_llada_greedy_equals_official_algorithm(case, seed):
+    lengths, steps, gen_length, block_length, cfg_scale, options = LLADA_CASES[case]
+    model = decoder("llada", seed=seed, favour={EOT: 12.0, EOS: 12.0})
+    ids, mask = prompts(model, lengths, seed)
+    mask = mask if len(set(lengths)) > 1 else None
+    expected = ref.llada(model, ids, mask, steps=steps, gen_length=gen_length, block_length=block_length,
+                         cfg_scale=cfg_scale, **options)
+    got = dllm_accel.llada_generate(model, ids, mask, steps=steps, gen_length=gen_length,
+                                    block_length=block_length, cfg_scale=cfg_scale, **options)
+    assert torch.equal(got, expected)
+
+
+def test_llada_reproduces_official_when_the_model_predicts_mask():
+    """The official sampler commits whatever is predicted, MASK included (the position stays open)."""
+    model = decoder("llada", favour={MASK: 16.0})
+    ids, _ = prompts(model, [8])
+    expected = ref.llada(model, ids, steps=16, gen_length=16, block_length=8)
+    assert (expected == model.spec.mask_id).any(), "the case needs a model that predicts MASK"
+    assert torch.equal(dllm_accel.llada_generate(model, ids, steps=16, gen_length=16, block_length=8), expected)
+
+
+DREAM_CASES = {  # id: (prompt lengths, steps, max_new_tokens, alg, top_p, top_k)
+    "B1-maskgit_plus": ([8], 12, 12, "maskgit_plus", None, None),
+    "B1-topk_margin-few-steps": ([8], 5, 16, "topk_margin", None, None),
+    "B1-entropy-many-steps": ([8], 40, 12, "entropy", None, None),
+    "B3-ragged-maskgit_plus": ([8, 4, 6], 8, 16, "maskgit_plus", None, None),
+    "B3-ragged-entropy": ([8, 4, 6], 16, 16, "entropy", None, None),
+    "B2-top_p": ([8, 5], 8, 16, "maskgit_plus", 0.6, None),
+    "B2-top_k-margin": ([8, 5], 8, 16, "topk_margin", None, 3),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("case", DREAM_CASES)
+def test_dream_greedy_equals_official_algorithm(case, seed):
+    lengths, steps, new_tokens, alg, top_p, top_k = DREAM_CASES[case]
+    model = decoder("Dream", seed=seed)
+    ids, mask = prompts(model, lengths, seed)
+    expected = ref.dream(model, ids, mask, max_new_tokens=new_tokens, steps=steps, alg=alg, top_p=top_p, top_k=top_k)
+    got = dllm_accel.dream_generate(model, ids, mask, max_new_tokens=new_tokens, steps=steps, alg=alg,
+                                    top_p=top_p, top_k=top_k, alg_temp=0.0)
+    assert torch.equal(got, expected)
+
+
+PARALLEL_RULES = {
+    "threshold-0.5": (lambda: Threshold(0.5), ref.ThresholdRule(0.5)),
+    "threshold-1": (lambda: Threshold(1.0), ref.ThresholdRule(1.0)),
+    "factor-1": (lambda: Factor(1.0), ref.FactorRule(1.0)),
+    "factor-3": (lambda: Factor(3.0), ref.FactorRule(3.0)),
+    "entropy-1.5": (lambda: EntropyThreshold(1.5), ref.EntropyRule(1.5)),
+}
+
+
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+@pytest.mark.parametrize("rule", PARALLEL_RULES)
+def test_parallel_rules_equal_their_descriptions(rule, model_type):
+    policy, reference_rule = PARALLEL_RULES[rule]
+    model = decoder(model_type, seed=3)
+    ids, _ = prompts(model, [7, 7, 7], seed=3)
+    expected = ref.parallel(model, ids, gen_length=16, block_length=8, rule=reference_rule)
+    out = Sampler(model, unmask=policy()).generate(ids, max_new_tokens=16, block_length=8)
+    assert torch.equal(out.sequences, expected)
+    if rule != "threshold-1":
+        assert (out.row_forwards < 16).any(), "the rule should commit several tokens in some steps"
+
+
+def test_each_row_decodes_as_it_would_alone():
+    """Rows are independent: a batch gives each row what decoding it alone gives, though rows finish
+    their blocks at different steps (rows that are done are not computed)."""
+    model = decoder("Dream", seed=4)
+    ids, mask = prompts(model, [9, 4, 6], seed=4)
+    sampler = Sampler(model, unmask=Threshold(0.6))
+    batch = sampler.generate(ids, mask, max_new_tokens=16, block_length=8)
+    for row, n in enumerate([9, 4, 6]):
+        alone = sampler.generate(ids[row:row + 1, -n:], max_new_tokens=16, block_length=8)
+        assert torch.equal(batch.sequences[row, -16:], alone.sequences[0, -16:])
+        assert batch.row_forwards[row] == alone.nfe
+    assert len(set(batch.row_forwards.tolist())) > 1, "the case needs rows that finish at different steps"
+
+
+STOCHASTIC = {
+    "llada-temperature": ("llada", lambda: LowConfidence(16, temperature=1.0)),
+    "llada-random-remasking": ("llada", lambda: LowConfidence(16, remasking="random")),
+    "dream-origin": ("Dream", lambda: DreamAlgorithm("origin", 16)),
+    "dream-alg_temp": ("Dream", lambda: DreamAlgorithm("maskgit_plus", 16, alg_temp=0.5)),
+    "dream-temperature-top_p": ("Dream", lambda: DreamAlgorithm("entropy", 16, temperature=0.8, top_p=0.9)),
+    "threshold-temperature": ("llada", lambda: Threshold(0.8, temperature=1.0)),
+}
+
+
+@pytest.mark.parametrize("case", STOCHASTIC)
+def test_stochastic_settings_follow_the_seed(case):
+    model_type, policy = STOCHASTIC[case]
+    model = decoder(model_type, seed=5, sharpness=4.0)
+    ids, mask = prompts(model, [6, 8], seed=5)
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        out = Sampler(model, unmask=policy()).generate(ids, mask, max_new_tokens=16, generator=generator)
+        return out.sequences
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_stop_at_eos_ends_rows_early_and_leaves_no_mask():
+    model = decoder("llada", seed=6, favour={EOS: 16.0})
+    ids, mask = prompts(model, [7, 5, 9, 6], seed=6)
+    spec = model.spec
+    full = Sampler(model, unmask=Threshold(0.9)).generate(ids, mask, max_new_tokens=24, block_length=8)
+    early = Sampler(model, unmask=Threshold(0.9), stop=StopAtEOS()).generate(ids, mask, max_new_tokens=24,
+                                                                             block_length=8)
+    generated = early.sequences[:, ids.shape[1]:]
+    assert not (generated == spec.mask_id).any()
+    for row, n in enumerate(early.generated_tokens.tolist()):
+        assert (generated[row, n:] == spec.eos_id).all()
+        assert not torch.isin(generated[row, :n - 1], torch.tensor(spec.stop_ids)).any()
+    assert (early.generated_tokens < 24).sum() >= 2, "the case needs rows that emit EOS"
+    assert early.row_forwards.sum() < full.row_forwards.sum()
+
+
+def test_stop_at_eos_changes_nothing_when_no_eos_is_emitted():
+    model = decoder("Dream", seed=7, favour={EOS: -30.0, EOT: -30.0})
+    ids, mask = prompts(model, [7, 5], seed=7)
+    unmask = DreamAlgorithm("maskgit_plus", 8)
+    full = Sampler(model, unmask=unmask).generate(ids, mask, max_new_tokens=16)
+    early = Sampler(model, unmask=unmask, stop=StopAtEOS()).generate(ids, mask, max_new_tokens=16)
+    assert torch.equal(full.sequences, early.sequences)
+    assert early.generated_tokens.tolist() == [16, 16]
+
+
+def test_accounting():
+    model = decoder("llada", seed=8)
+    ids, mask = prompts(model, [5, 8], seed=8)
+    out = Sampler(model, unmask=LowConfidence(12, cfg_scale=1.0), trace=True).generate(
+        ids, mask, max_new_tokens=12, block_length=6)
+    assert (out.steps, out.nfe) == (12, 24), "a guided step is two forward passes"
+    assert out.row_forwards.tolist() == [24, 24]
+    assert torch.stack([r.committed for r in out.trace]).sum(0).tolist() == [12, 12]
+    assert out.tokens_per_forward == 0.5
+    spec = model.spec
+    generated = out.sequences[:, ids.shape[1]:].clone()
+    generated[0] = 7
+    generated[0, 3] = spec.eos_id
+    generated[1, 5] = spec.eot_id
+    generated[1, 8] = spec.eos_id
+    counted = dllm_accel.policies.stop.count_generated(generated, spec)
+    assert counted.tolist() == [4, min(6, int(out.generated_tokens[1]))]
+
+
+def test_steps_that_commit_nothing_run_no_forward():
+    """Dream's early steps commit int(n · (1 - s/t)) = 0 tokens when steps exceed the tokens."""
+    model = decoder("Dream", seed=8)
+    ids, _ = prompts(model, [6], seed=8)
+    out = Sampler(model, unmask=DreamAlgorithm("entropy", 32), trace=True).generate(ids, max_new_tokens=8)
+    assert len(out.trace) == 32
+    assert out.steps == out.nfe == sum(r.forwarded for r in out.trace) < 32
+    assert sum(int(r.committed.sum()) for r in out.trace) == 8
+
+
+def test_dream_drop_in_returns_history_per_step():
+    model = decoder("Dream", seed=9)
+    ids, _ = prompts(model, [6], seed=9)
+    out = dllm_accel.dream_generate(model, ids, max_new_tokens=8, steps=16, alg="entropy",
+                                    return_dict_in_generate=True, output_history=True)
+    assert len(out.history) == 16 and torch.equal(out.history[-1], out.sequences)
+    plain = dllm_accel.dream_generate(model, ids, max_new_tokens=8, steps=16, alg="entropy")
+    assert torch.equal(out["sequences"], plain)
+    assert dllm_accel.dream_generate(model, ids, steps=4, alg="entropy").shape == (1, 6 + 20)
+
+
+def test_callback_sees_every_step():
+    model = decoder("llada", seed=10)
+    ids, _ = prompts(model, [6], seed=10)
+    seen = []
+    Sampler(model, unmask=LowConfidence(8)).generate(
+        ids, max_new_tokens=8, block_length=4, callback=lambda record, x: seen.append((record.block, record.step)))
+    assert seen == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
+
+
+def test_bf16_model_decodes_to_the_end():
+    model = decoder("Dream", seed=11).to(torch.bfloat16)
+    ids, mask = prompts(model, [6, 9], seed=11)
+    out = Sampler(model, unmask=LowConfidence(16)).generate(ids, mask, max_new_tokens=16, block_length=8)
+    assert not (out.sequences == model.spec.mask_id).any()
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def _generate(**overrides):
+    model = decoder("llada")
+    ids, mask = prompts(model, [5, 7])
+    arguments = dict(input_ids=ids, attention_mask=mask, max_new_tokens=16, block_length=8)
+    arguments.update(overrides)
+    policy = arguments.pop("unmask", None) or LowConfidence(16)
+    return Sampler(model, unmask=policy).generate(**arguments)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(block_length=5), r"max_new_tokens \(16\) must be divisible by block_length \(5\)"),
+    (dict(unmask=LowConfidence(7)), r"steps \(7\) must be divisible by the number of blocks \(2"),
+    (dict(unmask=DreamAlgorithm("entropy", 3)), r"steps \(3\) must be divisible"),
+    (dict(max_new_tokens=0), r"max_new_tokens must be a positive integer, got 0"),
+    (dict(max_new_tokens=-4), r"max_new_tokens must be a positive integer"),
+    (dict(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=None), r"empty prompt"),
+    (dict(input_ids=torch.tensor([[5, 127, 6]]), attention_mask=None), r"contains the mask token 127 \(row 0, "),
+    (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1] * 7])), r"attention_mask must be left padding"),
+    (dict(attention_mask=torch.tensor([[0] * 7, [1] * 7])), r"row with no token"),
+    (dict(input_ids=torch.tensor([[5, 900]]), attention_mask=None), r"outside the vocabulary"),
+])
+def test_bad_generate_input_is_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _generate(**overrides)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: Threshold(0.0), r"tau \(the confidence threshold\) must be in \(0, 1\], got 0.0"),
+    (lambda: Threshold(1.5), r"tau .* must be in \(0, 1\]"),
+    (lambda: Factor(0), r"f \(the factor\) must be a number > 0"),
+    (lambda: EntropyThreshold(-1), r"h \(the entropy threshold, nats\) must be a number >= 0"),
+    (lambda: DreamAlgorithm("greedy", 8), r"alg must be one of \('origin', 'maskgit_plus', 'topk_margin', 'entropy'\)"),
+    (lambda: DreamAlgorithm("entropy", 8, top_p=0.0), r"top_p must be None or in \(0, 1\], got 0.0"),
+    (lambda: DreamAlgorithm("entropy", 8, top_p=1.2), r"top_p must be None or in \(0, 1\]"),
+    (lambda: DreamAlgorithm("entropy", 8, top_k=0), r"top_k must be None or a positive integer"),
+    (lambda: DreamAlgorithm("entropy", 0), r"steps must be a positive integer, got 0"),
+    (lambda: LowConfidence(8, remasking="lowest"), r"remasking must be one of \('low_confidence', 'random'\)"),
+    (lambda: LowConfidence(8, temperature=-1), r"temperature must be a number >= 0"),
+    (lambda: LowConfidence(8, cfg_scale=-1), r"cfg_scale must be a number >= 0"),
+])
+def test_bad_policy_arguments_are_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_drop_in_argument_errors():
+    model = decoder("llada")
+    ids, _ = prompts(model, [5])
+    with pytest.raises(ValueError, match=r"gen_length \(16\) must be divisible by block_length \(6\)"):
+        dllm_accel.llada_generate(model, ids, steps=16, gen_length=16, block_length=6)
+    with pytest.raises(ValueError, match=r"mask_id=3 differs from the model's mask token 127"):
+        dllm_accel.llada_generate(model, ids, mask_id=3)
+    with pytest.raises(ValueError, match=r"remasking must be one of"):
+        dllm_accel.llada_generate(model, ids, remasking="confidence")
+    with pytest.raises(ValueError, match=r"alg must be one of"):
+        dllm_accel.dream_generate(decoder("Dream"), ids, alg="maskgit")
+    with pytest.raises(TypeError, match=r"unmask must be an unmask policy"):
+        Sampler(model, unmask="low_confidence")
