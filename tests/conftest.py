@@ -7,6 +7,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from dllm_accel.models import build_model, tiny_config  # noqa: E402
 
@@ -40,6 +41,29 @@ def random_ids(model, batch: int, length: int, seed: int = 0) -> torch.Tensor:
     """Ordinary token ids (no special token) of shape [batch, length]."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.spec.vocab_size - 3, (batch, length), generator=generator)
+
+
+class StandIn(nn.Module):
+    """A module tree with the remote code's parameter names and a transformers-like config."""
+
+    class Config:
+        def __init__(self, values):
+            self.values = values
+
+        def to_dict(self):
+            return dict(self.values)
+
+    def __init__(self, state: dict, config: dict):
+        super().__init__()
+        self.config = self.Config(config)
+        for name, tensor in state.items():
+            owner = self
+            *path, leaf = name.split(".")
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.register_parameter(leaf, nn.Parameter(tensor.clone()))
 
 
 @pytest.fixture(autouse=True)

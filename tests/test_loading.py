@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import MODEL_TYPES, random_ids, shared_path, tiny_model
+from conftest import MODEL_TYPES, StandIn, random_ids, shared_path, tiny_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,29 +62,6 @@ def test_end_of_turn_id_comes_from_the_tokenizer_files(tmp_path):
     decoder = {"120": {"content": "<|eot_id|>", "special": True}, "121": {"content": "<|other|>"}}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
     assert dllm_accel.load_model(tmp_path).spec.eot_id == 120
-
-
-class StandIn(nn.Module):
-    """A module tree with the remote code's parameter names and a transformers-like config."""
-
-    class Config:
-        def __init__(self, values):
-            self.values = values
-
-        def to_dict(self):
-            return dict(self.values)
-
-    def __init__(self, state: dict, config: dict):
-        super().__init__()
-        self.config = self.Config(config)
-        for name, tensor in state.items():
-            owner = self
-            *path, leaf = name.split(".")
-            for part in path:
-                if not hasattr(owner, part):
-                    owner.add_module(part, nn.Module())
-                owner = getattr(owner, part)
-            owner.register_parameter(leaf, nn.Parameter(tensor.clone()))
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
