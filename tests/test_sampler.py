@@ -251,9 +251,11 @@ def test_dream_drop_in_returns_history_per_step():
 
 def test_drop_ins_take_a_model_loaded_with_remote_code():
     """A transformers model object (here a stand-in with the remote code's names) decodes as the native one."""
-    for model_type, call in [("llada", lambda m, ids: dllm_accel.llada_generate(m, ids, steps=8, gen_length=8, block_length=4)),
-                             ("Dream", lambda m, ids: dllm_accel.dream_generate(m, ids, max_new_tokens=8, steps=8,
-                                                                                alg="topk_margin"))]:
+    calls = {
+        "llada": lambda m, ids: dllm_accel.llada_generate(m, ids, steps=8, gen_length=8, block_length=4),
+        "Dream": lambda m, ids: dllm_accel.dream_generate(m, ids, max_new_tokens=8, steps=8, alg="topk_margin"),
+    }
+    for model_type, call in calls.items():
         model = decoder(model_type, seed=12)
         ids, _ = prompts(model, [6], seed=12)
         assert torch.equal(call(StandIn(model.state_dict(), model.config), ids), call(model, ids))
