@@ -23,7 +23,7 @@ class StopAtEOS:
 
     def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
         """generated [B, N], the canvas after the prompt, edited in place."""
-        stop = torch.isin(generated, torch.tensor(spec.stop_ids, device=generated.device))
+        stop = is_stop(generated, spec)
         after_first_stop = stop.cumsum(1) - stop.long() > 0
         generated.masked_fill_(after_first_stop, spec.eos_id)
 
@@ -33,6 +33,13 @@ class StopAtEOS:
 
 def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """[B] tokens per row up to and including the first stop token (all N when there is none)."""
-    stop = torch.isin(generated, torch.tensor(spec.stop_ids, device=generated.device))
+    stop = is_stop(generated, spec)
     first = stop.int().argmax(1)
     return torch.where(stop.any(1), first + 1, generated.shape[1])
+
+
+def is_stop(tokens: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    stop = tokens == spec.stop_ids[0]
+    for token in spec.stop_ids[1:]:
+        stop |= tokens == token
+    return stop
