@@ -76,6 +76,9 @@ class Sampler:
         is called after every step, including steps that needed no forward."""
         spec, device = self.model.spec, self.model.device
         attention_mask = self._check_prompt(input_ids, attention_mask)
+        if generator is not None and generator.device.type != device.type:
+            raise ValueError(f"generator is on {generator.device}, the model on {device}; "
+                             f"create it with torch.Generator({device.type!r})")
         n_blocks, block_length = _blocks(max_new_tokens, block_length)
         steps = self.unmask.steps_per_block(n_blocks)
         batch, prompt_len = input_ids.shape
@@ -103,9 +106,9 @@ class Sampler:
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if n_live:
                     ctx = replace(ctx, candidates=candidates & live[:, None])
-                    logits = self._candidate_logits(x, canvas_mask, live, n_live, ctx.candidates, prompt_len)
-                    commit, tokens = self.unmask.select(ctx, logits, quota)
                     rows, positions = ctx.candidates.nonzero(as_tuple=True)
+                    logits = self._candidate_logits(x, canvas_mask, live, n_live, rows, positions, prompt_len)
+                    commit, tokens = self.unmask.select(ctx, logits, quota)
                     x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
                     committed.index_add_(0, rows, commit.long())
                     self.stop.after_step(x[:, prompt_len:], spec)
@@ -122,10 +125,10 @@ class Sampler:
             row_forwards=row_forwards, trace=trace,
         )
 
-    def _candidate_logits(self, x, canvas_mask, live, n_live, candidates, prompt_len) -> torch.Tensor:
-        """Logits [M, V] of the candidates, in row-major order; only live rows go through the model."""
+    def _candidate_logits(self, x, canvas_mask, live, n_live, rows, positions, prompt_len) -> torch.Tensor:
+        """Logits [M, V] of the candidates (rows, positions), in that order; only live rows go through
+        the model."""
         spec = self.model.spec
-        rows, positions = candidates.nonzero(as_tuple=True)
         ids, mask = x, canvas_mask
         if n_live < x.shape[0]:
             keep = live.nonzero().squeeze(1)
