@@ -14,13 +14,14 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
 from .models.base import DiffusionLM
-from .policies.stop import FullLength, count_generated
+from .policies.stop import FullLength, StopAtEOS, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
 
 
@@ -64,7 +65,10 @@ class Sampler:
             raise ValueError(f"cache must be None (a full forward every step); got {cache!r}")
         if guide is not None:
             raise ValueError(f"guide must be None (no AR guide exists yet); got {guide!r}")
-        self.model, self.unmask, self.stop, self.trace = model, unmask, stop or FullLength(), trace
+        stop = FullLength() if stop is None else stop
+        if not isinstance(stop, (FullLength, StopAtEOS)):
+            raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
+        self.model, self.unmask, self.stop, self.trace = model, unmask, stop, trace
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -93,37 +97,44 @@ class Sampler:
         for block in range(n_blocks):
             end = prompt_len + (block + 1) * block_length
             plan = self.unmask.begin_block((x[:, end - block_length:end] == spec.mask_id).sum(1), steps)
-            step = 0
-            while steps is None or step < steps:
+            for step in itertools.count() if steps is None else range(steps):
                 candidates = x == spec.mask_id
                 candidates[:, end:] = False
                 if not candidates.any():
                     break
-                ctx = StepContext(candidates, step, plan, spec, generator)
-                quota = self.unmask.quota(ctx)
-                live = candidates.any(1) if quota is None else candidates.any(1) & (quota > 0)
-                n_live = int(live.sum())
-                committed = torch.zeros(batch, dtype=torch.long, device=device)
-                if n_live:
-                    ctx = replace(ctx, candidates=candidates & live[:, None])
-                    rows, positions = ctx.candidates.nonzero(as_tuple=True)
-                    logits = self._candidate_logits(x, canvas_mask, live, n_live, rows, positions, prompt_len)
-                    commit, tokens = self.unmask.select(ctx, logits, quota)
-                    x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-                    committed.index_add_(0, rows, commit.long())
-                    self.stop.after_step(x[:, prompt_len:], spec)
+                live, committed = self._step(x, canvas_mask, prompt_len, StepContext(candidates, step, plan, spec,
+                                                                                     generator))
+                if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
-                record = StepRecord(block, step, n_live > 0, committed)
+                record = StepRecord(block, step, live is not None, committed)
                 if trace is not None:
                     trace.append(record)
                 if callback is not None:
                     callback(record, x)
-                step += 1
         return GenerationOutput(
             sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
             row_forwards=row_forwards, trace=trace,
         )
+
+    def _step(self, x, canvas_mask, prompt_len, ctx: StepContext):
+        """One step on the canvas x (edited in place) -> (live rows [B] or None when no row had anything
+        to commit and nothing ran, tokens committed per row [B])."""
+        spec = ctx.spec
+        committed = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        quota = self.unmask.quota(ctx)
+        live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
+        n_live = int(live.sum())
+        if n_live == 0:
+            return None, committed
+        ctx = replace(ctx, candidates=ctx.candidates & live[:, None])
+        rows, positions = ctx.candidates.nonzero(as_tuple=True)
+        logits = self._candidate_logits(x, canvas_mask, live, n_live, rows, positions, prompt_len)
+        commit, tokens = self.unmask.select(ctx, logits, quota)
+        x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
+        committed.index_add_(0, rows, commit.long())
+        self.stop.after_step(x[:, prompt_len:], spec)
+        return live, committed
 
     def _candidate_logits(self, x, canvas_mask, live, n_live, rows, positions, prompt_len) -> torch.Tensor:
         """Logits [M, V] of the candidates (rows, positions), in that order; only live rows go through
