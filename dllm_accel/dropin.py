@@ -27,18 +27,14 @@ def native(model) -> DiffusionLM:
     return model if isinstance(model, DiffusionLM) else from_hf(model)
 
 
-def _check_mask_id(model: DiffusionLM, mask_id) -> None:
-    if mask_id is not None and mask_id != model.spec.mask_id:
-        raise ValueError(f"mask_id={mask_id} differs from the model's mask token {model.spec.mask_id}; "
-                         "pass mask_id=None to use the model's")
-
-
 def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
                    cfg_scale=0., remasking="low_confidence", mask_id=None, logits_eos_inf=False,
                    confidence_eos_eot_inf=False, *, generator=None) -> torch.Tensor:
     """LLaDA's generate: LongTensor [B, P + gen_length]. `mask_id=None` takes the model's."""
     model = native(model)
-    _check_mask_id(model, mask_id)
+    if mask_id is not None and mask_id != model.spec.mask_id:
+        raise ValueError(f"mask_id={mask_id} differs from the model's mask token {model.spec.mask_id}; "
+                         "pass mask_id=None to use the model's")
     if isinstance(block_length, int) and block_length > 0 and isinstance(gen_length, int) and gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be divisible by block_length ({block_length})")
     unmask = LowConfidence(steps, remasking, temperature, cfg_scale, logits_eos_inf=logits_eos_inf,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .models.base import DiffusionLM
-from .policies.stop import FullLength, StopAtEOS, count_generated
+from .policies.stop import FullLength, StopPolicy, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
 
 
@@ -66,7 +66,7 @@ class Sampler:
         if guide is not None:
             raise ValueError(f"guide must be None (no AR guide exists yet); got {guide!r}")
         stop = FullLength() if stop is None else stop
-        if not isinstance(stop, (FullLength, StopAtEOS)):
+        if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
         self.model, self.unmask, self.stop, self.trace = model, unmask, stop, trace
 

@@ -1,6 +1,6 @@
 """Small policy objects, one job each, composed by the Sampler."""
 
-from .stop import FullLength, StopAtEOS
+from .stop import FullLength, StopAtEOS, StopPolicy
 from .unmask import (
     DreamAlgorithm,
     EntropyThreshold,
@@ -13,5 +13,5 @@ from .unmask import (
 
 __all__ = [
     "DreamAlgorithm", "EntropyThreshold", "Factor", "FullLength", "LowConfidence", "StepContext", "StopAtEOS",
-    "Threshold", "UnmaskPolicy",
+    "StopPolicy", "Threshold", "UnmaskPolicy",
 ]

@@ -7,28 +7,26 @@ import torch
 from ..models.base import ModelSpec
 
 
-class FullLength:
-    """Decode every position of the canvas, stop tokens or not: the official samplers' behaviour."""
-
+class StopPolicy:
     def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
-        pass
+        """generated [B, N], the canvas after the prompt, may be edited in place after each step."""
 
     def __repr__(self):
-        return "FullLength()"
+        return f"{type(self).__name__}()"
 
 
-class StopAtEOS:
+class FullLength(StopPolicy):
+    """Decode every position of the canvas, stop tokens or not: the official samplers' behaviour."""
+
+
+class StopAtEOS(StopPolicy):
     """A row stops at its first committed stop token: every position after it becomes EOS at once, so it
     is never decoded and never left as MASK. The row finishes when nothing before that token is masked."""
 
-    def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
-        """generated [B, N], the canvas after the prompt, edited in place."""
+    def after_step(self, generated, spec):
         stop = is_stop(generated, spec)
         after_first_stop = stop.cumsum(1) - stop.long() > 0
         generated.masked_fill_(after_first_stop, spec.eos_id)
-
-    def __repr__(self):
-        return "StopAtEOS()"
 
 
 def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
