@@ -336,3 +336,5 @@ def test_drop_in_argument_errors():
         dllm_accel.dream_generate(decoder("Dream"), ids, alg="maskgit")
     with pytest.raises(TypeError, match=r"unmask must be an unmask policy"):
         Sampler(model, unmask="low_confidence")
+    with pytest.raises(TypeError, match=r"stop must be FullLength\(\) or StopAtEOS\(\), got 'eos'"):
+        Sampler(model, unmask=Threshold(0.9), stop="eos")
