@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dllm_accel", "dllm_accel.*"]) + ["dllm_accel.kernels"],
     package_dir={"dllm_accel.kernels": "kernels"},
-    package_data={"dllm_accel.assets": ["configs/*.json"]},
+    package_data={"dllm_accel.assets": ["configs/*.json", "tiny-*/*"]},
     install_requires=[
         "torch>=2.5",
         "transformers>=4.46",

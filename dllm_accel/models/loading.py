@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..assets import checkpoint_directory
 from .base import DiffusionLM
 from .dream import DreamModel
 from .llada import LLaDAModel
@@ -34,7 +35,7 @@ def model_class(model_type) -> type[DiffusionLM]:
 
 
 def read_config(path) -> dict:
-    directory = Path(path)
+    directory = checkpoint_directory(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
     config_file = directory / "config.json"
@@ -44,13 +45,13 @@ def read_config(path) -> dict:
 
 
 def load_model(path, dtype=None, device=None) -> DiffusionLM:
-    """Native model from a Hugging Face checkpoint directory.
+    """Native model from a Hugging Face checkpoint directory, or a bundled model by name ("tiny-llada").
 
     dtype: a torch.dtype or its name ("bfloat16", ...); None (or "auto") takes config.json's torch_dtype,
         else the stored dtype, as transformers' "auto" does.
     device: where the tensors are loaded (default CPU).
     """
-    directory = Path(path)
+    directory = checkpoint_directory(path)
     config = read_config(directory)
     target = _resolve_dtype(dtype) or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # "auto"
     cls = model_class(config.get("model_type"))

@@ -6,19 +6,25 @@ text is tokenised with add_special_tokens=False, so BOS appears exactly as the t
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import torch
 import transformers
 
+from ..assets import checkpoint_directory
 from .loading import model_class, read_config
 
 
 def load_tokenizer(path):
-    """The tokenizer of a checkpoint directory (Dream's remote DreamTokenizer loads as Qwen2's)."""
-    directory = Path(path)
-    cls = model_class(read_config(directory).get("model_type"))
-    return getattr(transformers, cls.tokenizer_class).from_pretrained(directory, local_files_only=True)
+    """The tokenizer of a checkpoint directory or bundled model: the class its tokenizer_config.json
+    names, when transformers has it; else the model family's (Dream's remote DreamTokenizer loads as
+    Qwen2's), so no remote code runs."""
+    directory = checkpoint_directory(path)
+    settings = directory / "tokenizer_config.json"
+    name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
+    if not hasattr(transformers, name or ""):
+        name = model_class(read_config(directory).get("model_type")).tokenizer_class
+    return getattr(transformers, name).from_pretrained(directory, local_files_only=True)
 
 
 def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True, device=None) -> dict:

@@ -1,0 +1,1 @@
+"""Tasks: prompts, answer extraction and scoring."""

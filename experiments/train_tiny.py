@@ -1,0 +1,278 @@
+"""Train the bundled testbed models on dllm_accel.tasks.arith, on CPU, deterministic given a seed.
+
+    python experiments/train_tiny.py --model tiny-llada --steps 6000 --minutes 50 --out /tmp/tiny-llada
+
+Models (one character-level tokenizer shared by all three):
+- tiny-llada: the native LLaDA model; LLaDA's SFT objective: the prompt stays clean, the answer and
+  the EOS padding after it are masked with probability t ~ U(eps, 1) per example, cross-entropy on
+  the masked tokens weighted 1/t, normalised by the answer length;
+- tiny-dream: the native Dream model (GQA, q/k/v biases), the same objective with Dream's shift;
+- tiny-ar: a transformers Llama causal LM, next-token cross-entropy on the answer.
+Every `--eval-every` steps the model decodes validation problems greedily (the official baseline:
+one token per step, semi-autoregressive blocks); the best checkpoint so far is saved in the Hugging
+Face layout (16-bit weights) with a metrics.json recording how it was trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import dllm_accel
+from dllm_accel import DreamAlgorithm, LowConfidence, Sampler
+from dllm_accel.models import build_model, save_model, tiny_config
+from dllm_accel.tasks import arith
+
+SPECIAL = {"mask": "<|mask|>", "eos": "<|endoftext|>", "eot": "<|eot|>", "pad": "<|pad|>"}
+ROLES = ("<|user|>", "<|assistant|>")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>{% else %}<|assistant|>{% endif %}"
+    "{{ m['content'] }}<|eot|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+VOCAB = 128  # rows of the embedding: the tokenizer's ids, rounded up
+SHAPES = {  # model -> sizes
+    "tiny-llada": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=384),
+    "tiny-dream": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=384),
+    "tiny-ar": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=384),
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per printable ASCII character, plus the special and role tokens."""
+    characters = [chr(c) for c in range(32, 127)] + ["\n"]
+    specials = [*SPECIAL.values(), *ROLES]
+    vocab = {token: i for i, token in enumerate(specials + characters)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL["pad"]))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, mask_token=SPECIAL["mask"], eos_token=SPECIAL["eos"], pad_token=SPECIAL["pad"],
+        additional_special_tokens=[SPECIAL["eot"], *ROLES], padding_side="left",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def model_config(name: str, tokenizer, rope_theta: float) -> dict:
+    ids = dict(mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id, eot_token_id=tokenizer.convert_tokens_to_ids(SPECIAL["eot"]))
+    if name == "tiny-ar":
+        shape = SHAPES[name]
+        return dict(vocab_size=VOCAB, hidden_size=shape["d_model"], intermediate_size=shape["mlp_hidden"],
+                    num_hidden_layers=shape["n_layers"], num_attention_heads=shape["n_heads"],
+                    num_key_value_heads=shape["n_heads"], max_position_embeddings=1024, tie_word_embeddings=False,
+                    rope_theta=rope_theta,
+                    bos_token_id=None, **{k: v for k, v in ids.items() if k != "mask_token_id"})
+    model_type = "llada" if name == "tiny-llada" else "Dream"
+    config = tiny_config(model_type, vocab=VOCAB, **SHAPES[name], **ids, rope_theta=rope_theta)
+    config["bos_token_id"] = None
+    config["torch_dtype"] = "float32"  # stored in 16 bits, run in fp32 unless asked otherwise
+    return config
+
+
+# -- data ------------------------------------------------------------------------------------------
+class Data:
+    """Training examples: chat prompt (with `shots` solved examples) ++ solution ++ <|eot|> ++ EOS
+    padding up to `gen_length`; left-padded into a batch."""
+
+    def __init__(self, tokenizer, shots: int, gen_length: int, pool: int, seed: int):
+        self.tokenizer, self.shots, self.gen_length = tokenizer, shots, gen_length
+        self.pool = arith.problems(pool, seed=seed, split="train")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def encode(self, problem):
+        prompt = self.tokenizer(arith.prompt(problem, self.tokenizer, shots=self.shots),
+                                add_special_tokens=False)["input_ids"]
+        answer = self.tokenizer(problem.solution + SPECIAL["eot"], add_special_tokens=False)["input_ids"]
+        if len(answer) > self.gen_length:
+            raise ValueError(f"gen_length {self.gen_length} is shorter than an answer ({len(answer)} tokens)")
+        return prompt, answer + [self.tokenizer.eos_token_id] * (self.gen_length - len(answer)), len(answer)
+
+    def batch(self, size: int):
+        """ids [B, T], attention_mask [B, T], answer [B, T] (the generated region), answer_length [B]."""
+        picks = torch.randint(len(self.pool), (size,), generator=self.generator).tolist()
+        rows = [self.encode(self.pool[i]) for i in picks]
+        width = max(len(p) for p, _, _ in rows) + self.gen_length
+        ids = torch.full((size, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((size, width), dtype=torch.long)
+        for row, (prompt, answer, _) in enumerate(rows):
+            ids[row, width - len(prompt) - len(answer):] = torch.tensor(prompt + answer)
+            mask[row, width - len(prompt) - len(answer):] = 1
+        answer_region = torch.zeros_like(mask, dtype=torch.bool)
+        answer_region[:, width - self.gen_length:] = True
+        return ids, mask, answer_region, torch.tensor([n for _, _, n in rows])
+
+
+# -- objectives ------------------------------------------------------------------------------------
+def diffusion_loss(model, ids, attention_mask, answer_region, generator, eps):
+    """LLaDA's SFT loss: mask the generated region with probability t per example, weight by 1/t."""
+    spec = model.spec
+    t = eps + (1 - eps) * torch.rand(ids.shape[0], generator=generator)
+    masked = (torch.rand(ids.shape, generator=generator) < t[:, None]) & answer_region
+    noisy = ids.masked_fill(masked, spec.mask_id)
+    hidden = model.hidden_states(noisy, attention_mask)
+    rows, positions = masked.nonzero(as_tuple=True)
+    logits = model.head(hidden[rows, positions - spec.logit_shift])
+    loss = F.cross_entropy(logits.float(), ids[rows, positions], reduction="none") / t[rows]
+    return loss.sum() / answer_region.sum()
+
+
+def ar_loss(model, ids, attention_mask, answer_region, generator, eps=None):
+    logits = model(input_ids=ids, attention_mask=attention_mask).logits[:, :-1]
+    targets = ids[:, 1:].masked_fill(~answer_region[:, 1:], -100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(model, tokenizer, problems, *, shots, gen_length, block_length, decode=None, batch_size=64) -> float:
+    """Greedy exact match; `decode` (default: the official baseline of the model's family) maps
+    (model, tokenizer, batch, gen_length=, block_length=) to the generated texts."""
+    decode = decode or generate
+    correct = 0
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        texts = [arith.prompt(p, tokenizer, shots=shots) for p in chunk]
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        outputs = decode(model, tokenizer, batch, gen_length=gen_length, block_length=block_length)
+        correct += sum(arith.is_correct(text, p) for text, p in zip(outputs, chunk, strict=True))
+    return correct / len(problems)
+
+
+def generate(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if isinstance(model, LlamaForCausalLM):
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=gen_length, do_sample=False,
+                             eos_token_id=model.config.eot_token_id, pad_token_id=tokenizer.pad_token_id)
+    elif model.spec.model_type == "llada":
+        unmask = LowConfidence(steps=gen_length)
+        out = Sampler(model, unmask=unmask).generate(ids, mask, max_new_tokens=gen_length,
+                                                     block_length=block_length).sequences
+    else:
+        unmask = DreamAlgorithm("entropy", steps=gen_length)
+        out = Sampler(model, unmask=unmask).generate(ids, mask, max_new_tokens=gen_length).sequences
+    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+
+# -- training --------------------------------------------------------------------------------------
+def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, init: Path | None = None):
+    """A fresh model, or (with `init`) one continuing from a checkpoint this script saved."""
+    if init is not None:
+        if name == "tiny-ar":
+            model = LlamaForCausalLM.from_pretrained(init, dtype=torch.float32)
+            model.config.eot_token_id = tokenizer.convert_tokens_to_ids(SPECIAL["eot"])
+            return model
+        return dllm_accel.load_model(init, dtype=torch.float32)
+    config = model_config(name, tokenizer, rope_theta)
+    if name == "tiny-ar":
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**config))
+        model.config.eot_token_id = config["eot_token_id"]
+        return model
+    return build_model(config, seed=seed)
+
+
+def save(model, tokenizer, out: Path, metrics: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, LlamaForCausalLM):
+        model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+        model.float()
+    else:
+        save_model(model.to(torch.float16), out)
+        model.float()
+    tokenizer.save_pretrained(out)
+    portable(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def portable(out: Path) -> None:
+    """Run in fp32 by default though stored in 16 bits; a tokenizer class every transformers version has."""
+    config = json.loads((out / "config.json").read_text())
+    config.update({key: "float32" for key in ("torch_dtype", "dtype") if key in config or key == "torch_dtype"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    settings = json.loads((out / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--minutes", type=float, default=55.0, help="stop when this much training time is spent")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--shots", type=int, default=0)
+    parser.add_argument("--gen-length", type=int, default=48)
+    parser.add_argument("--block-length", type=int, default=16)
+    parser.add_argument("--pool", type=int, default=100_000)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-problems", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eps", type=float, default=1e-3, help="masking rates t ~ U(eps, 1)")
+    parser.add_argument("--rope-theta", type=float, default=10_000.0)
+    parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved (its metrics "
+                        "are carried over: steps and minutes add up)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tokenizer = build_tokenizer()
+    data = Data(tokenizer, args.shots, args.gen_length, args.pool, args.seed)
+    validation = arith.problems(args.eval_problems, seed=args.seed + 1, split="train")
+    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init).train()
+    before = json.loads((args.init / "metrics.json").read_text()) if args.init else {}
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    objective = ar_loss if args.model == "tiny-ar" else diffusion_loss
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / args.warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))))
+    noise = torch.Generator().manual_seed(args.seed + 2)
+    evaluate = dict(shots=args.shots, gen_length=args.gen_length, block_length=args.block_length)
+    best, spent, recent = -1.0, 0.0, []
+    for step in range(1, args.steps + 1):
+        start = time.perf_counter()
+        ids, mask, answer_region, _ = data.batch(args.batch)
+        loss = objective(model, ids, mask, answer_region, noise, eps=args.eps)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        spent += time.perf_counter() - start
+        recent = (recent + [loss.item()])[-100:]
+        if step % args.eval_every == 0 or step == args.steps or spent > args.minutes * 60:
+            model.eval()
+            score = accuracy(model, tokenizer, validation, **evaluate)
+            model.train()
+            print(f"step {step} loss {sum(recent) / len(recent):.4f} validation {score:.3f} "
+                  f"minutes {spent / 60:.1f}", flush=True)
+            if score > best:
+                best = score
+                save(model, tokenizer, args.out, dict(
+                    command=" && ".join(filter(None, [before.get("command"), command])), seed=args.seed,
+                    steps=before.get("steps", 0) + step, minutes=round(before.get("minutes", 0) + spent / 60, 1),
+                    final_loss=round(sum(recent) / len(recent), 4),
+                    validation_accuracy=score, shots=args.shots, gen_length=args.gen_length,
+                    block_length=args.block_length, batch=args.batch, lr=args.lr, eps=args.eps,
+                    rope_theta=args.rope_theta,
+                    dllm_accel=dllm_accel.__version__,
+                ))
+            if spent > args.minutes * 60:
+                break
+
+
+if __name__ == "__main__":
+    main()
