@@ -85,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--block-length", type=int, help="tiny-llada's semi-autoregressive block (default: the "
+                        "one in its metrics.json); tiny-dream and tiny-ar decode without blocks")
     parser.add_argument("--write", action="store_true", help="record the figures in each metrics.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -99,8 +101,8 @@ def main() -> None:
             model.config.eot_token_id = tokenizer.convert_tokens_to_ids("<|eot|>")
         else:
             model = dllm_accel.load_model(name)
-        settings = dict(shots=metrics["shots"], gen_length=metrics["gen_length"],
-                        block_length=metrics["block_length"])
+        block_length = (args.block_length or metrics["block_length"]) if name == "tiny-llada" else None
+        settings = dict(shots=metrics["shots"], gen_length=metrics["gen_length"], block_length=block_length)
         start = time.perf_counter()
         held_out = {"problems": len(problems), "split": "test", "seed": 0, **settings,
                     "accuracy": accuracy(model, tokenizer, problems, **settings)}

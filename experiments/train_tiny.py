@@ -1,6 +1,10 @@
 """Train the bundled testbed models on dllm_accel.tasks.arith, on CPU, deterministic given a seed.
 
-    python experiments/train_tiny.py --model tiny-llada --steps 6000 --minutes 50 --out /tmp/tiny-llada
+    python experiments/train_tiny.py --model tiny-llada --steps 8000 --minutes 50 --out /tmp/tiny-llada
+    python experiments/train_tiny.py --model tiny-llada --init /tmp/tiny-llada --seed 1 --lr 1e-3 \
+        --warmup 100 --steps 4000 --minutes 18 --out /tmp/tiny-llada-2     # continue; minutes add up
+
+The bundled models' metrics.json record the exact commands that made them.
 
 Models (one character-level tokenizer shared by all three):
 - tiny-llada: the native LLaDA model; LLaDA's SFT objective: the prompt stays clean, the answer and
@@ -71,12 +75,10 @@ def model_config(name: str, tokenizer, rope_theta: float) -> dict:
         return dict(vocab_size=VOCAB, hidden_size=shape["d_model"], intermediate_size=shape["mlp_hidden"],
                     num_hidden_layers=shape["n_layers"], num_attention_heads=shape["n_heads"],
                     num_key_value_heads=shape["n_heads"], max_position_embeddings=1024, tie_word_embeddings=False,
-                    rope_theta=rope_theta,
-                    bos_token_id=None, **{k: v for k, v in ids.items() if k != "mask_token_id"})
+                    rope_theta=rope_theta, bos_token_id=None, **{k: v for k, v in ids.items() if k != "mask_token_id"})
     model_type = "llada" if name == "tiny-llada" else "Dream"
     config = tiny_config(model_type, vocab=VOCAB, **SHAPES[name], **ids, rope_theta=rope_theta)
     config["bos_token_id"] = None
-    config["torch_dtype"] = "float32"  # stored in 16 bits, run in fp32 unless asked otherwise
     return config
 
 
@@ -217,7 +219,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--gen-length", type=int, default=48)
-    parser.add_argument("--block-length", type=int, default=16)
+    parser.add_argument("--block-length", type=int, default=16, help="tiny-llada's blocks in validation decoding")
     parser.add_argument("--pool", type=int, default=100_000)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-problems", type=int, default=128)

@@ -56,7 +56,7 @@ def _batch(tokenizer):
 
 
 @pytest.mark.parametrize("name, unmask, block_length", [
-    ("tiny-llada", LowConfidence(48), 16),
+    ("tiny-llada", LowConfidence(48), 24),
     ("tiny-dream", DreamAlgorithm("entropy", 48), None),
 ])
 def test_diffusion_models_solve_held_out_problems_with_their_baseline(name, unmask, block_length, tokenizer):
