@@ -98,21 +98,21 @@ class Data:
         answer = self.tokenizer(problem.solution + SPECIAL["eot"], add_special_tokens=False)["input_ids"]
         if len(answer) > self.gen_length:
             raise ValueError(f"gen_length {self.gen_length} is shorter than an answer ({len(answer)} tokens)")
-        return prompt, answer + [self.tokenizer.eos_token_id] * (self.gen_length - len(answer)), len(answer)
+        return prompt, answer + [self.tokenizer.eos_token_id] * (self.gen_length - len(answer))
 
     def batch(self, size: int):
-        """ids [B, T], attention_mask [B, T], answer [B, T] (the generated region), answer_length [B]."""
+        """ids [B, T], attention_mask [B, T], answer_region [B, T] (the generated region, EOS padding included)."""
         picks = torch.randint(len(self.pool), (size,), generator=self.generator).tolist()
         rows = [self.encode(self.pool[i]) for i in picks]
-        width = max(len(p) for p, _, _ in rows) + self.gen_length
+        width = max(len(p) for p, _ in rows) + self.gen_length
         ids = torch.full((size, width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((size, width), dtype=torch.long)
-        for row, (prompt, answer, _) in enumerate(rows):
+        for row, (prompt, answer) in enumerate(rows):
             ids[row, width - len(prompt) - len(answer):] = torch.tensor(prompt + answer)
             mask[row, width - len(prompt) - len(answer):] = 1
         answer_region = torch.zeros_like(mask, dtype=torch.bool)
         answer_region[:, width - self.gen_length:] = True
-        return ids, mask, answer_region, torch.tensor([n for _, _, n in rows])
+        return ids, mask, answer_region
 
 
 # -- objectives ------------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ def main() -> None:
     best, spent, recent = -1.0, 0.0, []
     for step in range(1, args.steps + 1):
         start = time.perf_counter()
-        ids, mask, answer_region, _ = data.batch(args.batch)
+        ids, mask, answer_region = data.batch(args.batch)
         loss = objective(model, ids, mask, answer_region, noise, eps=args.eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
