@@ -102,11 +102,16 @@ class Sampler:
                 candidates[:, end:] = False
                 if not candidates.any():
                     break
-                live, committed = self._step(x, canvas_mask, prompt_len, StepContext(candidates, step, plan, spec,
-                                                                                     generator))
+                live, rows, commit = self._step(x, canvas_mask, prompt_len,
+                                                StepContext(candidates, step, plan, spec, generator))
                 if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
+                if trace is None and callback is None:
+                    continue
+                committed = torch.zeros(batch, dtype=torch.long, device=device)
+                if live is not None:
+                    committed.index_add_(0, rows, commit.long())
                 record = StepRecord(block, step, live is not None, committed)
                 if trace is not None:
                     trace.append(record)
@@ -118,23 +123,21 @@ class Sampler:
         )
 
     def _step(self, x, canvas_mask, prompt_len, ctx: StepContext):
-        """One step on the canvas x (edited in place) -> (live rows [B] or None when no row had anything
-        to commit and nothing ran, tokens committed per row [B])."""
+        """One step on the canvas x (edited in place) -> (live rows [B], the candidates' rows [M], which
+        of them were committed [M]); all None when no row had anything to commit and nothing ran."""
         spec = ctx.spec
-        committed = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         quota = self.unmask.quota(ctx)
         live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
         n_live = int(live.sum())
         if n_live == 0:
-            return None, committed
+            return None, None, None
         ctx = replace(ctx, candidates=ctx.candidates & live[:, None])
         rows, positions = ctx.candidates.nonzero(as_tuple=True)
         logits = self._candidate_logits(x, canvas_mask, live, n_live, rows, positions, prompt_len)
         commit, tokens = self.unmask.select(ctx, logits, quota)
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-        committed.index_add_(0, rows, commit.long())
         self.stop.after_step(x[:, prompt_len:], spec)
-        return live, committed
+        return live, rows, commit
 
     def _candidate_logits(self, x, canvas_mask, live, n_live, rows, positions, prompt_len) -> torch.Tensor:
         """Logits [M, V] of the candidates (rows, positions), in that order; only live rows go through

@@ -19,11 +19,9 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model)
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
-    tokenizer.padding_side = "left"
     sampler = Sampler(model, unmask=instantiate(cfg.unmask), stop=instantiate(cfg.stop))
     problems = arith.problems(cfg.problems, seed=cfg.seed, split="test")
-    batch = tokenizer([arith.prompt(p, tokenizer, shots=cfg.shots) for p in problems], add_special_tokens=False,
-                      padding=True, return_tensors="pt").to(model.device)
+    batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, cfg.shots) for p in problems], device=model.device)
     start = time.perf_counter()
     out = sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=cfg.max_new_tokens,
                            block_length=cfg.block_length, generator=torch.Generator(model.device).manual_seed(cfg.seed))

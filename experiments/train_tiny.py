@@ -144,8 +144,7 @@ def accuracy(model, tokenizer, problems, *, shots, gen_length, block_length, dec
     correct = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        texts = [arith.prompt(p, tokenizer, shots=shots) for p in chunk]
-        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in chunk])
         outputs = decode(model, tokenizer, batch, gen_length=gen_length, block_length=block_length)
         correct += sum(arith.is_correct(text, p) for text, p in zip(outputs, chunk, strict=True))
     return correct / len(problems)

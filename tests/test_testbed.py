@@ -51,8 +51,7 @@ def _solved(texts) -> float:
 
 
 def _batch(tokenizer):
-    return tokenizer([arith.prompt(p, tokenizer) for p in HELD_OUT], add_special_tokens=False, padding=True,
-                     return_tensors="pt")
+    return dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in HELD_OUT])
 
 
 @pytest.mark.parametrize("name, unmask, block_length", [

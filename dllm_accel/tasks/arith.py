@@ -77,14 +77,18 @@ def _operation(rng: random.Random, value: int) -> tuple[str, int]:
 
 
 # -- prompts and scoring ---------------------------------------------------------------------------
-def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0) -> str:
-    """The chat-formatted prompt: `shots` solved training problems as earlier turns, then the question."""
-    messages = []
+def messages(problem: Problem, shots: int = 0, seed: int = 0) -> list[dict]:
+    """The conversation: `shots` solved training problems as earlier turns, then the question (a batch of
+    these is what dllm_accel.encode_chat takes)."""
+    turns = []
     for example in problems(shots, seed=seed + 10_000, split="train"):
-        messages += [{"role": "user", "content": example.question},
-                     {"role": "assistant", "content": example.solution}]
-    messages.append({"role": "user", "content": problem.question})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        turns += [{"role": "user", "content": example.question}, {"role": "assistant", "content": example.solution}]
+    return [*turns, {"role": "user", "content": problem.question}]
+
+
+def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0) -> str:
+    """The chat-formatted prompt text of `messages(problem, shots, seed)`."""
+    return tokenizer.apply_chat_template(messages(problem, shots, seed), add_generation_prompt=True, tokenize=False)
 
 
 _NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
