@@ -116,17 +116,39 @@ class Data:
 
 
 # -- objectives ------------------------------------------------------------------------------------
-def diffusion_loss(model, ids, attention_mask, answer_region, generator, eps):
-    """LLaDA's SFT loss: mask the generated region with probability t per example, weight by 1/t."""
+def diffusion_loss(model, ids, attention_mask, answer_region, generator, eps, block_length=0, block_share=0.0):
+    """LLaDA's SFT loss: mask the generated region with probability t per example, weight by 1/t.
+
+    With `block_share` > 0 that share of the examples is shaped like a semi-autoregressive decoding
+    state instead: a random block k of `block_length` is masked with probability t, the blocks before
+    it are clean, those after it fully masked, and only block k's masked tokens are scored (the only
+    ones such a decoder commits)."""
     spec = model.spec
     t = eps + (1 - eps) * torch.rand(ids.shape[0], generator=generator)
     masked = (torch.rand(ids.shape, generator=generator) < t[:, None]) & answer_region
+    scored, region = masked, answer_region
+    if block_share > 0:
+        masked, scored, region = semi_ar_states(masked, answer_region, block_length, block_share, generator)
     noisy = ids.masked_fill(masked, spec.mask_id)
     hidden = model.hidden_states(noisy, attention_mask)
-    rows, positions = masked.nonzero(as_tuple=True)
+    rows, positions = scored.nonzero(as_tuple=True)
     logits = model.head(hidden[rows, positions - spec.logit_shift])
     loss = F.cross_entropy(logits.float(), ids[rows, positions], reduction="none") / t[rows]
-    return loss.sum() / answer_region.sum()
+    return loss.sum() / region.sum()
+
+
+def semi_ar_states(masked, answer_region, block_length, share, generator):
+    """(noised, scored, scoreable) positions with `share` of the rows turned into semi-AR states."""
+    batch, width = masked.shape
+    answer_length = int(answer_region[0].sum())
+    block_of = (torch.arange(width) - (width - answer_length)) // block_length
+    block = torch.randint(answer_length // block_length, (batch, 1), generator=generator)
+    chosen = torch.rand(batch, 1, generator=generator) < share
+    current = answer_region & (block_of == block)
+    later = answer_region & (block_of > block)
+    noised = torch.where(chosen, masked & current | later, masked)
+    scored = torch.where(chosen, masked & current, masked)
+    return noised, scored, torch.where(chosen, current, answer_region)
 
 
 def ar_loss(model, ids, attention_mask, answer_region, generator, eps=None):
@@ -224,6 +246,8 @@ def main() -> None:
     parser.add_argument("--eval-problems", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--eps", type=float, default=1e-3, help="masking rates t ~ U(eps, 1)")
+    parser.add_argument("--block-share", type=float, default=0.0,
+                        help="share of diffusion examples shaped like semi-AR states of --block-length blocks")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
     parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved (its metrics "
                         "are carried over: steps and minutes add up)")
@@ -237,6 +261,7 @@ def main() -> None:
     before = json.loads((args.init / "metrics.json").read_text()) if args.init else {}
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     objective = ar_loss if args.model == "tiny-ar" else diffusion_loss
+    shaping = {} if args.model == "tiny-ar" else dict(block_length=args.block_length, block_share=args.block_share)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / args.warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))))
@@ -246,7 +271,7 @@ def main() -> None:
     for step in range(1, args.steps + 1):
         start = time.perf_counter()
         ids, mask, answer_region = data.batch(args.batch)
-        loss = objective(model, ids, mask, answer_region, noise, eps=args.eps)
+        loss = objective(model, ids, mask, answer_region, noise, eps=args.eps, **shaping)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -267,7 +292,8 @@ def main() -> None:
                     steps=before.get("steps", 0) + step, minutes=round(before.get("minutes", 0) + spent / 60, 1),
                     final_loss=round(sum(recent) / len(recent), 4),
                     validation_accuracy=score, shots=args.shots, gen_length=args.gen_length,
-                    block_length=args.block_length, batch=args.batch, lr=args.lr, eps=args.eps,
+                    block_length=args.block_length, block_share=args.block_share, batch=args.batch,
+                    lr=args.lr, eps=args.eps,
                     rope_theta=args.rope_theta,
                     dllm_accel=dllm_accel.__version__,
                 ))
