@@ -1,6 +1,6 @@
 """dllm_accel: training-free decoding acceleration for masked diffusion language models."""
 
-from .dropin import dream_generate, llada_generate
+from .dropin import dream_generate, llada_generate, patch, unpatch
 from .models import (
     DiffusionLM,
     ModelSpec,
@@ -11,13 +11,26 @@ from .models import (
     load_tokenizer,
     save_model,
 )
-from .policies import DreamAlgorithm, EntropyThreshold, Factor, FullLength, LowConfidence, StopAtEOS, Threshold
+from .policies import (
+    DreamAlgorithm,
+    DualCache,
+    ElasticCache,
+    EntropyThreshold,
+    Factor,
+    FullLength,
+    LowConfidence,
+    NoCache,
+    PrefixCache,
+    StopAtEOS,
+    Threshold,
+)
 from .sampler import GenerationOutput, Sampler, StepRecord
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionLM", "DreamAlgorithm", "EntropyThreshold", "Factor", "FullLength", "GenerationOutput",
-    "LowConfidence", "ModelSpec", "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model",
-    "dream_generate", "encode_chat", "from_hf", "llada_generate", "load_model", "load_tokenizer", "save_model",
+    "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FullLength",
+    "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
+    "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "from_hf", "llada_generate",
+    "load_model", "load_tokenizer", "patch", "save_model", "unpatch",
 ]

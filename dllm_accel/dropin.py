@@ -2,7 +2,14 @@
 
 `llada_generate` is LLaDA's `generate(model, prompt, ...)` from its repository's generate.py;
 `dream_generate` is Dream's `model.diffusion_generate(input_ids, ...)`. Both accept a native model or
-one loaded with trust_remote_code (converted with from_hf, sharing its weights).
+one loaded with trust_remote_code (converted with from_hf, sharing its weights), and take two extra
+keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache, ElasticCache) and
+`unmask=` (an unmask policy replacing the one the official arguments describe).
+
+`patch(hf_model, cache=..., unmask=...)` makes a model loaded with trust_remote_code decode through
+Sampler with the user's code unchanged: Dream's `model.diffusion_generate(...)` is replaced, and
+`llada_generate(model, ...)` (the drop-in for LLaDA's repository function) takes the patched
+settings as its defaults. `unpatch(hf_model)` restores the model.
 
 Where they differ from the official code (tokens are the same): a step whose schedule commits nothing
 (e.g. LLaDA with more steps than tokens per block, Dream's early steps) runs no forward.
@@ -10,7 +17,7 @@ Where they differ from the official code (tokens are the same): a step whose sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.utils import ModelOutput
@@ -23,23 +30,50 @@ from .sampler import Sampler
 DREAM_DEFAULT_NEW_TOKENS = 20  # diffusion_generate without max_new_tokens: the generation config's max_length
 
 
+PATCH_ATTRIBUTE = "_dllm_accel_patch"
+
+
+@dataclass
+class Patch:
+    """What patch() attached to a remote-code model."""
+
+    model: DiffusionLM  # the native model sharing the remote model's weights
+    cache: object
+    unmask: object
+    replaced: dict = field(default_factory=dict)  # attribute -> the original (absent: None)
+
+
 def native(model) -> DiffusionLM:
-    return model if isinstance(model, DiffusionLM) else from_hf(model)
+    if isinstance(model, DiffusionLM):
+        return model
+    patched = getattr(model, PATCH_ATTRIBUTE, None)
+    return patched.model if patched is not None else from_hf(model)
+
+
+def _patched_settings(model, cache, unmask):
+    """The call's cache/unmask, else those patch() attached to the model."""
+    patched = getattr(model, PATCH_ATTRIBUTE, None)
+    if patched is None:
+        return cache, unmask
+    return (patched.cache if cache is None else cache), (patched.unmask if unmask is None else unmask)
 
 
 def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128, temperature=0.,
                    cfg_scale=0., remasking="low_confidence", mask_id=None, logits_eos_inf=False,
-                   confidence_eos_eot_inf=False, *, generator=None) -> torch.Tensor:
-    """LLaDA's generate: LongTensor [B, P + gen_length]. `mask_id=None` takes the model's."""
+                   confidence_eos_eot_inf=False, *, generator=None, cache=None, unmask=None) -> torch.Tensor:
+    """LLaDA's generate: LongTensor [B, P + gen_length]. `mask_id=None` takes the model's. `unmask`
+    replaces the policy of steps/remasking/temperature/cfg_scale/...; `cache` picks the refresh policy."""
+    cache, unmask = _patched_settings(model, cache, unmask)
     model = native(model)
     if mask_id is not None and mask_id != model.spec.mask_id:
         raise ValueError(f"mask_id={mask_id} differs from the model's mask token {model.spec.mask_id}; "
                          "pass mask_id=None to use the model's")
     if isinstance(block_length, int) and block_length > 0 and isinstance(gen_length, int) and gen_length % block_length:
         raise ValueError(f"gen_length ({gen_length}) must be divisible by block_length ({block_length})")
-    unmask = LowConfidence(steps, remasking, temperature, cfg_scale, logits_eos_inf=logits_eos_inf,
-                           confidence_eos_eot_inf=confidence_eos_eot_inf)
-    out = Sampler(model, unmask=unmask).generate(prompt, attention_mask, max_new_tokens=gen_length,
+    if unmask is None:
+        unmask = LowConfidence(steps, remasking, temperature, cfg_scale, logits_eos_inf=logits_eos_inf,
+                               confidence_eos_eot_inf=confidence_eos_eot_inf)
+    out = Sampler(model, unmask=unmask, cache=cache).generate(prompt, attention_mask, max_new_tokens=gen_length,
                                                  block_length=block_length, generator=generator)
     return out.sequences
 
@@ -54,19 +88,70 @@ class DreamModelOutput(ModelOutput):
 
 def dream_generate(model, input_ids, attention_mask=None, max_new_tokens=None, steps=512, temperature=0.,
                    top_p=None, top_k=None, alg="origin", alg_temp=None, eps=1e-3, return_dict_in_generate=False,
-                   output_history=False, *, generator=None):
+                   output_history=False, *, generator=None, cache=None, unmask=None):
     """Dream's diffusion_generate: LongTensor [B, P + max_new_tokens], or DreamModelOutput(sequences,
-    history) with return_dict_in_generate (history: the canvas after each of the `steps` steps, when
-    output_history). max_new_tokens=None generates 20 tokens, as Dream's default generation config."""
+    history) with return_dict_in_generate (history: the canvas after each step, when output_history).
+    max_new_tokens=None generates 20 tokens, as Dream's default generation config. `unmask` replaces
+    the policy of alg/steps/eps/...; `cache` picks the refresh policy."""
+    cache, unmask = _patched_settings(model, cache, unmask)
     model = native(model)
-    unmask = DreamAlgorithm(alg, steps, eps=eps, alg_temp=alg_temp, temperature=temperature, top_p=top_p,
-                            top_k=top_k)
+    if unmask is None:
+        unmask = DreamAlgorithm(alg, steps, eps=eps, alg_temp=alg_temp, temperature=temperature, top_p=top_p,
+                                top_k=top_k)
     history = [] if return_dict_in_generate and output_history else None
     new_tokens = DREAM_DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-    out = Sampler(model, unmask=unmask).generate(
+    out = Sampler(model, unmask=unmask, cache=cache).generate(
         input_ids, attention_mask, max_new_tokens=new_tokens, generator=generator,
         callback=None if history is None else lambda record, x: history.append(x.clone()),
     )
     if return_dict_in_generate:
         return DreamModelOutput(sequences=out.sequences, history=history)
     return out.sequences
+
+
+def patch(hf_model, *, cache=None, unmask=None):
+    """Route a trust_remote_code model's decoding through Sampler (see the module docstring); returns
+    the model. Patching a patched model replaces its settings."""
+    if isinstance(hf_model, DiffusionLM):
+        raise TypeError("patch() is for models loaded with transformers' trust_remote_code; a native model "
+                        "is decoded with Sampler (or llada_generate / dream_generate) directly")
+    if getattr(hf_model, PATCH_ATTRIBUTE, None) is not None:
+        unpatch(hf_model)
+    state = Patch(from_hf(hf_model), cache, unmask)
+    Sampler(state.model, unmask=LowConfidence(1) if unmask is None else unmask, cache=cache)  # validates both
+    if state.model.spec.model_type == "Dream":
+        state.replaced["diffusion_generate"] = hf_model.__dict__.get("diffusion_generate")
+
+        def diffusion_generate(inputs=None, generation_config=None, **kwargs):
+            inputs = kwargs.pop("input_ids", inputs)
+            config = generation_config or getattr(hf_model, "generation_config", None)
+            settings = {} if config is None else _dream_settings(config)
+            return dream_generate(hf_model, inputs, **(settings | kwargs))
+
+        hf_model.diffusion_generate = diffusion_generate
+    setattr(hf_model, PATCH_ATTRIBUTE, state)
+    return hf_model
+
+
+def unpatch(hf_model):
+    """Undo patch(); returns the model."""
+    state = getattr(hf_model, PATCH_ATTRIBUTE, None)
+    if state is None:
+        raise ValueError("unpatch(): this model was not patched by dllm_accel.patch")
+    for name, original in state.replaced.items():
+        if original is None:
+            delattr(hf_model, name)
+        else:
+            setattr(hf_model, name, original)
+    delattr(hf_model, PATCH_ATTRIBUTE)
+    return hf_model
+
+
+DREAM_GENERATION_FIELDS = ("max_new_tokens", "steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps",
+                           "return_dict_in_generate", "output_history")
+
+
+def _dream_settings(generation_config) -> dict:
+    """The diffusion_generate arguments a (Dream) GenerationConfig sets."""
+    return {name: getattr(generation_config, name) for name in DREAM_GENERATION_FIELDS
+            if getattr(generation_config, name, None) is not None}

@@ -2,12 +2,15 @@
 
     x [B, P+N] = prompt ++ MASK * N
     for each block (semi-autoregressive; one block spanning N without block_length):
-        plan = unmask.begin_block(masks in the block)
+        plan = unmask.begin_block(masks in the block); cache.begin_block(...)
         each step:
             candidates = masked positions before the block's end
             quota      = unmask.quota(...)           rows with nothing to commit are not computed
-            logits     = the model on the live rows; the head only on the candidates' rows, shifted
-                         by spec.logit_shift (Dream scores token i from position i - 1)
+            candidates = cache.restrict(...)         (ElasticCache: only inside its window)
+            forward    = engine.forward(live rows, cache.plan(...)): the rows and layers the refresh
+                         policy asks for, against the cached K/V of the others
+            logits     = the head on the candidates' rows only, shifted by spec.logit_shift (Dream
+                         scores token i from position i - 1)
             commit     = unmask.select(...)          tokens written; then stop.after_step
     -> GenerationOutput
 """
@@ -20,7 +23,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .engine import Engine
 from .models.base import DiffusionLM
+from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
 
@@ -31,6 +36,7 @@ class StepRecord:
     step: int  # index inside the block
     forwarded: bool  # False when no row had anything to commit: no forward ran
     committed: torch.Tensor  # [B] tokens committed per row
+    refresh_from: int | None = None  # first layer that recomputed every position (n_layers: none); None: no forward
 
 
 @dataclass
@@ -40,6 +46,7 @@ class GenerationOutput:
     nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
     steps: int  # decoding steps that ran a forward
     row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
+    recompute_fraction: float = 1.0  # token x layer units computed / those of NoCache over the same steps
     trace: list[StepRecord] | None = None
 
     @property
@@ -50,8 +57,9 @@ class GenerationOutput:
 class Sampler:
     """Decodes with an unmask policy; `stop` decides what a row does after its first stop token.
 
-    `trace=True` keeps a StepRecord per step on the output. `cache` and `guide` are the slots of the
-    KV-cache refresh policies and of AR guidance; only None (full forward, no guide) exists so far."""
+    `cache` is a refresh policy (NoCache — the default —, PrefixCache, DualCache, ElasticCache).
+    `trace=True` keeps a StepRecord per step on the output. `guide` is the slot of AR guidance; only
+    None exists so far."""
 
     def __init__(self, model: DiffusionLM, *, unmask: UnmaskPolicy, cache=None, guide=None, stop=None,
                  trace: bool = False):
@@ -61,14 +69,16 @@ class Sampler:
         if not isinstance(unmask, UnmaskPolicy):
             raise TypeError(f"unmask must be an unmask policy (LowConfidence, Threshold, Factor, EntropyThreshold, "
                             f"DreamAlgorithm), got {unmask!r}")
-        if cache is not None:
-            raise ValueError(f"cache must be None (a full forward every step); got {cache!r}")
+        cache = NoCache() if cache is None else cache
+        if not isinstance(cache, RefreshPolicy):
+            raise TypeError(f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache), "
+                            f"got {cache!r}")
         if guide is not None:
             raise ValueError(f"guide must be None (no AR guide exists yet); got {guide!r}")
         stop = FullLength() if stop is None else stop
         if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
-        self.model, self.unmask, self.stop, self.trace = model, unmask, stop, trace
+        self.model, self.unmask, self.cache, self.stop, self.trace = model, unmask, cache, stop, trace
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -90,20 +100,21 @@ class Sampler:
                        torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device)], 1)
         canvas_mask = None if attention_mask is None else torch.cat(
             [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
+        passes = 2 if self.unmask.cfg_scale > 0 else 1
+        run = _Run(self, x, canvas_mask, prompt_len, passes)
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
         trace = [] if self.trace else None
-        passes = 2 if self.unmask.cfg_scale > 0 else 1
         for block in range(n_blocks):
             end = prompt_len + (block + 1) * block_length
             plan = self.unmask.begin_block((x[:, end - block_length:end] == spec.mask_id).sum(1), steps)
+            run.state.begin_block(end - block_length, end)
             for step in itertools.count() if steps is None else range(steps):
                 candidates = x == spec.mask_id
                 candidates[:, end:] = False
                 if not candidates.any():
                     break
-                live, rows, commit = self._step(x, canvas_mask, prompt_len,
-                                                StepContext(candidates, step, plan, spec, generator))
+                live, rows, commit, refresh_from = run.step(StepContext(candidates, step, plan, spec, generator))
                 if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
@@ -112,54 +123,15 @@ class Sampler:
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if live is not None:
                     committed.index_add_(0, rows, commit.long())
-                record = StepRecord(block, step, live is not None, committed)
+                record = StepRecord(block, step, live is not None, committed, refresh_from)
                 if trace is not None:
                     trace.append(record)
                 if callback is not None:
                     callback(record, x)
         return GenerationOutput(
             sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
-            row_forwards=row_forwards, trace=trace,
+            row_forwards=row_forwards, recompute_fraction=run.units / max(1, run.full_units), trace=trace,
         )
-
-    def _step(self, x, canvas_mask, prompt_len, ctx: StepContext):
-        """One step on the canvas x (edited in place) -> (live rows [B], the candidates' rows [M], which
-        of them were committed [M]); all None when no row had anything to commit and nothing ran."""
-        spec = ctx.spec
-        quota = self.unmask.quota(ctx)
-        live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
-        n_live = int(live.sum())
-        if n_live == 0:
-            return None, None, None
-        ctx = replace(ctx, candidates=ctx.candidates & live[:, None])
-        rows, positions = ctx.candidates.nonzero(as_tuple=True)
-        logits = self._candidate_logits(x, canvas_mask, live, n_live, rows, positions, prompt_len)
-        commit, tokens = self.unmask.select(ctx, logits, quota)
-        x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-        self.stop.after_step(x[:, prompt_len:], spec)
-        return live, rows, commit
-
-    def _candidate_logits(self, x, canvas_mask, live, n_live, rows, positions, prompt_len) -> torch.Tensor:
-        """Logits [M, V] of the candidates (rows, positions), in that order; only live rows go through
-        the model."""
-        spec = self.model.spec
-        ids, mask = x, canvas_mask
-        if n_live < x.shape[0]:
-            keep = live.nonzero().squeeze(1)
-            ids, mask = x[keep], None if canvas_mask is None else canvas_mask[keep]
-            rows = (live.cumsum(0) - 1)[rows]  # batch row -> row among the live ones
-        if self.unmask.cfg_scale > 0:
-            unconditional = ids.clone()
-            unconditional[:, :prompt_len] = spec.mask_id
-            ids = torch.cat([ids, unconditional])
-            mask = None if mask is None else torch.cat([mask, mask])
-        hidden = self.model.hidden_states(ids, mask)
-        sources = positions - spec.logit_shift  # the one place the shift is applied
-        logits = self.model.head(hidden[rows, sources])
-        if self.unmask.cfg_scale > 0:
-            unconditional_logits = self.model.head(hidden[rows + n_live, sources])
-            logits = unconditional_logits + (self.unmask.cfg_scale + 1) * (logits - unconditional_logits)
-        return logits
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:
         """Validate once; returns the attention mask, or None when nothing is padded."""
@@ -177,6 +149,73 @@ class Sampler:
             raise ValueError("attention_mask must be left padding: in each row only 0s (padding) then only 1s; "
                              "use tokenizer.padding_side = 'left'")
         return None if bool(attention_mask.all()) else attention_mask
+
+
+class _Run:
+    """One generation's engine, refresh state and accounting; `step` edits the canvas x in place."""
+
+    def __init__(self, sampler: Sampler, x, canvas_mask, prompt_len, passes):
+        model, spec = sampler.model, sampler.model.spec
+        self.sampler, self.x, self.prompt_len, self.passes = sampler, x, prompt_len, passes
+        rows, length = x.shape[0] * passes, x.shape[1]
+        model_mask = None if canvas_mask is None else canvas_mask.repeat(passes, 1)
+        key_valid = (torch.ones(rows, length, dtype=torch.bool, device=x.device) if model_mask is None
+                     else model_mask.bool())
+        self.state = sampler.cache.begin(Canvas(rows, length, prompt_len, spec.n_layers, spec.mask_id, key_valid))
+        self.engine = Engine(model, model_mask, rows, length, cache=sampler.cache.keeps_cache,
+                             inputs=sampler.cache.keeps_inputs)
+        self.units = self.full_units = 0
+
+    def step(self, ctx: StepContext):
+        """-> (live rows [B], the candidates' rows [M], which of them were committed [M], the refresh
+        layer); all None when no row had anything to commit and nothing ran."""
+        sampler, x, spec = self.sampler, self.x, ctx.spec
+        quota = sampler.unmask.quota(ctx)
+        live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
+        if not bool(live.any()):
+            return None, None, None, None
+        candidates = self.state.restrict(x, ctx.candidates & live[:, None], quota)
+        ctx = replace(ctx, candidates=candidates)
+        rows, positions = candidates.nonzero(as_tuple=True)
+        logits, result, model_rows = self._candidate_logits(live, rows, positions)
+        commit, tokens = sampler.unmask.select(ctx, logits, quota)
+        x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
+        committed = torch.zeros_like(candidates)
+        committed[rows[commit], positions[commit]] = True
+        self.state.after_step(model_rows, result, committed.repeat(self.passes, 1))
+        sampler.stop.after_step(x[:, self.prompt_len:], spec)
+        return live, rows, commit, result.full_from
+
+    def _candidate_logits(self, live, rows, positions):
+        """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the live
+        rows (both halves under classifier-free guidance)."""
+        model, x, batch = self.sampler.model, self.x, self.x.shape[0]
+        ids, model_live = x, live
+        if self.passes == 2:
+            unconditional = x.clone()
+            unconditional[:, :self.prompt_len] = model.spec.mask_id
+            ids, model_live = torch.cat([x, unconditional]), torch.cat([live, live])
+        model_rows = None if bool(model_live.all()) else model_live.nonzero().squeeze(1)
+        sources = positions - model.spec.logit_shift  # the one place the shift is applied
+        plan = self.state.plan(ids, model_live)
+        if plan.query is not None:  # the head reads these rows: they must be computed
+            for half in range(self.passes):
+                plan.query[rows + half * batch, sources] = True
+        result = self.engine.forward(ids, model_rows, plan)
+        self.units += result.units
+        self.full_units += result.hidden.shape[0] * x.shape[1] * model.n_layers
+        local = model_live.cumsum(0) - 1  # model row -> row among the computed ones
+        hidden = [_rows_at(result, local[rows + half * batch], sources) for half in range(self.passes)]
+        logits = model.head(hidden[0])
+        if self.passes == 2:
+            unconditional_logits = model.head(hidden[1])
+            logits = unconditional_logits + (self.sampler.unmask.cfg_scale + 1) * (logits - unconditional_logits)
+        return logits, result, model_rows
+
+
+def _rows_at(result, rows, positions) -> torch.Tensor:
+    columns = positions if result.columns is None else result.columns[rows, positions]
+    return result.hidden[rows, columns]
 
 
 def _blocks(max_new_tokens, block_length) -> tuple[int, int]:

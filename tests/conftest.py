@@ -66,6 +66,52 @@ class StandIn(nn.Module):
             owner.register_parameter(leaf, nn.Parameter(tensor.clone()))
 
 
+MASK, EOS, EOT = 127, 126, 125  # the tiny configs' special ids
+
+
+def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
+    """A tiny random model with varied predictions and a realistic spread of confidences.
+
+    Dimension 0 of its residual stream is a constant feature (set in the embedding; no layer reads or
+    writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about that
+    logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
+    predicted, unless `favour` says otherwise."""
+    model = tiny_model(model_type, n_kv_heads=2 if model_type == "Dream" else None, seed=seed)
+    d = model.spec.d_model
+    with torch.no_grad():
+        model.embedding.weight[:, 0] = model.embedding.weight[:, 1:].std()
+        for module in model.blocks.modules():
+            if isinstance(module, nn.Linear) and module.in_features == d:
+                module.weight[:, 0] = 0
+            if isinstance(module, nn.Linear) and module.out_features == d:
+                module.weight[0] = 0
+                if module.bias is not None:
+                    module.bias[0] = 0
+        model.final_norm.weight[0] = 1.0
+        ids = torch.randint(0, model.spec.vocab_size - 3, (4, 32), generator=torch.Generator().manual_seed(seed))
+        normed = model.final_norm(model.hidden_states(ids))
+        head = model.head_weight.mul_(sharpness)
+        common = normed[..., 1:].mean((0, 1))
+        common /= common.norm()
+        head[:, 1:] -= torch.outer(head[:, 1:] @ common, common)  # no token wins everywhere
+        head[:, 0] = 0
+        for token, logit in ({MASK: -50.0} | (favour or {})).items():
+            head[token, 0] = logit / normed[..., 0].mean()
+    return model
+
+
+def prompts(model, lengths, seed=0):
+    """Left-padded prompts of the given lengths (ordinary tokens), with their attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), model.spec.pad_id, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.randint(0, model.spec.vocab_size - 3, (n,), generator=generator)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

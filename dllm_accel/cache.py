@@ -1,0 +1,58 @@
+"""KV storage for one generation: buffers allocated once, rows written in place. No policy lives here.
+
+    keys, values [L, R, Hkv, T, D]   every layer's K/V of every canvas position (post-RoPE)
+    inputs       [L, R, T, d]        every layer's input hidden state (only when a policy recomputes
+                                     from the middle of the stack, as ElasticCache does)
+
+R counts model rows (twice the batch under classifier-free guidance). The buffers start as NaN, so a
+row read before it was ever written poisons the output instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, *, n_layers: int, rows: int, length: int, n_kv_heads: int, head_dim: int, d_model: int,
+                 dtype: torch.dtype, device: torch.device, inputs: bool):
+        shape = (n_layers, rows, n_kv_heads, length, head_dim)
+        self.keys = torch.full(shape, float("nan"), dtype=dtype, device=device)
+        self.values = torch.full(shape, float("nan"), dtype=dtype, device=device)
+        self.inputs = (torch.full((n_layers, rows, length, d_model), float("nan"), dtype=dtype, device=device)
+                       if inputs else None)
+        self._heads = torch.arange(n_kv_heads, device=device)[None, :, None]
+
+    def write_all(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Every position of `rows` (None: all rows) at `layer`; k, v [r, Hkv, T, D]."""
+        _write(self.keys[layer], rows, k)
+        _write(self.values[layer], rows, v)
+
+    def write_rows(self, layer: int, rows: torch.Tensor, index: torch.Tensor, k: torch.Tensor,
+                   v: torch.Tensor) -> None:
+        """Positions index [r, n] of model rows `rows` [r]; k, v [r, Hkv, n, D]. Repeated positions in
+        `index` carry identical values, so their order does not matter."""
+        where = (rows[:, None, None], self._heads, index[:, None, :])
+        self.keys[layer][where] = k
+        self.values[layer][where] = v
+
+    def write_inputs(self, layer: int, rows: torch.Tensor | None, hidden: torch.Tensor) -> None:
+        """Layer inputs of every position of `rows`; hidden [r, T, d]."""
+        _write(self.inputs[layer], rows, hidden)
+
+    def write_input_rows(self, layer: int, rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Layer inputs at positions index [r, n] of model rows `rows` [r]; hidden [r, n, d]."""
+        self.inputs[layer][rows[:, None], index] = hidden
+
+    def read(self, layer: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [r, Hkv, T, D] of `rows`: views when all rows are read, a gather of those rows otherwise."""
+        if rows is None:
+            return self.keys[layer], self.values[layer]
+        return self.keys[layer][rows], self.values[layer][rows]
+
+
+def _write(buffer: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+    if rows is None:
+        buffer.copy_(value)
+    else:
+        buffer[rows] = value

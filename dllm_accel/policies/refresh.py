@@ -1,0 +1,232 @@
+"""KV-cache refresh policies: which rows a step computes, and from which layer everything is recomputed.
+
+A policy validates its settings when built; `begin` returns the mutable state of one generation,
+which the Sampler drives:
+
+    state = policy.begin(canvas)                       # once per generation
+    state.begin_block(start, end)                      # once per block (canvas positions)
+    candidates = state.restrict(x, candidates, quota)  # ElasticCache decodes only inside its window
+    plan = state.plan(model_ids, live)                 # engine.ForwardPlan for this step
+    state.after_step(rows, result, committed)          # what was computed and committed
+
+- NoCache: a full forward every step (the baseline).
+- PrefixCache / DualCache (Fast-dLLM): a full forward at a block's first step, which also decodes;
+  then PrefixCache computes the block and everything after it against the cached prefix, DualCache
+  only the block.
+- ElasticCache ("Attention Is All You Need for KV Cache in Diffusion LLMs"): computes the tracked
+  (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks; at
+  each layer still reusing its cache it compares the tracked tokens' attention before and after this
+  step, and from the first layer whose similarity falls below gamma every position is recomputed.
+
+The Sampler adds the rows the head reads (a candidate's own row, or the row before it under Dream's
+logit shift) to every query.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import ForwardPlan, ForwardResult
+
+DRIFT_AXES = ("keys", "heads")
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Facts of one generation: R model rows (twice the batch under classifier-free guidance) of T
+    positions, of which the first `prompt_length` are the (left-padded) prompt."""
+
+    rows: int
+    length: int
+    prompt_length: int
+    n_layers: int
+    mask_id: int
+    key_valid: torch.Tensor  # [R, T] bool: not padding
+
+
+class RefreshPolicy:
+    keeps_cache = True  # the engine allocates K/V buffers
+    keeps_inputs = False  # ... and every layer's input hidden states
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        raise NotImplementedError
+
+
+class RefreshState:
+    def __init__(self, canvas: Canvas):
+        self.canvas = canvas
+
+    def begin_block(self, start: int, end: int) -> None:
+        pass
+
+    def restrict(self, x: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
+        return candidates
+
+    def plan(self, model_ids: torch.Tensor, live: torch.Tensor) -> ForwardPlan:
+        raise NotImplementedError
+
+    def after_step(self, rows: torch.Tensor | None, result: ForwardResult, committed: torch.Tensor) -> None:
+        pass
+
+
+# -- NoCache -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoCache(RefreshPolicy):
+    """Every position through every layer, every step."""
+
+    keeps_cache = False
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _Full(canvas)
+
+
+class _Full(RefreshState):
+    def plan(self, model_ids, live):
+        return ForwardPlan(None, self.canvas.n_layers)
+
+
+# -- Fast-dLLM ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrefixCache(RefreshPolicy):
+    """Full forward at each block's first step; then the block and all after it against the cached prefix."""
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _BlockCache(canvas, to_end=True)
+
+
+@dataclass(frozen=True)
+class DualCache(RefreshPolicy):
+    """Full forward at each block's first step; then only the block, its rows overwriting the cached ones."""
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _BlockCache(canvas, to_end=False)
+
+
+class _BlockCache(RefreshState):
+    def __init__(self, canvas: Canvas, to_end: bool):
+        super().__init__(canvas)
+        self.to_end = to_end
+        self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
+
+    def begin_block(self, start, end):
+        self.fresh.zero_()  # every row refreshes at its first step in the block
+        positions = torch.arange(self.canvas.length, device=self.fresh.device)
+        self.query = (positions >= start) & ((positions < end) | self.to_end)
+
+    def plan(self, model_ids, live):
+        if not bool(self.fresh[live].all()):
+            return ForwardPlan(None, self.canvas.n_layers)
+        return ForwardPlan(self.query.expand(self.canvas.rows, -1).clone(), self.canvas.n_layers)
+
+    def after_step(self, rows, result, committed):
+        if result.full_from == 0:
+            self.fresh[slice(None) if rows is None else rows] = True
+
+
+# -- ElasticCache ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ElasticCache(RefreshPolicy):
+    """Attention-drift refresh with a depth schedule and a sliding window of masks.
+
+    gamma: similarity bar; a layer whose tracked-token attention similarity (before vs after this
+        step's writes) is below it is recomputed with every layer after it (gamma > 1: every step).
+    window: the first `window` still-masked positions of a row form its active window (at least as many
+        as the unmask policy must commit this step); decoding happens only inside it.
+    track: most-attended decoded tokens tracked per layer (the next step's tracked set is the union
+        over layers).
+    cache_distant_masks: masks beyond the window are served from the cache (False: queried every step).
+    drift: 'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the
+        paper's statistic); 'heads' — cosine over the head axis per key, averaged over keys and tracked
+        tokens (the released code's).
+    A batch refreshes from the shallowest layer at which any of its computed rows drifted.
+    """
+
+    gamma: float = 0.9
+    window: int = 16
+    track: int = 1
+    cache_distant_masks: bool = True
+    drift: str = "keys"
+    keeps_inputs = True
+
+    def __post_init__(self):
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or self.gamma <= 0:
+            raise ValueError(f"gamma must be a number > 0 (above 1 refreshes every step), got {self.gamma!r}")
+        for name in ("window", "track"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.drift not in DRIFT_AXES:
+            raise ValueError(f"drift must be one of {DRIFT_AXES}, got {self.drift!r}")
+        if not isinstance(self.cache_distant_masks, bool):
+            raise ValueError(f"cache_distant_masks must be True or False, got {self.cache_distant_masks!r}")
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _Elastic(canvas, self)
+
+
+class _Elastic(RefreshState):
+    def __init__(self, canvas: Canvas, policy: ElasticCache):
+        super().__init__(canvas)
+        self.policy = policy
+        device = canvas.key_valid.device
+        self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=device)
+        self.tracked = torch.zeros(canvas.rows, canvas.length, dtype=torch.bool, device=device)
+        self.next_tracked = torch.zeros_like(self.tracked)
+        self.changed = torch.zeros_like(self.tracked)  # committed since the row was last computed
+        self.generated = torch.arange(canvas.length, device=device) >= canvas.prompt_length
+
+    def restrict(self, x, candidates, quota):
+        masked = (x == self.canvas.mask_id) & self.generated
+        size = torch.full((x.shape[0], 1), self.policy.window, device=x.device)
+        if quota is not None:
+            size = torch.maximum(size, quota[:, None])
+        window = masked & (masked.cumsum(1) <= size)
+        self.window = window.repeat(self.canvas.rows // x.shape[0], 1)  # [R, T]: both halves under CFG
+        self.distant = (masked & ~window).repeat(self.canvas.rows // x.shape[0], 1)
+        return candidates & window
+
+    def plan(self, model_ids, live):
+        self.decoded = ~((model_ids == self.canvas.mask_id) & self.generated) & self.canvas.key_valid
+        query = self.tracked | self.changed | self.window
+        if not self.policy.cache_distant_masks:
+            query |= self.distant
+        full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
+        return ForwardPlan(query, full_from, self.tracked.clone(), self)
+
+    def after_step(self, rows, result, committed):
+        rows = slice(None) if rows is None else rows
+        if result.full_from == 0:
+            self.fresh[rows] = True
+        self.tracked[rows] = self.next_tracked[rows]
+        self.next_tracked[rows] = False
+        self.changed[rows] = False
+        self.changed |= committed
+
+    # -- the engine's monitor --------------------------------------------------------------------
+    def drifted(self, layer, before, now, valid, rows):
+        if self.policy.drift == "keys":
+            similarity = F.cosine_similarity(before, now, dim=-1).mean(1)  # [r, m]
+        else:
+            keys = self.canvas.key_valid if rows is None else self.canvas.key_valid[rows]
+            per_key = F.cosine_similarity(before, now, dim=1)  # [r, m, T]
+            similarity = (per_key * keys[:, None]).sum(-1) / keys.sum(-1, keepdim=True)
+        counts = valid.sum(1)
+        row_similarity = (similarity * valid).sum(1) / counts.clamp(min=1)
+        return bool(((row_similarity < self.policy.gamma) & (counts > 0)).any())
+
+    def observe(self, layer, probs, rows, index, valid):
+        """Most-attended decoded tokens: attention mass from the window's masks, summed over heads and
+        those queries; the top `track` per row join the next step's tracked set."""
+        window = self.window if rows is None else self.window[rows]
+        weights = (window.gather(1, index) & valid).to(probs.dtype)  # [r, n]
+        mass = torch.einsum("rhnt,rn->rt", probs, weights)
+        decoded = self.decoded if rows is None else self.decoded[rows]
+        mass = mass.masked_fill(~decoded, -1.0)
+        top = mass.topk(min(self.policy.track, mass.shape[1]), dim=1)
+        row_ids = torch.arange(mass.shape[0], device=mass.device) if rows is None else rows
+        chosen = torch.zeros_like(decoded)
+        chosen.scatter_(1, top.indices, top.values >= 0)
+        self.next_tracked[row_ids] |= chosen

@@ -1,0 +1,314 @@
+"""The KV-cache engine and the refresh policies: exactness when refresh is forced, untouched rows,
+NaN-poisoned buffers, batching, the drift test, hand-checked accounting, drop-in patching, bad input."""
+
+import pytest
+import torch
+from conftest import EOS, StandIn, decoder, prompts
+
+import dllm_accel
+from dllm_accel import (
+    DreamAlgorithm,
+    DualCache,
+    ElasticCache,
+    EntropyThreshold,
+    Factor,
+    LowConfidence,
+    NoCache,
+    PrefixCache,
+    Sampler,
+    StopAtEOS,
+    Threshold,
+)
+from dllm_accel.engine import Engine, ForwardPlan
+from dllm_accel.policies.refresh import Canvas
+from dllm_accel.tasks import arith
+
+CACHES = {
+    "prefix": PrefixCache,
+    "dual": DualCache,
+    "elastic": ElasticCache,
+    "elastic-w4-heads": lambda: ElasticCache(window=4, track=2, drift="heads"),
+    "elastic-distant-queried": lambda: ElasticCache(window=4, cache_distant_masks=False),
+}
+UNMASKS = {
+    "low-confidence": lambda: LowConfidence(16),
+    "low-confidence-cfg": lambda: LowConfidence(8, cfg_scale=1.0),
+    "threshold": lambda: Threshold(0.7),
+    "factor": lambda: Factor(1.0),
+    "entropy-threshold": lambda: EntropyThreshold(0.5),
+    "dream-entropy": lambda: DreamAlgorithm("entropy", 8),
+}
+
+
+def finite_head(model):
+    """Make the model's head refuse non-finite input: a NaN there means a never-written (poisoned)
+    cache row was read."""
+    head = model.head
+
+    def checked(h):
+        assert torch.isfinite(h).all(), "the head read a stale (NaN-poisoned) cache row"
+        return head(h)
+
+    model.head = checked
+    return model
+
+
+def generate(model, unmask, cache, lengths=(9, 5, 7), seed=3, **kwargs):
+    ids, mask = prompts(model, list(lengths), seed=seed)
+    settings = dict(max_new_tokens=16, block_length=8) | kwargs
+    return Sampler(model, unmask=unmask, cache=cache, trace=True).generate(ids, mask, **settings)
+
+
+# -- exactness ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("lengths", [(9,), (9, 4, 6)], ids=["B1", "B3-ragged"])
+@pytest.mark.parametrize("unmask", ["low-confidence", "threshold", "dream-entropy", "low-confidence-cfg"])
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+def test_forced_refresh_equals_nocache(model_type, unmask, lengths):
+    """gamma > 1 refreshes every layer every step; the window spans the generation, so that it does
+    not narrow the candidates."""
+    model = finite_head(decoder(model_type, seed=21))
+    plain = generate(model, UNMASKS[unmask](), NoCache(), lengths)
+    forced = generate(model, UNMASKS[unmask](), ElasticCache(gamma=1.01, window=16), lengths)
+    assert torch.equal(forced.sequences, plain.sequences)
+    assert {r.refresh_from for r in forced.trace if r.forwarded} == {0}
+    assert not (plain.sequences == model.spec.mask_id).any()
+
+
+@pytest.mark.parametrize("cache", [PrefixCache, DualCache])
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+def test_block_caches_equal_nocache_when_every_step_starts_a_block(model_type, cache):
+    """One step per block: every step is a block's first, i.e. a full forward."""
+    model = finite_head(decoder(model_type, seed=22))
+    plain = generate(model, LowConfidence(4), NoCache(), block_length=4)
+    cached = generate(model, LowConfidence(4), cache(), block_length=4)
+    assert torch.equal(cached.sequences, plain.sequences)
+    assert cached.recompute_fraction == 1.0
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual", "elastic-forced"])
+def test_each_row_decodes_as_it_would_alone(cache):
+    policy = {"prefix": PrefixCache(), "dual": DualCache(), "elastic-forced": ElasticCache(gamma=2.0)}[cache]
+    model = finite_head(decoder("Dream", seed=4))
+    ids, mask = prompts(model, [9, 4, 6], seed=4)
+    sampler = Sampler(model, unmask=Threshold(0.6), cache=policy)
+    batch = sampler.generate(ids, mask, max_new_tokens=16, block_length=8)
+    for row, n in enumerate([9, 4, 6]):
+        alone = sampler.generate(ids[row:row + 1, -n:], max_new_tokens=16, block_length=8)
+        assert torch.equal(batch.sequences[row, -16:], alone.sequences[0, -16:])
+    assert len(set(batch.row_forwards.tolist())) > 1, "the case needs rows that finish at different steps"
+
+
+# -- every policy with every cache ------------------------------------------------------------------
+@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("unmask", UNMASKS)
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+def test_every_unmask_policy_decodes_with_every_cache(model_type, unmask, cache):
+    model = finite_head(decoder(model_type, seed=24))
+    out = generate(model, UNMASKS[unmask](), CACHES[cache]())
+    assert not (out.sequences == model.spec.mask_id).any()
+    assert 0 < out.recompute_fraction < 1
+    assert all(r.refresh_from in range(model.n_layers + 1) for r in out.trace if r.forwarded)
+
+
+def test_elastic_decodes_only_inside_its_window():
+    model = decoder("llada", seed=25)
+    ids, _ = prompts(model, [6], seed=25)
+    canvases = []
+    Sampler(model, unmask=Threshold(0.5), cache=ElasticCache(window=3)).generate(
+        ids, max_new_tokens=16, callback=lambda record, x: canvases.append(x[0, 6:].clone()))
+    before = torch.full((16,), model.spec.mask_id)
+    for after in canvases:
+        changed = (before != after).nonzero().squeeze(1)
+        masked = (before == model.spec.mask_id).nonzero().squeeze(1)
+        assert set(changed.tolist()) <= set(masked[:3].tolist()), "committed outside the first 3 masks"
+        before = after
+    assert len(canvases) >= 16 // 3
+
+
+@pytest.mark.parametrize("cache", [DualCache, ElasticCache])
+def test_rows_stop_at_eos_with_a_cache(cache):
+    model = finite_head(decoder("llada", seed=6, favour={EOS: 16.0}))
+    ids, mask = prompts(model, [7, 5, 9, 6], seed=6)
+    settings = dict(max_new_tokens=24, block_length=8)
+    full = Sampler(model, unmask=Threshold(0.9), cache=cache()).generate(ids, mask, **settings)
+    early = Sampler(model, unmask=Threshold(0.9), cache=cache(), stop=StopAtEOS()).generate(ids, mask, **settings)
+    generated = early.sequences[:, ids.shape[1]:]
+    for row, n in enumerate(early.generated_tokens.tolist()):
+        assert (generated[row, n:] == model.spec.eos_id).all()
+    assert (early.generated_tokens < 24).sum() >= 2, "the case needs rows that emit EOS"
+    assert early.row_forwards.sum() < full.row_forwards.sum()
+
+
+# -- the engine --------------------------------------------------------------------------------------
+def engine_case(model_type="llada", rows=2, prompt=7, generation=9):
+    model = decoder(model_type, seed=26)
+    ids, mask = prompts(model, [prompt, prompt - 3][:rows], seed=26)
+    canvas = torch.cat([ids, torch.full((rows, generation), model.spec.mask_id)], 1)
+    canvas_mask = torch.cat([mask, torch.ones(rows, generation, dtype=mask.dtype)], 1)
+    return model, canvas, canvas_mask
+
+
+def test_rows_outside_the_query_are_untouched():
+    model, canvas, canvas_mask = engine_case()
+    engine = Engine(model, canvas_mask, 2, canvas.shape[1], cache=True, inputs=True)
+    engine.forward(canvas, None, ForwardPlan(None, model.n_layers))
+    cache = engine.cache
+    before = [t.clone() for t in (cache.keys, cache.values, cache.inputs)]
+    canvas[0, 8] = 5  # a committed token, and a query row of row 0 only
+    query = torch.zeros_like(canvas, dtype=torch.bool)
+    query[0, [8, 10, 11]] = True
+    query[1, [12]] = True
+    engine.forward(canvas, torch.tensor([0]), ForwardPlan(query, model.n_layers))
+    written = torch.zeros_like(query)
+    written[0, [8, 10, 11]] = True
+    for old, new in zip(before, (cache.keys, cache.values, cache.inputs), strict=True):
+        untouched = ~written[None, :, None, :, None] if new.dim() == 5 else ~written[None, :, :, None]
+        untouched = untouched.expand_as(new)
+        assert torch.equal(old[untouched], new[untouched])
+        assert not torch.equal(old[~untouched], new[~untouched])
+
+
+def test_a_never_written_cache_row_poisons_the_output():
+    """The poison works: reading a row no forward has written gives NaN."""
+    model, canvas, canvas_mask = engine_case(rows=1)
+    engine = Engine(model, canvas_mask, 1, canvas.shape[1], cache=True, inputs=False)
+    query = torch.zeros_like(canvas, dtype=torch.bool)
+    query[0, 9] = True
+    result = engine.forward(canvas, None, ForwardPlan(query, model.n_layers))
+    assert torch.isnan(result.hidden).all()
+
+
+class FiresAt:
+    """A monitor whose drift test fires at one layer."""
+
+    def __init__(self, layer):
+        self.layer, self.checked = layer, []
+
+    def drifted(self, layer, before, now, valid, rows):
+        self.checked.append(layer)
+        return layer == self.layer
+
+    def observe(self, layer, probs, rows, index, valid):
+        pass
+
+
+@pytest.mark.parametrize("fires", [None, 0, 1])
+def test_refresh_depth_and_accounting_by_hand(fires):
+    model, canvas, canvas_mask = engine_case(rows=1, prompt=7, generation=9)  # T = 16, 2 layers
+    assert model.n_layers == 2
+    engine = Engine(model, canvas_mask, 1, 16, cache=True, inputs=True)
+    full = engine.forward(canvas, None, ForwardPlan(None, 2))
+    assert (full.full_from, full.units, full.columns) == (0, 16 * 2, None)
+    query, tracked = torch.zeros_like(canvas, dtype=torch.bool), torch.zeros_like(canvas, dtype=torch.bool)
+    query[0, [3, 7, 8, 9]] = True
+    tracked[0, 3] = True
+    monitor = FiresAt(fires)
+    result = engine.forward(canvas, None, ForwardPlan(query, 2, tracked, monitor))
+    if fires is None:
+        assert monitor.checked == [0, 1]
+        assert (result.full_from, result.units) == (2, 4 * 2)
+    else:
+        assert monitor.checked == list(range(fires + 1))
+        assert result.full_from == fires
+        assert result.units == 4 * (fires + 1) + 16 * (2 - fires)  # the drifting layer's rows count too
+    # nothing changed since the full forward: the query rows' outputs are the full forward's
+    assert torch.allclose(result.hidden[0, result.columns[0, [3, 7, 8, 9]]], full.hidden[0, [3, 7, 8, 9]],
+                          atol=1e-5)
+
+
+def test_dual_cache_recompute_fraction_by_hand():
+    """B1, prompt 6, 8 tokens in blocks of 4, one token per step: per block a full step of 14 rows and
+    3 steps of the 4 block rows; NoCache computes 14 rows in each of the 8 steps. Under Dream's shift
+    the row before the block is computed too while the block's first token is still masked."""
+    model = decoder("llada", seed=27)
+    out = generate(model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4)
+    assert out.recompute_fraction == pytest.approx(2 * (14 + 3 * 4) / (8 * 14))
+    assert [r.refresh_from for r in out.trace] == [0, 2, 2, 2] * 2
+    model = decoder("Dream", seed=27)
+    out = generate(model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4)
+    assert 2 * (14 + 3 * 4 + 1) / (8 * 14) <= out.recompute_fraction <= 2 * (14 + 3 * 5) / (8 * 14)
+
+
+# -- the drift test ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("drift", ["keys", "heads"])
+def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift):
+    """On the trained tiny-llada (a random model's attention is too flat to drift): after a full first
+    step, a second step over an unchanged canvas reuses every layer; changing the tracked (most-attended)
+    prompt token moves its attention row at once, and the whole stack is recomputed."""
+    model, tokenizer = dllm_accel.load_model("tiny-llada"), dllm_accel.load_tokenizer("tiny-llada")
+    problem = arith.problems(1, seed=0, split="test")[0]
+    ids = dllm_accel.encode_chat(tokenizer, [arith.messages(problem)])["input_ids"]
+    mask_id, live, prompt = model.spec.mask_id, torch.ones(1, dtype=torch.bool), ids.shape[1]
+    canvas = torch.cat([ids, torch.full((1, 16), mask_id)], 1)
+    for change, expected in ((False, model.n_layers), (True, 0)):
+        state = ElasticCache(gamma=0.9, window=4, drift=drift).begin(
+            Canvas(1, prompt + 16, prompt, model.n_layers, mask_id, torch.ones_like(canvas, dtype=torch.bool)))
+        engine = Engine(model, None, 1, prompt + 16, cache=True, inputs=True)
+        x, committed = canvas.clone(), torch.zeros_like(canvas, dtype=torch.bool)
+        state.restrict(x, x == mask_id, None)
+        with torch.no_grad():
+            first = engine.forward(x, None, state.plan(x, live))
+            assert first.full_from == 0, "the first step is a full forward"
+            tracked = state.next_tracked[0].nonzero().squeeze(1)
+            assert len(tracked) and bool((tracked < prompt).all()), "tracked tokens are decoded (prompt) positions"
+            if change:
+                x[0, tracked[0]] = tokenizer.convert_tokens_to_ids("7")
+                committed[0, tracked[0]] = True
+            state.after_step(None, first, committed)
+            state.restrict(x, x == mask_id, None)
+            assert engine.forward(x, None, state.plan(x, live)).full_from == expected
+
+
+# -- drop-in ----------------------------------------------------------------------------------------------
+def test_patch_routes_dream_diffusion_generate_and_unpatch_restores():
+    model = decoder("Dream", seed=28)
+    ids, _ = prompts(model, [6], seed=28)
+    remote = StandIn(model.state_dict(), model.config)
+    expected = dllm_accel.dream_generate(model, ids, max_new_tokens=8, steps=8, alg="entropy", cache=DualCache())
+    assert dllm_accel.patch(remote, cache=DualCache()) is remote
+    assert torch.equal(remote.diffusion_generate(ids, max_new_tokens=8, steps=8, alg="entropy"), expected)
+    swapped = dllm_accel.patch(remote, cache=DualCache(), unmask=Threshold(0.5))  # re-patching replaces
+    with_threshold = Sampler(model, unmask=Threshold(0.5), cache=DualCache()).generate(ids, max_new_tokens=8)
+    assert torch.equal(swapped.diffusion_generate(ids, max_new_tokens=8), with_threshold.sequences)
+    dllm_accel.unpatch(remote)
+    assert not hasattr(remote, "diffusion_generate")
+    with pytest.raises(ValueError, match=r"this model was not patched"):
+        dllm_accel.unpatch(remote)
+
+
+def test_patch_gives_llada_generate_its_defaults():
+    model = decoder("llada", seed=29)
+    ids, _ = prompts(model, [6], seed=29)
+    remote = StandIn(model.state_dict(), model.config)
+    dllm_accel.patch(remote, cache=ElasticCache(window=4), unmask=Threshold(0.6))
+    expected = Sampler(model, unmask=Threshold(0.6), cache=ElasticCache(window=4)).generate(
+        ids, max_new_tokens=8, block_length=4).sequences
+    assert torch.equal(dllm_accel.llada_generate(remote, ids, gen_length=8, block_length=4), expected)
+    plain = dllm_accel.llada_generate(model, ids, steps=8, gen_length=8, block_length=4)
+    assert torch.equal(dllm_accel.llada_generate(dllm_accel.unpatch(remote), ids, steps=8, gen_length=8,
+                                                 block_length=4), plain)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build, message", [
+    (lambda: ElasticCache(window=0), r"window must be an integer >= 1, got 0"),
+    (lambda: ElasticCache(gamma=0), r"gamma must be a number > 0"),
+    (lambda: ElasticCache(gamma=-0.5), r"gamma must be a number > 0"),
+    (lambda: ElasticCache(track=0), r"track must be an integer >= 1, got 0"),
+    (lambda: ElasticCache(drift="rows"), r"drift must be one of \('keys', 'heads'\), got 'rows'"),
+    (lambda: ElasticCache(cache_distant_masks="yes"), r"cache_distant_masks must be True or False"),
+])
+def test_bad_cache_arguments_are_named(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_cache_use_is_named():
+    model = decoder("llada")
+    ids, _ = prompts(model, [5])
+    with pytest.raises(ValueError, match=r"max_new_tokens \(16\) must be divisible by block_length \(6\)"):
+        Sampler(model, unmask=Threshold(0.9), cache=DualCache()).generate(ids, max_new_tokens=16, block_length=6)
+    with pytest.raises(TypeError, match=r"cache must be a refresh policy .*got 'dual'"):
+        Sampler(model, unmask=Threshold(0.9), cache="dual")
+    with pytest.raises(TypeError, match=r"patch\(\) is for models loaded with"):
+        dllm_accel.patch(model, cache=DualCache())
