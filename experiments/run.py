@@ -1,4 +1,4 @@
-"""Hydra entry point: `python experiments/run.py [model=...] [unmask=...] [stop=...] [max_new_tokens=...]`."""
+"""Hydra entry point: `python experiments/run.py [model=...] [unmask=...] [cache=...] [stop=...] [problems=...]`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = instantiate(cfg.model)
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
-    sampler = Sampler(model, unmask=instantiate(cfg.unmask), stop=instantiate(cfg.stop))
+    sampler = Sampler(model, unmask=instantiate(cfg.unmask), cache=instantiate(cfg.cache), stop=instantiate(cfg.stop))
     problems = arith.problems(cfg.problems, seed=cfg.seed, split="test")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, cfg.shots) for p in problems], device=model.device)
     start = time.perf_counter()
@@ -30,13 +30,14 @@ def run(cfg: DictConfig) -> dict:
     return {
         "model": f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters, "
                  f"{model.dtype})",
-        "policies": f"{sampler.unmask}, {sampler.stop}",
+        "policies": f"{sampler.unmask}, {sampler.cache}, {sampler.stop}",
         "accuracy": sum(map(arith.is_correct, answers, problems)) / len(problems),
         "first problem": f"{problems[0].question} -> {answers[0]!r}",
         "generated tokens": int(out.generated_tokens.sum()),
         "nfe": out.nfe,
         "steps": out.steps,
         "tokens per forward": round(out.tokens_per_forward, 3),
+        "recompute fraction": round(out.recompute_fraction, 3),
         "tokens/s": round(float(out.generated_tokens.sum()) / seconds, 1),
     }
 

@@ -38,7 +38,18 @@ def test_main_job_runs_every_model_with_every_unmask_policy(model, unmask, tmp_p
 def test_the_default_main_job_solves_problems(tmp_path):
     report = run.run(compose_main(tmp_path, []))
     assert report["policies"].startswith("LowConfidence(steps=48")
+    assert "NoCache()" in report["policies"] and report["recompute fraction"] == 1.0
     assert report["accuracy"] >= 0.5
+
+
+@pytest.mark.parametrize("cache", choices("cache"))
+@pytest.mark.parametrize("model", choices("model"))
+def test_main_job_runs_every_model_with_every_cache_policy(model, cache, tmp_path):
+    cfg = compose_main(tmp_path, [f"model={model}", f"cache={cache}", "unmask=threshold"])
+    report = run.run(cfg)
+    assert cfg.cache._target_.split(".")[-1] + "(" in report["policies"]
+    assert report["accuracy"] >= 0.5
+    assert 0 < report["recompute fraction"] <= 1
 
 
 @pytest.mark.parametrize("stop", choices("stop"))
