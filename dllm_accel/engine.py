@@ -101,22 +101,26 @@ class Engine:
 
     def _partial_layer(self, i, h, rows, row_ids, index, valid, n_tracked, key_mask, rope_q, monitor):
         """Layer i for the query rows only -> (output [r, n, d], whether the monitor saw drift)."""
-        layer, cache = self.model.layer(i), self.cache
-        if monitor is not None and n_tracked:
-            # the tracked rows' attention as the cache stood before this step: their cached layer input
-            # against the keys not yet overwritten (no second copy of the cache is kept)
-            tracked = index[:, :n_tracked]
-            q_before = layer.qkv(cache.inputs[i][row_ids[:, None], tracked], _columns(rope_q, n_tracked))[0]
+        layer, cache, n = self.model.layer(i), self.cache, h.shape[1]
+        testing = monitor is not None and n_tracked > 0
+        if testing:
+            # the tracked rows as the cache stood before this step: their cached layer input, projected
+            # in the same call as the fresh rows, against keys not yet overwritten (no second copy of the
+            # cache is kept)
+            stale = cache.inputs[i][row_ids[:, None], index[:, :n_tracked]]
+            q, k, v = layer.qkv(torch.cat([h, stale], 1), _with_tracked_again(rope_q, n_tracked))
+            q, q_before, k, v = q[:, :, :n], q[:, :, n:], k[:, :, :n], v[:, :, :n]
             before = attention_probs(q_before, cache.read(i, rows)[0], key_mask)
+        else:
+            q, k, v = layer.qkv(h, rope_q)
         if cache.inputs is not None:
             cache.write_input_rows(i, row_ids, index, h)
-        q, k, v = layer.qkv(h, rope_q)
         cache.write_rows(i, row_ids, index, k, v)
         keys, values = cache.read(i, rows)
         if monitor is None:
             return layer.finish(h, attend(q, keys, values, key_mask)), False
         probs = attention_probs(q, keys, key_mask)
-        if n_tracked and monitor.drifted(i, before, probs[:, :, :n_tracked], valid[:, :n_tracked], rows):
+        if testing and monitor.drifted(i, before, probs[:, :, :n_tracked], valid[:, :n_tracked], rows):
             return h, True
         monitor.observe(i, probs, rows, index, valid)
         return layer.finish(h, apply_probs(probs, values)), False
@@ -194,8 +198,9 @@ def gather_rope(rope: Rope, index: torch.Tensor) -> Rope:
     return Rope(*(table.expand(index.shape[0], -1, -1, -1).gather(2, where) for table in rope))
 
 
-def _columns(rope: Rope, n: int) -> Rope:
-    return Rope(rope.cos[:, :, :n], rope.sin[:, :, :n])
+def _with_tracked_again(rope: Rope, n_tracked: int) -> Rope:
+    """Tables of the query rows followed by those of the (leading) tracked rows once more."""
+    return Rope(*(torch.cat([table, table[:, :, :n_tracked]], 2) for table in rope))
 
 
 def _take(tensor: torch.Tensor | None, rows: torch.Tensor | None):

@@ -1,6 +1,8 @@
 """The bundled testbed: tokenizer, models loadable by name, and each solving held-out problems."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import dllm_accel
 from dllm_accel import DreamAlgorithm, LowConfidence, Sampler
 from dllm_accel.tasks import arith
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import bench  # noqa: E402
+import train_tiny  # noqa: E402
 
 HELD_OUT = arith.problems(24, seed=123, split="test")
 
@@ -75,3 +81,32 @@ def test_ar_model_solves_held_out_problems_greedily(tokenizer):
         out = model.generate(**batch, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.convert_tokens_to_ids("<|eot|>"))
     assert _solved(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)) >= 0.75
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
+    model = dllm_accel.load_model(name)
+    for label, (cache, unmask, block_length) in bench.methods(model.spec.model_type, 48, 24, [0.9]).items():
+        result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, cache, unmask, 48, block_length)
+        assert result["accuracy"] >= 0.6, label
+        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_s"] > 0
+
+
+def test_semi_ar_training_states():
+    """--block-share: chosen rows look like a blocked decoder's state (earlier blocks clean, later ones
+    masked, the current one partly) and only the current block's masks are scored."""
+    generator = torch.Generator().manual_seed(0)
+    answer = torch.zeros(64, 10, dtype=torch.bool)
+    answer[:, 4:] = True  # a 6-token answer in blocks of 2 after a 4-token prompt
+    masked = (torch.rand(64, 10, generator=generator) < 0.5) & answer
+    noised, scored, region = train_tiny.semi_ar_states(masked, answer, 2, 0.5, generator)
+    chosen = region.sum(1) == 2  # the scoreable region of a chosen row is its current block
+    assert 10 < int(chosen.sum()) < 54
+    for row in range(64):
+        if region[row].sum() == 6:  # not chosen: LLaDA's masking, every masked answer token scored
+            assert torch.equal(noised[row], masked[row]) and torch.equal(scored[row], masked[row])
+            continue
+        block = int(region[row].nonzero()[0]) // 2 * 2
+        assert not noised[row, :block].any() and noised[row, block + 2:].all()
+        assert torch.equal(scored[row], masked[row] & region[row])
+        assert torch.equal(noised[row, block:block + 2], masked[row, block:block + 2])
