@@ -30,12 +30,14 @@ from .models.base import DiffusionLM, Rope, attend
 
 class Monitor(Protocol):
     def drifted(self, layer: int, before: torch.Tensor, now: torch.Tensor, valid: torch.Tensor,
-                rows: torch.Tensor | None) -> bool:
-        """before/now [r, Hq, m, T]: the tracked rows' attention probabilities; valid [r, m]."""
+                rows: torch.Tensor) -> torch.Tensor:
+        """before/now [p, Hq, m, T]: the tracked rows' attention probabilities of model rows `rows` [p];
+        valid [p, m] -> [p] bool: the rows that drifted."""
 
-    def observe(self, layer: int, probs: torch.Tensor, rows: torch.Tensor | None, index: torch.Tensor,
+    def observe(self, layer: int, probs: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
                 valid: torch.Tensor) -> None:
-        """probs [r, Hq, n, T] of the query rows at positions index [r, n] (valid [r, n])."""
+        """probs [p, Hq, n, T] of the query rows at positions index [p, n] (valid [p, n]) of model rows
+        `rows` [p]."""
 
 
 @dataclass
@@ -50,8 +52,26 @@ class ForwardPlan:
 class ForwardResult:
     hidden: torch.Tensor  # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
     columns: torch.Tensor | None  # [r, T]: column of `hidden` holding each query position; None: identity
-    full_from: int  # the first layer that recomputed every position (n_layers: none did)
+    full_from: torch.Tensor  # [r] per computed row: the first layer that recomputed every position
     units: int  # token x layer units computed
+
+
+@dataclass
+class _Rows:
+    """Per-row tensors of a group of computed rows, sliced together as rows change group."""
+
+    ids: torch.Tensor  # [g] model row ids
+    whole: bool  # the group is every model row, in order (the cache is then read through views)
+    index: torch.Tensor  # [g, n] query positions
+    valid: torch.Tensor  # [g, n]
+    key_mask: torch.Tensor | None  # [g, T]
+
+    @property
+    def cache_rows(self) -> torch.Tensor | None:
+        return None if self.whole else self.ids
+
+    def select(self, keep: torch.Tensor) -> _Rows:
+        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep))
 
 
 class Engine:
@@ -69,80 +89,109 @@ class Engine:
                              inputs=inputs) if cache else None
 
     def forward(self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan) -> ForwardResult:
-        """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all)."""
-        n_layers = self.model.n_layers
+        """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row leaves the
+        query-rows path at its own layer: where the plan says, or where the monitor saw it drift."""
+        n_layers, device = self.model.n_layers, ids.device
         ids = ids if rows is None else ids[rows]
-        key_mask, rope = _take(self.key_mask, rows), self._rope(rows)
         r, length = ids.shape
+        row_ids = self.all_rows if rows is None else rows
         if plan.query is None:
-            hidden = self._full_layers(0, self.model.embed(ids), rows, key_mask, rope)
-            return ForwardResult(hidden, None, 0, r * length * n_layers)
+            every = _Rows(row_ids, rows is None, None, None, _take(self.key_mask, rows))
+            hidden = self.model.embed(ids)
+            for i in range(n_layers):
+                hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
+            return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
         index, valid, n_tracked = query_index(_take(plan.query, rows), _take(plan.tracked, rows))
-        rope_q, row_ids = gather_rope(rope, index), self.all_rows if rows is None else rows
-        h, full_from, partial = self.model.embed(ids.gather(1, index)), plan.full_from, plan.full_from
-        for i in range(plan.full_from):
-            h, drifted = self._partial_layer(i, h, rows, row_ids, index, valid, n_tracked, key_mask, rope_q,
-                                             plan.monitor)
-            if drifted:  # layer i's query rows were computed, then the whole layer is recomputed
-                full_from, partial = i, i + 1
-                break
-        if full_from < n_layers:
-            if full_from == 0:
-                hidden = self.model.embed(ids)
+        queried = _Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows))
+        rope_q = gather_rope(self._rope(row_ids), index)
+        partial, in_partial = queried, torch.arange(r, device=device)  # positions among the computed rows
+        full, in_full, hidden = None, in_partial[:0], None
+        depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
+        h = self.model.embed(ids.gather(1, index))
+        for i in range(n_layers):
+            if len(in_partial):
+                drifted, layer_input = None, h
+                if i < plan.full_from:
+                    h, drifted = self._partial_layer(i, h, partial, rope_q, n_tracked, plan.monitor)
+                leaving = torch.ones_like(in_partial, dtype=torch.bool) if i >= plan.full_from else drifted
+                if leaving is not None and bool(leaving.any()):
+                    # the layer recomputes these rows from its cached input with the fresh rows substituted
+                    joining = in_partial[leaving]
+                    fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][row_ids[joining]]
+                    fresh.scatter_(1, index[joining, :, None].expand(-1, -1, h.shape[-1]), layer_input[leaving])
+                    in_full = torch.cat([in_full, joining])
+                    hidden = fresh if hidden is None else torch.cat([hidden, fresh])
+                    if len(in_full) == r:  # everyone recomputes: back to batch order (cache views)
+                        order = in_full.argsort()
+                        in_full, hidden = in_full[order], hidden[order]
+                    full = queried.select(in_full)
+                    full.whole = rows is None and len(in_full) == r
+                    depth[joining] = i
+                    stay = ~leaving
+                    in_partial, h, rope_q = in_partial[stay], h[stay], Rope(rope_q.cos[stay], rope_q.sin[stay])
+                    partial = partial.select(stay)
+            if len(in_full):
+                hidden = self._full_layer(i, hidden, full, self._rope(full.ids), plan.monitor)
+        if len(in_full):
+            gathered = hidden.gather(1, full.index[..., None].expand(-1, -1, hidden.shape[-1]))
+            if len(in_full) == r:
+                h = gathered
             else:
-                hidden = _take(self.cache.inputs[full_from], rows)
-                hidden.scatter_(1, index[..., None].expand_as(h), h)
-            hidden = self._full_layers(full_from, hidden, rows, key_mask, rope, plan.monitor, index, valid)
-            h = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-        columns = torch.full((r, length), -1, dtype=torch.long, device=ids.device)
-        columns.scatter_(1, index, torch.arange(index.shape[1], device=ids.device).expand_as(index))
-        units = int(valid.sum()) * partial + r * length * (n_layers - full_from)
-        return ForwardResult(h, columns, full_from, units)
+                out = gathered.new_empty(r, index.shape[1], gathered.shape[-1])
+                out[in_partial], out[in_full] = h, gathered
+                h = out
+        columns = torch.full((r, length), -1, dtype=torch.long, device=device)
+        columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
+        partial_layers = torch.where(depth < plan.full_from, depth + 1, depth)  # a drifting layer ran its rows
+        units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - depth)).sum())
+        return ForwardResult(h, columns, depth, units)
 
-    def _partial_layer(self, i, h, rows, row_ids, index, valid, n_tracked, key_mask, rope_q, monitor):
-        """Layer i for the query rows only -> (output [r, n, d], whether the monitor saw drift)."""
+    def _partial_layer(self, i, h, group: _Rows, rope_q: Rope, n_tracked: int, monitor):
+        """Layer i for the group's query rows only -> (output [g, n, d], the rows that drifted [g] or None)."""
         layer, cache, n = self.model.layer(i), self.cache, h.shape[1]
         testing = monitor is not None and n_tracked > 0
         if testing:
             # the tracked rows as the cache stood before this step: their cached layer input, projected
             # in the same call as the fresh rows, against keys not yet overwritten (no second copy of the
             # cache is kept)
-            stale = cache.inputs[i][row_ids[:, None], index[:, :n_tracked]]
+            stale = cache.inputs[i][group.ids[:, None], group.index[:, :n_tracked]]
             q, k, v = layer.qkv(torch.cat([h, stale], 1), _with_tracked_again(rope_q, n_tracked))
             q, q_before, k, v = q[:, :, :n], q[:, :, n:], k[:, :, :n], v[:, :, :n]
-            before = attention_probs(q_before, cache.read(i, rows)[0], key_mask)
+            before = attention_probs(q_before, cache.read(i, group.cache_rows)[0], group.key_mask)
         else:
             q, k, v = layer.qkv(h, rope_q)
         if cache.inputs is not None:
-            cache.write_input_rows(i, row_ids, index, h)
-        cache.write_rows(i, row_ids, index, k, v)
-        keys, values = cache.read(i, rows)
+            cache.write_input_rows(i, group.ids, group.index, h)
+        cache.write_rows(i, group.ids, group.index, k, v)
+        keys, values = cache.read(i, group.cache_rows)
         if monitor is None:
-            return layer.finish(h, attend(q, keys, values, key_mask)), False
-        probs = attention_probs(q, keys, key_mask)
-        if testing and monitor.drifted(i, before, probs[:, :, :n_tracked], valid[:, :n_tracked], rows):
-            return h, True
-        monitor.observe(i, probs, rows, index, valid)
-        return layer.finish(h, apply_probs(probs, values)), False
+            return layer.finish(h, attend(q, keys, values, group.key_mask)), None
+        probs = attention_probs(q, keys, group.key_mask)
+        drifted = None
+        if testing:
+            drifted = monitor.drifted(i, before, probs[:, :, :n_tracked], group.valid[:, :n_tracked], group.ids)
+            probs_kept = probs[~drifted]
+            if len(probs_kept):
+                monitor.observe(i, probs_kept, group.ids[~drifted], group.index[~drifted], group.valid[~drifted])
+        else:
+            monitor.observe(i, probs, group.ids, group.index, group.valid)
+        return layer.finish(h, apply_probs(probs, values)), drifted
 
-    def _full_layers(self, start, hidden, rows, key_mask, rope, monitor=None, index=None, valid=None):
-        """Layers start.. over every position of `rows`, writing the cache where one is kept."""
-        cache = self.cache
-        for i in range(start, self.model.n_layers):
-            layer = self.model.layer(i)
-            if cache is not None and cache.inputs is not None:
-                cache.write_inputs(i, rows, hidden)
-            q, k, v = layer.qkv(hidden, rope)
-            if cache is not None:
-                cache.write_all(i, rows, k, v)
-            if monitor is not None:
-                q_rows = q.gather(2, index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
-                monitor.observe(i, attention_probs(q_rows, k, key_mask), rows, index, valid)
-            hidden = layer.finish(hidden, attend(q, k, v, key_mask))
-        return hidden
+    def _full_layer(self, i, hidden, group: _Rows, rope: Rope, monitor=None):
+        """Layer i over every position of the group's rows, writing the cache where one is kept."""
+        cache, layer = self.cache, self.model.layer(i)
+        if cache is not None and cache.inputs is not None:
+            cache.write_inputs(i, group.cache_rows, hidden)
+        q, k, v = layer.qkv(hidden, rope)
+        if cache is not None:
+            cache.write_all(i, group.cache_rows, k, v)
+        if monitor is not None:
+            q_rows = q.gather(2, group.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
+            monitor.observe(i, attention_probs(q_rows, k, group.key_mask), group.ids, group.index, group.valid)
+        return layer.finish(hidden, attend(q, k, v, group.key_mask))
 
-    def _rope(self, rows) -> Rope:
-        if rows is None or self.rope.cos.shape[0] == 1:
+    def _rope(self, rows: torch.Tensor) -> Rope:
+        if self.rope.cos.shape[0] == 1:
             return self.rope
         return Rope(self.rope.cos[rows], self.rope.sin[rows])
 

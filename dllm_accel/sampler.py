@@ -36,7 +36,9 @@ class StepRecord:
     step: int  # index inside the block
     forwarded: bool  # False when no row had anything to commit: no forward ran
     committed: torch.Tensor  # [B] tokens committed per row
-    refresh_from: int | None = None  # first layer that recomputed every position (n_layers: none); None: no forward
+    # [B] per row: the first layer that recomputed every position (0: a full forward; n_layers: every
+    # layer reused its cache); -1 for rows not computed; None when no forward ran
+    refresh_from: torch.Tensor | None = None
 
 
 @dataclass
@@ -184,7 +186,9 @@ class _Run:
         committed[rows[commit], positions[commit]] = True
         self.state.after_step(model_rows, result, committed.repeat(self.passes, 1))
         sampler.stop.after_step(x[:, self.prompt_len:], spec)
-        return live, rows, commit, result.full_from
+        depth = torch.full((x.shape[0] * self.passes,), -1, dtype=torch.long, device=x.device)
+        depth[slice(None) if model_rows is None else model_rows] = result.full_from
+        return live, rows, commit, depth.view(self.passes, -1).min(0).values
 
     def _candidate_logits(self, live, rows, positions):
         """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the live

@@ -6,8 +6,8 @@ Every method decodes the same held-out problems (greedy, the testbed's generatio
 process, one after another, after a warm-up batch each; tokens/s counts generated tokens up to the
 first EOS / end-of-turn and times generation only. Ratios are against the official baseline (NoCache,
 one token per step: LowConfidence for LLaDA, Dream's entropy algorithm for Dream) and against
-DualCache + Threshold(0.9). With --batch-size > 1 the ElasticCache rows are also decoded one problem
-at a time: each row then refreshes from its own drifting layer instead of the batch's shallowest.
+DualCache + Threshold(0.9). "refresh layers" counts (row, step) pairs by the first layer the row
+recomputed (0: full forward; n_layers: every layer reused).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def decode(model, tokenizer, problems, batch_size, cache, unmask, gen_length, bl
         correct += sum(map(arith.is_correct, texts, problems[start:start + batch_size]))
         tokens, nfe = tokens + int(out.generated_tokens.sum()), nfe + out.nfe
         units.append((out.recompute_fraction, out.steps))
-        depths.update(r.refresh_from for r in out.trace if r.forwarded)
+        depths.update(layer for r in out.trace if r.forwarded for layer in r.refresh_from.tolist() if layer >= 0)
     return dict(accuracy=correct / len(problems), nfe=nfe / len(batches), tokens_per_s=tokens / seconds,
                 recompute_fraction=sum(f * s for f, s in units) / max(1, sum(s for _, s in units)),
                 refresh_layers=dict(sorted(depths.items())))
@@ -88,25 +88,20 @@ def main() -> None:
     block_length = args.block_length or metrics.get("block_length") or gen_length // 2
     problems = arith.problems(args.problems, seed=0, split="test")
     table = methods(model.spec.model_type, gen_length, block_length, args.gammas)
-    if args.batch_size > 1:
-        table |= {f"{name} [rows alone]": (*method, 1) for name, method in table.items() if "Elastic" in name}
     print(f"{args.model}: {len(problems)} held-out problems, gen length {gen_length}, blocks of {block_length} "
           f"(block-based methods), batch size {args.batch_size}, {args.threads} threads\n")
     results = {}
-    for name, (cache, unmask, blocks, *alone) in table.items():
-        batch_size = alone[0] if alone else args.batch_size
-        results[name] = decode(model, tokenizer, problems, batch_size, cache, unmask, gen_length, blocks)
+    for name, (cache, unmask, blocks) in table.items():
+        results[name] = decode(model, tokenizer, problems, args.batch_size, cache, unmask, gen_length, blocks)
     baseline = results["NoCache + one token per step (official)"]["tokens_per_s"]
     dual = results["DualCache + Threshold(0.9)"]["tokens_per_s"]
     print("| method | accuracy | NFE / batch | recompute fraction | tokens/s | × official | × DualCache | "
-          "steps by refresh layer |")
+          "refresh layers |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
-        speed = "—" if "rows alone" in name else f"{r['tokens_per_s']:.0f}"
-        ratios = ("—", "—") if "rows alone" in name else (f"{r['tokens_per_s'] / baseline:.2f}",
-                                                         f"{r['tokens_per_s'] / dual:.2f}")
-        print(f"| {name} | {r['accuracy']:.1%} | {r['nfe']:.1f} | {r['recompute_fraction']:.3f} | {speed} | "
-              f"{ratios[0]} | {ratios[1]} | {r['refresh_layers']} |")
+        print(f"| {name} | {r['accuracy']:.1%} | {r['nfe']:.1f} | {r['recompute_fraction']:.3f} | "
+              f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / baseline:.2f} | {r['tokens_per_s'] / dual:.2f} | "
+              f"{r['refresh_layers']} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(model=args.model, problems=len(problems), batch_size=args.batch_size,

@@ -122,8 +122,7 @@ class _BlockCache(RefreshState):
         return ForwardPlan(self.query.expand(self.canvas.rows, -1).clone(), self.canvas.n_layers)
 
     def after_step(self, rows, result, committed):
-        if result.full_from == 0:
-            self.fresh[slice(None) if rows is None else rows] = True
+        self.fresh[slice(None) if rows is None else rows] |= result.full_from == 0
 
 
 # -- ElasticCache ------------------------------------------------------------------------------------
@@ -141,7 +140,7 @@ class ElasticCache(RefreshPolicy):
     drift: 'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the
         paper's statistic); 'heads' — cosine over the head axis per key, averaged over keys and tracked
         tokens (the released code's).
-    A batch refreshes from the shallowest layer at which any of its computed rows drifted.
+    Each row of a batch refreshes from its own drifting layer, so a row decodes as it would alone.
     """
 
     gamma: float = 0.9
@@ -198,8 +197,7 @@ class _Elastic(RefreshState):
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
-        if result.full_from == 0:
-            self.fresh[rows] = True
+        self.fresh[rows] |= result.full_from == 0
         self.tracked[rows] = self.next_tracked[rows]
         self.next_tracked[rows] = False
         self.changed[rows] = False
@@ -210,23 +208,21 @@ class _Elastic(RefreshState):
         if self.policy.drift == "keys":
             similarity = F.cosine_similarity(before, now, dim=-1).mean(1)  # [r, m]
         else:
-            keys = self.canvas.key_valid if rows is None else self.canvas.key_valid[rows]
+            keys = self.canvas.key_valid[rows]
             per_key = F.cosine_similarity(before, now, dim=1)  # [r, m, T]
             similarity = (per_key * keys[:, None]).sum(-1) / keys.sum(-1, keepdim=True)
         counts = valid.sum(1)
         row_similarity = (similarity * valid).sum(1) / counts.clamp(min=1)
-        return bool(((row_similarity < self.policy.gamma) & (counts > 0)).any())
+        return (row_similarity < self.policy.gamma) & (counts > 0)
 
     def observe(self, layer, probs, rows, index, valid):
         """Most-attended decoded tokens: attention mass from the window's masks, summed over heads and
         those queries; the top `track` per row join the next step's tracked set."""
-        window = self.window if rows is None else self.window[rows]
-        weights = (window.gather(1, index) & valid).to(probs.dtype)  # [r, n]
+        weights = (self.window[rows].gather(1, index) & valid).to(probs.dtype)  # [r, n]
         mass = torch.einsum("rhnt,rn->rt", probs, weights)
-        decoded = self.decoded if rows is None else self.decoded[rows]
+        decoded = self.decoded[rows]
         mass = mass.masked_fill(~decoded, -1.0)
         top = mass.topk(min(self.policy.track, mass.shape[1]), dim=1)
-        row_ids = torch.arange(mass.shape[0], device=mass.device) if rows is None else rows
         chosen = torch.zeros_like(decoded)
         chosen.scatter_(1, top.indices, top.values >= 0)
-        self.next_tracked[row_ids] |= chosen
+        self.next_tracked[rows] |= chosen
