@@ -74,6 +74,41 @@ class _Rows:
         return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep))
 
 
+class _Split:
+    """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d]) and
+    those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed rows."""
+
+    def __init__(self, queried: _Rows, rope_q: Rope, h: torch.Tensor):
+        self.queried, self.partial, self.rope_q, self.h = queried, queried, rope_q, h
+        self.partial_at = torch.arange(h.shape[0], device=h.device)
+        self.full, self.full_at, self.hidden = None, self.partial_at[:0], None
+
+    def move(self, leaving: torch.Tensor, fresh: torch.Tensor) -> None:
+        """Rows `leaving` [p] bool switch to recomputing every position, from inputs `fresh` [l, T, d]."""
+        self.full_at = torch.cat([self.full_at, self.partial_at[leaving]])
+        self.hidden = fresh if self.hidden is None else torch.cat([self.hidden, fresh])
+        everyone = len(self.full_at) == len(self.queried.ids)
+        if everyone:  # back to batch order, so that the cache is read through views again
+            order = self.full_at.argsort()
+            self.full_at, self.hidden = self.full_at[order], self.hidden[order]
+        self.full = self.queried.select(self.full_at)
+        self.full.whole = everyone and self.queried.whole
+        stay = ~leaving
+        self.partial_at, self.h, self.partial = self.partial_at[stay], self.h[stay], self.partial.select(stay)
+        self.rope_q = Rope(self.rope_q.cos[stay], self.rope_q.sin[stay])
+
+    def output(self) -> torch.Tensor:
+        """The last layer's output at the query positions, [r, n, d] in batch order."""
+        if not len(self.full_at):
+            return self.h
+        gathered = self.hidden.gather(1, self.full.index[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        if not len(self.partial_at):
+            return gathered
+        out = gathered.new_empty(len(self.partial_at) + len(self.full_at), *gathered.shape[1:])
+        out[self.partial_at], out[self.full_at] = self.h, gathered
+        return out
+
+
 class Engine:
     """Holds one generation's RoPE tables, key mask and (when a policy keeps one) KV cache."""
 
@@ -102,53 +137,36 @@ class Engine:
                 hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
             return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
         index, valid, n_tracked = query_index(_take(plan.query, rows), _take(plan.tracked, rows))
-        queried = _Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows))
-        rope_q = gather_rope(self._rope(row_ids), index)
-        partial, in_partial = queried, torch.arange(r, device=device)  # positions among the computed rows
-        full, in_full, hidden = None, in_partial[:0], None
+        split = _Split(_Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows)),
+                       gather_rope(self._rope(row_ids), index), self.model.embed(ids.gather(1, index)))
         depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
-        h = self.model.embed(ids.gather(1, index))
         for i in range(n_layers):
-            if len(in_partial):
-                drifted, layer_input = None, h
+            if len(split.partial_at):
+                leaving, layer_input = None, split.h
                 if i < plan.full_from:
-                    h, drifted = self._partial_layer(i, h, partial, rope_q, n_tracked, plan.monitor)
-                leaving = torch.ones_like(in_partial, dtype=torch.bool) if i >= plan.full_from else drifted
-                if leaving is not None and bool(leaving.any()):
-                    # the layer recomputes these rows from its cached input with the fresh rows substituted
-                    joining = in_partial[leaving]
+                    split.h, leaving = self._partial_layer(i, split, n_tracked, plan.monitor)
+                else:
+                    leaving = torch.ones_like(split.partial_at, dtype=torch.bool)
+                if leaving is not None:
+                    # layer i recomputes these rows from its cached input with the fresh rows substituted
+                    joining = split.partial_at[leaving]
                     fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][row_ids[joining]]
-                    fresh.scatter_(1, index[joining, :, None].expand(-1, -1, h.shape[-1]), layer_input[leaving])
-                    in_full = torch.cat([in_full, joining])
-                    hidden = fresh if hidden is None else torch.cat([hidden, fresh])
-                    if len(in_full) == r:  # everyone recomputes: back to batch order (cache views)
-                        order = in_full.argsort()
-                        in_full, hidden = in_full[order], hidden[order]
-                    full = queried.select(in_full)
-                    full.whole = rows is None and len(in_full) == r
+                    fresh.scatter_(1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving])
+                    split.move(leaving, fresh)
                     depth[joining] = i
-                    stay = ~leaving
-                    in_partial, h, rope_q = in_partial[stay], h[stay], Rope(rope_q.cos[stay], rope_q.sin[stay])
-                    partial = partial.select(stay)
-            if len(in_full):
-                hidden = self._full_layer(i, hidden, full, self._rope(full.ids), plan.monitor)
-        if len(in_full):
-            gathered = hidden.gather(1, full.index[..., None].expand(-1, -1, hidden.shape[-1]))
-            if len(in_full) == r:
-                h = gathered
-            else:
-                out = gathered.new_empty(r, index.shape[1], gathered.shape[-1])
-                out[in_partial], out[in_full] = h, gathered
-                h = out
+            if len(split.full_at):
+                split.hidden = self._full_layer(i, split.hidden, split.full, self._rope(split.full.ids), plan.monitor)
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
         partial_layers = torch.where(depth < plan.full_from, depth + 1, depth)  # a drifting layer ran its rows
         units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - depth)).sum())
-        return ForwardResult(h, columns, depth, units)
+        return ForwardResult(split.output(), columns, depth, units)
 
-    def _partial_layer(self, i, h, group: _Rows, rope_q: Rope, n_tracked: int, monitor):
-        """Layer i for the group's query rows only -> (output [g, n, d], the rows that drifted [g] or None)."""
-        layer, cache, n = self.model.layer(i), self.cache, h.shape[1]
+    def _partial_layer(self, i, split: _Split, n_tracked: int, monitor):
+        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows that
+        drifted [g] or None)."""
+        layer, cache, group, h, rope_q = self.model.layer(i), self.cache, split.partial, split.h, split.rope_q
+        n = h.shape[1]
         testing = monitor is not None and n_tracked > 0
         if testing:
             # the tracked rows as the cache stood before this step: their cached layer input, projected
@@ -170,11 +188,12 @@ class Engine:
         drifted = None
         if testing:
             drifted = monitor.drifted(i, before, probs[:, :, :n_tracked], group.valid[:, :n_tracked], group.ids)
-            probs_kept = probs[~drifted]
-            if len(probs_kept):
-                monitor.observe(i, probs_kept, group.ids[~drifted], group.index[~drifted], group.valid[~drifted])
-        else:
+            drifted = drifted if bool(drifted.any()) else None
+        if drifted is None:
             monitor.observe(i, probs, group.ids, group.index, group.valid)
+        elif not bool(drifted.all()):  # the drifting rows are observed when their layer is recomputed
+            kept = ~drifted
+            monitor.observe(i, probs[kept], group.ids[kept], group.index[kept], group.valid[kept])
         return layer.finish(h, apply_probs(probs, values)), drifted
 
     def _full_layer(self, i, hidden, group: _Rows, rope: Rope, monitor=None):
