@@ -10,8 +10,9 @@ One forward (`Engine.forward`) for the model rows being computed (`rows`; None: 
                              layers >= full_from recompute every position, starting from the cached
                              input of layer full_from with the fresh query rows substituted.
     plan.monitor             (ElasticCache) at each layer still reusing its cache, sees the tracked rows'
-                             attention before and after this step's writes and may move full_from down
-                             to that layer; sees the query rows' attention probabilities at every layer.
+                             attention before and after this step's writes and may send a batch row to
+                             the full recompute from that layer on (each row at its own layer); sees the
+                             query rows' attention probabilities at every layer.
 
 The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward here
 is the plain forward, and a plan that recomputes everything reproduces it exactly.

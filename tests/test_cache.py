@@ -352,3 +352,13 @@ def test_trained_model_rows_refresh_at_their_own_depth_as_alone():
         alone = sampler.generate(dllm_accel.encode_chat(tokenizer, [arith.messages(problem)])["input_ids"],
                                  max_new_tokens=48)
         assert torch.equal(together.sequences[row, -48:], alone.sequences[0, -48:])
+
+
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_drift_cosine_matches_torch_on_tiny_and_zero_attention(dim):
+    """Most keys get tiny attention; they must still compare by direction, as F.cosine_similarity does."""
+    from dllm_accel.policies.refresh import _cosine
+    before, now = torch.rand(3, 4, 2, 20) * 1e-6, torch.rand(3, 4, 2, 20) * 1e-6
+    before[0, :, 0, :3] = 0  # padded keys: no attention from any head
+    expected = torch.nn.functional.cosine_similarity(before, now, dim=dim)
+    assert torch.allclose(_cosine(before, now, dim), expected, atol=1e-5)
