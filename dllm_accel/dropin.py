@@ -123,9 +123,10 @@ def patch(hf_model, *, cache=None, unmask=None):
         state.replaced["diffusion_generate"] = hf_model.__dict__.get("diffusion_generate")
 
         def diffusion_generate(inputs=None, generation_config=None, **kwargs):
+            # the released generation_config.json holds dream_generate's defaults; a config passed
+            # explicitly sets what it gives, and keyword arguments win over both
             inputs = kwargs.pop("input_ids", inputs)
-            config = generation_config or getattr(hf_model, "generation_config", None)
-            settings = {} if config is None else _dream_settings(config)
+            settings = {} if generation_config is None else _dream_settings(generation_config)
             return dream_generate(hf_model, inputs, **(settings | kwargs))
 
         hf_model.diffusion_generate = diffusion_generate

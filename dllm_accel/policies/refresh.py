@@ -192,7 +192,7 @@ class _Elastic(RefreshState):
         if not self.policy.cache_distant_masks:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
-        return ForwardPlan(query, full_from, self.tracked.clone(), self)
+        return ForwardPlan(query, full_from, self.tracked, self)
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
