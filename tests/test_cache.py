@@ -1,6 +1,8 @@
 """The KV-cache engine and the refresh policies: exactness when refresh is forced, untouched rows,
 NaN-poisoned buffers, batching, the drift test, hand-checked accounting, drop-in patching, bad input."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from conftest import EOS, StandIn, decoder, prompts
@@ -291,6 +293,8 @@ def test_patch_routes_dream_diffusion_generate_and_unpatch_restores():
     expected = dllm_accel.dream_generate(model, ids, max_new_tokens=8, steps=8, alg="entropy", cache=DualCache())
     assert dllm_accel.patch(remote, cache=DualCache()) is remote
     assert torch.equal(remote.diffusion_generate(ids, max_new_tokens=8, steps=8, alg="entropy"), expected)
+    config = SimpleNamespace(max_new_tokens=8, steps=8, alg="entropy", top_p=None)
+    assert torch.equal(remote.diffusion_generate(inputs=ids, generation_config=config), expected)
     swapped = dllm_accel.patch(remote, cache=DualCache(), unmask=Threshold(0.5))  # re-patching replaces
     with_threshold = Sampler(model, unmask=Threshold(0.5), cache=DualCache()).generate(ids, max_new_tokens=8)
     assert torch.equal(swapped.diffusion_generate(ids, max_new_tokens=8), with_threshold.sequences)
