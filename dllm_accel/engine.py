@@ -66,21 +66,23 @@ class _Rows:
     index: torch.Tensor  # [g, n] query positions
     valid: torch.Tensor  # [g, n]
     key_mask: torch.Tensor | None  # [g, T]
+    rope: Rope | None = None  # [g, 1, n, D]: the query positions' tables
 
     @property
     def cache_rows(self) -> torch.Tensor | None:
         return None if self.whole else self.ids
 
     def select(self, keep: torch.Tensor) -> _Rows:
-        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep))
+        rope = None if self.rope is None else Rope(self.rope.cos[keep], self.rope.sin[keep])
+        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep), rope)
 
 
 class _Split:
     """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d]) and
     those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed rows."""
 
-    def __init__(self, queried: _Rows, rope_q: Rope, h: torch.Tensor):
-        self.queried, self.partial, self.rope_q, self.h = queried, queried, rope_q, h
+    def __init__(self, queried: _Rows, h: torch.Tensor):
+        self.queried, self.partial, self.h = queried, queried, h
         self.partial_at = torch.arange(h.shape[0], device=h.device)
         self.full, self.full_at, self.hidden = None, self.partial_at[:0], None
 
@@ -96,7 +98,6 @@ class _Split:
         self.full.whole = everyone and self.queried.whole
         stay = ~leaving
         self.partial_at, self.h, self.partial = self.partial_at[stay], self.h[stay], self.partial.select(stay)
-        self.rope_q = Rope(self.rope_q.cos[stay], self.rope_q.sin[stay])
 
     def output(self) -> torch.Tensor:
         """The last layer's output at the query positions, [r, n, d] in batch order."""
@@ -138,8 +139,9 @@ class Engine:
                 hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
             return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
         index, valid, n_tracked = query_index(_take(plan.query, rows), _take(plan.tracked, rows))
-        split = _Split(_Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows)),
-                       gather_rope(self._rope(row_ids), index), self.model.embed(ids.gather(1, index)))
+        queried = _Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows),
+                        gather_rope(self._rope(row_ids), index))
+        split = _Split(queried, self.model.embed(ids.gather(1, index)))
         depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
         for i in range(n_layers):
             if len(split.partial_at):
@@ -166,8 +168,8 @@ class Engine:
     def _partial_layer(self, i, split: _Split, n_tracked: int, monitor):
         """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows that
         drifted [g] or None)."""
-        layer, cache, group, h, rope_q = self.model.layer(i), self.cache, split.partial, split.h, split.rope_q
-        n = h.shape[1]
+        layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
+        n, rope_q = h.shape[1], split.partial.rope
         testing = monitor is not None and n_tracked > 0
         if testing:
             # the tracked rows as the cache stood before this step: their cached layer input, projected
@@ -242,7 +244,7 @@ def mask_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[r, T] bool -> (positions [r, n] ascending, valid [r, n]), n the largest count of a row; the
     entries past a row's count are unspecified (callers replace them)."""
     counts = mask.sum(1)
-    n = int(counts.max()) if mask.numel() else 0
+    n = int(counts.max())
     order = mask.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :n]
     return order, torch.arange(n, device=mask.device) < counts[:, None]
 

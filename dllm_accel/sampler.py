@@ -116,7 +116,7 @@ class Sampler:
                 candidates[:, end:] = False
                 if not candidates.any():
                     break
-                live, rows, commit, refresh_from = run.step(StepContext(candidates, step, plan, spec, generator))
+                live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator))
                 if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
@@ -125,7 +125,8 @@ class Sampler:
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if live is not None:
                     committed.index_add_(0, rows, commit.long())
-                record = StepRecord(block, step, live is not None, committed, refresh_from)
+                record = StepRecord(block, step, live is not None, committed,
+                                    None if live is None else run.refresh_layers())
                 if trace is not None:
                     trace.append(record)
                 if callback is not None:
@@ -169,13 +170,13 @@ class _Run:
         self.units = self.full_units = 0
 
     def step(self, ctx: StepContext):
-        """-> (live rows [B], the candidates' rows [M], which of them were committed [M], the refresh
-        layer); all None when no row had anything to commit and nothing ran."""
+        """-> (live rows [B], the candidates' rows [M], which of them were committed [M]); all None when
+        no row had anything to commit and nothing ran."""
         sampler, x, spec = self.sampler, self.x, ctx.spec
         quota = sampler.unmask.quota(ctx)
         live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
         if not bool(live.any()):
-            return None, None, None, None
+            return None, None, None
         candidates = self.state.restrict(x, ctx.candidates & live[:, None], quota)
         ctx = replace(ctx, candidates=candidates)
         rows, positions = candidates.nonzero(as_tuple=True)
@@ -186,9 +187,15 @@ class _Run:
         committed[rows[commit], positions[commit]] = True
         self.state.after_step(model_rows, result, committed.repeat(self.passes, 1))
         sampler.stop.after_step(x[:, self.prompt_len:], spec)
-        depth = torch.full((x.shape[0] * self.passes,), -1, dtype=torch.long, device=x.device)
-        depth[slice(None) if model_rows is None else model_rows] = result.full_from
-        return live, rows, commit, depth.view(self.passes, -1).min(0).values
+        self.last_forward = model_rows, result.full_from
+        return live, rows, commit
+
+    def refresh_layers(self) -> torch.Tensor:
+        """[B] the last forward's first recomputed layer per row (-1: the row was not computed)."""
+        model_rows, full_from = self.last_forward
+        depth = torch.full((self.x.shape[0] * self.passes,), -1, dtype=torch.long, device=self.x.device)
+        depth[slice(None) if model_rows is None else model_rows] = full_from
+        return depth.view(self.passes, -1).min(0).values
 
     def _candidate_logits(self, live, rows, positions):
         """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the live

@@ -182,14 +182,15 @@ class _Elastic(RefreshState):
         if quota is not None:
             size = torch.maximum(size, quota[:, None])
         window = masked & (masked.cumsum(1) <= size)
-        self.window = window.repeat(self.canvas.rows // x.shape[0], 1)  # [R, T]: both halves under CFG
-        self.distant = (masked & ~window).repeat(self.canvas.rows // x.shape[0], 1)
+        halves = self.canvas.rows // x.shape[0]  # both halves of the model batch under CFG
+        self.window = window.repeat(halves, 1)  # [R, T]
+        self.distant = None if self.policy.cache_distant_masks else (masked & ~window).repeat(halves, 1)
         return candidates & window
 
     def plan(self, model_ids, live):
         self.decoded = ~((model_ids == self.canvas.mask_id) & self.generated) & self.canvas.key_valid
         query = self.tracked | self.changed | self.window
-        if not self.policy.cache_distant_masks:
+        if self.distant is not None:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
         return ForwardPlan(query, full_from, self.tracked, self)
