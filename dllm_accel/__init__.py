@@ -17,6 +17,7 @@ from .policies import (
     ElasticCache,
     EntropyThreshold,
     Factor,
+    FrozenCache,
     FullLength,
     LowConfidence,
     NoCache,
@@ -29,8 +30,8 @@ from .sampler import GenerationOutput, Sampler, StepRecord
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FullLength",
-    "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
+    "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FrozenCache",
+    "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
     "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "from_hf", "llada_generate",
     "load_model", "load_tokenizer", "patch", "save_model", "unpatch",
 ]

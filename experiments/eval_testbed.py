@@ -5,8 +5,8 @@
 Greedy decoding on the test split of dllm_accel.tasks.arith with each family's official baseline:
 tiny-llada with LowConfidence (one token per step, semi-autoregressive blocks), tiny-dream with
 Dream's entropy algorithm over the whole generation (steps = gen length), tiny-ar with transformers'
-greedy generate. Sensitivity: tiny-llada decoded the same way, except that the K/V of every position
-outside the current block come from the first step and are never refreshed. `--write` records the
+greedy generate. Sensitivity: tiny-llada decoded the same way with FrozenCache (after the first step only the
+current block's masks are computed: the cache never sees a committed token). `--write` records the
 figures in each model's metrics.json.
 """
 
@@ -22,63 +22,19 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import dllm_accel
-from dllm_accel import LowConfidence
-from dllm_accel.models import attend
-from dllm_accel.models.base import Rope
-from dllm_accel.policies.unmask import StepContext
+from dllm_accel import FrozenCache, LowConfidence, Sampler
 from dllm_accel.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_tiny import accuracy  # noqa: E402
 
 
-@torch.no_grad()
-def frozen_kv_generate(model, ids, attention_mask, *, gen_length, block_length):
-    """LLaDA's baseline schedule, but only the current block's rows are recomputed after the first step:
-    every layer's K/V of all other positions stay those of the first step (a cache never refreshed)."""
-    spec = model.spec
-    batch, prompt_len = ids.shape
-    x = torch.cat([ids, torch.full((batch, gen_length), spec.mask_id, dtype=torch.long)], 1)
-    canvas_mask = torch.cat([attention_mask, torch.ones(batch, gen_length, dtype=attention_mask.dtype)], 1)
-    key_mask, rope = canvas_mask.bool(), model.rotary(model.positions(canvas_mask, x.shape[1]))
-    keys, values, hidden = [], [], model.embed(x)
-    for i in range(model.n_layers):  # the first step: a full forward that fills the cache
-        q, k, v = model.layer(i).qkv(hidden, rope)
-        keys.append(k)
-        values.append(v)
-        hidden = model.layer(i).finish(hidden, attend(q, k, v, key_mask))
-    policy = LowConfidence(steps=gen_length)
-    steps = policy.steps_per_block(gen_length // block_length)
-    for block in range(gen_length // block_length):
-        start, end = prompt_len + block * block_length, prompt_len + (block + 1) * block_length
-        plan = policy.begin_block((x[:, start:end] == spec.mask_id).sum(1), steps)
-        for step in range(steps):
-            first = start - spec.logit_shift  # rows recomputed: the block (and the row scoring its first token)
-            if block or step:
-                hidden = model.embed(x[:, first:end])
-                block_rope = Rope(rope.cos[:, :, first:end], rope.sin[:, :, first:end])
-                for i in range(model.n_layers):
-                    q, k, v = model.layer(i).qkv(hidden, block_rope)
-                    k_all, v_all = keys[i].clone(), values[i].clone()
-                    k_all[:, :, first:end], v_all[:, :, first:end] = k, v
-                    hidden = model.layer(i).finish(hidden, attend(q, k_all, v_all, key_mask))
-                offset = first
-            else:
-                offset = 0
-            candidates = torch.zeros_like(x, dtype=torch.bool)
-            candidates[:, start:end] = x[:, start:end] == spec.mask_id
-            rows, positions = candidates.nonzero(as_tuple=True)
-            logits = model.head(hidden[rows, positions - spec.logit_shift - offset])
-            ctx = StepContext(candidates, step, plan, spec)
-            commit, tokens = policy.select(ctx, logits, policy.quota(ctx))
-            x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-    return x
-
-
 def frozen_decode(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
+    """The official schedule with FrozenCache."""
     ids = batch["input_ids"]
-    out = frozen_kv_generate(model, ids, batch["attention_mask"], gen_length=gen_length, block_length=block_length)
-    return tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    sampler = Sampler(model, unmask=LowConfidence(steps=gen_length), cache=FrozenCache())
+    out = sampler.generate(ids, batch["attention_mask"], max_new_tokens=gen_length, block_length=block_length)
+    return tokenizer.batch_decode(out.sequences[:, ids.shape[1]:], skip_special_tokens=True)
 
 
 def main() -> None:

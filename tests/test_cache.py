@@ -14,6 +14,7 @@ from dllm_accel import (
     ElasticCache,
     EntropyThreshold,
     Factor,
+    FrozenCache,
     LowConfidence,
     NoCache,
     PrefixCache,
@@ -31,6 +32,7 @@ CACHES = {
     "elastic": ElasticCache,
     "elastic-w4-heads": lambda: ElasticCache(window=4, track=2, drift="heads"),
     "elastic-distant-queried": lambda: ElasticCache(window=4, cache_distant_masks=False),
+    "frozen": FrozenCache,
 }
 UNMASKS = {
     "low-confidence": lambda: LowConfidence(16),
@@ -253,6 +255,17 @@ def test_dual_cache_recompute_fraction_by_hand():
     model = decoder("Dream", seed=27)
     out = generate(model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4)
     assert 2 * (14 + 3 * 4 + 1) / (8 * 14) <= out.recompute_fraction <= 2 * (14 + 3 * 5) / (8 * 14)
+
+
+def test_frozen_cache_computes_only_the_blocks_masks_after_the_first_step():
+    """B1, prompt 6, 8 tokens in blocks of 4, one token per step: one full step of 14 rows, then the
+    block's masks only (3, 2, 1 in block 0; 4, 3, 2, 1 in block 1), nothing ever refreshed."""
+    model = decoder("llada", seed=27)
+    out = generate(model, LowConfidence(8), FrozenCache(), lengths=(6,), max_new_tokens=8, block_length=4)
+    assert out.recompute_fraction == pytest.approx((14 + 3 + 2 + 1 + 4 + 3 + 2 + 1) / (8 * 14))
+    assert [int(r.refresh_from) for r in out.trace] == [0] + [2] * 7
+    assert not torch.equal(out.sequences, generate(model, LowConfidence(8), NoCache(), lengths=(6,),
+                                                   max_new_tokens=8, block_length=4).sequences)
 
 
 # -- the drift test ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Small policy objects, one job each, composed by the Sampler."""
 
-from .refresh import DualCache, ElasticCache, NoCache, PrefixCache, RefreshPolicy
+from .refresh import DualCache, ElasticCache, FrozenCache, NoCache, PrefixCache, RefreshPolicy
 from .stop import FullLength, StopAtEOS, StopPolicy
 from .unmask import (
     DreamAlgorithm,
@@ -13,7 +13,7 @@ from .unmask import (
 )
 
 __all__ = [
-    "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FullLength", "LowConfidence",
-    "NoCache", "PrefixCache", "RefreshPolicy", "StepContext", "StopAtEOS", "StopPolicy", "Threshold",
-    "UnmaskPolicy",
+    "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FrozenCache", "FullLength",
+    "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext", "StopAtEOS", "StopPolicy",
+    "Threshold", "UnmaskPolicy",
 ]

@@ -13,6 +13,8 @@ which the Sampler drives:
 - PrefixCache / DualCache (Fast-dLLM): a full forward at a block's first step, which also decodes;
   then PrefixCache computes the block and everything after it against the cached prefix, DualCache
   only the block.
+- FrozenCache: a probe, not a method: one full forward at the first step, then only the current
+  block's masks, so the cache never sees a committed token (how much a stale cache costs a model).
 - ElasticCache ("Attention Is All You Need for KV Cache in Diffusion LLMs"): computes the tracked
   (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks; at
   each layer still reusing its cache it compares the tracked tokens' attention before and after this
@@ -104,21 +106,35 @@ class DualCache(RefreshPolicy):
         return _BlockCache(canvas, to_end=False)
 
 
+@dataclass(frozen=True)
+class FrozenCache(RefreshPolicy):
+    """A probe of how much a stale cache costs, not a method: a full forward at the first step only; then
+    only the current block's still-masked positions. A committed token's K/V stay those computed while
+    it was a mask: the cache never sees a committed token."""
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _BlockCache(canvas, to_end=False, refresh_blocks=False)
+
+
 class _BlockCache(RefreshState):
-    def __init__(self, canvas: Canvas, to_end: bool):
+    def __init__(self, canvas: Canvas, to_end: bool, refresh_blocks: bool = True):
         super().__init__(canvas)
-        self.to_end = to_end
+        self.to_end, self.refresh_blocks = to_end, refresh_blocks
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
 
     def begin_block(self, start, end):
-        self.fresh.zero_()  # every row refreshes at its first step in the block
+        if self.refresh_blocks:
+            self.fresh.zero_()  # every row refreshes at its first step in the block
         positions = torch.arange(self.canvas.length, device=self.fresh.device)
         self.query = (positions >= start) & ((positions < end) | self.to_end)
 
     def plan(self, model_ids, live):
         if not bool(self.fresh[live].all()):
             return ForwardPlan(None, self.canvas.n_layers)
-        return ForwardPlan(self.query.expand(self.canvas.rows, -1).clone(), self.canvas.n_layers)
+        query = self.query.expand(self.canvas.rows, -1).clone()
+        if not self.refresh_blocks:
+            query &= model_ids == self.canvas.mask_id
+        return ForwardPlan(query, self.canvas.n_layers)
 
     def after_step(self, rows, result, committed):
         self.fresh[slice(None) if rows is None else rows] |= result.full_from == 0
