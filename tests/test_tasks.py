@@ -82,3 +82,42 @@ def test_bad_arguments_are_named():
         arith.problems(3, seed=0, split="dev")
     with pytest.raises(ValueError, match=r"n must be a non-negative integer, got -1"):
         arith.problems(-1, seed=0)
+
+
+# -- the Task --------------------------------------------------------------------------------------
+def test_arith_task_samples_are_the_held_out_problems():
+    task = arith.Arith(size=50, seed=2, shots=2)
+    samples = task.samples()
+    assert task.name == "arith" and len(samples) == 50
+    assert [s.data for s in samples] == arith.problems(50, seed=2, split="test")
+    assert [s.id for s in samples] == [f"test-2-{i}" for i in range(50)]
+    for sample in samples:
+        assert sample.prompt == arith.messages(sample.data, shots=2, seed=2) and sample.target == sample.data.answer
+    assert arith.Arith(size=50, seed=2, shots=2).samples() == samples, "stable"
+
+
+def test_arith_task_limit_keeps_ids():
+    every = arith.Arith(size=30).samples()
+    assert arith.Arith(size=30, limit=10).samples() == every[:10]
+    assert arith.Arith(size=30, limit=100).samples() == every
+    assert {s.id for s in arith.Arith(split="train", seed=1, limit=5).samples()} == {f"train-1-{i}" for i in range(5)}
+
+
+def test_arith_task_score():
+    task = arith.Arith(limit=1)
+    sample = task.samples()[0]
+    assert task.score(sample, sample.data.solution) == {"correct": True, "answer": sample.target}
+    assert task.score(sample, "#### 10") == {"correct": False, "answer": "10"}
+    assert task.score_many([sample], ["nothing"]) == [{"correct": False, "answer": None}]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"limit": 0}, r"task.limit must be None \(every sample\) or an integer >= 1, got 0"),
+    ({"shots": -2}, r"task.shots must be an integer >= 0, got -2"),
+    ({"split": "dev"}, r"task.split must be one of \('train', 'test'\), got 'dev'"),
+    ({"seed": "0"}, r"task.seed must be an integer, got '0'"),
+    ({"size": 0}, r"task.size must be an integer >= 1, got 0"),
+], ids=["limit", "shots", "split", "seed", "size"])
+def test_arith_task_bad_arguments_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        arith.Arith(**settings)

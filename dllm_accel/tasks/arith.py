@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import string
 from dataclasses import dataclass
+
+from dllm_accel.tasks import gsm8k
+from dllm_accel.tasks.base import Sample, Task
 
 NAMES = tuple(string.ascii_lowercase)
 START = ("{a}={v}.", "Let {a}={v}.")
@@ -91,17 +93,38 @@ def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0) -> str:
     return tokenizer.apply_chat_template(messages(problem, shots, seed), add_generation_prompt=True, tokenize=False)
 
 
-_NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
-
-
 def extract_answer(text: str) -> str | None:
     """GSM8K's rule: the number after '####'; without one, the last number in the text."""
-    marked = re.search(r"####\s*(" + _NUMBER + ")", text)
-    numbers = [marked.group(1)] if marked else re.findall(_NUMBER, text)
-    if not numbers:
-        return None
-    return numbers[-1].replace(",", "").rstrip(".")
+    return gsm8k.extract_answer(text)
 
 
 def is_correct(text: str, problem: Problem) -> bool:
-    return extract_answer(text) == problem.answer
+    return gsm8k.is_correct(text, problem.answer)
+
+
+# -- the task --------------------------------------------------------------------------------------
+class Arith(Task):
+    """The first `size` problems of a split (the held-out test split by default), `limit` of them."""
+
+    name = "arith"
+
+    def __init__(self, *, limit: int | None = None, shots: int = 0, seed: int = 0, split: str = "test",
+                 size: int = 500):
+        super().__init__(limit=limit, shots=shots)
+        if split not in SPLITS:
+            raise ValueError(f"task.split must be one of {SPLITS}, got {split!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"task.seed must be an integer, got {seed!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"task.size must be an integer >= 1, got {size!r}")
+        self.seed, self.split, self.size = seed, split, size
+
+    def samples(self) -> list[Sample]:
+        # problems(n) is a prefix of problems(size), so limiting keeps every id's problem.
+        n = self.size if self.limit is None else min(self.limit, self.size)
+        return [Sample(f"{self.split}-{self.seed}-{i}", messages(problem, self.shots, self.seed), problem.answer,
+                       problem)
+                for i, problem in enumerate(problems(n, self.seed, self.split))]
+
+    def score(self, sample: Sample, output: str) -> dict:
+        return {"correct": is_correct(output, sample.data), "answer": extract_answer(output)}
