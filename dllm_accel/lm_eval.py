@@ -1,0 +1,318 @@
+"""lm-evaluation-harness model "dllm_accel": generation tasks decoded with Sampler.
+
+lm_eval (0.4.13) finds models only in its own registry: its built-in table plus classes registered with
+@register_model by modules already imported. It loads no plugins (no entry-point group), so the plain
+`lm_eval` command cannot see this model; run the harness through this module, which registers it and
+then hands the same arguments to lm_eval's own CLI:
+
+    python -m dllm_accel.lm_eval --model dllm_accel \\
+        --model_args pretrained=/models/LLaDA-8B-Instruct,cache=elastic,unmask=threshold,tau=0.9 \\
+        --tasks gsm8k --apply_chat_template --batch_size 8 --device cuda
+    dllm-accel-lm-eval ...                       # the same, as a console script
+
+In Python, `import dllm_accel.lm_eval` before `lm_eval.simple_evaluate(model="dllm_accel", ...)`.
+
+model_args
+    pretrained       a checkpoint directory or a bundled model ("tiny-llada"); required
+    dtype, device    as load_model (lm_eval's CLI passes device cuda:0 unless told: without CUDA, cpu)
+    batch_size       prompts decoded together, left-padded (an integer; "auto" is not supported)
+    unmask           low_confidence (default; steps, remasking, temperature), threshold (tau, temperature),
+                     factor (f, temperature), entropy_threshold (h, temperature), dream (alg, steps,
+                     temperature); `steps` defaults to the generation length (one token per step)
+    cache            no (default), prefix, dual, elastic (gamma, window)
+    stop             stop_at_eos (default) or full_length
+    max_new_tokens   generation length when a request gives no max_gen_toks (default 256)
+    block_length     default 32; 0 or None: the whole generation is one block
+    seed             seeds the generator every random draw uses (default 0)
+
+Generation length: a request's max_gen_toks (else max_new_tokens), rounded up to a multiple of
+block_length; the text is then cut to max_gen_toks tokens, at the first EOS / end-of-turn and at the
+first of the request's `until` strings. Sampling is set by the unmask policy (`temperature`), not by the
+task's generation kwargs. Only generation tasks run: a masked diffusion LM has no exact log-likelihood.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+
+try:
+    import lm_eval.models  # noqa: F401  (see _register)
+except ModuleNotFoundError as error:
+    if (error.name or "").partition(".")[0] != "lm_eval":
+        raise
+    raise ModuleNotFoundError("dllm_accel.lm_eval needs lm-evaluation-harness: pip install lm_eval") from error
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import MODEL_REGISTRY, register_model
+from lm_eval.utils import simple_parse_args_string
+from tqdm import tqdm
+
+from .models import load_model, load_tokenizer
+from .policies import (
+    DreamAlgorithm,
+    DualCache,
+    ElasticCache,
+    EntropyThreshold,
+    Factor,
+    FullLength,
+    LowConfidence,
+    NoCache,
+    PrefixCache,
+    StopAtEOS,
+    Threshold,
+)
+from .sampler import Sampler
+
+MODEL_NAME = "dllm_accel"
+logger = logging.getLogger(__name__)
+
+# name -> (policy class, the model_args it takes with their defaults); steps=None: the generation length
+UNMASK_POLICIES = {
+    "low_confidence": (LowConfidence, {"steps": None, "remasking": "low_confidence", "temperature": 0.0}),
+    "threshold": (Threshold, {"tau": 0.9, "temperature": 0.0}),
+    "factor": (Factor, {"f": 1.0, "temperature": 0.0}),
+    "entropy_threshold": (EntropyThreshold, {"h": 0.5, "temperature": 0.0}),
+    "dream": (DreamAlgorithm, {"alg": "entropy", "steps": None, "temperature": 0.0}),
+}
+CACHE_POLICIES = {
+    "no": (NoCache, {}),
+    "prefix": (PrefixCache, {}),
+    "dual": (DualCache, {}),
+    "elastic": (ElasticCache, {"gamma": 0.9, "window": 16}),
+}
+STOP_POLICIES = {"full_length": FullLength, "stop_at_eos": StopAtEOS}
+GREEDY_KWARGS = {"do_sample": False, "temperature": 0}  # task kwargs that change nothing
+
+
+class DllmAccelLM(LM):
+    """A dllm_accel model and policies behind lm_eval's LM interface (generate_until only)."""
+
+    def __init__(self, pretrained, dtype=None, device=None, batch_size=1, max_batch_size=None,
+                 unmask="low_confidence", cache="no", stop="stop_at_eos", max_new_tokens=256, block_length=32,
+                 seed=0, trust_remote_code=None, **policy_args):
+        # max_batch_size (for batch_size=auto) and trust_remote_code (no remote code ever runs) are accepted
+        # because lm_eval's CLI may pass them; they change nothing here.
+        super().__init__()
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.block_length = None if block_length in (None, 0) else _positive_int("block_length", block_length)
+        self.unmask_name = _choice("unmask", unmask, UNMASK_POLICIES)
+        self.cache_name = _choice("cache", cache, CACHE_POLICIES)
+        self.stop_name = _choice("stop", stop, STOP_POLICIES)
+        self.unmask_args, cache_args = _split_policy_args(policy_args, self.unmask_name, self.cache_name)
+        self.cache_policy = CACHE_POLICIES[self.cache_name][0](**cache_args)
+        self.stop_policy = STOP_POLICIES[self.stop_name]()
+        self.unmask_policy(self.generation_length(self.max_new_tokens))  # bad values fail now, not after loading
+        seed = _integer("seed", seed)
+        self.pretrained = str(pretrained)
+        self._device = torch.device(_available_device(device))
+        self.model = load_model(pretrained, dtype=dtype, device=self._device)
+        self.tokenizer = load_tokenizer(pretrained)
+        self.generator = torch.Generator(self._device).manual_seed(seed)
+        self.stats = {"generated_tokens": 0, "nfe": 0, "row_forwards": 0, "decode_seconds": 0.0}
+        self._warned_kwargs = False
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> DllmAccelLM:
+        # lm_eval's CLI always adds device (cuda:0 unless --device) and batch_size: model_args of the same
+        # name win instead of colliding
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> DllmAccelLM:
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    # -- policies ----------------------------------------------------------------------------------
+    def generation_length(self, max_tokens: int) -> int:
+        """max_tokens rounded up to a whole number of blocks."""
+        if self.block_length is None:
+            return max_tokens
+        return math.ceil(max_tokens / self.block_length) * self.block_length
+
+    def unmask_policy(self, generation_length: int):
+        policy, defaults = UNMASK_POLICIES[self.unmask_name]
+        args = defaults | self.unmask_args
+        if "steps" in args and args["steps"] is None:
+            args["steps"] = generation_length
+        return policy(**args)
+
+    def sampler(self, generation_length: int) -> Sampler:
+        return Sampler(self.model, unmask=self.unmask_policy(generation_length), cache=self.cache_policy,
+                       stop=self.stop_policy)
+
+    # -- lm_eval's interface -----------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        jobs = [self._job(*request.args) for request in requests]
+        # one generation length per batch; similar prompt lengths together for less padding
+        order = sorted(range(len(jobs)), key=lambda i: (jobs[i]["length"], -len(jobs[i]["ids"])))
+        texts: list[str | None] = [None] * len(jobs)
+        with tqdm(total=len(jobs), desc="dllm_accel generate_until", disable=disable_tqdm) as bar:
+            for length, group in itertools.groupby(order, key=lambda i: jobs[i]["length"]):
+                group = list(group)
+                for batch in (group[k:k + self.batch_size] for k in range(0, len(group), self.batch_size)):
+                    for i, text in zip(batch, self._decode([jobs[i] for i in batch], length), strict=True):
+                        texts[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    bar.update(len(batch))
+        return texts
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(_GENERATION_ONLY)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError(_GENERATION_ONLY)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        # without a generation prompt lm_eval has put a prefix of the answer (gen_prefix) last: continue it
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.pretrained.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return getattr(self.tokenizer, "chat_template", None)
+
+    def get_model_info(self) -> dict:
+        """Recorded in lm_eval's results["config"]: the decoding settings and what decoding cost."""
+        forwards = max(1, self.stats["row_forwards"])
+        return {
+            "unmask": repr(self.unmask_policy(self.generation_length(self.max_new_tokens))),
+            "cache": repr(self.cache_policy),
+            "stop": repr(self.stop_policy),
+            "max_new_tokens": self.max_new_tokens,
+            "block_length": self.block_length,
+            "model_dtype": str(self.model.dtype),
+            "model_device": str(self._device),  # lm_eval's own "device" is the one asked for
+            **self.stats,
+            "tokens_per_forward": round(self.stats["generated_tokens"] / forwards, 3),
+        }
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _job(self, context: str, gen_kwargs: dict) -> dict:
+        settings = dict(gen_kwargs)
+        until = settings.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_tokens = settings.pop("max_gen_toks", None)
+        max_tokens = self.max_new_tokens if max_tokens is None else _positive_int("max_gen_toks", max_tokens)
+        self._warn_ignored(settings)
+        return {"ids": self._encode(context), "max_tokens": max_tokens, "until": until,
+                "length": self.generation_length(max_tokens)}
+
+    def _encode(self, context: str) -> list[int]:
+        # a chat template that starts with BOS has placed it; plain text gets the tokenizer's own
+        bos = self.tokenizer.bos_token
+        with_special = not (bos and context.startswith(bos))
+        return self.tokenizer(context, add_special_tokens=with_special)["input_ids"]
+
+    def _decode(self, jobs: list[dict], length: int) -> list[str]:
+        width = max(len(job["ids"]) for job in jobs)
+        input_ids = torch.full((len(jobs), width), self.model.spec.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for row, job in enumerate(jobs):
+            input_ids[row, width - len(job["ids"]):] = torch.tensor(job["ids"])
+            attention_mask[row, width - len(job["ids"]):] = 1
+        start = time.perf_counter()
+        out = self.sampler(length).generate(input_ids.to(self._device), attention_mask.to(self._device),
+                                            max_new_tokens=length, block_length=self.block_length,
+                                            generator=self.generator)
+        self.stats["decode_seconds"] += time.perf_counter() - start
+        self.stats["generated_tokens"] += int(out.generated_tokens.sum())
+        self.stats["nfe"] += out.nfe
+        self.stats["row_forwards"] += int(out.row_forwards.sum())
+        texts = []
+        for row, job in enumerate(jobs):
+            kept = min(int(out.generated_tokens[row]), job["max_tokens"])  # up to the first EOS / end-of-turn
+            text = self.tokenizer.decode(out.sequences[row, width:width + kept], skip_special_tokens=True)
+            texts.append(cut_at_first(text, job["until"]))
+        return texts
+
+    def _warn_ignored(self, settings: dict) -> None:
+        ignored = {k: v for k, v in settings.items() if not (k in GREEDY_KWARGS and v == GREEDY_KWARGS[k])}
+        if ignored and not self._warned_kwargs:
+            logger.warning("dllm_accel decodes with the unmask policy of model_args (%s); ignoring the generation "
+                           "kwargs %s", self.unmask_name, ignored)
+            self._warned_kwargs = True
+
+
+_GENERATION_ONLY = ("dllm_accel supports generation tasks only (output_type: generate_until): a masked diffusion "
+                    "LM has no exact log-likelihood, so loglikelihood / multiple-choice / perplexity tasks cannot run")
+
+
+def cut_at_first(text: str, stop_strings: list[str]) -> str:
+    """text up to the earliest occurrence of any (non-empty) stop string."""
+    positions = [text.find(s) for s in stop_strings if s]
+    return text[:min((p for p in positions if p >= 0), default=len(text))]
+
+
+def _split_policy_args(policy_args: dict, unmask: str, cache: str) -> tuple[dict, dict]:
+    """The extra model_args -> (unmask policy args, cache policy args); anything else is an error."""
+    unmask_keys, cache_keys = UNMASK_POLICIES[unmask][1], CACHE_POLICIES[cache][1]
+    unknown = sorted(policy_args.keys() - unmask_keys.keys() - cache_keys.keys())
+    if unknown:
+        raise ValueError(
+            f"unknown model_args {unknown} for unmask={unmask}, cache={cache}; these policies take "
+            f"{sorted(unmask_keys) + sorted(cache_keys)}, besides pretrained, dtype, device, batch_size, unmask, "
+            f"cache, stop, max_new_tokens, block_length, seed")
+    return ({k: v for k, v in policy_args.items() if k in unmask_keys},
+            {k: v for k, v in policy_args.items() if k in cache_keys})
+
+
+def _choice(name: str, value, allowed: dict) -> str:
+    if value not in allowed:
+        raise ValueError(f"model_args {name}={value!r} is not one of {sorted(allowed)}")
+    return value
+
+
+def _integer(name: str, value) -> int:
+    """An int, or a string of one (lm_eval's CLI passes batch_size as text)."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+def _positive_int(name: str, value) -> int:
+    value = _integer(name, value)
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _available_device(device) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("device %s requested (lm_eval's CLI default) but CUDA is not available; using cpu", device)
+        return "cpu"
+    return str(device)
+
+
+def _register() -> None:
+    # lm_eval adds its own models to the registry only when it is empty at the first lookup, so they were
+    # added above (import lm_eval.models) before ours; otherwise registering ours would hide them.
+    # Registering once also keeps `python -m dllm_accel.lm_eval` (this file run as __main__) to one class.
+    if MODEL_NAME not in MODEL_REGISTRY:
+        register_model(MODEL_NAME)(DllmAccelLM)
+
+
+_register()
+
+
+def main() -> None:
+    """lm_eval's CLI, same arguments, with `--model dllm_accel` available (console script dllm-accel-lm-eval)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
