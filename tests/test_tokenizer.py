@@ -74,3 +74,14 @@ def test_encode_chat_bad_input():
     tokenizer.chat_template = None
     with pytest.raises(ValueError, match="no chat_template"):
         dllm_accel.encode_chat(tokenizer, "hi")
+
+
+def test_encode_texts_left_pads_plain_prompts():
+    tokenizer = dllm_accel.load_tokenizer("tiny-llada")
+    batch = dllm_accel.encode_texts(tokenizer, ["a=1.", "a=1. b=a+2."], add_special_tokens=False)
+    short, long = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in ["a=1.", "a=1. b=a+2."])
+    assert batch["input_ids"][1].tolist() == long and batch["attention_mask"][1].all()
+    assert batch["input_ids"][0, -len(short):].tolist() == short
+    assert batch["attention_mask"][0].tolist() == [0] * (len(long) - len(short)) + [1] * len(short)
+    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
+        dllm_accel.encode_texts(tokenizer, "a=1.")

@@ -34,15 +34,20 @@ def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True,
     list of either.
     """
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("this tokenizer has no chat_template; tokenise plain text with tokenizer(...) instead")
+        raise ValueError("this tokenizer has no chat_template; tokenise plain text with encode_texts instead")
+    texts = [tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False)
+             for conversation in _as_batch(conversations)]
+    return encode_texts(tokenizer, texts, add_special_tokens=False, device=device)
+
+
+def encode_texts(tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None) -> dict:
+    """Plain-text prompts (base models; or chat text already rendered, with add_special_tokens=False),
+    left-padded: {"input_ids": [B, P], "attention_mask": [B, P]}."""
     if tokenizer.pad_token_id is None:
         raise ValueError("this tokenizer has no pad token, which left padding needs")
-    batch = _as_batch(conversations)
-    rows = []
-    for conversation in batch:
-        text = tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt,
-                                             tokenize=False)
-        rows.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty list of strings")
+    rows = [tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"] for text in texts]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
