@@ -40,6 +40,7 @@ def test_dtype_and_device_arguments(tmp_path):
     assert dllm_accel.load_model(tmp_path).dtype == torch.bfloat16  # None keeps what is stored
     model = dllm_accel.load_model(tmp_path, dtype="float32", device="cpu")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert dllm_accel.load_model(tmp_path, device=torch.device("cpu", 0)).device.type == "cpu"  # accelerate's
     assert dllm_accel.load_model(tmp_path, dtype=torch.float16).dtype == torch.float16
     with pytest.raises(ValueError, match=r"dtype must be .* got 'int8'"):
         dllm_accel.load_model(tmp_path, dtype="int8")

@@ -67,7 +67,8 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
             found.update({key: tuple(f.get_slice(key).get_shape()) for key in keys})
     check_keys(model, found, source=str(directory))
 
-    device = str(torch.device(device or "cpu"))
+    device = torch.device(device or "cpu")
+    device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0"
     tensors = {}
     for file, keys in files.items():
         with safe_open(file, framework="pt", device=device) as f:
