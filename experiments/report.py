@@ -57,17 +57,18 @@ class Records:
             f.truncate(self.path.stat().st_size - length)
 
 
-def check_same_run(path: Path, identity: dict) -> None:
-    """Refuse to resume a directory whose samples came from other settings; record them otherwise."""
+def check_same_run(path: Path, identity: dict) -> str | None:
+    """Why a directory whose samples came from other settings cannot be resumed (None: it can; the
+    settings are then recorded)."""
     if path.exists():
-        before = json.loads(path.read_text())
-        changed = sorted(_differences(before, identity))
+        changed = sorted(_differences(json.loads(path.read_text()), identity))
         if changed:
-            raise ValueError(f"{path.parent} holds samples decoded with other settings ({', '.join(changed)}); "
-                             f"resume with the same settings or choose a new hydra.run.dir")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(identity, indent=2) + "\n")
+            return (f"{path.parent} holds samples decoded with other settings ({', '.join(changed)}); "
+                    f"resume with the same settings or choose a new hydra.run.dir")
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(identity, indent=2) + "\n")
+    return None
 
 
 def _differences(a, b, prefix: str = ""):

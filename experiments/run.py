@@ -164,9 +164,11 @@ def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> di
     job = Job.check(cfg)
     _set_threads(cfg, state)
     records = report.Records(out_dir / "samples.jsonl")
-    if state.is_main_process:
-        report.check_same_run(out_dir / "run.json", _identity(cfg))
-    state.wait_for_everyone()
+    refusal = report.check_same_run(out_dir / "run.json", _identity(cfg)) if state.is_main_process else None
+    if state.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise ValueError(refusal)
     model = instantiate(cfg.model, device=cfg.model.get("device") or state.device)
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
     samples = job.task.samples()
@@ -181,7 +183,7 @@ def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> di
         _decode_all(decoder, pending, records, state)
     summary = None
     if state.is_main_process:
-        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot else {}
+        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot and samples else {}
         summary = report.summarize(records.read(), job.task.name, [d.method.name for d in decoders],
                                    [s.id for s in samples], OmegaConf.to_container(cfg, resolve=True), traces,
                                    model.n_layers)
