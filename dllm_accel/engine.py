@@ -11,8 +11,9 @@ One forward (`Engine.forward`) for the model rows being computed (`rows`; None: 
                              input of layer full_from with the fresh query rows substituted.
     plan.monitor             (ElasticCache) at each layer still reusing its cache, sees the tracked rows'
                              attention before and after this step's writes and may send a batch row to
-                             the full recompute from that layer on (each row at its own layer); sees the
-                             query rows' attention probabilities at every layer.
+                             the full recompute from that layer on, or with plan.recompute_drifting False
+                             from the next one (each row at its own layer); sees the query rows'
+                             attention probabilities at every layer.
 
 The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward here
 is the plain forward, and a plan that recomputes everything reproduces it exactly.
@@ -47,6 +48,9 @@ class ForwardPlan:
     full_from: int  # layers >= full_from recompute every position (n_layers: none)
     tracked: torch.Tensor | None = None  # [R, T] bool, inside query: rows whose attention drift is tested
     monitor: Monitor | None = None
+    # a drifting layer: True, it is recomputed with every later one; False, it keeps its query rows'
+    # output and every position is recomputed from the next layer on
+    recompute_drifting: bool = True
 
 
 @dataclass
@@ -143,31 +147,45 @@ class Engine:
                         gather_rope(self._rope(row_ids), index))
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
         depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
+        partial_layers = torch.zeros(r, dtype=torch.long, device=device)  # layers that computed a row's query rows
+        drifted_before = None  # rows whose previous layer drifted under recompute_drifting=False
         for i in range(n_layers):
+            if drifted_before is not None:  # every position from this layer, the drifting one's output kept
+                self._recompute_from(i, split, drifted_before, split.h, ids, index, depth)
+                drifted_before = None
             if len(split.partial_at):
                 leaving, layer_input = None, split.h
                 if i < plan.full_from:
-                    split.h, leaving = self._partial_layer(i, split, n_tracked, plan.monitor)
+                    partial_layers[split.partial_at] += 1
+                    split.h, leaving = self._partial_layer(i, split, n_tracked, plan.monitor,
+                                                           observe_drifting=not plan.recompute_drifting)
+                    if leaving is not None and not plan.recompute_drifting:
+                        drifted_before, leaving = leaving, None
                 else:
                     leaving = torch.ones_like(split.partial_at, dtype=torch.bool)
-                if leaving is not None:
-                    # layer i recomputes these rows from its cached input with the fresh rows substituted
-                    joining = split.partial_at[leaving]
-                    fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][row_ids[joining]]
-                    fresh.scatter_(1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving])
-                    split.move(leaving, fresh)
-                    depth[joining] = i
+                if leaving is not None:  # layer i recomputes these rows, the drifting layer included
+                    self._recompute_from(i, split, leaving, layer_input, ids, index, depth)
             if len(split.full_at):
                 split.hidden = self._full_layer(i, split.hidden, split.full, self._rope(split.full.ids), plan.monitor)
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
-        partial_layers = torch.where(depth < plan.full_from, depth + 1, depth)  # a drifting layer ran its rows
         units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - depth)).sum())
         return ForwardResult(split.output(), columns, depth, units)
 
-    def _partial_layer(self, i, split: _Split, n_tracked: int, monitor):
+    def _recompute_from(self, i, split: _Split, leaving, layer_input, ids, index, depth) -> None:
+        """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its cached
+        input with their fresh query rows `layer_input` [p, n, d] substituted."""
+        joining = split.partial_at[leaving]
+        rows = split.queried.ids[joining]
+        fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][rows]
+        fresh.scatter_(1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving])
+        split.move(leaving, fresh)
+        depth[joining] = i
+
+    def _partial_layer(self, i, split: _Split, n_tracked: int, monitor, observe_drifting: bool):
         """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows that
-        drifted [g] or None)."""
+        drifted [g] or None). `observe_drifting`: the drifting rows' attention here is final (their
+        layer is not recomputed), so the monitor sees it."""
         layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
         n, rope_q = h.shape[1], split.partial.rope
         testing = monitor is not None and n_tracked > 0
@@ -192,7 +210,7 @@ class Engine:
         if testing:
             drifted = monitor.drifted(i, before, probs[:, :, :n_tracked], group.valid[:, :n_tracked], group.ids)
             drifted = drifted if bool(drifted.any()) else None
-        if drifted is None:
+        if drifted is None or observe_drifting:
             monitor.observe(i, probs, group.ids, group.index, group.valid)
         elif not bool(drifted.all()):  # the drifting rows are observed when their layer is recomputed
             kept = ~drifted

@@ -68,11 +68,12 @@ def generate(model, unmask, cache, lengths=(9, 5, 7), seed=3, **kwargs):
 @pytest.mark.parametrize("unmask", ["low-confidence", "threshold", "dream-entropy", "low-confidence-cfg"])
 @pytest.mark.parametrize("model_type", ["llada", "Dream"])
 def test_forced_refresh_equals_nocache(model_type, unmask, lengths):
-    """gamma > 1 refreshes every layer every step; the window spans the generation, so that it does
-    not narrow the candidates."""
+    """gamma > 1 with refresh_from='drifting' refreshes every layer every step; the window spans the
+    generation, so that it does not narrow the candidates."""
     model = finite_head(decoder(model_type, seed=21))
     plain = generate(model, UNMASKS[unmask](), NoCache(), lengths)
-    forced = generate(model, UNMASKS[unmask](), ElasticCache(gamma=1.01, window=16), lengths)
+    forced = generate(model, UNMASKS[unmask](), ElasticCache(gamma=1.01, window=16, refresh_from="drifting"),
+                      lengths)
     assert torch.equal(forced.sequences, plain.sequences)
     computed = [r.refresh_from[r.refresh_from >= 0] for r in forced.trace if r.forwarded]
     assert all(len(layers) and (layers == 0).all() for layers in computed), "full forwards only"
@@ -90,11 +91,15 @@ def test_block_caches_equal_nocache_when_every_step_starts_a_block(model_type, c
     assert cached.recompute_fraction == 1.0
 
 
-@pytest.mark.parametrize("cache", ["prefix", "dual", "elastic", "elastic-forced"])
+@pytest.mark.parametrize("cache", ["prefix", "dual", "elastic", "elastic-drifting", "elastic-forced",
+                                   "elastic-forced-next"])
 def test_each_row_decodes_as_it_would_alone(cache):
-    """Rows are independent under every cache; ElasticCache refreshes each row from its own layer."""
+    """Rows are independent under every cache; ElasticCache refreshes each row from its own layer,
+    under either boundary."""
     policy = {"prefix": PrefixCache(), "dual": DualCache(), "elastic": ElasticCache(window=4),
-              "elastic-forced": ElasticCache(gamma=2.0)}[cache]
+              "elastic-drifting": ElasticCache(window=4, refresh_from="drifting"),
+              "elastic-forced": ElasticCache(gamma=2.0, refresh_from="drifting"),
+              "elastic-forced-next": ElasticCache(gamma=2.0)}[cache]
     model = finite_head(decoder("Dream", seed=4))
     ids, mask = prompts(model, [9, 4, 6], seed=4)
     sampler = Sampler(model, unmask=Threshold(0.6), cache=policy)
@@ -199,8 +204,11 @@ class FiresAt:
         pass
 
 
+@pytest.mark.parametrize("recompute_drifting", [True, False], ids=["drifting", "next"])
 @pytest.mark.parametrize("fires", [None, 0, 1])
-def test_refresh_depth_and_accounting_by_hand(fires):
+def test_refresh_depth_and_accounting_by_hand(fires, recompute_drifting):
+    """A drift at layer f recomputes every position from f ('drifting'; layer f's query rows were
+    computed too) or from f + 1 ('next'; layer f keeps its query rows' output)."""
     model, canvas, canvas_mask = engine_case(rows=1, prompt=7, generation=9)  # T = 16, 2 layers
     assert model.n_layers == 2
     engine = Engine(model, canvas_mask, 1, 16, cache=True, inputs=True)
@@ -210,22 +218,26 @@ def test_refresh_depth_and_accounting_by_hand(fires):
     query[0, [3, 7, 8, 9]] = True
     tracked[0, 3] = True
     monitor = FiresAt(fires)
-    result = engine.forward(canvas, None, ForwardPlan(query, 2, tracked, monitor))
+    plan = ForwardPlan(query, 2, tracked, monitor, recompute_drifting=recompute_drifting)
+    result = engine.forward(canvas, None, plan)
     if fires is None:
         assert [layer for layer, _ in monitor.checked] == [0, 1]
         assert (result.full_from.tolist(), result.units) == ([2], 4 * 2)
     else:
         assert [layer for layer, _ in monitor.checked] == list(range(fires + 1))
-        assert result.full_from.tolist() == [fires]
-        assert result.units == 4 * (fires + 1) + 16 * (2 - fires)  # the drifting layer's rows count too
+        first = fires if recompute_drifting else fires + 1
+        assert result.full_from.tolist() == [first]
+        assert result.units == 4 * (fires + 1) + 16 * (2 - first)  # the drifting layer's rows count too
     # nothing changed since the full forward: the query rows' outputs are the full forward's
     assert torch.allclose(result.hidden[0, result.columns[0, [3, 7, 8, 9]]], full.hidden[0, [3, 7, 8, 9]],
                           atol=1e-5)
 
 
-def test_each_row_refreshes_from_its_own_layer():
-    """Row 1 drifts at layer 0 and recomputes everything; row 0 keeps reusing: its cache rows outside
-    the query stay untouched, and both rows' outputs equal a full forward's (nothing changed)."""
+@pytest.mark.parametrize("recompute_drifting", [True, False], ids=["drifting", "next"])
+def test_each_row_refreshes_from_its_own_layer(recompute_drifting):
+    """Row 1 drifts at layer 0 and recomputes everything from layer 0 ('drifting') or 1 ('next'); row 0
+    keeps reusing: its cache rows outside the query stay untouched, and both rows' outputs equal a full
+    forward's (nothing changed)."""
     model, canvas, canvas_mask = engine_case(rows=2, prompt=7, generation=9)
     engine = Engine(model, canvas_mask, 2, 16, cache=True, inputs=True)
     full = engine.forward(canvas, None, ForwardPlan(None, 2))
@@ -233,9 +245,11 @@ def test_each_row_refreshes_from_its_own_layer():
     query, tracked = torch.zeros_like(canvas, dtype=torch.bool), torch.zeros_like(canvas, dtype=torch.bool)
     query[:, [5, 7, 8]] = True
     tracked[:, 5] = True
-    result = engine.forward(canvas, None, ForwardPlan(query, 2, tracked, FiresAt(0, rows=(1,))))
-    assert result.full_from.tolist() == [2, 0]
-    assert result.units == 3 * 2 + (3 * 1 + 16 * 2)
+    plan = ForwardPlan(query, 2, tracked, FiresAt(0, rows=(1,)), recompute_drifting=recompute_drifting)
+    result = engine.forward(canvas, None, plan)
+    first = 0 if recompute_drifting else 1
+    assert result.full_from.tolist() == [2, first]
+    assert result.units == 3 * 2 + (3 * 1 + 16 * (2 - first))
     outside = torch.ones(16, dtype=torch.bool)
     outside[[5, 7, 8]] = False
     assert torch.equal(engine.cache.keys[:, 0, :, outside], keys[:, 0, :, outside])
@@ -269,18 +283,20 @@ def test_frozen_cache_computes_only_the_blocks_masks_after_the_first_step():
 
 
 # -- the drift test ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("refresh_from", ["drifting", "next"])
 @pytest.mark.parametrize("drift", ["keys", "heads"])
-def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift):
+def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, refresh_from):
     """On the trained tiny-llada (a random model's attention is too flat to drift): after a full first
     step, a second step over an unchanged canvas reuses every layer; changing the tracked (most-attended)
-    prompt token moves its attention row at once, and the whole stack is recomputed."""
+    prompt token moves its attention row at once, and the whole stack is recomputed (from layer 1 under
+    'next': layer 0 keeps its query rows)."""
     model, tokenizer = dllm_accel.load_model("tiny-llada"), dllm_accel.load_tokenizer("tiny-llada")
     problem = arith.problems(1, seed=0, split="test")[0]
     ids = dllm_accel.encode_chat(tokenizer, [arith.messages(problem)])["input_ids"]
     mask_id, live, prompt = model.spec.mask_id, torch.ones(1, dtype=torch.bool), ids.shape[1]
     canvas = torch.cat([ids, torch.full((1, 16), mask_id)], 1)
-    for change, expected in ((False, model.n_layers), (True, 0)):
-        state = ElasticCache(gamma=0.9, window=4, drift=drift).begin(
+    for change, expected in ((False, model.n_layers), (True, 0 if refresh_from == "drifting" else 1)):
+        state = ElasticCache(gamma=0.9, window=4, drift=drift, refresh_from=refresh_from).begin(
             Canvas(1, prompt + 16, prompt, model.n_layers, mask_id, torch.ones_like(canvas, dtype=torch.bool)))
         engine = Engine(model, None, 1, prompt + 16, cache=True, inputs=True)
         x, committed = canvas.clone(), torch.zeros_like(canvas, dtype=torch.bool)
@@ -337,6 +353,7 @@ def test_patch_gives_llada_generate_its_defaults():
     (lambda: ElasticCache(gamma=-0.5), r"gamma must be a number > 0"),
     (lambda: ElasticCache(track=0), r"track must be an integer >= 1, got 0"),
     (lambda: ElasticCache(drift="rows"), r"drift must be one of \('keys', 'heads'\), got 'rows'"),
+    (lambda: ElasticCache(refresh_from=1), r"refresh_from must be one of \('next', 'drifting'\), got 1"),
     (lambda: ElasticCache(cache_distant_masks="yes"), r"cache_distant_masks must be True or False"),
 ])
 def test_bad_cache_arguments_are_named(build, message):

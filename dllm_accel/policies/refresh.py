@@ -18,7 +18,8 @@ which the Sampler drives:
 - ElasticCache ("Attention Is All You Need for KV Cache in Diffusion LLMs"): computes the tracked
   (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks; at
   each layer still reusing its cache it compares the tracked tokens' attention before and after this
-  step, and from the first layer whose similarity falls below gamma every position is recomputed.
+  step; when a layer's similarity falls below gamma, every position is recomputed from the next layer
+  (refresh_from='next', the paper's and the released code's boundary) or from that layer ('drifting').
 
 The Sampler adds the rows the head reads (a candidate's own row, or the row before it under Dream's
 logit shift) to every query.
@@ -33,6 +34,7 @@ import torch
 from ..engine import ForwardPlan, ForwardResult
 
 DRIFT_AXES = ("keys", "heads")
+REFRESH_BOUNDARIES = ("next", "drifting")
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ class ElasticCache(RefreshPolicy):
     drift: 'heads' — cosine over the head axis per key, averaged over keys and tracked tokens (the
         released code's statistic; the default: on the testbed it refreshed less at the same accuracy);
         'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the paper's).
+    refresh_from: where a refresh starts when layer l drifts. 'next' (the paper's l* and the released
+        code's boundary; the default): layer l keeps its query rows' output and every position is
+        recomputed from layer l + 1. 'drifting': from layer l itself, so that gamma > 1 recomputes
+        every layer every step and equals NoCache exactly ('next' then still runs layer 0 on the query
+        rows only).
     Each row of a batch refreshes from its own drifting layer, so a row decodes as it would alone.
     """
 
@@ -163,6 +170,7 @@ class ElasticCache(RefreshPolicy):
     track: int = 1
     cache_distant_masks: bool = True
     drift: str = "heads"
+    refresh_from: str = "next"
     keeps_inputs = True
 
     def __post_init__(self):
@@ -174,6 +182,8 @@ class ElasticCache(RefreshPolicy):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.drift not in DRIFT_AXES:
             raise ValueError(f"drift must be one of {DRIFT_AXES}, got {self.drift!r}")
+        if self.refresh_from not in REFRESH_BOUNDARIES:
+            raise ValueError(f"refresh_from must be one of {REFRESH_BOUNDARIES}, got {self.refresh_from!r}")
         if not isinstance(self.cache_distant_masks, bool):
             raise ValueError(f"cache_distant_masks must be True or False, got {self.cache_distant_masks!r}")
 
@@ -209,7 +219,8 @@ class _Elastic(RefreshState):
         if self.distant is not None:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
-        return ForwardPlan(query, full_from, self.tracked, self)
+        return ForwardPlan(query, full_from, self.tracked, self,
+                           recompute_drifting=self.policy.refresh_from == "drifting")
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
