@@ -11,7 +11,8 @@
                          policy asks for, against the cached K/V of the others
             logits     = the head on the candidates' rows only, shifted by spec.logit_shift (Dream
                          scores token i from position i - 1)
-            commit     = unmask.select(...)          tokens written; then stop.after_step
+            commit     = unmask.select(...)          tokens written; then stop.after_step, whose
+                                                     rewrites the cache recomputes like commits
     -> GenerationOutput
 """
 
@@ -114,6 +115,9 @@ class Sampler:
             for step in itertools.count() if steps is None else range(steps):
                 candidates = x == spec.mask_id
                 candidates[:, end:] = False
+                still_open = self.stop.open(x[:, prompt_len:], spec)
+                if still_open is not None:
+                    candidates[:, prompt_len:] &= still_open
                 if not candidates.any():
                     break
                 live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator))
@@ -183,10 +187,12 @@ class _Run:
         logits, result, model_rows = self._candidate_logits(live, rows, positions)
         commit, tokens = sampler.unmask.select(ctx, logits, quota)
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-        committed = torch.zeros_like(candidates)
-        committed[rows[commit], positions[commit]] = True
-        self.state.after_step(model_rows, result, committed.repeat(self.passes, 1))
-        sampler.stop.after_step(x[:, self.prompt_len:], spec)
+        changed = torch.zeros_like(candidates)  # tokens committed, then those the stop policy rewrote
+        changed[rows[commit], positions[commit]] = True
+        rewritten = sampler.stop.after_step(x[:, self.prompt_len:], spec)
+        if rewritten is not None:
+            changed[:, self.prompt_len:] |= rewritten
+        self.state.after_step(model_rows, result, changed.repeat(self.passes, 1))
         self.last_forward = model_rows, result.full_from
         return live, rows, commit
 

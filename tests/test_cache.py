@@ -151,6 +151,71 @@ def test_rows_stop_at_eos_with_a_cache(cache):
     assert early.row_forwards.sum() < full.row_forwards.sum()
 
 
+@pytest.mark.parametrize("cache", ["prefix", "dual", "elastic", "elastic-drifting"])
+def test_positions_rewritten_after_eos_are_recomputed_at_the_next_forward(cache, monkeypatch):
+    """After every forward the layer-0 cache equals a full forward's over the canvas it decoded (layer 0
+    sees only each position's own token), and positions StopAtEOS rewrote at the previous step hold a
+    full forward's K/V in both layers of this 2-layer model (their layer-1 input attends only to layer 0)."""
+    policy = {"prefix": PrefixCache(), "dual": DualCache(), "elastic": ElasticCache(window=4),
+              "elastic-drifting": ElasticCache(window=4, refresh_from="drifting")}[cache]
+    # EOS committed while earlier masks remain (DualCache: with positions rewritten beyond its block)
+    seed, blocks = (9, 8) if cache == "dual" else (7, 24)
+    model = decoder("llada", seed=seed, favour={EOS: 12.0})
+    assert model.n_layers == 2
+    forward, checked = Engine.forward, []
+
+    def checking_forward(self, ids, rows, plan):
+        result = forward(self, ids, rows, plan)
+        computed = self.all_rows if rows is None else rows
+        full = Engine(model, None if self.key_mask is None else self.key_mask.long(), len(self.all_rows),
+                      ids.shape[1], cache=True, inputs=False)
+        forward(full, ids, None, ForwardPlan(None, model.n_layers))
+        assert torch.allclose(self.cache.keys[0][computed], full.cache.keys[0][computed], atol=1e-5)
+        for row, position in rewritten_last_step.nonzero().tolist():
+            if row in computed.tolist():
+                assert torch.allclose(self.cache.keys[:, row, :, position], full.cache.keys[:, row, :, position],
+                                      atol=1e-5)
+                assert torch.allclose(self.cache.values[:, row, :, position],
+                                      full.cache.values[:, row, :, position], atol=1e-5)
+                checked.append(position)
+        return result
+
+    monkeypatch.setattr(Engine, "forward", checking_forward)
+    ids, mask = prompts(model, [7, 5, 9, 6], seed=seed)
+    rewritten_last_step = torch.zeros(4, ids.shape[1] + 24, dtype=torch.bool)
+    previous = {"x": torch.cat([ids, torch.full((4, 24), model.spec.mask_id)], 1)}
+
+    def note_rewrites(record, x):  # tokens changed at this step after a row's first EOS
+        rewritten_last_step.zero_()
+        generated = x[:, ids.shape[1]:]  # (the padding may be EOS)
+        after_eos = (generated == EOS).cumsum(1) - (generated == EOS).long() > 0
+        rewritten_last_step[:, ids.shape[1]:] = after_eos & (generated != previous["x"][:, ids.shape[1]:])
+        previous["x"] = x.clone()
+
+    out = Sampler(model, unmask=LowConfidence(24), cache=policy, stop=StopAtEOS()).generate(
+        ids, mask, max_new_tokens=24, block_length=blocks, callback=note_rewrites)
+    assert (out.generated_tokens < 24).sum() >= 2 and checked, "the case needs rewrites followed by a forward"
+
+
+@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+def test_stop_fill_mask_leaves_the_rest_undecided(model_type):
+    """StopAtEOS(fill='mask'), the released code's loop: after the first stop token nothing is decoded;
+    the answer up to it and the generated-token count are StopAtEOS's when nothing was decoded after it."""
+    model = decoder(model_type, seed=6, favour={EOS: 16.0})
+    ids, mask = prompts(model, [7, 5, 9, 6], seed=6)
+    settings = dict(max_new_tokens=24, block_length=8)
+    out = Sampler(model, unmask=LowConfidence(24), stop=StopAtEOS(fill="mask")).generate(ids, mask, **settings)
+    generated = out.sequences[:, ids.shape[1]:]
+    stopped = out.generated_tokens < 24
+    assert stopped.sum() >= 2, "the case needs rows that emit EOS"
+    for row, n in enumerate(out.generated_tokens.tolist()):
+        assert not (generated[row, :n] == model.spec.mask_id).any(), "everything up to the stop is decoded"
+    assert (generated[stopped] == model.spec.mask_id).any(), "masks after the stop stay MASK"
+    assert repr(StopAtEOS(fill="mask")) == "StopAtEOS(fill='mask')" and repr(StopAtEOS()) == "StopAtEOS()"
+    with pytest.raises(ValueError, match=r"fill must be one of \('eos', 'mask'\), got 'pad'"):
+        StopAtEOS(fill="pad")
+
+
 # -- the engine --------------------------------------------------------------------------------------
 def engine_case(model_type="llada", rows=2, prompt=7, generation=9):
     model = decoder(model_type, seed=26)

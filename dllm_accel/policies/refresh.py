@@ -123,6 +123,7 @@ class _BlockCache(RefreshState):
         super().__init__(canvas)
         self.to_end, self.refresh_blocks = to_end, refresh_blocks
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
+        self.changed = torch.zeros_like(canvas.key_valid)  # tokens changed outside the query (a stop rewrite)
 
     def begin_block(self, start, end):
         if self.refresh_blocks:
@@ -134,12 +135,15 @@ class _BlockCache(RefreshState):
         if not bool(self.fresh[live].all()):
             return ForwardPlan(None, self.canvas.n_layers)
         query = self.query.expand(self.canvas.rows, -1).clone()
-        if not self.refresh_blocks:
-            query &= model_ids == self.canvas.mask_id
-        return ForwardPlan(query, self.canvas.n_layers)
+        if not self.refresh_blocks:  # the probe: no committed (or rewritten) token is ever recomputed
+            return ForwardPlan(query & (model_ids == self.canvas.mask_id), self.canvas.n_layers)
+        return ForwardPlan(query | self.changed, self.canvas.n_layers)
 
     def after_step(self, rows, result, committed):
-        self.fresh[slice(None) if rows is None else rows] |= result.full_from == 0
+        rows = slice(None) if rows is None else rows
+        self.fresh[rows] |= result.full_from == 0
+        self.changed[rows] = False
+        self.changed |= committed & ~self.query
 
 
 # -- ElasticCache ------------------------------------------------------------------------------------

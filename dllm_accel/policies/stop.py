@@ -8,8 +8,14 @@ from ..models.base import ModelSpec
 
 
 class StopPolicy:
-    def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> None:
-        """generated [B, N], the canvas after the prompt, may be edited in place after each step."""
+    def open(self, generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
+        """generated [B, N] -> [B, N] bool: the positions that may still be decoded (None: all)."""
+        return None
+
+    def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
+        """generated [B, N], the canvas after the prompt, may be edited in place after each step; returns
+        the positions whose token it changed [B, N] (None: none), which the cache then recomputes."""
+        return None
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -19,14 +25,42 @@ class FullLength(StopPolicy):
     """Decode every position of the canvas, stop tokens or not: the official samplers' behaviour."""
 
 
+FILLS = ("eos", "mask")
+
+
 class StopAtEOS(StopPolicy):
-    """A row stops at its first committed stop token: every position after it becomes EOS at once, so it
-    is never decoded and never left as MASK. The row finishes when nothing before that token is masked."""
+    """A row stops at its first committed stop token (EOS or end-of-turn) and finishes when nothing
+    before it is masked.
+
+    fill='eos' (default): every position after it becomes EOS at once, never decoded and never left as
+    MASK; the cache recomputes those positions at the row's next forward, so that the K/V the other
+    tokens read match the tokens. fill='mask': the released Elastic-Cache loop's behaviour, to compare
+    with it: the masks after the first stop token stay MASK and are never decoded (tokens committed
+    there earlier stay as they are). Either way `generated_tokens` counts up to the first stop token;
+    the released code's own throughput counted the whole canvas, leftover MASK included."""
+
+    def __init__(self, fill: str = "eos"):
+        if fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
+        self.fill = fill
+
+    def open(self, generated, spec):
+        return None if self.fill == "eos" else ~_after_first_stop(generated, spec)
 
     def after_step(self, generated, spec):
-        stop = is_stop(generated, spec)
-        after_first_stop = stop.cumsum(1) - stop.long() > 0
-        generated.masked_fill_(after_first_stop, spec.eos_id)
+        if self.fill == "mask":
+            return None
+        rewritten = _after_first_stop(generated, spec) & (generated != spec.eos_id)
+        generated.masked_fill_(rewritten, spec.eos_id)
+        return rewritten
+
+    def __repr__(self):
+        return "StopAtEOS()" if self.fill == "eos" else f"StopAtEOS(fill={self.fill!r})"
+
+
+def _after_first_stop(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    stop = is_stop(generated, spec)
+    return stop.cumsum(1) - stop.long() > 0
 
 
 def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
