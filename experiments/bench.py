@@ -34,9 +34,9 @@ def methods(model, gen_length: int, block_length: int, gammas: list[float]) -> d
         "DualCache + Threshold(0.9)": (DualCache(), Threshold(0.9), block_length),
     }
     for gamma in gammas:
-        for drift in ("keys", "heads"):
-            table[f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9)"] = (
-                ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None)
+        for drift, boundary in (("heads", "next"), ("heads", "drifting"), ("keys", "next")):
+            table[f"ElasticCache(γ {gamma}, {drift}, from {boundary}) + Threshold(0.9)"] = (
+                ElasticCache(gamma=gamma, drift=drift, refresh_from=boundary), Threshold(0.9), None)
     table["ElasticCache(γ 0.9) + one token per step"] = (ElasticCache(), baseline[1], None)
     return table
 
