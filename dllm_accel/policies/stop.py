@@ -36,8 +36,8 @@ class StopAtEOS(StopPolicy):
     MASK; the cache recomputes those positions at the row's next forward, so that the K/V the other
     tokens read match the tokens. fill='mask': the released Elastic-Cache loop's behaviour, to compare
     with it: the masks after the first stop token stay MASK and are never decoded (tokens committed
-    there earlier stay as they are). Either way `generated_tokens` counts up to the first stop token;
-    the released code's own throughput counted the whole canvas, leftover MASK included."""
+    there earlier stay as they are). Either way `generated_tokens` counts up to the first stop token
+    (the released evaluation's tokens/s counts every non-EOS token, leftover MASK included)."""
 
     def __init__(self, fill: str = "eos"):
         if fill not in FILLS:
