@@ -113,14 +113,15 @@ class Sampler:
             plan = self.unmask.begin_block((x[:, end - block_length:end] == spec.mask_id).sum(1), steps)
             run.state.begin_block(end - block_length, end)
             for step in itertools.count() if steps is None else range(steps):
-                candidates = x == spec.mask_id
-                candidates[:, end:] = False
+                masks = x == spec.mask_id  # the masked positions still to be decoded
                 still_open = self.stop.open(x[:, prompt_len:], spec)
                 if still_open is not None:
-                    candidates[:, prompt_len:] &= still_open
+                    masks[:, prompt_len:] &= still_open
+                candidates = masks.clone()
+                candidates[:, end:] = False
                 if not candidates.any():
                     break
-                live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator))
+                live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator), masks)
                 if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
@@ -173,15 +174,16 @@ class _Run:
                              inputs=sampler.cache.keeps_inputs)
         self.units = self.full_units = 0
 
-    def step(self, ctx: StepContext):
-        """-> (live rows [B], the candidates' rows [M], which of them were committed [M]); all None when
-        no row had anything to commit and nothing ran."""
+    def step(self, ctx: StepContext, masks: torch.Tensor):
+        """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates' rows
+        [M], which of them were committed [M]); all None when no row had anything to commit and nothing
+        ran."""
         sampler, x, spec = self.sampler, self.x, ctx.spec
         quota = sampler.unmask.quota(ctx)
         live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
         if not bool(live.any()):
             return None, None, None
-        candidates = self.state.restrict(x, ctx.candidates & live[:, None], quota)
+        candidates = self.state.restrict(masks, ctx.candidates & live[:, None], quota)
         ctx = replace(ctx, candidates=candidates)
         rows, positions = candidates.nonzero(as_tuple=True)
         logits, result, model_rows = self._candidate_logits(live, rows, positions)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import EOS, StandIn, decoder, prompts
+from conftest import EOS, EOT, StandIn, decoder, prompts
 
 import dllm_accel
 from dllm_accel import (
@@ -198,13 +198,26 @@ def test_positions_rewritten_after_eos_are_recomputed_at_the_next_forward(cache,
 
 
 @pytest.mark.parametrize("model_type", ["llada", "Dream"])
-def test_stop_fill_mask_leaves_the_rest_undecided(model_type):
-    """StopAtEOS(fill='mask'), the released code's loop: after the first stop token nothing is decoded;
-    the answer up to it and the generated-token count are StopAtEOS's when nothing was decoded after it."""
+def test_stop_fill_mask_leaves_the_rest_undecided(model_type, monkeypatch):
+    """StopAtEOS(fill='mask'), the released code's loop: after the first stop token nothing is decoded,
+    and ElasticCache's window (its query rows) never reaches those masks, as the released window stops
+    at the EOS."""
     model = decoder(model_type, seed=6, favour={EOS: 16.0})
     ids, mask = prompts(model, [7, 5, 9, 6], seed=6)
-    settings = dict(max_new_tokens=24, block_length=8)
-    out = Sampler(model, unmask=LowConfidence(24), stop=StopAtEOS(fill="mask")).generate(ids, mask, **settings)
+    forward, queried_closed = Engine.forward, []
+
+    def checking_forward(self, ids_, rows, plan):
+        generated = ids_[:, ids.shape[1]:]
+        stop = (generated == EOS) | (generated == EOT)
+        closed = (stop.cumsum(1) - stop.long() > 0) & (generated == model.spec.mask_id)
+        if plan.query is not None:
+            queried_closed.append(bool((plan.query[:, ids.shape[1]:] & closed).any()))
+        return forward(self, ids_, rows, plan)
+
+    monkeypatch.setattr(Engine, "forward", checking_forward)
+    out = Sampler(model, unmask=Threshold(0.7), cache=ElasticCache(window=4),
+                  stop=StopAtEOS(fill="mask")).generate(ids, mask, max_new_tokens=24)
+    assert queried_closed and not any(queried_closed)
     generated = out.sequences[:, ids.shape[1]:]
     stopped = out.generated_tokens < 24
     assert stopped.sum() >= 2, "the case needs rows that emit EOS"
@@ -365,7 +378,7 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
             Canvas(1, prompt + 16, prompt, model.n_layers, mask_id, torch.ones_like(canvas, dtype=torch.bool)))
         engine = Engine(model, None, 1, prompt + 16, cache=True, inputs=True)
         x, committed = canvas.clone(), torch.zeros_like(canvas, dtype=torch.bool)
-        state.restrict(x, x == mask_id, None)
+        state.restrict(x == mask_id, x == mask_id, None)
         with torch.no_grad():
             first = engine.forward(x, None, state.plan(x, live))
             assert first.full_from.tolist() == [0], "the first step is a full forward"
@@ -375,7 +388,7 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
                 x[0, tracked[0]] = tokenizer.convert_tokens_to_ids("7")
                 committed[0, tracked[0]] = True
             state.after_step(None, first, committed)
-            state.restrict(x, x == mask_id, None)
+            state.restrict(x == mask_id, x == mask_id, None)
             assert engine.forward(x, None, state.plan(x, live)).full_from.tolist() == [expected]
 
 

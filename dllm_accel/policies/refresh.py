@@ -5,7 +5,7 @@ which the Sampler drives:
 
     state = policy.begin(canvas)                       # once per generation
     state.begin_block(start, end)                      # once per block (canvas positions)
-    candidates = state.restrict(x, candidates, quota)  # ElasticCache decodes only inside its window
+    candidates = state.restrict(masks, candidates, quota)  # ElasticCache decodes only inside its window
     plan = state.plan(model_ids, live)                 # engine.ForwardPlan for this step
     state.after_step(rows, result, committed)          # what was computed and committed
 
@@ -65,7 +65,8 @@ class RefreshState:
     def begin_block(self, start: int, end: int) -> None:
         pass
 
-    def restrict(self, x: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
+    def restrict(self, masks: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
+        """masks [B, T]: the masked positions still to be decoded (a stop policy may have closed some)."""
         return candidates
 
     def plan(self, model_ids: torch.Tensor, live: torch.Tensor) -> ForwardPlan:
@@ -206,13 +207,13 @@ class _Elastic(RefreshState):
         self.changed = torch.zeros_like(self.tracked)  # committed since the row was last computed
         self.generated = torch.arange(canvas.length, device=device) >= canvas.prompt_length
 
-    def restrict(self, x, candidates, quota):
-        masked = (x == self.canvas.mask_id) & self.generated
-        size = torch.full((x.shape[0], 1), self.policy.window, device=x.device)
+    def restrict(self, masks, candidates, quota):
+        masked = masks & self.generated  # masks a stop policy closed are outside the window, as decoded ones
+        size = torch.full((masks.shape[0], 1), self.policy.window, device=masks.device)
         if quota is not None:
             size = torch.maximum(size, quota[:, None])
         window = masked & (masked.cumsum(1) <= size)
-        halves = self.canvas.rows // x.shape[0]  # both halves of the model batch under CFG
+        halves = self.canvas.rows // masks.shape[0]  # both halves of the model batch under CFG
         self.window = window.repeat(halves, 1)  # [R, T]
         self.distant = None if self.policy.cache_distant_masks else (masked & ~window).repeat(halves, 1)
         return candidates & window
