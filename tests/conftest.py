@@ -115,3 +115,14 @@ def prompts(model, lengths, seed=0):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+def assert_as_close_as_twin(kernel: torch.Tensor, twin: torch.Tensor, exact: torch.Tensor, *, floor: float = 1e-5,
+                            what: str = "") -> None:
+    """A kernel's error against an fp64 reference is at most about twice its torch twin's error in the
+    same dtype, plus a small floor (ARCHITECTURE.md §4); NaN anywhere fails."""
+    exact = exact.double()
+    kernel_error = (kernel.double() - exact).abs().max().item()
+    twin_error = (twin.double() - exact).abs().max().item()
+    assert kernel_error == kernel_error, f"{what}: the kernel's output holds NaN"
+    assert kernel_error <= 2 * twin_error + floor, f"{what}: kernel error {kernel_error:.3g}, twin {twin_error:.3g}"

@@ -1,0 +1,97 @@
+"""Torch twins of the ops: the CPU path, and the specification every Triton kernel is tested against.
+
+Shapes: r computed rows, Hq query heads, Hkv key/value heads (query head h reads key head
+h // (Hq / Hkv)), n query rows, m tracked rows, T canvas positions, D head dim, d model dim, V vocabulary.
+Inputs are already checked by dllm_accel.ops.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.base import Rope, apply_rotary
+
+COSINE_EPS = 1e-8  # per norm, as F.cosine_similarity: rows with tiny attention still compare by direction
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) in fp32: q [r, Hq, n, D], k [r, Hkv, T, D] -> [r, Hq, n, T]."""
+    r, n_heads, n, head_dim = q.shape
+    n_kv = k.shape[1]
+    grouped = q.reshape(r, n_kv, (n_heads // n_kv) * n, head_dim).float()
+    scores = (grouped @ k.float().transpose(-1, -2)).view(r, n_heads, n, -1) * head_dim**-0.5
+    if key_mask is not None:
+        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+    return scores.softmax(-1)
+
+
+def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """probs [r, Hq, n, T] @ v [r, Hkv, T, D] -> [r, Hq, n, D] in v's dtype, accumulated in fp32."""
+    r, n_heads, n, length = probs.shape
+    n_kv = v.shape[1]
+    out = probs.reshape(r, n_kv, (n_heads // n_kv) * n, length) @ v.float()
+    return out.view(r, n_heads, n, -1).to(v.dtype)
+
+
+def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
+    """-> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 = sum over heads and queries of
+    mass_weights[n] * p[h, n, t], or None without mass_weights)."""
+    probs = attention_probs(q, k, key_mask)
+    mass = None if mass_weights is None else torch.einsum("rhnt,rn->rt", probs, mass_weights.float())
+    return apply_probs(probs, v), mass
+
+
+def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
+    """How much the tracked rows' attention moved this step: q_before, q_now [r, Hq, m, D] (the rows as
+    they stood before this step and now); k [r, Hkv, T, D] the keys after this step's writes; written
+    [r, n] the positions written this step and keys_before [r, Hkv, n, D] their keys before the writes.
+    -> similarity [r, m] fp32: axis 'keys', cosine over the key axis per head, averaged over heads;
+    'heads', cosine over the head axis per key, averaged over the attended keys."""
+    k_before = k.clone()
+    k_before.scatter_(2, written[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1]), keys_before)
+    before, now = attention_probs(q_before, k_before, key_mask), attention_probs(q_now, k, key_mask)
+    if axis == "keys":
+        return _cosine(before, now, dim=-1).mean(1)
+    per_key = _cosine(before, now, dim=1)  # [r, m, T]
+    if key_mask is None:
+        return per_key.mean(-1)
+    return (per_key * key_mask[:, None]).sum(-1) / key_mask.sum(-1, keepdim=True)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Written out: torch's CPU norm along a middle axis (which F.cosine_similarity uses) measured ~100x
+    slower than these sums for the 'heads' axis."""
+    norms = (a * a).sum(dim).sqrt().clamp_min(COSINE_EPS) * (b * b).sum(dim).sqrt().clamp_min(COSINE_EPS)
+    return (a * b).sum(dim) / norms
+
+
+def rope_write(q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, hidden=None):
+    """Rotate fresh rows at their positions and write them into one layer's cache in place.
+
+    q [r, Hq, n, D], k, v [r, Hkv, n, D] before RoPE; rope: tables [r or 1, 1, n, D] at the rows' true
+    positions, in the dtype RoPE is applied in; keys, values [R, Hkv, T, D] the layer's cache; rows [r]
+    model rows; index [r, n] canvas positions (repeats carry identical values); inputs [R, T, d] and
+    hidden [r, n, d]: the layer inputs ElasticCache keeps. -> q rotated [r, Hq, n, D]."""
+    heads = torch.arange(k.shape[1], device=k.device)[None, :, None]
+    where = (rows[:, None, None], heads, index[:, None, :])
+    keys[where] = apply_rotary(k, rope)
+    values[where] = v
+    if inputs is not None:
+        inputs[rows[:, None], index] = hidden
+    return apply_rotary(q, rope)
+
+
+def score_tokens(logits, *, exclude: int | None = None):
+    """One row per candidate, logits [M, V] -> (token [M] the most likely, never `exclude` (e.g. the
+    mask id); probability [M] of that token, margin [M] its probability minus the next one's, entropy
+    [M] in nats), all over the full vocabulary in fp32."""
+    best = logits.topk(3 if exclude is not None else 2, dim=-1).indices
+    if exclude is not None:  # drop the excluded token from the ranking, keep the order of the rest
+        keep = best != exclude
+        keep[:, 2] &= ~keep[:, :2].all(1)
+        best = best[keep].view(-1, 2)
+    logits32 = logits.float()
+    log_probs = logits32 - torch.logsumexp(logits32, -1, keepdim=True)
+    top = log_probs.gather(1, best).exp()
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return best[:, 0], top[:, 0], top[:, 0] - top[:, 1], entropy
