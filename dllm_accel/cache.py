@@ -21,7 +21,7 @@ class KVCache:
         self.values = torch.full(shape, float("nan"), dtype=dtype, device=device)
         self.inputs = (torch.full((n_layers, rows, length, d_model), float("nan"), dtype=dtype, device=device)
                        if inputs else None)
-        self._heads = torch.arange(n_kv_heads, device=device)[None, :, None]
+        self.heads = torch.arange(n_kv_heads, device=device)[None, :, None]  # for [rows, heads, positions] indexing
 
     def write_all(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> None:
         """Every position of `rows` (None: all rows) at `layer`; k, v [r, Hkv, T, D]."""
@@ -32,7 +32,7 @@ class KVCache:
                    v: torch.Tensor) -> None:
         """Positions index [r, n] of model rows `rows` [r]; k, v [r, Hkv, n, D]. Repeated positions in
         `index` carry identical values, so their order does not matter."""
-        where = (rows[:, None, None], self._heads, index[:, None, :])
+        where = (rows[:, None, None], self.heads, index[:, None, :])
         self.keys[layer][where] = k
         self.values[layer][where] = v
 

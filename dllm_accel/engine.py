@@ -26,20 +26,24 @@ from typing import Protocol
 
 import torch
 
+from . import ops
 from .cache import KVCache
-from .models.base import DiffusionLM, Rope, attend
+from .models.base import DiffusionLM, Rope, apply_rotary, attend
 
 
 class Monitor(Protocol):
-    def drifted(self, layer: int, before: torch.Tensor, now: torch.Tensor, valid: torch.Tensor,
-                rows: torch.Tensor) -> torch.Tensor:
-        """before/now [p, Hq, m, T]: the tracked rows' attention probabilities of model rows `rows` [p];
-        valid [p, m] -> [p] bool: the rows that drifted."""
+    drift_axis: str  # 'heads' or 'keys': the axis ops.attention_drift compares along
 
-    def observe(self, layer: int, probs: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
-                valid: torch.Tensor) -> None:
-        """probs [p, Hq, n, T] of the query rows at positions index [p, n] (valid [p, n]) of model rows
-        `rows` [p]."""
+    def drifted(self, layer: int, similarity: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """similarity [p, m]: how alike the tracked rows' attention is before and after this step's
+        writes, for model rows `rows` [p]; valid [p, m] -> [p] bool: the rows that drifted."""
+
+    def mass_weights(self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the attention
+        mass the monitor observes."""
+
+    def observe(self, layer: int, mass: torch.Tensor, rows: torch.Tensor) -> None:
+        """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows `rows`."""
 
 
 @dataclass
@@ -187,35 +191,39 @@ class Engine:
         drifted [g] or None). `observe_drifting`: the drifting rows' attention here is final (their
         layer is not recomputed), so the monitor sees it."""
         layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
-        n, rope_q = h.shape[1], split.partial.rope
+        n = h.shape[1]
         testing = monitor is not None and n_tracked > 0
+        x = h
         if testing:
-            # the tracked rows as the cache stood before this step: their cached layer input, projected
-            # in the same call as the fresh rows, against keys not yet overwritten (no second copy of the
-            # cache is kept)
-            stale = cache.inputs[i][group.ids[:, None], group.index[:, :n_tracked]]
-            q, k, v = layer.qkv(torch.cat([h, stale], 1), _with_tracked_again(rope_q, n_tracked))
-            q, q_before, k, v = q[:, :, :n], q[:, :, n:], k[:, :, :n], v[:, :, :n]
-            before = attention_probs(q_before, cache.read(i, group.cache_rows)[0], group.key_mask)
-        else:
-            q, k, v = layer.qkv(h, rope_q)
-        if cache.inputs is not None:
-            cache.write_input_rows(i, group.ids, group.index, h)
-        cache.write_rows(i, group.ids, group.index, k, v)
+            # the tracked rows as the cache stood before this step: their cached layer input, projected in
+            # the same call as the fresh rows; their keys before this step's writes are kept (n rows), so
+            # no second copy of the cache is needed
+            x = torch.cat([h, cache.inputs[i][group.ids[:, None], group.index[:, :n_tracked]]], 1)
+        q, k, v = layer.qkv(x, None)  # RoPE is applied by rope_write (and below for the stale rows)
+        if testing:
+            tracked_rope = Rope(*(table[:, :, :n_tracked] for table in group.rope))
+            q_before, q, k, v = apply_rotary(q[:, :, n:], tracked_rope), q[:, :, :n], k[:, :, :n], v[:, :, :n]
+            keys_before = cache.keys[i][group.ids[:, None, None], cache.heads, group.index[:, None, :]]
+        inputs = None if cache.inputs is None else cache.inputs[i]
+        q = ops.rope_write(q, k, v, group.rope, cache.keys[i], cache.values[i], group.ids, group.index,
+                           inputs=inputs, hidden=None if inputs is None else h)
         keys, values = cache.read(i, group.cache_rows)
+        weights = None if monitor is None else monitor.mass_weights(group.ids, group.index, group.valid)
+        attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=weights)
         if monitor is None:
-            return layer.finish(h, attend(q, keys, values, group.key_mask)), None
-        probs = attention_probs(q, keys, group.key_mask)
+            return layer.finish(h, attn), None
         drifted = None
         if testing:
-            drifted = monitor.drifted(i, before, probs[:, :, :n_tracked], group.valid[:, :n_tracked], group.ids)
+            similarity = ops.attention_drift(q_before, q[:, :, :n_tracked], keys, group.key_mask, group.index,
+                                             keys_before, axis=monitor.drift_axis)
+            drifted = monitor.drifted(i, similarity, group.valid[:, :n_tracked], group.ids)
             drifted = drifted if bool(drifted.any()) else None
         if drifted is None or observe_drifting:
-            monitor.observe(i, probs, group.ids, group.index, group.valid)
+            monitor.observe(i, mass, group.ids)
         elif not bool(drifted.all()):  # the drifting rows are observed when their layer is recomputed
             kept = ~drifted
-            monitor.observe(i, probs[kept], group.ids[kept], group.index[kept], group.valid[kept])
-        return layer.finish(h, apply_probs(probs, values)), drifted
+            monitor.observe(i, mass[kept], group.ids[kept])
+        return layer.finish(h, attn), drifted
 
     def _full_layer(self, i, hidden, group: _Rows, rope: Rope, monitor=None):
         """Layer i over every position of the group's rows, writing the cache where one is kept."""
@@ -227,34 +235,14 @@ class Engine:
             cache.write_all(i, group.cache_rows, k, v)
         if monitor is not None:
             q_rows = q.gather(2, group.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
-            monitor.observe(i, attention_probs(q_rows, k, group.key_mask), group.ids, group.index, group.valid)
+            weights = monitor.mass_weights(group.ids, group.index, group.valid)
+            monitor.observe(i, ops.partial_attention(q_rows, k, v, group.key_mask, mass_weights=weights)[1], group.ids)
         return layer.finish(hidden, attend(q, k, v, group.key_mask))
 
     def _rope(self, rows: torch.Tensor) -> Rope:
         if self.rope.cos.shape[0] == 1:
             return self.rope
         return Rope(self.rope.cos[rows], self.rope.sin[rows])
-
-
-# -- attention with its probabilities (the torch twin of the partial-recompute kernel) -----------------
-def attention_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) in fp32: q [r, Hq, n, D], k [r, Hkv, T, D] -> [r, Hq, n, T]. Query head h
-    reads key head h // (Hq / Hkv)."""
-    r, n_heads, n, head_dim = q.shape
-    n_kv = k.shape[1]
-    grouped = q.reshape(r, n_kv, (n_heads // n_kv) * n, head_dim).float()
-    scores = (grouped @ k.float().transpose(-1, -2)).view(r, n_heads, n, -1) * head_dim**-0.5
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return scores.softmax(-1)
-
-
-def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """probs [r, Hq, n, T] @ v [r, Hkv, T, D] -> [r, Hq, n, D] in v's dtype, accumulated in fp32."""
-    r, n_heads, n, length = probs.shape
-    n_kv = v.shape[1]
-    out = probs.reshape(r, n_kv, (n_heads // n_kv) * n, length) @ v.float()
-    return out.view(r, n_heads, n, -1).to(v.dtype)
 
 
 # -- index helpers ---------------------------------------------------------------------------------

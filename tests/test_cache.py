@@ -271,14 +271,19 @@ def test_a_never_written_cache_row_poisons_the_output():
 class FiresAt:
     """A monitor whose drift test fires at one layer, for the rows given (model row ids)."""
 
+    drift_axis = "heads"
+
     def __init__(self, layer, rows=(0,)):
         self.layer, self.rows, self.checked = layer, rows, []
 
-    def drifted(self, layer, before, now, valid, rows):
+    def drifted(self, layer, similarity, valid, rows):
         self.checked.append((layer, rows.tolist()))
         return torch.tensor([layer == self.layer and row in self.rows for row in rows.tolist()])
 
-    def observe(self, layer, probs, rows, index, valid):
+    def mass_weights(self, rows, index, valid):
+        return valid.float()
+
+    def observe(self, layer, mass, rows):
         pass
 
 
@@ -469,7 +474,7 @@ def test_trained_model_rows_refresh_at_their_own_depth_as_alone():
 @pytest.mark.parametrize("dim", [-1, 1])
 def test_drift_cosine_matches_torch_on_tiny_and_zero_attention(dim):
     """Most keys get tiny attention; they must still compare by direction, as F.cosine_similarity does."""
-    from dllm_accel.policies.refresh import _cosine
+    from dllm_accel.ops.reference import _cosine
     before, now = torch.rand(3, 4, 2, 20) * 1e-6, torch.rand(3, 4, 2, 20) * 1e-6
     before[0, :, 0, :3] = 0  # padded keys: no attention from any head
     expected = torch.nn.functional.cosine_similarity(before, now, dim=dim)

@@ -97,12 +97,15 @@ class HeadShape:
     head_dim: int
 
 
-def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope):
-    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k."""
+def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope | None):
+    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k (rope None: not yet,
+    the caller rotates them, e.g. while writing the cache)."""
     b, n, _ = x_normed.shape
     q = q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim).transpose(1, 2)
     k = k_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
     v = v_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
+    if rope is None:
+        return q, k, v
     return apply_rotary(q, rope), apply_rotary(k, rope), v
 
 

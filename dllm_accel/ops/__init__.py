@@ -6,8 +6,9 @@
     token, probability, margin, entropy = score_tokens(logits, exclude=mask_id)
 
 Which implementation runs is decided once per op and device type: DLLM_ACCEL_IMPL=torch or triton
-forces one (a triton request that cannot be met raises, saying why); unset, CUDA tensors go to the
-kernel when triton imports, and anything else to the twin (a CUDA fallback warns once). The kernels
+forces one (a triton request that cannot be met raises, saying why; on CPU tensors it needs
+TRITON_INTERPRET=1, the tests' interpreter); unset, CUDA tensors go to the kernel when triton imports
+and anything else to the twin (a CUDA fallback warns once). The kernels
 (dllm_accel.kernels) are imported only when first used, so `import dllm_accel` never needs triton.
 Arguments are checked here, before anything launches.
 """
@@ -41,7 +42,9 @@ def implementation(op: str, device_type: str) -> str:
         if reason:
             raise RuntimeError(f"DLLM_ACCEL_IMPL=triton, but {op} cannot run its kernel: {reason}")
         return "triton"
-    if reason and device_type == "cuda":
+    if device_type != "cuda":  # the interpreter runs kernels on the CPU only when asked to
+        return "torch"
+    if reason:
         warnings.warn(f"{op}: using the torch twin ({reason})", RuntimeWarning, stacklevel=3)
     return "torch" if reason else "triton"
 

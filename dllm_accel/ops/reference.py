@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.base import Rope, apply_rotary
+from ..models.base import Rope, apply_rotary, attend
 
 COSINE_EPS = 1e-8  # per norm, as F.cosine_similarity: rows with tiny attention still compare by direction
 
@@ -35,7 +35,10 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
     """-> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 = sum over heads and queries of
-    mass_weights[n] * p[h, n, t], or None without mass_weights)."""
+    mass_weights[n] * p[h, n, t], or None without mass_weights). Without mass_weights this is the
+    model's own attention (SDPA), which no probability tensor is needed for."""
+    if mass_weights is None:
+        return attend(q, k, v, key_mask).to(v.dtype), None
     probs = attention_probs(q, k, key_mask)
     mass = None if mass_weights is None else torch.einsum("rhnt,rn->rt", probs, mass_weights.float())
     return apply_probs(probs, v), mass

@@ -236,32 +236,24 @@ class _Elastic(RefreshState):
         self.changed |= committed
 
     # -- the engine's monitor --------------------------------------------------------------------
-    def drifted(self, layer, before, now, valid, rows):
-        if self.policy.drift == "keys":
-            similarity = _cosine(before, now, dim=-1).mean(1)  # [r, m]
-        else:
-            keys = self.canvas.key_valid[rows]
-            per_key = _cosine(before, now, dim=1)  # [r, m, T]
-            similarity = (per_key * keys[:, None]).sum(-1) / keys.sum(-1, keepdim=True)
+    @property
+    def drift_axis(self) -> str:
+        return self.policy.drift
+
+    def drifted(self, layer, similarity, valid, rows):
         counts = valid.sum(1)
         row_similarity = (similarity * valid).sum(1) / counts.clamp(min=1)
         return (row_similarity < self.policy.gamma) & (counts > 0)
 
-    def observe(self, layer, probs, rows, index, valid):
-        """Most-attended decoded tokens: attention mass from the window's masks, summed over heads and
-        those queries; the top `track` per row join the next step's tracked set."""
-        weights = (self.window[rows].gather(1, index) & valid).to(probs.dtype)  # [r, n]
-        mass = torch.einsum("rhnt,rn->rt", probs, weights)
+    def mass_weights(self, rows, index, valid):
+        """The window's masks among the query rows: the tokens they attend to most are tracked."""
+        return (self.window[rows].gather(1, index) & valid).float()
+
+    def observe(self, layer, mass, rows):
+        """The top `track` decoded tokens by attention mass per row join the next step's tracked set."""
         decoded = self.decoded[rows]
         mass = mass.masked_fill(~decoded, -1.0)
         top = mass.topk(min(self.policy.track, mass.shape[1]), dim=1)
         chosen = torch.zeros_like(decoded)
         chosen.scatter_(1, top.indices, top.values >= 0)
         self.next_tracked[rows] |= chosen
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    """Cosine similarity along `dim`. Written out because torch's CPU norm along a middle axis (which
-    F.cosine_similarity uses) measured ~100x slower than these sums for the 'heads' axis."""
-    eps = 1e-8  # per norm, as F.cosine_similarity: keys with tiny attention still compare by direction
-    return (a * b).sum(dim) / ((a * a).sum(dim).sqrt().clamp_min(eps) * (b * b).sum(dim).sqrt().clamp_min(eps))
