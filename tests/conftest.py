@@ -12,6 +12,11 @@ from torch import nn  # noqa: E402
 from dllm_accel.models import build_model, tiny_config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# Kernel tests run in Triton's interpreter on the CPU, natively on a GPU when TRITON_INTERPRET=0
+# (experiments/gpu_check.sh). The interpreter mis-computes native bf16, so bf16 is tested on a GPU only.
+NATIVE = os.environ["TRITON_INTERPRET"] == "0" and torch.cuda.is_available()
+KERNEL_DEVICE = torch.device("cuda" if NATIVE else "cpu")
+KERNEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16} | ({"bf16": torch.bfloat16} if NATIVE else {})
 MODEL_CONFIGS = SHARED / "data" / "model-configs"
 MODEL_TYPES = ["llada", "Dream"]
 
