@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .. import ops
 from ..models.base import ModelSpec
 
 
@@ -137,6 +138,16 @@ def _tokens_without_mask(logits, temperature, mask_id, generator) -> torch.Tenso
     return torch.where(best_two[:, 0] == mask_id, best_two[:, 1], best_two[:, 0])
 
 
+def _tokens_and_confidence(logits, temperature, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen tokens (never the mask) and their fp32 probability over the full vocabulary: one pass
+    of ops.score_tokens at temperature 0; a sample and its probability otherwise."""
+    if temperature == 0:
+        tokens, probability, _, _ = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
+        return tokens, probability
+    tokens = _tokens_without_mask(logits, temperature, ctx.spec.mask_id, ctx.generator)
+    return tokens, _probability_fp32(logits, tokens)
+
+
 def _probability_fp32(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """softmax(logits)[tokens] in fp32 over the full vocabulary."""
     logits32 = logits.float()
@@ -220,8 +231,8 @@ class Threshold(UnmaskPolicy):
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
-        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
-        scores = dense(_probability_fp32(logits, tokens), ctx.candidates)
+        tokens, confidence = _tokens_and_confidence(logits, self.temperature, ctx)
+        scores = dense(confidence, ctx.candidates)
         return _above_bar(scores, self.tau, ctx.candidates)[ctx.candidates], tokens
 
 
@@ -239,8 +250,8 @@ class Factor(UnmaskPolicy):
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
-        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
-        scores = dense(_probability_fp32(logits, tokens), ctx.candidates)
+        tokens, confidence = _tokens_and_confidence(logits, self.temperature, ctx)
+        scores = dense(confidence, ctx.candidates)
         ordered = scores.sort(dim=1, descending=True).values
         n = torch.arange(1, scores.shape[1] + 1, device=scores.device)
         bars = 1 - self.f / (n + 1)
@@ -264,10 +275,9 @@ class EntropyThreshold(UnmaskPolicy):
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
-        tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
-        logits32 = logits.float()
-        log_probs = logits32 - torch.logsumexp(logits32, -1, keepdim=True)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        tokens, _, _, entropy = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
+        if self.temperature > 0:
+            tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
         scores = dense(-entropy, ctx.candidates)
         return _above_bar(scores, -self.h, ctx.candidates)[ctx.candidates], tokens
 
