@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import assert_as_close_as_twin
-from dllm_accel.kernels import partial_attention as kernel
 
 import dllm_accel.ops as ops
+from dllm_accel.kernels import partial_attention as kernel
 from dllm_accel.ops import reference
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 import torch
 from conftest import assert_as_close_as_twin
-from dllm_accel.kernels import rope_write as kernel_module
 
 from dllm_accel import ops
+from dllm_accel.kernels import rope_write as kernel_module
 from dllm_accel.models.base import Rope, rotary_tables
 from dllm_accel.ops import reference
 

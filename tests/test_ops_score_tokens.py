@@ -6,9 +6,9 @@ that documents the tie rule."""
 import pytest
 import torch
 from conftest import assert_as_close_as_twin
-from dllm_accel.kernels import score_tokens as kernel_module
 
 from dllm_accel import ops
+from dllm_accel.kernels import score_tokens as kernel_module
 from dllm_accel.ops import reference
 
 SHAPES = [(7, 1000), (3, 128), (4, 3), (5, 4099), (2, 126464), (1, 152064)]  # (M, V): LLaDA's and Dream's V last

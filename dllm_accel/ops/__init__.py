@@ -118,8 +118,10 @@ def rope_write(q, k, v, rope, keys, values, rows, index, *, inputs=None, hidden=
     if index.shape[1] != n:
         raise ValueError(f"index must have one position per query row ({n}), got {tuple(index.shape)}")
     for name, table in zip(("rope.cos", "rope.sin"), rope, strict=True):
-        if table.shape[-2:] != (n, head_dim) or table.shape[0] not in (1, r):
+        if table.dim() != 4 or table.shape[1] != 1 or table.shape[-2:] != (n, head_dim) or table.shape[0] not in (1, r):
             raise ValueError(f"{name} must be [1 or {r}, 1, {n}, {head_dim}], got {tuple(table.shape)}")
+        if table.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"{name} must be float32, float16 or bfloat16, got {table.dtype}")
     if (inputs is None) != (hidden is None):
         raise ValueError("inputs and hidden go together: pass both (ElasticCache's layer inputs) or neither")
     if inputs is not None:

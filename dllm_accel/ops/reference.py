@@ -86,15 +86,14 @@ def rope_write(q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, h
 
 def score_tokens(logits, *, exclude: int | None = None):
     """One row per candidate, logits [M, V] -> (token [M] the most likely, never `exclude` (e.g. the
-    mask id); probability [M] of that token, margin [M] its probability minus the next one's, entropy
-    [M] in nats), all over the full vocabulary in fp32."""
-    best = logits.topk(3 if exclude is not None else 2, dim=-1).indices
-    if exclude is not None:  # drop the excluded token from the ranking, keep the order of the rest
-        keep = best != exclude
-        keep[:, 2] &= ~keep[:, :2].all(1)
-        best = best[keep].view(-1, 2)
+    mask id), the lowest id among equals; probability [M] of that token, margin [M] its probability
+    minus the next one's, entropy [M] in nats), all over the full vocabulary in fp32."""
+    ranked = logits if exclude is None else logits.index_fill(1, torch.tensor([exclude], device=logits.device),
+                                                               float("-inf"))
+    token = ranked.argmax(-1)  # the first of equal maxima
     logits32 = logits.float()
     log_probs = logits32 - torch.logsumexp(logits32, -1, keepdim=True)
-    top = log_probs.gather(1, best).exp()
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return best[:, 0], top[:, 0], top[:, 0] - top[:, 1], entropy
+    top = ranked.float().topk(2, dim=-1).values - torch.logsumexp(logits32, -1, keepdim=True)
+    probs = log_probs.exp()
+    entropy = -torch.where(probs > 0, probs * log_probs, 0.0).sum(-1)  # a -inf logit adds nothing
+    return token, log_probs.gather(1, token[:, None]).squeeze(1).exp(), top[:, 0].exp() - top[:, 1].exp(), entropy
