@@ -7,9 +7,11 @@ keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache, 
 `unmask=` (an unmask policy replacing the one the official arguments describe).
 
 `patch(hf_model, cache=..., unmask=...)` makes a model loaded with trust_remote_code decode through
-Sampler with the user's code unchanged: Dream's `model.diffusion_generate(...)` is replaced, and
-`llada_generate(model, ...)` (the drop-in for LLaDA's repository function) takes the patched
-settings as its defaults. `unpatch(hf_model)` restores the model.
+Sampler with the user's code unchanged: Dream's `model.diffusion_generate(...)` is replaced (its
+settings still resolved by the model's own methods, so the transformers-4.x legacy defaults of the
+model config apply as they would unpatched), and `llada_generate(model, ...)` (the drop-in for
+LLaDA's repository function) takes the patched settings as its defaults. `unpatch(hf_model)` restores
+the model.
 
 Where they differ from the official code (tokens are the same): a step whose schedule commits nothing
 (e.g. LLaDA with more steps than tokens per block, Dream's early steps) runs no forward.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import transformers
 from transformers.utils import ModelOutput
 
 from .models.base import DiffusionLM
@@ -129,14 +132,12 @@ def patch(hf_model, *, cache=None, unmask=None):
     state = Patch(from_hf(hf_model), cache, unmask)
     Sampler(state.model, unmask=LowConfidence(1) if unmask is None else unmask, cache=cache)  # validates both
     if state.model.spec.model_type == "Dream":
+        _check_dream_resolution(hf_model)
         state.replaced["diffusion_generate"] = hf_model.__dict__.get("diffusion_generate")
 
         def diffusion_generate(inputs=None, generation_config=None, **kwargs):
-            # the released generation_config.json holds dream_generate's defaults; a config passed
-            # explicitly sets what it gives, and keyword arguments win over both
-            inputs = kwargs.pop("input_ids", inputs)
-            settings = {} if generation_config is None else _dream_settings(generation_config)
-            return dream_generate(hf_model, inputs, **(settings | kwargs))
+            return dream_generate(hf_model, **_dream_call(hf_model, kwargs.pop("input_ids", inputs),
+                                                          generation_config, kwargs))
 
         hf_model.diffusion_generate = diffusion_generate
     setattr(hf_model, PATCH_ATTRIBUTE, state)
@@ -157,11 +158,40 @@ def unpatch(hf_model):
     return hf_model
 
 
-DREAM_GENERATION_FIELDS = ("max_new_tokens", "steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps",
-                           "return_dict_in_generate", "output_history")
+# what the remote DreamGenerationMixin resolves a call's settings with; patch() asks these very methods, so
+# that the model's own precedence (keyword arguments > generation_config > the model config, with the
+# legacy generation defaults transformers 4.x keeps there) holds for any revision of the remote code
+DREAM_RESOLUTION = ("_prepare_generation_config", "_prepare_generated_length")
+DREAM_SAMPLING_FIELDS = ("steps", "temperature", "top_p", "top_k", "alg", "alg_temp", "eps", "return_dict_in_generate",
+                         "output_history")
+UNSUPPORTED_DREAM_ARGUMENTS = ("generation_tokens_hook_func", "generation_logits_hook_func")
 
 
-def _dream_settings(generation_config) -> dict:
-    """The diffusion_generate arguments a (Dream) GenerationConfig sets."""
-    return {name: getattr(generation_config, name) for name in DREAM_GENERATION_FIELDS
-            if getattr(generation_config, name, None) is not None}
+def _check_dream_resolution(hf_model) -> None:
+    missing = [name for name in DREAM_RESOLUTION if not callable(getattr(hf_model, name, None))]
+    if missing:
+        raise TypeError(f"patch() does not recognise the remote code of {type(hf_model).__name__} (transformers "
+                        f"{transformers.__version__}): it lacks {missing}, with which Dream's diffusion_generate "
+                        f"resolves its settings, so a patched call could decode differently")
+
+
+def _dream_call(hf_model, inputs, generation_config, kwargs) -> dict:
+    """dream_generate's arguments for a diffusion_generate call, resolved by the model's own methods."""
+    if inputs is None:
+        raise ValueError("diffusion_generate needs the prompt: inputs (or input_ids) [B, P]")
+    attention_mask = kwargs.pop("attention_mask", None)
+    hooks = [name for name in UNSUPPORTED_DREAM_ARGUMENTS if name in kwargs]
+    if hooks:
+        raise ValueError(f"a patched diffusion_generate does not take {hooks}; unpatch() the model to use them")
+    generator = kwargs.pop("generator", None)
+    config = hf_model._prepare_generation_config(generation_config, **kwargs)
+    has_default_max_length = kwargs.get("max_length") is None and config.max_length is not None
+    config = hf_model._prepare_generated_length(generation_config=config, has_default_max_length=has_default_max_length,
+                                                input_ids_length=inputs.shape[-1])
+    copies = getattr(config, "num_return_sequences", 1) or 1
+    if copies > 1:  # as the remote code expands its inputs
+        inputs = inputs.repeat_interleave(copies, 0)
+        attention_mask = None if attention_mask is None else attention_mask.repeat_interleave(copies, 0)
+    settings = {name: getattr(config, name) for name in DREAM_SAMPLING_FIELDS}
+    return dict(input_ids=inputs, attention_mask=attention_mask, max_new_tokens=config.max_length - inputs.shape[-1],
+                generator=generator, **settings)

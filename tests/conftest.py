@@ -1,3 +1,5 @@
+import copy
+import math
 import os
 
 # Triton's interpreter must be chosen before triton is first imported.
@@ -69,6 +71,56 @@ class StandIn(nn.Module):
                     owner.add_module(part, nn.Module())
                 owner = getattr(owner, part)
             owner.register_parameter(leaf, nn.Parameter(tensor.clone()))
+
+
+class DreamGenerationConfig:
+    """Stand-in for the remote DreamGenerationConfig: its fields and defaults (generation_utils.py)."""
+
+    DEFAULTS = dict(temperature=0.0, top_p=None, top_k=None, max_length=20, max_new_tokens=None, eps=1e-3, steps=512,
+                    alg="origin", alg_temp=None, num_return_sequences=1, return_dict_in_generate=False,
+                    output_history=False)
+
+    def __init__(self, **values):
+        for name, default in self.DEFAULTS.items():
+            setattr(self, name, values.get(name, default))
+
+    @classmethod
+    def from_model_config(cls, config):
+        return cls(**config.to_dict())
+
+    def update(self, **values) -> dict:
+        for name in self.DEFAULTS.keys() & values.keys():
+            setattr(self, name, values[name])
+        return {name: value for name, value in values.items() if name not in self.DEFAULTS}
+
+
+# what transformers 4.x keeps on every PretrainedConfig (and so passes to from_model_config); 5.x keeps none
+LEGACY_GENERATION_DEFAULTS = dict(max_length=20, temperature=1.0, top_k=50, top_p=1.0, num_return_sequences=1)
+
+
+class DreamRemote(StandIn):
+    """A remote-code Dream model as its DreamGenerationMixin resolves a diffusion_generate call: the
+    keyword arguments over `generation_config` over DreamGenerationConfig.from_model_config(config)."""
+
+    def __init__(self, native, *, legacy_defaults: bool):
+        values = dict(native.config) | (LEGACY_GENERATION_DEFAULTS if legacy_defaults else {})
+        super().__init__(native.state_dict(), values)
+
+    def _prepare_generation_config(self, generation_config, **kwargs):
+        if generation_config is None:
+            generation_config = DreamGenerationConfig.from_model_config(self.config)
+        else:
+            generation_config = copy.deepcopy(generation_config)
+        generation_config.update(**kwargs)
+        return generation_config
+
+    def _prepare_generated_length(self, generation_config, has_default_max_length, input_ids_length):
+        if generation_config.max_new_tokens is not None:
+            generation_config.max_length = generation_config.max_new_tokens + input_ids_length
+        elif has_default_max_length and generation_config.max_length == DreamGenerationConfig().max_length:
+            limit = self.config.to_dict().get("max_position_embeddings") or math.inf
+            generation_config.max_length = min(generation_config.max_length + input_ids_length, limit)
+        return generation_config
 
 
 MASK, EOS, EOT = 127, 126, 125  # the tiny configs' special ids

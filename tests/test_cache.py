@@ -1,11 +1,10 @@
 """The KV-cache engine and the refresh policies: exactness when refresh is forced, untouched rows,
 NaN-poisoned buffers, batching, the drift test, hand-checked accounting, drop-in patching, bad input."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import EOS, EOT, StandIn, decoder, prompts
+from conftest import EOS, EOT, DreamGenerationConfig, DreamRemote, StandIn, decoder, prompts
 
 import dllm_accel
 from dllm_accel import (
@@ -401,11 +400,11 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
 def test_patch_routes_dream_diffusion_generate_and_unpatch_restores():
     model = decoder("Dream", seed=28)
     ids, _ = prompts(model, [6], seed=28)
-    remote = StandIn(model.state_dict(), model.config)
+    remote = DreamRemote(model, legacy_defaults=False)
     expected = dllm_accel.dream_generate(model, ids, max_new_tokens=8, steps=8, alg="entropy", cache=DualCache())
     assert dllm_accel.patch(remote, cache=DualCache()) is remote
     assert torch.equal(remote.diffusion_generate(ids, max_new_tokens=8, steps=8, alg="entropy"), expected)
-    config = SimpleNamespace(max_new_tokens=8, steps=8, alg="entropy", top_p=None)
+    config = DreamGenerationConfig(max_new_tokens=8, steps=8, alg="entropy")
     assert torch.equal(remote.diffusion_generate(inputs=ids, generation_config=config), expected)
     swapped = dllm_accel.patch(remote, cache=DualCache(), unmask=Threshold(0.5))  # re-patching replaces
     with_threshold = Sampler(model, unmask=Threshold(0.5), cache=DualCache()).generate(ids, max_new_tokens=8)
