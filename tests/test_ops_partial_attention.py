@@ -1,7 +1,9 @@
-"""kernels/partial_attention.py against its torch twin and an fp64 reference (Triton's interpreter on CPU).
+"""kernels/partial_attention.py against its torch twin and an fp64 reference.
 
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16 only there:
+the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded generators,
+then moved to KERNEL_DEVICE, so both runs see the same values.
 Every buffer the launcher allocates is NaN-poisoned first, so an element the kernel never writes fails.
-fp32 and fp16 only: the interpreter computes bf16 natively wrong.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_as_close_as_twin
+from conftest import KERNEL_DEVICE as DEVICE
+from conftest import KERNEL_DTYPES, assert_as_close_as_twin
 
 import dllm_accel.ops as ops
 from dllm_accel.kernels import partial_attention as kernel
 from dllm_accel.ops import reference
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def impl(monkeypatch):
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0):
-    """q, k, v (scaled so some rows attend sharply), key_mask and mass_weights for a case."""
+    """q, k, v (scaled so some rows attend sharply), key_mask and mass_weights for a case, on DEVICE."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -77,6 +78,7 @@ def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0):
         key_mask = torch.rand(case.r, case.T, generator=generator) > 0.3
         key_mask[:, -1] = True
     weights = torch.rand(case.r, case.n, generator=generator)
+    q, k, v, key_mask, weights = (t.to(DEVICE) for t in (q, k, v, key_mask, weights))
     return q, k, v, None if case.keys == "all" else key_mask, weights
 
 
@@ -102,7 +104,7 @@ def check_against_twin(got, q, k, v, key_mask, weights, what: str) -> None:
         assert_as_close_as_twin(got[1], twin[1], exact[1], what=f"{what} mass")
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES.values(), ids=KERNEL_DTYPES.keys())
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_twin(case, dtype, poisoned):
     q, k, v, key_mask, weights = make_inputs(case, dtype)
@@ -117,17 +119,17 @@ def test_without_mass(poisoned):
     check_against_twin((out, None), q, k, v, key_mask, None, "no mass")
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES.values(), ids=KERNEL_DTYPES.keys())
 def test_strided_views(dtype, poisoned):
     """As the engine passes them: q transposed out of [r, n, Hq, D]; k, v one layer of a [L, R, Hkv, T_max, D]
     cache at every other model row and the first T positions; key_mask and weights non-contiguous too."""
     case = Case(3, 90, 8, 2, 64, 7)
     q, k, v, key_mask, weights = make_inputs(case, dtype)
-    cache = torch.full((2, 2, 2 * case.r, case.Hkv, 128, case.D), float("nan"), dtype=dtype)
+    cache = torch.full((2, 2, 2 * case.r, case.Hkv, 128, case.D), float("nan"), dtype=dtype, device=DEVICE)
     cache[1, 0, ::2, :, : case.T], cache[1, 1, ::2, :, : case.T] = k, v
     k_view, v_view = cache[1, 0, ::2, :, : case.T], cache[1, 1, ::2, :, : case.T]
     q_view = q.transpose(1, 2).contiguous().transpose(1, 2)
-    mask_view = torch.zeros(case.r, 2 * case.T, dtype=torch.bool)[:, ::2]
+    mask_view = torch.zeros(case.r, 2 * case.T, dtype=torch.bool, device=DEVICE)[:, ::2]
     mask_view.copy_(key_mask)
     weights_view = weights.t().contiguous().t()
     assert not any(t.is_contiguous() for t in (q_view, k_view, v_view, mask_view, weights_view))
@@ -139,8 +141,8 @@ def test_gathered_rows(poisoned):
     """The cache read for a subset of rows (advanced indexing: a copy) of a wider buffer."""
     case = Case(2, 50, 4, 4, 64, 6)
     q, k, v, key_mask, weights = make_inputs(case, torch.float32)
-    rows = torch.tensor([3, 0])
-    keys = torch.randn(4, case.Hkv, 64, case.D)
+    rows = torch.tensor([3, 0], device=DEVICE)
+    keys = torch.randn(4, case.Hkv, 64, case.D).to(DEVICE)
     keys[rows, :, : case.T] = k
     got = kernel.partial_attention(q, keys[rows][:, :, : case.T], v, key_mask, mass_weights=weights)
     check_against_twin(got, q, k, v, key_mask, weights, "gathered")
@@ -167,7 +169,8 @@ def test_rows_without_keys_give_zero(poisoned):
 def test_no_keys_at_all(poisoned):
     """T = 0: out is 0 (as the twin's empty product), mass is empty."""
     q, k, v, _, weights = make_inputs(Case(2, 0, 4, 2, 64, 3), torch.float32)
-    out, mass = kernel.partial_attention(q, k, v, torch.ones(2, 0, dtype=torch.bool), mass_weights=weights)
+    no_keys = torch.ones(2, 0, dtype=torch.bool, device=DEVICE)
+    out, mass = kernel.partial_attention(q, k, v, no_keys, mass_weights=weights)
     assert out.eq(0).all() and mass.shape == (2, 0)
     assert torch.equal(out, reference.partial_attention(q, k, v, None)[0])
 
@@ -198,8 +201,8 @@ def test_dispatch_reaches_kernel(monkeypatch, impl):
 
 
 def bad_inputs():
-    def tensors(q_shape, kv_shape, dtype=torch.float32):
-        return torch.randn(q_shape).to(dtype), torch.randn(kv_shape).to(dtype), torch.randn(kv_shape).to(dtype)
+    def tensors(q_shape, kv_shape, dtype=torch.float32):  # on DEVICE: the head-dim check is the kernel's own
+        return tuple(torch.randn(shape).to(DEVICE, dtype) for shape in (q_shape, kv_shape, kv_shape))
 
     return {
         "head-dims": (tensors((1, 4, 3, 64), (1, 4, 9, 32)), "must be"),

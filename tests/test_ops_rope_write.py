@@ -2,13 +2,18 @@
 
 The caches start NaN-poisoned: the positions the op writes must equal the twin's, every other one must
 still be NaN. Fresh rows are gathered from one source tensor per model row and position, so repeated
-(row, position) pairs carry identical values, as the op requires."""
+(row, position) pairs carry identical values, as the op requires.
+
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16 only there:
+the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded generators,
+then moved to KERNEL_DEVICE; strided and expanded views are taken there, so they keep their strides."""
 
 from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_as_close_as_twin
+from conftest import KERNEL_DEVICE as DEVICE
+from conftest import KERNEL_DTYPES, assert_as_close_as_twin
 
 from dllm_accel import ops
 from dllm_accel.kernels import rope_write as kernel_module
@@ -47,12 +52,13 @@ DTYPES = {  # x's dtype, the tables' dtype (the dtype RoPE is applied in)
     "fp32": (torch.float32, torch.float32),
     "fp16-tables-fp32": (torch.float16, torch.float32),  # as LLaDA
     "fp16": (torch.float16, torch.float16),  # as Dream
-}
+} | ({"bf16-tables-fp32": (torch.bfloat16, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16)}
+     if "bf16" in KERNEL_DTYPES else {})  # natively only (tests/conftest.py)
 
 
 def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
-    """Fresh rows for `case`: q (last-dim stride 2), k, v ([r, n, H, D] transposed, as project_qkv makes
-    them) and hidden (strided) gathered from per-(row, position) sources; RoPE tables at the rows' true
+    """Fresh rows for `case` on DEVICE: q (last-dim stride 2), k, v ([r, n, H, D] transposed, as project_qkv
+    makes them) and hidden (strided) gathered from per-(row, position) sources; RoPE tables at the rows' true
     positions (canvas position + a per-row shift)."""
     g = torch.Generator().manual_seed(seed)
     c = case
@@ -70,16 +76,17 @@ def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
     if c.repeats:
         index[:, -1] = index[:, 0]
         positions[:, -1] = positions[:, 0]
-    cos, sin = rotary_tables(positions, c.head_dim, THETA, table_dtype)
+    cos, sin = (table.to(DEVICE) for table in rotary_tables(positions, c.head_dim, THETA, table_dtype))
+    rows, index = rows.to(DEVICE), index.to(DEVICE)
     if c.tables == "expanded":
         cos, sin = cos.expand(c.r, -1, -1, -1), sin.expand(c.r, -1, -1, -1)
 
     def gathered(*shape):  # [r, n, *shape]: one value per (model row, position)
-        source = torch.randn(c.cache_rows, c.length, *shape, generator=g).to(dtype)
+        source = torch.randn(c.cache_rows, c.length, *shape, generator=g).to(DEVICE, dtype)
         return source[rows[:, None], index]
 
-    q = torch.randn(c.r, c.n, c.n_heads, c.head_dim, 2, generator=g).to(dtype)[..., 0].transpose(1, 2)
-    hidden = torch.empty(c.r, c.n, 2 * c.d_model, dtype=dtype)[..., ::2]
+    q = torch.randn(c.r, c.n, c.n_heads, c.head_dim, 2, generator=g).to(DEVICE, dtype)[..., 0].transpose(1, 2)
+    hidden = torch.empty(c.r, c.n, 2 * c.d_model, dtype=dtype, device=DEVICE)[..., ::2]
     hidden.copy_(gathered(c.d_model))
     return dict(q=q, k=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2),
                 v=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2), rope=Rope(cos, sin), rows=rows,
@@ -89,7 +96,7 @@ def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
 def poisoned_caches(case: Case, dtype, with_inputs: bool) -> dict:
     shape = (case.cache_rows, case.n_kv_heads, case.length, case.head_dim)
     inputs = (case.cache_rows, case.length, case.d_model)
-    poisoned = lambda size: torch.full(size, float("nan"), dtype=dtype)  # noqa: E731
+    poisoned = lambda size: torch.full(size, float("nan"), dtype=dtype, device=DEVICE)  # noqa: E731
     return dict(keys=poisoned(shape), values=poisoned(shape), inputs=poisoned(inputs) if with_inputs else None)
 
 
@@ -102,7 +109,7 @@ def exact_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
 
 def written_mask(case: Case, rows, index) -> torch.Tensor:
     """[R, T] True where the op writes."""
-    written = torch.zeros(case.cache_rows, case.length, dtype=torch.bool)
+    written = torch.zeros(case.cache_rows, case.length, dtype=torch.bool, device=DEVICE)
     written[rows[:, None], index] = True
     return written
 
@@ -128,8 +135,8 @@ def test_rope_write_matches_twin(case, dtypes, with_inputs):
     assert_as_close_as_twin(q_rotated, twin_q, exact_rotary(fresh["q"], fresh["rope"]), what="q")
 
     written = written_mask(case, fresh["rows"], fresh["index"])
-    exact_keys = torch.zeros(caches["keys"].shape, dtype=torch.float64)
-    heads = torch.arange(case.n_kv_heads)[None, :, None]
+    exact_keys = torch.zeros(caches["keys"].shape, dtype=torch.float64, device=DEVICE)
+    heads = torch.arange(case.n_kv_heads, device=DEVICE)[None, :, None]
     where = (fresh["rows"][:, None, None], heads, fresh["index"][:, None, :])
     exact_keys[where] = exact_rotary(fresh["k"], fresh["rope"])
     per_position = lambda cache: cache.transpose(1, 2)  # noqa: E731  [R, T, Hkv, D], indexable by `written`

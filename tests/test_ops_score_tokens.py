@@ -1,31 +1,37 @@
 """score_tokens' Triton kernel against its torch twin (dllm_accel.ops.reference.score_tokens).
 
 Test logits have four distinct leading values per row, so the ranking has no ties except in the test
-that documents the tie rule."""
+that documents the tie rule.
+
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (tests/conftest.py).
+Logits are drawn on the CPU from seeded generators, then moved to KERNEL_DEVICE."""
 
 import pytest
 import torch
-from conftest import assert_as_close_as_twin
+from conftest import KERNEL_DEVICE as DEVICE
+from conftest import KERNEL_DTYPES, assert_as_close_as_twin
 
 from dllm_accel import ops
 from dllm_accel.kernels import score_tokens as kernel_module
 from dllm_accel.ops import reference
 
 SHAPES = [(7, 1000), (3, 128), (4, 3), (5, 4099), (2, 126464), (1, 152064)]  # (M, V): LLaDA's and Dream's V last
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # bf16 only loaded, never computed
+# bf16 everywhere, unlike conftest's KERNEL_DTYPES: the kernel only loads it (and computes in fp32), which the
+# interpreter gets right
+DTYPES = KERNEL_DTYPES | {"bf16": torch.bfloat16}
 EXCLUDES = ["none", "other", "argmax"]  # no exclusion; a token outside the top; the row-0 favourite itself
 
 
 def untied_logits(rows: int, vocab: int, dtype, seed: int = 0) -> torch.Tensor:
-    """Logits of scale 3 (row 0 ten times sharper) whose top four per row are distinct integers above the
-    rest, exact in fp16 and bf16."""
+    """Logits on DEVICE of scale 3 (row 0 ten times sharper) whose top four per row are distinct integers above
+    the rest, exact in fp16 and bf16."""
     g = torch.Generator().manual_seed(seed)
     logits = 3 * torch.randn(rows, vocab, generator=g)
     logits[0] *= 10
     top = logits.topk(min(4, vocab), dim=-1)
     ladder = torch.tensor([4.0, 3.0, 2.0, 1.0])[: top.indices.shape[1]]
     logits.scatter_(1, top.indices, top.values[:, :1].floor() + ladder)
-    return logits.to(dtype)
+    return logits.to(DEVICE, dtype)
 
 
 def exclusion(logits: torch.Tensor, kind: str) -> int | None:
@@ -97,10 +103,10 @@ def test_ties_go_to_the_lowest_id():
     """Equal maxima: the kernel takes the lowest id (torch.argmax's rule), wherever the tile boundary
     falls (V 5000 spans two tiles); the twin's torch.topk leaves the order of ties unspecified (on CPU it
     returns the tied ids in no fixed order), so only the scores are compared with it."""
-    logits = torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1)  # distinct values, all below 6
+    logits = torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1).to(DEVICE)  # distinct values, all below 6
     logits[:, [4097, 5, 900]] = 6.0  # row 0: three-way tie for first
     logits[1, 5] = 7.0  # row 1: 5 first, 900 and 4097 tie for second
-    logits[2, [5, 900, 4097]] = torch.tensor([5.0, 7.0, 7.0])  # row 2: 900 and 4097 tie for first
+    logits[2, [5, 900, 4097]] = torch.tensor([5.0, 7.0, 7.0], device=DEVICE)  # row 2: 900 and 4097 tie for first
     token, probability, margin, _ = kernel_module.score_tokens(logits)
     assert token.tolist() == [5, 5, 900] == logits.argmax(-1).tolist()
     assert margin[0] == 0 and margin[2] == 0
@@ -116,7 +122,7 @@ def test_minus_infinity_logits():
     logits = untied_logits(3, 1000, torch.float32)
     logits[:, 600:] = float("-inf")
     logits[1, :] = float("-inf")
-    logits[1, [10, 20, 30]] = torch.tensor([1.0, 2.0, 3.0])
+    logits[1, [10, 20, 30]] = torch.tensor([1.0, 2.0, 3.0], device=DEVICE)
     token, probability, margin, entropy = kernel_module.score_tokens(logits)
     best, exact_probability, exact_margin, exact_entropy = exact_scores(logits, None)
     assert torch.equal(token, best[:, 0])
@@ -151,19 +157,19 @@ def test_public_op_runs_the_kernel(triton_impl):
     assert_scores_close(scores, twin, exact_scores(logits, 3))
 
 
-BAD_INPUTS = {
-    "exclude-too-large": (torch.zeros(2, 10), 10, "exclude must be"),
-    "exclude-negative": (torch.zeros(2, 10), -1, "exclude must be"),
-    "one-dimensional": (torch.zeros(10), None, r"logits must be \[M"),
-    "two-tokens": (torch.zeros(2, 2), None, r"logits must be \[M"),
-    "no-rows": (torch.zeros(0, 10), None, r"logits must be \[M"),
-    "float64": (torch.zeros(2, 10, dtype=torch.float64), None, "float32, float16 or bfloat16"),
-    "integer": (torch.zeros(2, 10, dtype=torch.long), None, "float32, float16 or bfloat16"),
+BAD_INPUTS = {  # (logits shape, dtype, exclude, message)
+    "exclude-too-large": ((2, 10), torch.float32, 10, "exclude must be"),
+    "exclude-negative": ((2, 10), torch.float32, -1, "exclude must be"),
+    "one-dimensional": ((10,), torch.float32, None, r"logits must be \[M"),
+    "two-tokens": ((2, 2), torch.float32, None, r"logits must be \[M"),
+    "no-rows": ((0, 10), torch.float32, None, r"logits must be \[M"),
+    "float64": ((2, 10), torch.float64, None, "float32, float16 or bfloat16"),
+    "integer": ((2, 10), torch.long, None, "float32, float16 or bfloat16"),
 }
 
 
-@pytest.mark.parametrize("logits, exclude, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_raises_before_launch(triton_impl, logits, exclude, message):
+@pytest.mark.parametrize("shape, dtype, exclude, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_before_launch(triton_impl, shape, dtype, exclude, message):
     with pytest.raises(ValueError, match=message):
-        ops.score_tokens(logits, exclude=exclude)
+        ops.score_tokens(torch.zeros(shape, dtype=dtype, device=DEVICE), exclude=exclude)
     assert not triton_impl, "the kernel launched on bad input"
