@@ -219,12 +219,16 @@ def save(model, tokenizer, out: Path, metrics: dict) -> None:
 
 
 def portable(out: Path) -> None:
-    """Run in fp32 by default though stored in 16 bits; a tokenizer class every transformers version has."""
+    """Run in fp32 by default though stored in 16 bits; a tokenizer config every transformers version reads."""
     config = json.loads((out / "config.json").read_text())
     config.update({key: "float32" for key in ("torch_dtype", "dtype") if key in config or key == "torch_dtype"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     settings = json.loads((out / "tokenizer_config.json").read_text())
     settings["tokenizer_class"] = "PreTrainedTokenizerFast"
+    # transformers 5 saves the extra special tokens as a list under "extra_special_tokens", a key 4.x
+    # reads as a dict of named tokens (and fails on a list); both read the list as "additional_special_tokens"
+    if isinstance(settings.get("extra_special_tokens"), list):
+        settings["additional_special_tokens"] = settings.pop("extra_special_tokens")
     (out / "tokenizer_config.json").write_text(json.dumps(settings, indent=2) + "\n")
 
 
