@@ -1,9 +1,16 @@
 # The two entry points of the README. `install` puts the CPU build of torch first where there is
 # no CUDA (an unpinned torch requirement would pull a multi-GB CUDA build), then the package.
+# `test` runs the suite twice: here (the newest transformers) and in .venv-tf4 with transformers 4.x,
+# which remote-code (trust_remote_code) LLaDA and Dream models need; the kernel-only tests (Triton's
+# interpreter, no transformers) run once.
 PYTHON ?= python3
 TORCH_CPU ?= torch==2.13.0
+TF4 ?= 4.57.6
+TF4_VENV ?= .venv-tf4
+TF4_STAMP := $(TF4_VENV)/.built-transformers-$(TF4)-$(subst ==,-,$(TORCH_CPU))
+KERNEL_ONLY_TESTS := $(wildcard tests/test_ops_*.py)
 
-.PHONY: install demo test lint
+.PHONY: install demo test test-tf4 lint
 
 install:
 	@if command -v nvidia-smi >/dev/null 2>&1; then echo "CUDA found: torch comes from install_requires"; \
@@ -13,6 +20,19 @@ install:
 demo: install
 	$(PYTHON) experiments/run.py
 
-test: install
+$(TF4_STAMP): setup.py
+	@if [ ! -f $@ ]; then rm -rf $(TF4_VENV) && $(PYTHON) -m venv $(TF4_VENV); fi
+	@if command -v nvidia-smi >/dev/null 2>&1; then echo "CUDA found: torch comes from install_requires"; \
+	 else $(TF4_VENV)/bin/python -m pip install -q "$(TORCH_CPU)"; fi
+	echo "transformers==$(TF4)" > $(TF4_VENV)/constraints.txt
+	$(TF4_VENV)/bin/python -m pip install -q -c $(TF4_VENV)/constraints.txt -e ".[dev]"
+	$(TF4_VENV)/bin/python -c "import transformers as t; assert t.__version__ == '$(TF4)', t.__version__"
+	touch $@
+
+test-tf4: $(TF4_STAMP)
+	$(TF4_VENV)/bin/python -m pytest -q tests $(addprefix --ignore=,$(KERNEL_ONLY_TESTS))
+
+test: install $(TF4_STAMP)
 	$(PYTHON) -m pytest -q tests
+	$(TF4_VENV)/bin/python -m pytest -q tests $(addprefix --ignore=,$(KERNEL_ONLY_TESTS))
 	$(PYTHON) -m ruff check .
