@@ -36,6 +36,10 @@ class Records:
                     raise ValueError(f"{self.path}, line {number}, is not JSON ({error}); only an interrupted "
                                      f"last line is repaired") from error
                 self._drop_last_line(len(line))
+                return records
+        if lines[-1].strip():  # a whole last record whose newline was never written
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
         return records
 
     def keys(self) -> set[tuple[str, str]]:

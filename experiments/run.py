@@ -73,7 +73,7 @@ class Job:
                                  f"({cfg.block_length}); or block_length=null for one block")
         task = instantiate(cfg.task)
         unmask, cache, stop = instantiate(cfg.unmask), instantiate(cfg.cache), instantiate(cfg.stop)
-        name = cfg.get("name") or f"{type(cache).__name__} + {type(unmask).__name__}"
+        name = cfg.name or f"{type(cache).__name__} + {type(unmask).__name__}"
         if name == OFFICIAL:
             raise ValueError(f"name={OFFICIAL!r} is the baseline's; choose another name for the method")
         return cls(cfg, task, Method(name, unmask, cache, stop, cfg.block_length))

@@ -183,3 +183,38 @@ def assert_as_close_as_twin(kernel: torch.Tensor, twin: torch.Tensor, exact: tor
     twin_error = (twin.double() - exact).abs().max().item()
     assert kernel_error == kernel_error, f"{what}: the kernel's output holds NaN"
     assert kernel_error <= 2 * twin_error + floor, f"{what}: kernel error {kernel_error:.3g}, twin {twin_error:.3g}"
+
+
+@pytest.fixture
+def impl(monkeypatch):
+    """impl('torch' | 'triton' | None) sets DLLM_ACCEL_IMPL for this test (None: unset); the once-per-op
+    choice is cleared on every change and after the test."""
+    from dllm_accel import ops
+
+    def choose(value):
+        if value is None:
+            monkeypatch.delenv("DLLM_ACCEL_IMPL", raising=False)
+        else:
+            monkeypatch.setenv("DLLM_ACCEL_IMPL", value)
+        ops.implementation.cache_clear()
+
+    yield choose
+    ops.implementation.cache_clear()
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """kernel_calls(module, name) replaces a kernel launcher with a spy and returns the list of its calls."""
+
+    def spy_on(module, name):
+        calls, launcher = [], getattr(module, name)
+
+        def spy(*args, **kwargs):
+            calls.append(args)
+            return launcher(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+        return calls
+
+    return spy_on
+

@@ -147,16 +147,6 @@ def test_only_the_written_keys_moved(axis):
 
 
 # -- through dllm_accel.ops ------------------------------------------------------------------------------------------
-@pytest.fixture
-def impl(monkeypatch):
-    """Set DLLM_ACCEL_IMPL for one test; the op's once-per-op choice is cleared before and after."""
-    def choose(name):
-        monkeypatch.setenv("DLLM_ACCEL_IMPL", name)
-        ops.implementation.cache_clear()
-    yield choose
-    ops.implementation.cache_clear()
-
-
 @pytest.mark.parametrize("axis", AXES)
 def test_public_op_runs_the_kernel(impl, monkeypatch, axis):
     impl("triton")

@@ -10,20 +10,16 @@ from dllm_accel import ops
 
 
 @pytest.fixture
-def impl(monkeypatch):
-    def choose(value: str | None, interpret: str = "1"):
-        if value is None:
-            monkeypatch.delenv("DLLM_ACCEL_IMPL", raising=False)
-        else:
-            monkeypatch.setenv("DLLM_ACCEL_IMPL", value)
-        monkeypatch.setenv("TRITON_INTERPRET", interpret)
+def interpret(monkeypatch):
+    def choose(value: str):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
         ops.implementation.cache_clear()
 
-    yield choose
-    ops.implementation.cache_clear()
+    return choose
 
 
-def test_cpu_tensors_use_the_twin_unless_triton_is_asked_for(impl):
+def test_cpu_tensors_use_the_twin_unless_triton_is_asked_for(impl, interpret):
+    interpret("1")
     impl(None)
     assert ops.implementation("partial_attention", "cpu") == "torch"
     impl("torch")
@@ -32,8 +28,9 @@ def test_cpu_tensors_use_the_twin_unless_triton_is_asked_for(impl):
     assert ops.implementation("partial_attention", "cpu") == "triton"  # the interpreter, as in the kernel tests
 
 
-def test_a_request_that_cannot_be_met_says_why(impl):
-    impl("triton", interpret="0")
+def test_a_request_that_cannot_be_met_says_why(impl, interpret):
+    impl("triton")
+    interpret("0")
     with pytest.raises(RuntimeError, match=r"DLLM_ACCEL_IMPL=triton, but score_tokens cannot run its kernel: "
                                            r"the tensors are on cpu"):
         ops.implementation("score_tokens", "cpu")

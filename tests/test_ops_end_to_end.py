@@ -6,13 +6,11 @@ import torch
 from conftest import KERNEL_DEVICE
 
 import dllm_accel
-from dllm_accel import DualCache, ElasticCache, Sampler, StopAtEOS, Threshold, ops
+from dllm_accel import DualCache, ElasticCache, Sampler, StopAtEOS, Threshold
 from dllm_accel.tasks import arith
 
 
-def generate(name, cache, lengths, impl, monkeypatch):
-    monkeypatch.setenv("DLLM_ACCEL_IMPL", impl)
-    ops.implementation.cache_clear()
+def generate(name, cache, lengths):
     model = dllm_accel.load_model(name, dtype="float32", device=KERNEL_DEVICE)
     tokenizer = dllm_accel.load_tokenizer(name)
     problems = arith.problems(len(lengths), seed=lengths[0], split="test")
@@ -20,16 +18,17 @@ def generate(name, cache, lengths, impl, monkeypatch):
     batch = dllm_accel.encode_chat(tokenizer, conversations, device=KERNEL_DEVICE)
     out = Sampler(model, unmask=Threshold(0.9), cache=cache, stop=StopAtEOS()).generate(
         batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=24)
-    ops.implementation.cache_clear()
     return out.sequences, out.recompute_fraction
 
 
 @pytest.mark.parametrize("cache", ["elastic", "elastic-drifting-keys", "dual"])
 @pytest.mark.parametrize("lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"])  # shots per row: ragged prompts
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
-def test_kernel_path_gives_the_torch_path_tokens(name, lengths, cache, monkeypatch):
+def test_kernel_path_gives_the_torch_path_tokens(name, lengths, cache, impl):
     policy = {"elastic": ElasticCache(), "dual": DualCache(),
               "elastic-drifting-keys": ElasticCache(refresh_from="drifting", drift="keys")}[cache]
-    twin, twin_fraction = generate(name, policy, lengths, "torch", monkeypatch)
-    kernel, kernel_fraction = generate(name, policy, lengths, "triton", monkeypatch)
+    impl("torch")
+    twin, twin_fraction = generate(name, policy, lengths)
+    impl("triton")
+    kernel, kernel_fraction = generate(name, policy, lengths)
     assert torch.equal(kernel, twin) and kernel_fraction == twin_fraction

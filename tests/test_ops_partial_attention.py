@@ -51,16 +51,6 @@ def poisoned(monkeypatch):
                                                                                    device=device))
 
 
-@pytest.fixture
-def impl(monkeypatch):
-    """Force DLLM_ACCEL_IMPL for one test; the dispatch decision is cached, so clear it both ways."""
-    def force(name: str) -> None:
-        monkeypatch.setenv("DLLM_ACCEL_IMPL", name)
-        ops.implementation.cache_clear()
-    yield force
-    ops.implementation.cache_clear()
-
-
 def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0):
     """q, k, v (scaled so some rows attend sharply), key_mask and mass_weights for a case, on DEVICE."""
     generator = torch.Generator().manual_seed(seed)
@@ -176,20 +166,8 @@ def test_no_keys_at_all(poisoned):
 
 
 # -- through dllm_accel.ops ------------------------------------------------------------------------
-def spy_on_kernel(monkeypatch) -> list:
-    calls = []
-    launcher = kernel.partial_attention
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return launcher(*args, **kwargs)
-
-    monkeypatch.setattr(kernel, "partial_attention", spy)
-    return calls
-
-
-def test_dispatch_reaches_kernel(monkeypatch, impl):
-    calls = spy_on_kernel(monkeypatch)
+def test_dispatch_reaches_kernel(impl, kernel_calls):
+    calls = kernel_calls(kernel, "partial_attention")
     q, k, v, key_mask, weights = make_inputs(CASES[1], torch.float32)
     impl("triton")
     got = ops.partial_attention(q, k, v, key_mask, mass_weights=weights)

@@ -154,20 +154,10 @@ def test_rope_write_matches_twin(case, dtypes, with_inputs):
 
 # -- through dllm_accel.ops ------------------------------------------------------------------------
 @pytest.fixture
-def triton_impl(monkeypatch):
+def triton_impl(impl, kernel_calls):
     """DLLM_ACCEL_IMPL=triton, and a record of the kernel launcher's calls."""
-    monkeypatch.setenv("DLLM_ACCEL_IMPL", "triton")
-    ops.implementation.cache_clear()
-    calls = []
-    launcher = kernel_module.rope_write
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        return launcher(*args, **kwargs)
-
-    monkeypatch.setattr(kernel_module, "rope_write", spy)
-    yield calls
-    ops.implementation.cache_clear()
+    impl("triton")
+    return kernel_calls(kernel_module, "rope_write")
 
 
 def test_public_op_runs_the_kernel(triton_impl):

@@ -173,6 +173,15 @@ def test_resume_skips_finished_samples_and_repairs_an_interrupted_line(tmp_path,
         small_run(tmp_path, ["task.limit=5", "baseline=false", "cache.gamma=0.5"])
 
 
+def test_a_last_record_without_its_newline_is_completed(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_text('{"id": "a", "method": "m"}\n{"id": "b", "method": "m"}')
+    records = report.Records(path)
+    assert records.keys() == {("m", "a"), ("m", "b")}
+    records.append([{"id": "c", "method": "m"}])
+    assert records.keys() == {("m", "a"), ("m", "b"), ("m", "c")}
+
+
 def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text('{"id": "a", "method": "m"}\n{"id": \n{"id": "b", "method": "m"}\n')
