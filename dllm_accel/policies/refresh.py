@@ -152,8 +152,8 @@ class _BlockCache(RefreshState):
 class ElasticCache(RefreshPolicy):
     """Attention-drift refresh with a depth schedule and a sliding window of masks.
 
-    gamma: similarity bar; a layer whose tracked-token attention similarity (before vs after this
-        step's writes) is below it is recomputed with every layer after it (gamma > 1: every step).
+    gamma: similarity bar; when a layer's tracked-token attention similarity (before vs after this
+        step's writes) is below it, a refresh starts there (see refresh_from; gamma > 1: every step).
     window: the first `window` still-masked positions of a row form its active window (at least as many
         as the unmask policy must commit this step); decoding happens only inside it.
     track: most-attended decoded tokens tracked per layer (the next step's tracked set is the union
