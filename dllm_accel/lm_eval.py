@@ -19,7 +19,7 @@ model_args
     unmask           low_confidence (default; steps, remasking, temperature), threshold (tau, temperature),
                      factor (f, temperature), entropy_threshold (h, temperature), dream (alg, steps,
                      temperature); `steps` defaults to the generation length (one token per step)
-    cache            no (default), prefix, dual, elastic (gamma, window)
+    cache            no (default), prefix, dual, elastic (gamma, window, drift, refresh_from)
     stop             stop_at_eos (default) or full_length
     max_new_tokens   generation length when a request gives no max_gen_toks (default 256)
     block_length     default 32; 0 or None: the whole generation is one block
@@ -82,7 +82,7 @@ CACHE_POLICIES = {
     "no": (NoCache, {}),
     "prefix": (PrefixCache, {}),
     "dual": (DualCache, {}),
-    "elastic": (ElasticCache, {"gamma": 0.9, "window": 16}),
+    "elastic": (ElasticCache, {"gamma": 0.9, "window": 16, "drift": "heads", "refresh_from": "next"}),
 }
 STOP_POLICIES = {"full_length": FullLength, "stop_at_eos": StopAtEOS}
 GREEDY_KWARGS = {"do_sample": False, "temperature": 0}  # task kwargs that change nothing
