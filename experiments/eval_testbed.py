@@ -1,4 +1,4 @@
-"""Held-out accuracy of the bundled testbed models, and how much a stale K/V cache costs tiny-llada.
+"""Held-out accuracy and exact match of the bundled testbed models, and how much a stale K/V cache costs tiny-llada.
 
     python experiments/eval_testbed.py [--problems 500] [--write]
 
@@ -26,7 +26,7 @@ from dllm_accel import FrozenCache, LowConfidence, Sampler
 from dllm_accel.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import accuracy  # noqa: E402
+from train_tiny import accuracy, scores  # noqa: E402
 
 
 def frozen_decode(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
@@ -61,7 +61,7 @@ def main() -> None:
         settings = dict(shots=metrics["shots"], gen_length=metrics["gen_length"], block_length=block_length)
         start = time.perf_counter()
         held_out = {"problems": len(problems), "split": "test", "seed": 0, **settings,
-                    "accuracy": accuracy(model, tokenizer, problems, **settings)}
+                    **scores(model, tokenizer, problems, **settings)}
         if name == "tiny-llada":
             held_out["frozen_kv_accuracy"] = accuracy(model, tokenizer, problems, decode=frozen_decode, **settings)
         held_out["eval_minutes"] = round((time.perf_counter() - start) / 60, 1)

@@ -111,7 +111,14 @@ def _figures(rows: list[dict]) -> dict:
         "recompute_fraction": sum(r["recompute_fraction"] * r["nfe"] for r in rows) / max(1, nfe),
         "generated_tokens_mean": tokens / max(1, n),
         "seconds": seconds,
+        # the task's other yes/no scores as rates: GSM8K's strict_correct, arith's exact_match
+        **{key: sum(bool(r[key]) for r in rows) / max(1, n) for key in _other_checks(rows)},
     }
+
+
+def _other_checks(rows: list[dict]) -> list[str]:
+    first = rows[0] if rows else {}
+    return sorted(key for key, value in first.items() if isinstance(value, bool) and key != "correct")
 
 
 def write(summary: dict, out_dir: Path) -> None:

@@ -158,18 +158,25 @@ def ar_loss(model, ids, attention_mask, answer_region, generator, eps=None):
 
 
 # -- evaluation ------------------------------------------------------------------------------------
+def accuracy(model, tokenizer, problems, **settings) -> float:
+    """Greedy answer accuracy (see scores)."""
+    return scores(model, tokenizer, problems, **settings)["accuracy"]
+
+
 @torch.no_grad()
-def accuracy(model, tokenizer, problems, *, shots, gen_length, block_length, decode=None, batch_size=64) -> float:
-    """Greedy exact match; `decode` (default: the official baseline of the model's family) maps
-    (model, tokenizer, batch, gen_length=, block_length=) to the generated texts."""
+def scores(model, tokenizer, problems, *, shots, gen_length, block_length, decode=None, batch_size=64) -> dict:
+    """{"accuracy": the right final number, "exact_match": the whole solution} over greedy decodes; `decode`
+    (default: the official baseline of the model's family) maps (model, tokenizer, batch, gen_length=,
+    block_length=) to the generated texts."""
     decode = decode or generate
-    correct = 0
+    correct = exact = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
         batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in chunk])
         outputs = decode(model, tokenizer, batch, gen_length=gen_length, block_length=block_length)
         correct += sum(arith.is_correct(text, p) for text, p in zip(outputs, chunk, strict=True))
-    return correct / len(problems)
+        exact += sum(arith.is_exact(text, p) for text, p in zip(outputs, chunk, strict=True))
+    return {"accuracy": correct / len(problems), "exact_match": exact / len(problems)}
 
 
 def generate(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:

@@ -106,9 +106,12 @@ def test_arith_task_limit_keeps_ids():
 def test_arith_task_score():
     task = arith.Arith(limit=1)
     sample = task.samples()[0]
-    assert task.score(sample, sample.data.solution) == {"correct": True, "answer": sample.target}
-    assert task.score(sample, "#### 10") == {"correct": False, "answer": "10"}
-    assert task.score_many([sample], ["nothing"]) == [{"correct": False, "answer": None}]
+    assert task.score(sample, sample.data.solution + "\n") == {"correct": True, "answer": sample.target,
+                                                               "exact_match": True}
+    assert task.score(sample, "#### 10") == {"correct": False, "answer": "10", "exact_match": False}
+    renamed = "q" + sample.data.solution[1:]  # the right numbers under another name
+    assert task.score(sample, renamed) == {"correct": True, "answer": sample.target, "exact_match": False}
+    assert task.score_many([sample], ["nothing"]) == [{"correct": False, "answer": None, "exact_match": False}]
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -103,6 +103,11 @@ def is_correct(text: str, problem: Problem) -> bool:
 
 
 # -- the task --------------------------------------------------------------------------------------
+def is_exact(text: str, problem: Problem) -> bool:
+    """Every token right: the whole answer is the problem's solution (variable names included)."""
+    return text.strip() == problem.solution
+
+
 class Arith(Task):
     """The first `size` problems of a split (the held-out test split by default), `limit` of them."""
 
@@ -127,4 +132,5 @@ class Arith(Task):
                 for i, problem in enumerate(problems(n, self.seed, self.split))]
 
     def score(self, sample: Sample, output: str) -> dict:
-        return {"correct": is_correct(output, sample.data), "answer": extract_answer(output)}
+        return {"correct": is_correct(output, sample.data), "answer": extract_answer(output),
+                "exact_match": is_exact(output, sample.data)}
