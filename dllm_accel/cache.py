@@ -21,28 +21,16 @@ class KVCache:
         self.values = torch.full(shape, float("nan"), dtype=dtype, device=device)
         self.inputs = (torch.full((n_layers, rows, length, d_model), float("nan"), dtype=dtype, device=device)
                        if inputs else None)
-        self.heads = torch.arange(n_kv_heads, device=device)[None, :, None]  # for [rows, heads, positions] indexing
+        self.heads = torch.arange(n_kv_heads, device=device)[None, :, None]  # [rows, heads, positions] indexing
 
     def write_all(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> None:
         """Every position of `rows` (None: all rows) at `layer`; k, v [r, Hkv, T, D]."""
         _write(self.keys[layer], rows, k)
         _write(self.values[layer], rows, v)
 
-    def write_rows(self, layer: int, rows: torch.Tensor, index: torch.Tensor, k: torch.Tensor,
-                   v: torch.Tensor) -> None:
-        """Positions index [r, n] of model rows `rows` [r]; k, v [r, Hkv, n, D]. Repeated positions in
-        `index` carry identical values, so their order does not matter."""
-        where = (rows[:, None, None], self.heads, index[:, None, :])
-        self.keys[layer][where] = k
-        self.values[layer][where] = v
-
     def write_inputs(self, layer: int, rows: torch.Tensor | None, hidden: torch.Tensor) -> None:
         """Layer inputs of every position of `rows`; hidden [r, T, d]."""
         _write(self.inputs[layer], rows, hidden)
-
-    def write_input_rows(self, layer: int, rows: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Layer inputs at positions index [r, n] of model rows `rows` [r]; hidden [r, n, d]."""
-        self.inputs[layer][rows[:, None], index] = hidden
 
     def read(self, layer: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [r, Hkv, T, D] of `rows`: views when all rows are read, a gather of those rows otherwise."""

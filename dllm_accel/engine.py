@@ -275,10 +275,5 @@ def gather_rope(rope: Rope, index: torch.Tensor) -> Rope:
     return Rope(*(table.expand(index.shape[0], -1, -1, -1).gather(2, where) for table in rope))
 
 
-def _with_tracked_again(rope: Rope, n_tracked: int) -> Rope:
-    """Tables of the query rows followed by those of the (leading) tracked rows once more."""
-    return Rope(*(torch.cat([table, table[:, :, :n_tracked]], 2) for table in rope))
-
-
 def _take(tensor: torch.Tensor | None, rows: torch.Tensor | None):
     return tensor if tensor is None or rows is None else tensor[rows]

@@ -196,5 +196,5 @@ def _check_index(name, index, rows, limit, device, *, bounds: bool) -> None:
         raise ValueError(f"{name} must be a long tensor [{rows}, ...], got {tuple(index.shape)} {index.dtype}")
     if index.device != device:
         raise ValueError(f"{name} is on {index.device}, expected {device}")
-    if bounds and index.numel() and (int(index.min()) < 0 or int(index.max()) >= limit):
+    if bounds and index.numel() and bool(((index < 0) | (index >= limit)).any()):  # one host sync
         raise ValueError(f"{name} holds positions outside [0, {limit})")

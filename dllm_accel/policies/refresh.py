@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from ..engine import ForwardPlan, ForwardResult
+from ..ops import DRIFT_AXES
 
-DRIFT_AXES = ("keys", "heads")
 REFRESH_BOUNDARIES = ("next", "drifting")
 
 
@@ -116,35 +116,47 @@ class FrozenCache(RefreshPolicy):
     it was a mask: the cache never sees a committed token."""
 
     def begin(self, canvas: Canvas) -> RefreshState:
-        return _BlockCache(canvas, to_end=False, refresh_blocks=False)
+        return _Frozen(canvas, to_end=False)
 
 
 class _BlockCache(RefreshState):
-    def __init__(self, canvas: Canvas, to_end: bool, refresh_blocks: bool = True):
+    def __init__(self, canvas: Canvas, to_end: bool):
         super().__init__(canvas)
-        self.to_end, self.refresh_blocks = to_end, refresh_blocks
+        self.to_end = to_end
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
         self.changed = torch.zeros_like(canvas.key_valid)  # tokens changed outside the query (a stop rewrite)
 
     def begin_block(self, start, end):
-        if self.refresh_blocks:
-            self.fresh.zero_()  # every row refreshes at its first step in the block
+        self.fresh.zero_()  # every row refreshes at its first step in the block
+        self._query_block(start, end)
+
+    def _query_block(self, start, end):
         positions = torch.arange(self.canvas.length, device=self.fresh.device)
         self.query = (positions >= start) & ((positions < end) | self.to_end)
 
     def plan(self, model_ids, live):
         if not bool(self.fresh[live].all()):
             return ForwardPlan(None, self.canvas.n_layers)
-        query = self.query.expand(self.canvas.rows, -1).clone()
-        if not self.refresh_blocks:  # the probe: no committed (or rewritten) token is ever recomputed
-            return ForwardPlan(query & (model_ids == self.canvas.mask_id), self.canvas.n_layers)
-        return ForwardPlan(query | self.changed, self.canvas.n_layers)
+        return ForwardPlan(self.query | self.changed, self.canvas.n_layers)
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
         self.fresh[rows] |= result.full_from == 0
         self.changed[rows] = False
         self.changed |= committed & ~self.query
+
+
+class _Frozen(_BlockCache):
+    """DualCache's query without its refreshes: the first step is the only full forward, and of the block
+    only the masks are computed, so no committed (or rewritten) token is ever recomputed."""
+
+    def begin_block(self, start, end):
+        self._query_block(start, end)  # a new block refreshes nothing
+
+    def plan(self, model_ids, live):
+        if not bool(self.fresh[live].all()):
+            return ForwardPlan(None, self.canvas.n_layers)
+        return ForwardPlan(self.query & (model_ids == self.canvas.mask_id), self.canvas.n_layers)
 
 
 # -- ElasticCache ------------------------------------------------------------------------------------
