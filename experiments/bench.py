@@ -1,108 +1,300 @@
-"""Side-by-side decoding benchmark on the bundled testbed: accuracy, NFE, recompute fraction, tokens/s.
+"""Side-by-side decoding benchmark on the bundled testbed: accuracy, speed, forwards, recompute, memory.
 
-    python experiments/bench.py --model tiny-llada [--problems 300] [--batch-size 1] [--gammas 0.9 0.7]
+    python experiments/bench.py --model tiny-llada --setting long --problems 200 --batch-sizes 1 8 \
+        --out results/bench-tiny-llada-long
 
-Every method decodes the same held-out problems (greedy, the testbed's generation length), in one
-process, one after another, after a warm-up batch each; tokens/s counts generated tokens up to the
-first EOS / end-of-turn and times generation only. Ratios are against the official baseline (NoCache,
-one token per step: LowConfidence for LLaDA, Dream's entropy algorithm for Dream) and against
-DualCache + Threshold(0.9). "refresh layers" counts (row, step) pairs by the first layer the row
-recomputed (0: full forward; n_layers: every layer reused).
+Every method decodes the same held-out problems greedily, in one process, one after another, after an
+untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone and
+48 generated tokens; `long`, the papers' shape, solved examples before the question and 256 tokens of
+which the answer fills a part and EOS the rest.
+
+Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md` and `<out>.png` (accuracy against tokens/s).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import json
+import math
+import platform
+import shlex
+import sys
 import time
-from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import transformers
 
 import dllm_accel
-from dllm_accel import DualCache, ElasticCache, NoCache, PrefixCache, Threshold
+from dllm_accel import DualCache, ElasticCache, FullLength, NoCache, PrefixCache, StopAtEOS, Threshold
 from dllm_accel.tasks import arith
 
+ACCOUNTING = (
+    "tokens/s counts each row's generated tokens up to and including its first EOS / end-of-turn, over the time "
+    "spent inside `generate` (tokenization, scoring and an untimed warm-up batch per method excluded), so a "
+    "method that stops at EOS and one that decodes the full length are credited with the same tokens. Accuracy "
+    "is the right final number (95% Wilson interval), exact match the whole solution. NFE is forward passes per "
+    "batch; tokens per forward divides the generated tokens by the row forwards. The recompute fraction is "
+    "token × layer units computed over NoCache's on the same steps. Peak memory is measured on the warm-up "
+    "batch: CUDA's peak allocation, on CPU the growth of the peak resident set (glibc is told to unmap large "
+    "blocks on free, so it follows the live tensors). Speedups are tokens/s ratios against the official "
+    "baseline (NoCache, one token per step over the full length), Fast-dLLM as released (DualCache + "
+    "Threshold(0.9), full length) and DualCache + Threshold(0.9) + StopAtEOS, at the same batch size."
+)
+OFFICIAL = "official: NoCache + one token per step"
+FAST_DLLM = "Fast-dLLM as released: DualCache + Threshold(0.9), full length"
+DUAL = "DualCache + Threshold(0.9) + StopAtEOS"
+SETTINGS = ("short", "long")
 
-def methods(model, gen_length: int, block_length: int, gammas: list[float]) -> dict:
-    """name -> (cache, unmask, block_length)"""
-    baseline = (NoCache(), *dllm_accel.official_method(model, gen_length, block_length))
+
+@dataclass(frozen=True)
+class Method:
+    cache: object
+    unmask: object
+    block_length: int | None
+    stop: object
+
+
+@dataclass(frozen=True)
+class Setting:
+    shots: int
+    gen_length: int
+    block_length: int  # of the block-based methods (LLaDA's official sampler included)
+
+
+def setting(model_name: str, name: str) -> Setting:
+    """The testbed's `short` or `long` setting, as the model was trained for it."""
+    if name not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {name!r}")
+    metrics = json.loads((dllm_accel.assets.path(model_name) / "metrics.json").read_text())
+    if name == "long":
+        if "long" not in metrics:
+            raise ValueError(f"{model_name} was not trained for the long setting (no 'long' in its metrics.json)")
+        metrics = metrics["long"]
+    return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"])
+
+
+def elastic_name(gamma: float, drift: str) -> str:
+    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + StopAtEOS"
+
+
+def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys")) -> dict:
+    """name -> Method: the official baseline, Fast-dLLM as released, and the caches with StopAtEOS."""
     table = {
-        "NoCache + one token per step (official)": baseline,
-        "NoCache + Threshold(0.9)": (NoCache(), Threshold(0.9), block_length),
-        "PrefixCache + Threshold(0.9)": (PrefixCache(), Threshold(0.9), block_length),
-        "DualCache + Threshold(0.9)": (DualCache(), Threshold(0.9), block_length),
+        OFFICIAL: Method(NoCache(), *dllm_accel.official_method(model, gen_length, block_length), FullLength()),
+        FAST_DLLM: Method(DualCache(), Threshold(0.9), block_length, FullLength()),
+        "PrefixCache + Threshold(0.9) + StopAtEOS": Method(PrefixCache(), Threshold(0.9), block_length, StopAtEOS()),
+        DUAL: Method(DualCache(), Threshold(0.9), block_length, StopAtEOS()),
     }
     for gamma in gammas:
-        for drift, boundary in (("heads", "next"), ("heads", "drifting"), ("keys", "next")):
-            table[f"ElasticCache(γ {gamma}, {drift}, from {boundary}) + Threshold(0.9)"] = (
-                ElasticCache(gamma=gamma, drift=drift, refresh_from=boundary), Threshold(0.9), None)
-    table["ElasticCache(γ 0.9) + one token per step"] = (ElasticCache(), baseline[1], None)
+        for drift in drifts:
+            table[elastic_name(gamma, drift)] = Method(ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None,
+                                                       StopAtEOS())
     return table
 
 
-def decode(model, tokenizer, problems, batch_size, cache, unmask, gen_length, block_length) -> dict:
-    sampler = dllm_accel.Sampler(model, unmask=unmask, cache=cache, trace=True)
-    batches = [dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in problems[i:i + batch_size]])
+def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: int, gen_length: int,
+           trace: bool = False) -> dict:
+    """Decode `problems` in batches with `method`; the measured figures (see the module docstring).
+    `trace` adds `refresh_rate`: the share of a row's forwards after its first that recomputed a layer."""
+    sampler = dllm_accel.Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop, trace=trace)
+    batches = [dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in problems[i:i + batch_size]])
                for i in range(0, len(problems), batch_size)]
 
     def run(batch):
         return sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_length,
-                                block_length=block_length)
+                                block_length=method.block_length)
 
-    run(batches[0])  # warm-up
-    correct = tokens = nfe = 0
-    units, depths, seconds = [], Counter(), 0.0
+    with peak_memory(model.device) as memory:
+        run(batches[0])  # warm-up, untimed
+    correct = exact = tokens = nfe = row_forwards = 0
+    units = steps = seconds = 0.0
+    refreshes = []
     for batch, start in zip(batches, range(0, len(problems), batch_size), strict=True):
         begin = time.perf_counter()
         out = run(batch)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
         seconds += time.perf_counter() - begin
         texts = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        correct += sum(map(arith.is_correct, texts, problems[start:start + batch_size]))
+        chunk = problems[start:start + batch_size]
+        correct += sum(map(arith.is_correct, texts, chunk))
+        exact += sum(map(arith.is_exact, texts, chunk))
         tokens, nfe = tokens + int(out.generated_tokens.sum()), nfe + out.nfe
-        units.append((out.recompute_fraction, out.steps))
-        depths.update(layer for r in out.trace if r.forwarded for layer in r.refresh_from.tolist() if layer >= 0)
-    return dict(accuracy=correct / len(problems), nfe=nfe / len(batches), tokens_per_s=tokens / seconds,
-                recompute_fraction=sum(f * s for f, s in units) / max(1, sum(s for _, s in units)),
-                refresh_layers=dict(sorted(depths.items())))
+        row_forwards += int(out.row_forwards.sum())
+        units, steps = units + out.recompute_fraction * out.steps, steps + out.steps
+        if trace:
+            refreshes += [layer < model.n_layers for record in out.trace[1:] if record.forwarded
+                          for layer in record.refresh_from.tolist() if layer >= 0]
+    n = len(problems)
+    extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
+    return dict(accuracy=correct / n, accuracy_ci95=wilson(correct, n), exact_match=exact / n,
+                tokens_per_s=tokens / seconds, seconds=seconds, nfe=nfe / len(batches),
+                tokens_per_forward=tokens / max(1, row_forwards), recompute_fraction=units / max(1, steps),
+                peak_memory_mib=memory["mib"], **extra)
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
+    """The 95% Wilson score interval of a success rate."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    scale = 1 + z * z / n
+    return [max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)]
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device):
+    """Yields a dict whose "mib" holds, after the block, the block's peak memory growth."""
+    result = {"mib": None}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        yield result
+        torch.cuda.synchronize(device)
+        result["mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        return
+    status = Path("/proc/self/status")
+    if not status.exists():  # not Linux: no resettable peak
+        yield result
+        return
+    _return_large_blocks()
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak resident set to the current one
+    before = _status_kib(status, "VmRSS")
+    yield result
+    result["mib"] = (_status_kib(status, "VmHWM") - before) / 1024
+
+
+def _status_kib(status: Path, key: str) -> int:
+    line = next(line for line in status.read_text().splitlines() if line.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def _return_large_blocks() -> None:
+    """glibc: serve blocks above 64 KiB by mmap and unmap them on free, so the resident set follows
+    the live tensors (otherwise freed memory stays resident and hides a later method's peak)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+
+
+# -- reports ---------------------------------------------------------------------------------------
+def with_ratios(results: dict) -> dict:
+    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache."""
+    for reference, key in ((OFFICIAL, "speedup"), (FAST_DLLM, "vs_fast_dllm"), (DUAL, "vs_dualcache")):
+        if reference in results:
+            for r in results.values():
+                r[key] = r["tokens_per_s"] / results[reference]["tokens_per_s"]
+    return results
+
+
+def markdown(report: dict, misses: dict | None = None) -> str:
+    """The report's tables; `misses` {(batch size, method, column): bar} marks figures that miss a bar."""
+    misses = misses or {}
+    lines = [f"{report['model']}, {report['setting']} setting: {report['problems']} held-out problems, "
+             f"{report['shots']} shots, {report['gen_length']} generated tokens, blocks of "
+             f"{report['block_length']} (block-based methods), {report['threads']} threads on {report['machine']}", ""]
+    for batch_size, results in report["runs"].items():
+        lines += [f"Batch {batch_size}:", "", "| method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+                  "|" + " --- |" * (len(COLUMNS) + 1)]
+        for name, r in results.items():
+            cells = []
+            for key, _, show in COLUMNS:
+                bar = misses.get((batch_size, name, key))
+                cells.append(show(r) + (f" **✗ bar {bar}**" if bar else ""))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+COLUMNS = [  # (key, header, format)
+    ("accuracy", "accuracy (95% CI)",
+     lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})"),
+    ("exact_match", "exact match", lambda r: f"{r['exact_match']:.1%}"),
+    ("tokens_per_s", "tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+    ("speedup", "× official", lambda r: f"{r.get('speedup', 0):.2f}"),
+    ("vs_fast_dllm", "× Fast-dLLM", lambda r: f"{r.get('vs_fast_dllm', 0):.2f}"),
+    ("vs_dualcache", "× DualCache", lambda r: f"{r.get('vs_dualcache', 0):.2f}"),
+    ("nfe", "NFE / batch", lambda r: f"{r['nfe']:.1f}"),
+    ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
+    ("recompute_fraction", "recompute", lambda r: f"{r['recompute_fraction']:.3f}"),
+    ("peak_memory_mib", "peak memory (MiB)",
+     lambda r: "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.1f}"),
+]
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    markers = "osd^v"
+    for (batch_size, results), marker in zip(report["runs"].items(), markers, strict=False):
+        for i, (name, r) in enumerate(results.items()):
+            axis.scatter(r["tokens_per_s"], 100 * r["accuracy"], marker=marker, color=f"C{i % 10}",
+                         label=name if marker == markers[0] else None)
+        axis.plot([], [], marker, color="gray", label=f"batch {batch_size}")
+    axis.set_xscale("log")
+    axis.set_xlabel("tokens/s (log)")
+    axis.set_ylabel("accuracy (%)")
+    axis.set_title(f"{report['model']}, {report['setting']} setting, {report['problems']} problems")
+    axis.legend(fontsize=7, loc="lower left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def environment(threads: int, device: torch.device) -> dict:
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.processor() or platform.machine()} CPU")
+    return dict(machine=machine, threads=threads, python=platform.python_version(), torch=torch.__version__,
+                transformers=transformers.__version__, dllm_accel=dllm_accel.__version__)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["tiny-llada", "tiny-dream"], default="tiny-llada")
-    parser.add_argument("--problems", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--block-length", type=int, help="blocks of the block-based methods (default: the "
-                        "testbed's, from metrics.json, else half the generation)")
-    parser.add_argument("--gammas", type=float, nargs="+", default=[0.9])
+    parser.add_argument("--setting", choices=SETTINGS, default="long")
+    parser.add_argument("--problems", type=int, default=200)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--gammas", type=float, nargs="+", default=[0.8, 0.9, 0.95])
+    parser.add_argument("--drifts", nargs="+", choices=["heads", "keys"], default=["heads", "keys"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, help="write <out>.json, <out>.md and <out>.png")
     args = parser.parse_args()
+    if args.problems < 1 or min(args.batch_sizes) < 1:
+        parser.error("--problems and --batch-sizes must be >= 1")
     torch.set_num_threads(args.threads)
-    model, tokenizer = dllm_accel.load_model(args.model), dllm_accel.load_tokenizer(args.model)
-    metrics = json.loads((dllm_accel.assets.path(args.model) / "metrics.json").read_text())
-    gen_length = metrics["gen_length"]
-    block_length = args.block_length or metrics.get("block_length") or gen_length // 2
+    model = dllm_accel.load_model(args.model, device=args.device)
+    tokenizer = dllm_accel.load_tokenizer(args.model)
+    shape = setting(args.model, args.setting)
     problems = arith.problems(args.problems, seed=0, split="test")
-    table = methods(model, gen_length, block_length, args.gammas)
-    print(f"{args.model}: {len(problems)} held-out problems, gen length {gen_length}, blocks of {block_length} "
-          f"(block-based methods), batch size {args.batch_size}, {args.threads} threads\n")
-    results = {}
-    for name, (cache, unmask, blocks) in table.items():
-        results[name] = decode(model, tokenizer, problems, args.batch_size, cache, unmask, gen_length, blocks)
-    baseline = results["NoCache + one token per step (official)"]["tokens_per_s"]
-    dual = results["DualCache + Threshold(0.9)"]["tokens_per_s"]
-    print("| method | accuracy | NFE / batch | recompute fraction | tokens/s | × official | × DualCache | "
-          "refresh layers |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in results.items():
-        print(f"| {name} | {r['accuracy']:.1%} | {r['nfe']:.1f} | {r['recompute_fraction']:.3f} | "
-              f"{r['tokens_per_s']:.0f} | {r['tokens_per_s'] / baseline:.2f} | {r['tokens_per_s'] / dual:.2f} | "
-              f"{r['refresh_layers']} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(model=args.model, problems=len(problems), batch_size=args.batch_size,
-                           gen_length=gen_length, block_length=block_length, results=results), f, indent=2)
+    table = methods(model, shape.gen_length, shape.block_length, args.gammas, args.drifts)
+    report = dict(model=args.model, setting=args.setting, problems=len(problems), **vars(shape),
+                  command=shlex.join(["python", "experiments/bench.py", *sys.argv[1:]]),
+                  **environment(args.threads, model.device), runs={})
+    print(markdown({**report, "runs": {}}), flush=True)
+    for batch_size in args.batch_sizes:
+        results = {}
+        for name, method in table.items():
+            results[name] = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length)
+            print(f"batch {batch_size} | {name} | " + json.dumps(results[name]), flush=True)
+        report["runs"][str(batch_size)] = with_ratios(results)
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report) + "\n")
+        plot(report, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

@@ -396,6 +396,18 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
             assert engine.forward(x, None, state.plan(x, live)).full_from.tolist() == [expected]
 
 
+@pytest.mark.parametrize("gamma, refreshing", [(0, False), (1.01, True)])
+def test_gamma_zero_never_refreshes_and_above_one_always(gamma, refreshing):
+    model, tokenizer = dllm_accel.load_model("tiny-llada"), dllm_accel.load_tokenizer("tiny-llada")
+    batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in arith.problems(2, seed=0, split="test")])
+    out = Sampler(model, unmask=Threshold(0.9), cache=ElasticCache(gamma=gamma, window=8), trace=True).generate(
+        batch["input_ids"], batch["attention_mask"], max_new_tokens=24)
+    starts = [layer for record in out.trace[1:] if record.forwarded for layer in record.refresh_from.tolist()
+              if layer >= 0]
+    assert len(starts) > 2
+    assert all((layer < model.n_layers) == refreshing for layer in starts)
+
+
 # -- drop-in ----------------------------------------------------------------------------------------------
 def test_patch_routes_dream_diffusion_generate_and_unpatch_restores():
     model = decoder("Dream", seed=28)
@@ -431,8 +443,7 @@ def test_patch_gives_llada_generate_its_defaults():
 # -- bad input ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("build, message", [
     (lambda: ElasticCache(window=0), r"window must be an integer >= 1, got 0"),
-    (lambda: ElasticCache(gamma=0), r"gamma must be a number > 0"),
-    (lambda: ElasticCache(gamma=-0.5), r"gamma must be a number > 0"),
+    (lambda: ElasticCache(gamma=-0.5), r"gamma must be a number >= 0"),
     (lambda: ElasticCache(track=0), r"track must be an integer >= 1, got 0"),
     (lambda: ElasticCache(drift="rows"), r"drift must be one of \('keys', 'heads'\), got 'rows'"),
     (lambda: ElasticCache(refresh_from=1), r"refresh_from must be one of \('next', 'drifting'\), got 1"),

@@ -47,7 +47,10 @@ def test_bundled_models_record_how_they_were_trained():
     for name in dllm_accel.assets.BUNDLED:
         metrics = json.loads((dllm_accel.assets.path(name) / "metrics.json").read_text())
         assert {"command", "seed", "steps", "minutes", "final_loss", "gen_length", "block_length"} <= set(metrics)
-        assert metrics["minutes"] <= 60
+        # the short-setting training (<= 60 min) and, for the diffusion models, the long-setting
+        # fine-tune on top of it (<= 60 min)
+        assert metrics["minutes"] <= (120 if "long" in metrics else 60)
+        assert "long" not in metrics or {"held_out", "held_out_long"} <= set(metrics)
     with pytest.raises(ValueError, match=r"no bundled model named 'tiny-gpt'; bundled: \('tiny-llada'"):
         dllm_accel.assets.path("tiny-gpt")
 
@@ -72,6 +75,23 @@ def test_diffusion_models_solve_held_out_problems_with_their_baseline(name, unma
                                                  block_length=block_length)
     texts = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert _solved(texts) >= 0.6
+    assert sum(map(arith.is_exact, texts, HELD_OUT)) / len(HELD_OUT) >= 0.6, "variable names included"
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_diffusion_models_answer_in_the_long_setting(name, tokenizer):
+    """Solved examples before the question and 256 tokens: the answer, end-of-turn, then EOS to the end."""
+    model, problems = dllm_accel.load_model(name), HELD_OUT[:8]
+    long = bench.setting(name, "long")
+    batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, long.shots) for p in problems])
+    assert batch["input_ids"].shape[1] >= 150
+    unmask, block_length = dllm_accel.official_method(model, long.gen_length, long.block_length)
+    out = Sampler(model, unmask=unmask).generate(batch["input_ids"], batch["attention_mask"],
+                                                 max_new_tokens=long.gen_length, block_length=block_length)
+    generated = out.sequences[:, batch["input_ids"].shape[1]:]
+    texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    assert sum(map(arith.is_exact, texts, problems)) >= 5
+    assert (generated[:, -64:] == model.spec.eos_id).float().mean() >= 0.9, "EOS fills the end of the canvas"
 
 
 def test_ar_model_solves_held_out_problems_greedily(tokenizer):
@@ -86,10 +106,38 @@ def test_ar_model_solves_held_out_problems_greedily(tokenizer):
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     model = dllm_accel.load_model(name)
-    for label, (cache, unmask, block_length) in bench.methods(model, 48, 24, [0.9]).items():
-        result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, cache, unmask, 48, block_length)
+    table = bench.methods(model, 48, 24, gammas=[0.9])
+    assert {bench.OFFICIAL, bench.FAST_DLLM, bench.DUAL, bench.elastic_name(0.9, "keys")} <= set(table)
+    for label, method in table.items():
+        result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, method, shots=0, gen_length=48)
         assert result["accuracy"] >= 0.6, label
-        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_s"] > 0
+        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_s"] > 0 and result["nfe"] >= 1
+        low, high = result["accuracy_ci95"]
+        assert low <= result["accuracy"] <= high
+
+
+def test_bench_writes_its_report(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-llada", "--setting", "short", "--problems", "3",
+                                      "--batch-sizes", "1", "2", "--gammas", "0.9", "--drifts", "heads",
+                                      "--threads", "1", "--out", str(out)])
+    bench.main()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert set(report["runs"]) == {"1", "2"} and report["gen_length"] == 48
+    assert {"machine", "torch", "transformers", "command", "threads"} <= set(report)
+    for results in report["runs"].values():
+        assert results[bench.OFFICIAL]["speedup"] == 1.0 and results[bench.DUAL]["vs_dualcache"] == 1.0
+        assert all(r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values())
+    table = out.with_suffix(".md").read_text()
+    assert table.count("| " + bench.elastic_name(0.9, "heads")) == 2
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_wilson_interval():
+    assert bench.wilson(0, 0) == [0.0, 1.0]
+    low, high = bench.wilson(195, 200)
+    assert 0.94 < low < 0.975 < high < 0.995  # the interval of 97.5% over 200 problems
+    assert bench.wilson(200, 200)[1] == 1.0 and bench.wilson(0, 200)[0] == 0.0
 
 
 def test_semi_ar_training_states():
@@ -110,3 +158,51 @@ def test_semi_ar_training_states():
         assert not noised[row, :block].any() and noised[row, block + 2:].all()
         assert torch.equal(scored[row], masked[row] & region[row])
         assert torch.equal(noised[row, block:block + 2], masked[row, block:block + 2])
+
+
+def test_copy_drills_mask_one_variable_name_per_chosen_row():
+    tokenizer = train_tiny.build_tokenizer()
+    data = train_tiny.Data(tokenizer, shots=0, gen_length=48, pool=64, seed=0)
+    ids, _, answer = data.batch(64)
+    names = data.names(ids, answer)
+    letters = {tokenizer.convert_tokens_to_ids(c) for c in "abcdefghijklmnopqrstuvwxyz"}
+    assert all(int(t) in letters for t in ids[names]) and bool(names.any(1).all())
+    solved = tokenizer.batch_decode(ids.masked_fill(~answer, tokenizer.pad_token_id), skip_special_tokens=True)
+    assert names.sum(1).tolist() == [text.split("####")[0].count("=") // 2 for text in solved]  # one per step
+    names[0] = False  # a row without a name is never drilled
+    drills = train_tiny.copy_drills(names, 0.5, torch.Generator().manual_seed(0))
+    assert not (drills & ~names).any() and not drills[0].any()
+    per_row = drills.sum(1)
+    assert set(per_row.tolist()) == {0, 1} and 10 < int(per_row.sum()) < 54
+
+
+def test_drift_sweep_reports_every_gamma(tmp_path, monkeypatch):
+    import drift_sweep
+
+    out = tmp_path / "drift"
+    monkeypatch.setattr(sys, "argv", ["drift_sweep.py", "--setting", "short", "--problems", "2", "--batch-size", "2",
+                                      "--gammas", "0", "1.01", "--threads", "1", "--out", str(out)])
+    drift_sweep.main()
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["gamma"] for r in rows] == ["NoCache", 0.0, 1.01]
+    assert rows[1]["refresh_rate"] == 0.0 and rows[2]["refresh_rate"] == 1.0  # never / every step
+    assert "| 0.9 | 16 | 1.01 |" in out.with_suffix(".md").read_text()
+
+
+def test_engine_overhead_times_every_plan(tmp_path, monkeypatch, capsys):
+    import engine_overhead
+
+    out = tmp_path / "overhead"
+    monkeypatch.setattr(sys, "argv", ["engine_overhead.py", "--d-model", "64", "--layers", "2", "--heads", "4",
+                                      "--mlp", "96", "--prompt", "16", "--gen", "16", "--query", "6", "--tracked", "2",
+                                      "--repeats", "1", "--threads", "1", "--out", str(out)])
+    engine_overhead.main()
+    table = out.with_suffix(".md").read_text()
+    for step in ("full forward", "query rows", "query rows + drift monitor", "query rows, refresh from L/2"):
+        assert f"| {step} |" in table
+    assert "| full forward | " in capsys.readouterr().out
+    # the FLOP model: a query-rows step over every layer costs its rows' share of the projections plus
+    # their attention against every key
+    full = engine_overhead.step_flops(32, 0, 32, 2, 64, 64, 96)
+    assert engine_overhead.step_flops(32, 2, 32, 2, 64, 64, 96) == full
+    assert engine_overhead.step_flops(8, 2, 32, 2, 64, 64, 96) == pytest.approx(full / 4)

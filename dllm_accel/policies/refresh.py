@@ -165,7 +165,8 @@ class ElasticCache(RefreshPolicy):
     """Attention-drift refresh with a depth schedule and a sliding window of masks.
 
     gamma: similarity bar; when a layer's tracked-token attention similarity (before vs after this
-        step's writes) is below it, a refresh starts there (see refresh_from; gamma > 1: every step).
+        step's writes) is below it, a refresh starts there (see refresh_from; gamma > 1: every step;
+        gamma 0: never after the first forward, the committed tokens' own rows still recomputed).
     window: the first `window` still-masked positions of a row form its active window (at least as many
         as the unmask policy must commit this step); decoding happens only inside it.
     track: most-attended decoded tokens tracked per layer (the next step's tracked set is the union
@@ -191,8 +192,9 @@ class ElasticCache(RefreshPolicy):
     keeps_inputs = True
 
     def __post_init__(self):
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or self.gamma <= 0:
-            raise ValueError(f"gamma must be a number > 0 (above 1 refreshes every step), got {self.gamma!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or self.gamma < 0:
+            raise ValueError(f"gamma must be a number >= 0 (0 never refreshes, above 1 refreshes every step), "
+                             f"got {self.gamma!r}")
         for name in ("window", "track"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -236,6 +238,8 @@ class _Elastic(RefreshState):
         if self.distant is not None:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
+        if self.policy.gamma == 0:  # never refreshes: nothing to track (a cosine below 0 would refresh)
+            return ForwardPlan(query, full_from)
         return ForwardPlan(query, full_from, self.tracked, self,
                            recompute_drifting=self.policy.refresh_from == "drifting")
 

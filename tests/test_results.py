@@ -1,0 +1,71 @@
+"""The README's Results section is generated from the committed result files, with missed bars marked."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import bench  # noqa: E402
+import results  # noqa: E402
+
+ELASTIC = bench.elastic_name(0.9, "heads")
+
+
+def row(accuracy, tokens_per_s, recompute=1.0):
+    return dict(accuracy=accuracy, accuracy_ci95=bench.wilson(round(accuracy * 200), 200), exact_match=accuracy,
+                tokens_per_s=tokens_per_s, nfe=10.0, tokens_per_forward=1.0, recompute_fraction=recompute,
+                peak_memory_mib=1.0, seconds=1.0)
+
+
+def report(elastic_accuracy, elastic_speed, elastic_recompute):
+    runs = {"1": bench.with_ratios({
+        bench.OFFICIAL: row(0.97, 100.0),
+        bench.FAST_DLLM: row(0.97, 700.0, 0.5),
+        bench.DUAL: row(0.97, 900.0, 0.4),
+        ELASTIC: row(elastic_accuracy, elastic_speed, elastic_recompute),
+    })}
+    return dict(model="tiny-llada", setting="long", problems=200, shots=2, gen_length=256, block_length=32,
+                command="python experiments/bench.py", machine="test CPU", threads=2, python="3.11", torch="x",
+                transformers="y", dllm_accel="z", runs=runs)
+
+
+def test_misses_mark_exactly_the_figures_below_their_bars():
+    assert results.misses(report(0.965, 1500.0, 0.2)) == {}  # 1 point below official is within the bar
+    missed = results.misses(report(0.95, 950.0, 0.3))
+    assert missed == {("1", ELASTIC, "accuracy"): "≥ official − 1 pt", ("1", ELASTIC, "recompute_fraction"): "≤ 0.25",
+                      ("1", ELASTIC, "speedup"): "≥ 10×", ("1", ELASTIC, "vs_fast_dllm"): "≥ 1.5×"}
+    table = bench.markdown(report(0.95, 950.0, 0.3), missed)
+    assert table.count("**✗ bar") == 4
+    assert "**✗ bar ≥ 1.0×**" not in table  # 950 tokens/s beats DualCache's 900
+
+
+def test_readme_section_is_regenerated_and_checked(tmp_path, monkeypatch):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "bench-tiny-llada-long.json").write_text(json.dumps(report(0.95, 950.0, 0.3)))
+    (folder / "drift-tiny-llada-long.md").write_text("| γ | accuracy |\n| --- | --- |\n| 0.9 | 97% |\n")
+    (folder / "drift-tiny-llada-long.json").write_text(json.dumps({"command": "python experiments/drift_sweep.py"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n## Results\n\n{results.BEGIN}\nSTALE\n{results.END}\n\n## Next\n")
+    argv = ["results.py", "--readme", str(readme), "--results", str(folder)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
+    with pytest.raises(SystemExit, match="stale"):
+        results.main()
+    monkeypatch.setattr(sys, "argv", argv)
+    results.main()
+    text = readme.read_text()
+    assert text.startswith("# title\n\n## Results\n\n") and text.endswith("\n\n## Next\n") and "STALE" not in text
+    assert "python experiments/bench.py" in text
+    assert "![accuracy against tokens/s](results/bench-tiny-llada-long.png)" in text
+    assert "| 0.9 | 97% |" in text and "4 figure(s) miss a bar" in text
+    monkeypatch.setattr(sys, "argv", [*argv, "--check"])
+    results.main()  # fresh: no exit
+
+
+def test_the_committed_readme_matches_the_committed_results():
+    readme = results.ROOT / "README.md"
+    text = readme.read_text()
+    assert results.updated(text, results.section(results.ROOT / "results", results.ROOT)) == text, (
+        "README.md's Results section is stale: run python experiments/results.py")
