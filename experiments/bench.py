@@ -289,12 +289,16 @@ def main() -> None:
             results[name] = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length)
             print(f"batch {batch_size} | {name} | " + json.dumps(results[name]), flush=True)
         report["runs"][str(batch_size)] = with_ratios(results)
+        if args.out:  # after each batch size, so a long run killed later keeps what it measured
+            write(report, args.out)
     print(markdown(report))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report) + "\n")
-        plot(report, args.out.with_suffix(".png"))
+
+
+def write(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(report) + "\n")
+    plot(report, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
