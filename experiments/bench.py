@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import platform
@@ -175,6 +176,7 @@ def _status_kib(status: Path, key: str) -> int:
     return int(line.split()[1])
 
 
+@functools.cache
 def _return_large_blocks() -> None:
     """glibc: serve blocks above 64 KiB by mmap and unmap them on free, so the resident set follows
     the live tensors (otherwise freed memory stays resident and hides a later method's peak)."""

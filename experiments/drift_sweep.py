@@ -40,7 +40,7 @@ def sweep(model, tokenizer, problems, shape, batch_size, thresholds, windows, ga
                                                             Threshold(tau), None, StopAtEOS())) for gamma in gammas]
             for gamma, method in caches:
                 result = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length,
-                                trace=method.cache.__class__ is ElasticCache)
+                                trace=isinstance(method.cache, ElasticCache))
                 rows.append(dict(tau=tau, window=window, gamma=gamma, **result))
                 print(json.dumps(rows[-1]), flush=True)
     return rows
