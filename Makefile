@@ -35,4 +35,4 @@ test-tf4: $(TF4_STAMP)
 test: install $(TF4_STAMP)
 	$(PYTHON) -m pytest -q tests
 	$(TF4_VENV)/bin/python -m pytest -q tests $(addprefix --ignore=,$(KERNEL_ONLY_TESTS))
-	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff check --no-cache .

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import bench  # noqa: E402
+
 import results  # noqa: E402
 
 ELASTIC = bench.elastic_name(0.9, "heads")
