@@ -75,6 +75,7 @@ class _Rows:
     valid: torch.Tensor  # [g, n]
     key_mask: torch.Tensor | None  # [g, T]
     rope: Rope | None = None  # [g, 1, n, D]: the query positions' tables
+    mass_weights: torch.Tensor | None = None  # [g, n]: the monitor's weights of the query rows
 
     @property
     def cache_rows(self) -> torch.Tensor | None:
@@ -82,7 +83,8 @@ class _Rows:
 
     def select(self, keep: torch.Tensor) -> _Rows:
         rope = None if self.rope is None else Rope(self.rope.cos[keep], self.rope.sin[keep])
-        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep), rope)
+        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep), rope,
+                     _take(self.mass_weights, keep))
 
 
 class _Split:
@@ -147,8 +149,9 @@ class Engine:
                 hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
             return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
         index, valid, n_tracked = query_index(_take(plan.query, rows), _take(plan.tracked, rows))
+        weights = None if plan.monitor is None else plan.monitor.mass_weights(row_ids, index, valid)
         queried = _Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows),
-                        gather_rope(self._rope(row_ids), index))
+                        gather_rope(self._rope(row_ids), index), weights)
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
         depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
         partial_layers = torch.zeros(r, dtype=torch.long, device=device)  # layers that computed a row's query rows
@@ -208,14 +211,15 @@ class Engine:
         q = ops.rope_write(q, k, v, group.rope, cache.keys[i], cache.values[i], group.ids, group.index,
                            inputs=inputs, hidden=None if inputs is None else h)
         keys, values = cache.read(i, group.cache_rows)
-        weights = None if monitor is None else monitor.mass_weights(group.ids, group.index, group.valid)
-        attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=weights)
-        if monitor is None:
-            return layer.finish(h, attn), None
+        if not testing:
+            attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=group.mass_weights)
+            if monitor is None:
+                return layer.finish(h, attn), None
         drifted = None
         if testing:
-            similarity = ops.attention_drift(q_before, q[:, :, :n_tracked], keys, group.key_mask, group.index,
-                                             keys_before, axis=monitor.drift_axis)
+            attn, mass, similarity = ops.monitored_attention(
+                q, keys, values, group.key_mask, mass_weights=group.mass_weights, q_before=q_before,
+                written=group.index, keys_before=keys_before, axis=monitor.drift_axis)
             drifted = monitor.drifted(i, similarity, group.valid[:, :n_tracked], group.ids)
             drifted = drifted if bool(drifted.any()) else None
         if drifted is None or observe_drifting:
@@ -235,8 +239,7 @@ class Engine:
             cache.write_all(i, group.cache_rows, k, v)
         if monitor is not None:
             q_rows = q.gather(2, group.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
-            weights = monitor.mass_weights(group.ids, group.index, group.valid)
-            monitor.observe(i, ops.partial_attention(q_rows, k, v, group.key_mask, mass_weights=weights)[1], group.ids)
+            monitor.observe(i, ops.attention_mass(q_rows, k, group.key_mask, group.mass_weights), group.ids)
         return layer.finish(hidden, attend(q, k, v, group.key_mask))
 
     def _rope(self, rows: torch.Tensor) -> Rope:

@@ -386,7 +386,7 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
         with torch.no_grad():
             first = engine.forward(x, None, state.plan(x, live))
             assert first.full_from.tolist() == [0], "the first step is a full forward"
-            tracked = state.next_tracked[0].nonzero().squeeze(1)
+            tracked = state._most_attended(slice(None))[0].nonzero().squeeze(1)  # what after_step will track
             assert len(tracked) and bool((tracked < prompt).all()), "tracked tokens are decoded (prompt) positions"
             if change:
                 x[0, tracked[0]] = tokenizer.convert_tokens_to_ids("7")

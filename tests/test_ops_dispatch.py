@@ -59,6 +59,35 @@ def test_the_twins_reproduce_the_model_attention_and_probabilities():
     assert torch.allclose(same, torch.ones(2, 2))
 
 
+@pytest.mark.parametrize("implementation", ["torch", "triton"])
+@pytest.mark.parametrize("axis", ["keys", "heads"])
+def test_the_combined_ops_equal_the_ops_they_combine(impl, interpret, implementation, axis):
+    """monitored_attention = partial_attention with mass + attention_drift of its first m rows, and
+    attention_mass = partial_attention's mass, on either path (the twin shares one probability tensor)."""
+    interpret("1")
+    impl(implementation)
+    generator = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(shape, generator=generator) for shape in ((2, 4, 6, 16), (2, 2, 11, 16), (2, 2, 11, 16)))
+    q_before, keys_before = torch.randn(2, 4, 2, 16, generator=generator), torch.randn(2, 2, 6, 16, generator=generator)
+    key_mask = torch.ones(2, 11, dtype=torch.bool)
+    key_mask[1, :3] = False
+    written = torch.tensor([[7, 1, 8, 9, 10, 10], [4, 5, 6, 7, 8, 8]])  # padding repeats carry equal keys
+    keys_before[:, :, 5] = keys_before[:, :, 4]
+    weights = torch.rand(2, 6, generator=generator)
+    out, mass, similarity = ops.monitored_attention(q, k, v, key_mask, mass_weights=weights, q_before=q_before,
+                                                    written=written, keys_before=keys_before, axis=axis)
+    expected_out, expected_mass = ops.partial_attention(q, k, v, key_mask, mass_weights=weights)
+    expected = ops.attention_drift(q_before, q[:, :, :2], k, key_mask, written, keys_before, axis=axis)
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(mass, expected_mass)
+    torch.testing.assert_close(similarity, expected)
+    assert similarity.lt(0.999).all(), "the rows moved: a test that compares ones to ones could not fail"
+    torch.testing.assert_close(ops.attention_mass(q, k, key_mask, weights), expected_mass)
+    with pytest.raises(ValueError, match=r"q_before must be \[r, Hq, m, D\] with 0 < m <= 6"):
+        ops.monitored_attention(q, k, v, key_mask, mass_weights=weights, q_before=q[:, :, :0], written=written,
+                                keys_before=keys_before, axis=axis)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda q, k: ops.partial_attention(q, k[:, :, :, :8], k[:, :, :, :8]), r"k \(2, 2, 9, 8\) must be"),
     (lambda q, k: ops.partial_attention(q[:, :3], k, k), r"query heads \(3\) must be a multiple of key/value heads"),

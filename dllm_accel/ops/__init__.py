@@ -2,6 +2,9 @@
 
     out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)    # query rows against cached K/V
     similarity = attention_drift(q_before, q_now, k, key_mask, written, keys_before, axis="heads")
+    out, mass, similarity = monitored_attention(q, k, v, key_mask, mass_weights=w, q_before=..., written=...,
+                                                keys_before=..., axis="heads")   # both: ElasticCache's layer
+    mass = attention_mass(q, k, key_mask, w)                              # the mass alone
     q = rope_write(q, k, v, rope, keys, values, rows, index, inputs=..., hidden=...)
     token, probability, margin, entropy = score_tokens(logits, exclude=mask_id)
 
@@ -85,19 +88,38 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
 def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
     """The tracked rows' attention before this step's cache writes against now -> similarity [r, m] fp32
     (see reference.attention_drift), without materialising either probability tensor on the kernel path."""
-    if axis not in DRIFT_AXES:
-        raise ValueError(f"axis must be one of {DRIFT_AXES}, got {axis!r}")
-    _check_attention(q_now, k, k, key_mask)
-    _check_same("q_before", q_before, "q_now", q_now)
-    kernel = _uses_kernel("attention_drift", q_now)
-    _check_index("written", written, q_now.shape[0], k.shape[2], q_now.device, bounds=kernel)
-    _check_shape("keys_before", keys_before, (k.shape[0], k.shape[1], written.shape[1], k.shape[3]), k.device)
-    if keys_before.dtype != k.dtype:
-        raise ValueError(f"keys_before must have the cache's dtype {k.dtype}, got {keys_before.dtype}")
+    kernel = _check_drift(q_before, q_now, k, key_mask, written, keys_before, axis, op="attention_drift")
     if kernel:
         return _kernel("attention_drift").attention_drift(q_before, q_now, k, key_mask, written, keys_before,
                                                           axis=axis)
     return reference.attention_drift(q_before, q_now, k, key_mask, written, keys_before, axis=axis)
+
+
+def attention_mass(q, k, key_mask, mass_weights):
+    """partial_attention's mass [r, T] alone: the attention the weighted query rows pay each key."""
+    _check_attention(q, k, k, key_mask)
+    _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
+    if _uses_kernel("partial_attention", q):
+        return _kernel("partial_attention").partial_attention(q, k, k, key_mask, mass_weights=mass_weights)[1]
+    return reference.attention_mass(q, k, key_mask, mass_weights)
+
+
+def monitored_attention(q, k, v, key_mask, *, mass_weights, q_before, written, keys_before, axis: str):
+    """partial_attention with mass_weights, and attention_drift of its first m = q_before.shape[2] query
+    rows, in one call -> (out, mass, similarity [r, m]). The twin computes the probabilities once for
+    both; the kernel path runs the two kernels."""
+    _check_attention(q, k, v, key_mask)
+    _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
+    m = q_before.shape[2] if q_before.dim() == 4 else 0
+    if not 0 < m <= q.shape[2]:
+        raise ValueError(f"q_before must be [r, Hq, m, D] with 0 < m <= {q.shape[2]} tracked rows, "
+                         f"got {tuple(q_before.shape)}")
+    if _check_drift(q_before, q[:, :, :m], k, key_mask, written, keys_before, axis, op="monitored_attention"):
+        out, mass = _kernel("partial_attention").partial_attention(q, k, v, key_mask, mass_weights=mass_weights)
+        return out, mass, _kernel("attention_drift").attention_drift(q_before, q[:, :, :m], k, key_mask, written,
+                                                                     keys_before, axis=axis)
+    return reference.monitored_attention(q, k, v, key_mask, mass_weights=mass_weights, q_before=q_before,
+                                         written=written, keys_before=keys_before, axis=axis)
 
 
 def rope_write(q, k, v, rope, keys, values, rows, index, *, inputs=None, hidden=None):
@@ -169,6 +191,20 @@ def _check_attention(q, k, v, key_mask) -> None:
         _check_shape("key_mask", key_mask, (r, k.shape[2]), q.device)
         if key_mask.dtype != torch.bool:
             raise ValueError(f"key_mask must be bool (True = attend), got {key_mask.dtype}")
+
+
+def _check_drift(q_before, q_now, k, key_mask, written, keys_before, axis, *, op: str) -> bool:
+    """attention_drift's arguments; -> whether the kernel runs."""
+    if axis not in DRIFT_AXES:
+        raise ValueError(f"axis must be one of {DRIFT_AXES}, got {axis!r}")
+    _check_attention(q_now, k, k, key_mask)
+    _check_same("q_before", q_before, "q_now", q_now)
+    kernel = _uses_kernel(op, q_now)
+    _check_index("written", written, q_now.shape[0], k.shape[2], q_now.device, bounds=kernel)
+    _check_shape("keys_before", keys_before, (k.shape[0], k.shape[1], written.shape[1], k.shape[3]), k.device)
+    if keys_before.dtype != k.dtype:
+        raise ValueError(f"keys_before must have the cache's dtype {k.dtype}, got {keys_before.dtype}")
+    return kernel
 
 
 def _check_heads(n_heads: int, n_kv_heads: int) -> None:

@@ -217,7 +217,9 @@ class _Elastic(RefreshState):
         device = canvas.key_valid.device
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=device)
         self.tracked = torch.zeros(canvas.rows, canvas.length, dtype=torch.bool, device=device)
-        self.next_tracked = torch.zeros_like(self.tracked)
+        # per layer and row, the attention mass the window's masks paid each key this step (-1: not observed);
+        # the next tracked set is chosen from it once per step, not once per layer
+        self.mass = torch.empty(canvas.n_layers, canvas.rows, canvas.length, device=device)
         self.changed = torch.zeros_like(self.tracked)  # committed since the row was last computed
         self.generated = torch.arange(canvas.length, device=device) >= canvas.prompt_length
 
@@ -238,6 +240,7 @@ class _Elastic(RefreshState):
         if self.distant is not None:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
+        self.mass.fill_(-1.0)
         if self.policy.gamma == 0:  # never refreshes: nothing to track (a cosine below 0 would refresh)
             return ForwardPlan(query, full_from)
         return ForwardPlan(query, full_from, self.tracked, self,
@@ -246,9 +249,9 @@ class _Elastic(RefreshState):
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
         self.fresh[rows] |= result.full_from == 0
-        self.tracked[rows] = self.next_tracked[rows]
-        self.next_tracked[rows] = False
         self.changed[rows] = False
+        if self.policy.gamma > 0:
+            self.tracked[rows] = self._most_attended(rows)
         self.changed |= committed
 
     # -- the engine's monitor --------------------------------------------------------------------
@@ -266,10 +269,13 @@ class _Elastic(RefreshState):
         return (self.window[rows].gather(1, index) & valid).float()
 
     def observe(self, layer, mass, rows):
-        """The top `track` decoded tokens by attention mass per row join the next step's tracked set."""
-        decoded = self.decoded[rows]
-        mass = mass.masked_fill(~decoded, -1.0)
-        top = mass.topk(min(self.policy.track, mass.shape[1]), dim=1)
-        chosen = torch.zeros_like(decoded)
-        chosen.scatter_(1, top.indices, top.values >= 0)
-        self.next_tracked[rows] |= chosen
+        self.mass[layer, rows] = mass
+
+    def _most_attended(self, rows) -> torch.Tensor:
+        """The next tracked set of `rows`: per layer the top `track` decoded tokens by the mass observed
+        there, united over layers."""
+        mass = self.mass[:, rows].masked_fill(~self.decoded[rows], -1.0)
+        top = mass.topk(min(self.policy.track, mass.shape[-1]), dim=-1)
+        chosen = torch.zeros_like(mass, dtype=torch.bool)
+        chosen.scatter_(-1, top.indices, top.values >= 0)
+        return chosen.any(0)
