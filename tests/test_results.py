@@ -70,3 +70,15 @@ def test_the_committed_readme_matches_the_committed_results():
     text = readme.read_text()
     assert results.updated(text, results.section(results.ROOT / "results", results.ROOT)) == text, (
         "README.md's Results section is stale: run python experiments/results.py")
+
+
+def test_the_testbed_table_marks_its_misses(monkeypatch, tmp_path):
+    held_out = dict(problems=500, accuracy=0.975, exact_match=0.91)
+    metrics = dict(minutes=80.0, held_out=held_out, held_out_long=dict(problems=200, shots=2, accuracy=0.94,
+                                                                        exact_match=0.95))
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setattr(results.dllm_accel.assets, "BUNDLED", ("tiny-llada",))
+    monkeypatch.setattr(results.dllm_accel.assets, "path", lambda name: tmp_path)
+    row = next(line for line in results.testbed_section() if line.startswith("| tiny-llada"))
+    # short 97.5% misses "within 2 points of 99.8%", long 94% misses 95%; both exact matches pass 90%
+    assert row == "| tiny-llada | 80.0 | 500 | 97.5% **✗** | 91.0% | 200 | 2 | 94.0% **✗** | 95.0% |"
