@@ -68,9 +68,11 @@ def monitored_attention(q, k, v, key_mask, *, mass_weights, q_before, written, k
 
 
 def _mass(probs: torch.Tensor, mass_weights: torch.Tensor) -> torch.Tensor:
-    """probs [r, Hq, n, T], weights [r, n] -> [r, T] (a plain product and sums: einsum dispatches ~3x the
-    ops, and at the testbed's sizes every op's overhead shows)."""
-    return (probs.sum(1) * mass_weights.float()[:, :, None]).sum(1)
+    """probs [r, Hq, n, T], weights [r, n] -> [r, T]: one batched product over heads and queries
+    (measured faster than einsum or summing the heads first)."""
+    r, n_heads, n, length = probs.shape
+    weights = mass_weights.float()[:, None, None, :].expand(r, 1, n_heads, n).reshape(r, 1, n_heads * n)
+    return torch.bmm(weights, probs.reshape(r, n_heads * n, length)).squeeze(1)
 
 
 def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
