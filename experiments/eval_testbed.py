@@ -1,6 +1,7 @@
 """Held-out accuracy and exact match of the bundled testbed models, and how much a stale K/V cache costs tiny-llada.
 
-    python experiments/eval_testbed.py [--problems 500] [--problems-long 200] [--long-from results] [--write]
+    python experiments/eval_testbed.py [--problems 500] [--problems-long 200] [--long-from results] [--write] \
+        [--models tiny-llada tiny-dream tiny-ar]
 
 Greedy decoding on the test split of dllm_accel.tasks.arith with each family's official baseline:
 tiny-llada with LowConfidence (one token per step, semi-autoregressive blocks), tiny-dream with
@@ -63,11 +64,13 @@ def main() -> None:
     parser.add_argument("--block-length", type=int, help="tiny-llada's semi-autoregressive block (default: the "
                         "one in its metrics.json); tiny-dream and tiny-ar decode without blocks")
     parser.add_argument("--write", action="store_true", help="record the figures in each metrics.json")
+    parser.add_argument("--models", nargs="+", choices=dllm_accel.assets.BUNDLED, default=dllm_accel.assets.BUNDLED,
+                        help="the bundled models to evaluate (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     problems = arith.problems(max(args.problems, args.problems_long), seed=0, split="test")
     results = {}
-    for name in dllm_accel.assets.BUNDLED:
+    for name in args.models:
         directory = dllm_accel.assets.path(name)
         metrics = json.loads((directory / "metrics.json").read_text())
         tokenizer = dllm_accel.load_tokenizer(name)
