@@ -211,10 +211,8 @@ class Engine:
         q = ops.rope_write(q, k, v, group.rope, cache.keys[i], cache.values[i], group.ids, group.index,
                            inputs=inputs, hidden=None if inputs is None else h)
         keys, values = cache.read(i, group.cache_rows)
-        if not testing:
-            attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=group.mass_weights)
-            if monitor is None:
-                return layer.finish(h, attn), None
+        if monitor is None:
+            return layer.finish(h, ops.partial_attention(q, keys, values, group.key_mask)[0]), None
         drifted = None
         if testing:
             attn, mass, similarity = ops.monitored_attention(
@@ -222,6 +220,8 @@ class Engine:
                 written=group.index, keys_before=keys_before, axis=monitor.drift_axis)
             drifted = monitor.drifted(i, similarity, group.valid[:, :n_tracked], group.ids)
             drifted = drifted if bool(drifted.any()) else None
+        else:
+            attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=group.mass_weights)
         if drifted is None or observe_drifting:
             monitor.observe(i, mass, group.ids)
         elif not bool(drifted.all()):  # the drifting rows are observed when their layer is recomputed
