@@ -240,9 +240,9 @@ class _Elastic(RefreshState):
         if self.distant is not None:
             query |= self.distant
         full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
-        self.mass.fill_(-1.0)
         if self.policy.gamma == 0:  # never refreshes: nothing to track (a cosine below 0 would refresh)
             return ForwardPlan(query, full_from)
+        self.mass.fill_(-1.0)
         return ForwardPlan(query, full_from, self.tracked, self,
                            recompute_drifting=self.policy.refresh_from == "drifting")
 
