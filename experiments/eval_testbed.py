@@ -67,9 +67,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=dllm_accel.assets.BUNDLED, default=dllm_accel.assets.BUNDLED,
                         help="the bundled models to evaluate (default: all)")
     args = parser.parse_args()
-    for name in ("problems", "problems_long"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.problems < 1 or args.problems_long < 1:
+        parser.error(f"--problems and --problems-long must be >= 1, got {args.problems} and {args.problems_long}")
     torch.set_num_threads(args.threads)
     problems = arith.problems(max(args.problems, args.problems_long), seed=0, split="test")
     results = {}
