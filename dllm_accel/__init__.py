@@ -13,6 +13,7 @@ from .models import (
     save_model,
 )
 from .policies import (
+    ARGuide,
     DreamAlgorithm,
     DualCache,
     ElasticCache,
@@ -31,8 +32,8 @@ from .sampler import GenerationOutput, Sampler, StepRecord
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FrozenCache",
-    "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
+    "ARGuide", "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
+    "FrozenCache", "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache", "Sampler", "StepRecord",
     "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts", "from_hf",
     "llada_generate", "load_model", "load_tokenizer", "official_method", "patch", "save_model", "unpatch",
 ]

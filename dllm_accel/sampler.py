@@ -26,6 +26,7 @@ import torch
 
 from .engine import Engine
 from .models.base import DiffusionLM
+from .policies.guide import ARGuide
 from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
@@ -51,6 +52,8 @@ class GenerationOutput:
     row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
     recompute_fraction: float = 1.0  # token x layer units computed / those of NoCache over the same steps
     trace: list[StepRecord] | None = None
+    ar_forwards: int = 0  # forward passes of the ARGuide's model
+    ar_tokens: int = 0  # positions it read, summed over rows
 
     @property
     def tokens_per_forward(self) -> float:
@@ -61,8 +64,8 @@ class Sampler:
     """Decodes with an unmask policy; `stop` decides what a row does after its first stop token.
 
     `cache` is a refresh policy (NoCache — the default —, PrefixCache, DualCache, ElasticCache).
-    `trace=True` keeps a StepRecord per step on the output. `guide` is the slot of AR guidance; only
-    None exists so far."""
+    `trace=True` keeps a StepRecord per step on the output. `guide=ARGuide(...)` has an autoregressive
+    model verify the drafts, so that a step commits every accepted one."""
 
     def __init__(self, model: DiffusionLM, *, unmask: UnmaskPolicy, cache=None, guide=None, stop=None,
                  trace: bool = False):
@@ -77,11 +80,14 @@ class Sampler:
             raise TypeError(f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache), "
                             f"got {cache!r}")
         if guide is not None:
-            raise ValueError(f"guide must be None (no AR guide exists yet); got {guide!r}")
+            if not isinstance(guide, ARGuide):
+                raise TypeError(f"guide must be None or an ARGuide, got {guide!r}")
+            guide.check(model.spec, model.device)
         stop = FullLength() if stop is None else stop
         if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
         self.model, self.unmask, self.cache, self.stop, self.trace = model, unmask, cache, stop, trace
+        self.guide = guide
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -105,6 +111,7 @@ class Sampler:
             [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
         passes = 2 if self.unmask.cfg_scale > 0 else 1
         run = _Run(self, x, canvas_mask, prompt_len, passes)
+        verification = run.verification
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
         trace = [] if self.trace else None
@@ -139,6 +146,8 @@ class Sampler:
         return GenerationOutput(
             sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
             row_forwards=row_forwards, recompute_fraction=run.units / max(1, run.full_units), trace=trace,
+            ar_forwards=0 if verification is None else verification.forwards,
+            ar_tokens=0 if verification is None else verification.tokens,
         )
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:
@@ -173,6 +182,9 @@ class _Run:
         self.engine = Engine(model, model_mask, rows, length, cache=sampler.cache.keeps_cache,
                              inputs=sampler.cache.keeps_inputs)
         self.units = self.full_units = 0
+        self.verification = None if sampler.guide is None else sampler.guide.begin(
+            x, None if canvas_mask is None else canvas_mask[:, :prompt_len], spec,
+            getattr(sampler.unmask, "temperature", 0.0))
 
     def step(self, ctx: StepContext, masks: torch.Tensor):
         """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates' rows
@@ -188,6 +200,9 @@ class _Run:
         rows, positions = candidates.nonzero(as_tuple=True)
         logits, result, model_rows = self._candidate_logits(live, rows, positions)
         commit, tokens = sampler.unmask.select(ctx, logits, quota)
+        if self.verification is not None:
+            commit, tokens = self.verification.verify(x, candidates, rows, positions, tokens, logits, commit,
+                                                      ctx.generator)
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
         changed = torch.zeros_like(candidates)  # tokens committed, then those the stop policy rewrote
         changed[rows[commit], positions[commit]] = True
@@ -195,6 +210,8 @@ class _Run:
         if rewritten is not None:
             changed[:, self.prompt_len:] |= rewritten
         self.state.after_step(model_rows, result, changed.repeat(self.passes, 1))
+        if self.verification is not None:
+            self.verification.after_step(x)
         self.last_forward = model_rows, result.full_from
         return live, rows, commit
 

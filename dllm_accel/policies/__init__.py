@@ -1,5 +1,6 @@
 """Small policy objects, one job each, composed by the Sampler."""
 
+from .guide import ACCEPTANCE, ARGuide
 from .refresh import DualCache, ElasticCache, FrozenCache, NoCache, PrefixCache, RefreshPolicy
 from .stop import FullLength, StopAtEOS, StopPolicy
 from .unmask import (
@@ -13,7 +14,7 @@ from .unmask import (
 )
 
 __all__ = [
-    "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor", "FrozenCache", "FullLength",
-    "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext", "StopAtEOS", "StopPolicy",
+    "ACCEPTANCE", "ARGuide", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
+    "FrozenCache", "FullLength", "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext", "StopAtEOS", "StopPolicy",
     "Threshold", "UnmaskPolicy",
 ]

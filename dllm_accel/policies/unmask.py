@@ -290,7 +290,7 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 class DreamAlgorithm(UnmaskPolicy):
     """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
     `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the mean number of masks per row (int(m) at the last step), ranked by `maskgit_plus`
+    per row, m the mean number of masks per row (at the last step each row's all), ranked by `maskgit_plus`
     (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy` (negative entropy),
     and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp) instead. Tokens: argmax
     at temperature 0, else a sample after `top_p` / `top_k` filtering. Without blocks `steps` covers
@@ -334,8 +334,9 @@ class DreamAlgorithm(UnmaskPolicy):
         n_masked = ctx.candidates.sum(1)
         decoding = n_masked > 0
         mean = n_masked.sum() / decoding.sum().clamp(min=1)
-        count = mean if last else mean * (1 - s / t)
-        return torch.where(decoding, count.long(), 0)
+        if last:  # every row's masks (Dream's int(m) when rows are alike; rows a guide or EOS set apart too)
+            return n_masked
+        return torch.where(decoding, (mean * (1 - s / t)).long(), 0)
 
     def select(self, ctx, logits, quota):
         probs, tokens = self._sample(logits, ctx.generator)
