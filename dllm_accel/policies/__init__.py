@@ -15,6 +15,6 @@ from .unmask import (
 
 __all__ = [
     "ACCEPTANCE", "ARGuide", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
-    "FrozenCache", "FullLength", "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext", "StopAtEOS", "StopPolicy",
-    "Threshold", "UnmaskPolicy",
+    "FrozenCache", "FullLength", "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext",
+    "StopAtEOS", "StopPolicy", "Threshold", "UnmaskPolicy",
 ]
