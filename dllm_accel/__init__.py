@@ -34,6 +34,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ARGuide", "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
     "FrozenCache", "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache",
-    "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts", "from_hf",
-    "llada_generate", "load_model", "load_tokenizer", "official_method", "patch", "save_model", "unpatch",
+    "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts",
+    "from_hf", "llada_generate", "load_model", "load_tokenizer", "official_method", "patch", "save_model", "unpatch",
 ]
