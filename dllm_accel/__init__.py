@@ -26,6 +26,7 @@ from .policies import (
     PrefixCache,
     StopAtEOS,
     Threshold,
+    load_ar_model,
 )
 from .sampler import GenerationOutput, Sampler, StepRecord
 
@@ -35,5 +36,6 @@ __all__ = [
     "ARGuide", "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
     "FrozenCache", "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache",
     "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts",
-    "from_hf", "llada_generate", "load_model", "load_tokenizer", "official_method", "patch", "save_model", "unpatch",
+    "from_hf", "llada_generate", "load_ar_model", "load_model", "load_tokenizer", "official_method", "patch",
+    "save_model", "unpatch",
 ]

@@ -30,7 +30,7 @@ import torch
 import transformers
 
 import dllm_accel
-from dllm_accel import DualCache, ElasticCache, FullLength, NoCache, PrefixCache, StopAtEOS, Threshold
+from dllm_accel import ARGuide, DualCache, ElasticCache, FullLength, NoCache, PrefixCache, StopAtEOS, Threshold
 from dllm_accel.tasks import arith
 
 ACCOUNTING = (
@@ -43,11 +43,14 @@ ACCOUNTING = (
     "batch: CUDA's peak allocation, on CPU the growth of the peak resident set (glibc is told to unmap large "
     "blocks on free, so it follows the live tensors). Speedups are tokens/s ratios against the official "
     "baseline (NoCache, one token per step over the full length), Fast-dLLM as released (DualCache + "
-    "Threshold(0.9), full length) and DualCache + Threshold(0.9) + StopAtEOS, at the same batch size."
+    "Threshold(0.9), full length) and DualCache + Threshold(0.9) + StopAtEOS, at the same batch size; a method "
+    "guided by an AR model (ARGuide) counts that model's time too, and is also compared with itself unguided "
+    "(tokens/s and NFE ratios). NFE counts the diffusion model's forwards, AR forwards the guide's."
 )
 OFFICIAL = "official: NoCache + one token per step"
 FAST_DLLM = "Fast-dLLM as released: DualCache + Threshold(0.9), full length"
 DUAL = "DualCache + Threshold(0.9) + StopAtEOS"
+GUIDED = "ARGuide + "  # in the name of a method guided by the AR model
 SETTINGS = ("short", "long")
 
 
@@ -57,6 +60,7 @@ class Method:
     unmask: object
     block_length: int | None
     stop: object
+    guide: object = None
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,14 @@ def setting(model_name: str, name: str) -> Setting:
     return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"])
 
 
-def elastic_name(gamma: float, drift: str) -> str:
-    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + StopAtEOS"
+def elastic_name(gamma: float, drift: str, guided: bool = False) -> str:
+    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {GUIDED if guided else ''}StopAtEOS"
 
 
-def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys")) -> dict:
-    """name -> Method: the official baseline, Fast-dLLM as released, and the caches with StopAtEOS."""
+def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),
+            ar_model=None) -> dict:
+    """name -> Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
+    `ar_model` ElasticCache(γ 0.9, heads) guided by it."""
     table = {
         OFFICIAL: Method(NoCache(), *dllm_accel.official_method(model, gen_length, block_length), FullLength()),
         FAST_DLLM: Method(DualCache(), Threshold(0.9), block_length, FullLength()),
@@ -94,6 +100,9 @@ def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), 
         for drift in drifts:
             table[elastic_name(gamma, drift)] = Method(ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None,
                                                        StopAtEOS())
+    if ar_model is not None:
+        table[elastic_name(0.9, "heads", guided=True)] = Method(ElasticCache(gamma=0.9), Threshold(0.9), None,
+                                                                StopAtEOS(), ARGuide(ar_model))
     return table
 
 
@@ -101,7 +110,8 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
            trace: bool = False) -> dict:
     """Decode `problems` in batches with `method`; the measured figures (see the module docstring).
     `trace` adds `refresh_rate`: the share of a row's forwards after its first that recomputed a layer."""
-    sampler = dllm_accel.Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop, trace=trace)
+    sampler = dllm_accel.Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop,
+                                 guide=method.guide, trace=trace)
     batches = [dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in problems[i:i + batch_size]])
                for i in range(0, len(problems), batch_size)]
 
@@ -111,7 +121,7 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
 
     with peak_memory(model.device) as memory:
         run(batches[0])  # warm-up, untimed
-    correct = exact = tokens = nfe = row_forwards = 0
+    correct = exact = tokens = nfe = row_forwards = ar_forwards = 0
     units = steps = seconds = 0.0
     refreshes = []
     for batch, start in zip(batches, range(0, len(problems), batch_size), strict=True):
@@ -125,6 +135,7 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
         correct += sum(map(arith.is_correct, texts, chunk))
         exact += sum(map(arith.is_exact, texts, chunk))
         tokens, nfe = tokens + int(out.generated_tokens.sum()), nfe + out.nfe
+        ar_forwards += out.ar_forwards
         row_forwards += int(out.row_forwards.sum())
         units, steps = units + out.recompute_fraction * out.steps, steps + out.steps
         if trace:
@@ -134,6 +145,7 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
     extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
     return dict(accuracy=correct / n, accuracy_ci95=wilson(correct, n), exact_match=exact / n,
                 tokens_per_s=tokens / seconds, seconds=seconds, nfe=nfe / len(batches),
+                ar_forwards=ar_forwards / len(batches),
                 tokens_per_forward=tokens / max(1, row_forwards), recompute_fraction=units / max(1, steps),
                 peak_memory_mib=memory["mib"], **extra)
 
@@ -188,11 +200,17 @@ def _return_large_blocks() -> None:
 
 # -- reports ---------------------------------------------------------------------------------------
 def with_ratios(results: dict) -> dict:
-    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache."""
+    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache, and a
+    guided method's tokens/s and NFE ratios against the same method without the guide."""
     for reference, key in ((OFFICIAL, "speedup"), (FAST_DLLM, "vs_fast_dllm"), (DUAL, "vs_dualcache")):
         if reference in results:
             for r in results.values():
                 r[key] = r["tokens_per_s"] / results[reference]["tokens_per_s"]
+    for name, r in results.items():
+        unguided = results.get(name.replace(GUIDED, ""))
+        if GUIDED in name and unguided:
+            r["vs_unguided"] = r["tokens_per_s"] / unguided["tokens_per_s"]
+            r["nfe_vs_unguided"] = r["nfe"] / unguided["nfe"]
     return results
 
 
@@ -224,6 +242,9 @@ COLUMNS = [  # (key, header, format)
     ("vs_fast_dllm", "× Fast-dLLM", lambda r: f"{r.get('vs_fast_dllm', 0):.2f}"),
     ("vs_dualcache", "× DualCache", lambda r: f"{r.get('vs_dualcache', 0):.2f}"),
     ("nfe", "NFE / batch", lambda r: f"{r['nfe']:.1f}"),
+    ("ar_forwards", "AR forwards / batch", lambda r: f"{r.get('ar_forwards', 0):.1f}"),
+    ("vs_unguided", "guided: × tokens/s, × NFE", lambda r: f"{r['vs_unguided']:.2f}, {r['nfe_vs_unguided']:.2f}"
+     if "vs_unguided" in r else "—"),
     ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
     ("recompute_fraction", "recompute", lambda r: f"{r['recompute_fraction']:.3f}"),
     ("peak_memory_mib", "peak memory (MiB)",
@@ -269,6 +290,10 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--drifts", nargs="+", choices=["heads", "keys"], default=["heads", "keys"])
+    parser.add_argument("--ar", default="tiny-ar", help="the ARGuide's model: a bundled name or a directory; "
+                        "'none' leaves the guided row out")
+    parser.add_argument("--methods", nargs="+", metavar="TEXT",
+                        help="only the methods whose name contains one of these texts (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write <out>.json, <out>.md and <out>.png")
@@ -280,7 +305,12 @@ def main() -> None:
     tokenizer = dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
     problems = arith.problems(args.problems, seed=0, split="test")
-    table = methods(model, shape.gen_length, shape.block_length, args.gammas, args.drifts)
+    table = methods(model, shape.gen_length, shape.block_length, args.gammas, args.drifts,
+                    None if args.ar == "none" else dllm_accel.load_ar_model(args.ar, device=model.device))
+    if args.methods:
+        table = {name: m for name, m in table.items() if any(text in name for text in args.methods)}
+        if not table:
+            parser.error(f"no method's name contains any of {args.methods}")
     report = dict(model=args.model, setting=args.setting, problems=len(problems), **vars(shape),
                   command=shlex.join(["python", "experiments/bench.py", *sys.argv[1:]]),
                   **environment(args.threads, model.device), runs={})

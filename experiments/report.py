@@ -107,6 +107,7 @@ def _figures(rows: list[dict]) -> dict:
         "accuracy": sum(bool(r["correct"]) for r in rows) / max(1, n),
         "tokens_per_second": tokens / seconds if seconds else 0.0,
         "nfe_mean": nfe / max(1, n),
+        "ar_forwards_mean": sum(r.get("ar_forwards", 0) for r in rows) / max(1, n),  # an ARGuide's model
         # each sample carries its batch's fraction; weighted by the forwards that computed the sample
         "recompute_fraction": sum(r["recompute_fraction"] * r["nfe"] for r in rows) / max(1, nfe),
         "generated_tokens_mean": tokens / max(1, n),
@@ -165,8 +166,9 @@ def plot_accuracy_vs_speed(methods: dict[str, dict], task: str, path: Path) -> N
 
 def table(summary: dict) -> str:
     lines = [f"{summary['task']}: {summary['n']} samples",
-             "| method | accuracy | tokens/s | speedup | NFE | recompute fraction |", "|---|---|---|---|---|---|"]
+             "| method | accuracy | tokens/s | speedup | NFE | AR forwards | recompute fraction |",
+             "|---|---|---|---|---|---|---|"]
     for name, f in summary["methods"].items():
         lines.append(f"| {name} | {f['accuracy']:.1%} | {f['tokens_per_second']:.1f} | {f.get('speedup', 1.0):.2f}× "
-                     f"| {f['nfe_mean']:.1f} | {f['recompute_fraction']:.3f} |")
+                     f"| {f['nfe_mean']:.1f} | {f['ar_forwards_mean']:.1f} | {f['recompute_fraction']:.3f} |")
     return "\n".join(lines)

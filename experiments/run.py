@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -51,6 +51,7 @@ class Method:
     cache: object
     stop: object
     block_length: int | None
+    guide: object = None
 
 
 @dataclass
@@ -79,10 +80,17 @@ class Job:
         return cls(cfg, task, Method(name, unmask, cache, stop, cfg.block_length))
 
     def methods(self, model) -> list[Method]:
+        """The official sampler (baseline=true), the method, and with a guide the method guided by it."""
+        methods = [self.method]
+        if self.cfg.get("guide"):
+            guide_cfg = self.cfg.guide.copy()
+            guide_cfg.ar_model.device = str(model.device)
+            guided = replace(self.method, name=f"{self.method.name} + ARGuide", guide=instantiate(guide_cfg))
+            methods.append(guided)
         if not self.cfg.baseline:
-            return [self.method]
+            return methods
         unmask, block_length = dllm_accel.official_method(model, self.cfg.max_new_tokens, self.cfg.block_length)
-        return [Method(OFFICIAL, unmask, NoCache(), FullLength(), block_length), self.method]
+        return [Method(OFFICIAL, unmask, NoCache(), FullLength(), block_length), *methods]
 
 
 def _check_model_path(cfg: DictConfig) -> None:
@@ -108,7 +116,7 @@ class Decoder:
 
     def __init__(self, job: Job, method: Method, model, tokenizer):
         self.job, self.method, self.model, self.tokenizer = job, method, model, tokenizer
-        self.sampler = Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop)
+        self.sampler = Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop, guide=method.guide)
 
     def encode(self, samples) -> tuple[list[str], dict]:
         """-> (the prompt texts the model sees, the left-padded batch)."""
@@ -140,14 +148,14 @@ class Decoder:
         return [{"id": sample.id, "method": self.method.name, "prompt": prompt, "output": output,
                  "target": sample.target, **score,
                  "generated_tokens": int(tokens), "nfe": int(forwards), "seconds": seconds / len(samples),
-                 "recompute_fraction": out.recompute_fraction}
+                 "recompute_fraction": out.recompute_fraction, "ar_forwards": out.ar_forwards / len(samples)}
                 for sample, prompt, output, score, tokens, forwards in zip(
                     samples, prompts, outputs, scores, out.generated_tokens, out.row_forwards, strict=True)]
 
     def refresh_trace(self, sample) -> list[int]:
         """The first recomputed layer at each step of one sample (0: full forward; n_layers: all reused)."""
         traced = Sampler(self.model, unmask=self.method.unmask, cache=self.method.cache, stop=self.method.stop,
-                         trace=True)
+                         guide=self.method.guide, trace=True)
         out = self.generate(self.encode([sample])[1], 0, traced)
         return [int(r.refresh_from[0]) for r in out.trace if r.forwarded]
 

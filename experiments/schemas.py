@@ -27,6 +27,7 @@ TARGETS = {
     "cache": {name: f"dllm_accel.{name}" for name in
               ("NoCache", "PrefixCache", "DualCache", "ElasticCache", "FrozenCache")},
     "stop": {name: f"dllm_accel.{name}" for name in ("FullLength", "StopAtEOS")},
+    "guide": {"ARGuide": "dllm_accel.ARGuide"},
 }
 PLAIN_TYPES = (int, float, bool, str)
 

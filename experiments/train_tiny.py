@@ -74,17 +74,20 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def model_config(name: str, tokenizer, rope_theta: float) -> dict:
+def model_config(name: str, tokenizer, rope_theta: float, **overrides) -> dict:
+    """The model's config; `overrides` (d_model, n_layers) change SHAPES' sizes (mlp_hidden = 3 d_model)."""
+    shape = SHAPES[name] | {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("d_model"):
+        shape["mlp_hidden"] = 3 * shape["d_model"]
     ids = dict(mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, eot_token_id=tokenizer.convert_tokens_to_ids(SPECIAL["eot"]))
     if name == "tiny-ar":
-        shape = SHAPES[name]
         return dict(vocab_size=VOCAB, hidden_size=shape["d_model"], intermediate_size=shape["mlp_hidden"],
                     num_hidden_layers=shape["n_layers"], num_attention_heads=shape["n_heads"],
                     num_key_value_heads=shape["n_heads"], max_position_embeddings=1024, tie_word_embeddings=False,
                     rope_theta=rope_theta, bos_token_id=None, **{k: v for k, v in ids.items() if k != "mask_token_id"})
     model_type = "llada" if name == "tiny-llada" else "Dream"
-    config = tiny_config(model_type, vocab=VOCAB, **SHAPES[name], **ids, rope_theta=rope_theta)
+    config = tiny_config(model_type, vocab=VOCAB, **shape, **ids, rope_theta=rope_theta)
     config["bos_token_id"] = None
     return config
 
@@ -238,7 +241,8 @@ def generate(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
 
 
 # -- training --------------------------------------------------------------------------------------
-def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, init: Path | None = None):
+def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, init: Path | None = None,
+               **overrides):
     """A fresh model, or (with `init`) one continuing from a checkpoint this script saved."""
     if init is not None:
         if name == "tiny-ar":
@@ -246,7 +250,7 @@ def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, in
             model.config.eot_token_id = tokenizer.convert_tokens_to_ids(SPECIAL["eot"])
             return model
         return dllm_accel.load_model(init, dtype=torch.float32)
-    config = model_config(name, tokenizer, rope_theta)
+    config = model_config(name, tokenizer, rope_theta, **overrides)
     if name == "tiny-ar":
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**config))
@@ -314,6 +318,8 @@ def main() -> None:
     parser.add_argument("--keep", choices=["best", "last"], default="best",
                         help="save the checkpoint with the best validation score, or the last one evaluated")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
+    parser.add_argument("--n-layers", type=int, help="layers of a fresh model (default: SHAPES)")
+    parser.add_argument("--d-model", type=int, help="width of a fresh model (default: SHAPES; MLP 3x)")
     parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved (its metrics "
                         "are carried over: steps and minutes add up)")
     args = parser.parse_args()
@@ -326,7 +332,8 @@ def main() -> None:
         settings["long"] = Setting(Data(tokenizer, args.long_shots, args.long_gen_length, args.pool, args.seed + 3),
                                    args.long_batch, args.long_block_length, args.eval_problems_long)
     validation = arith.problems(max(s.eval_problems for s in settings.values()), seed=args.seed + 1, split="train")
-    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init).train()
+    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init, n_layers=args.n_layers,
+                       d_model=args.d_model).train()
     before = json.loads((args.init / "metrics.json").read_text()) if args.init else {}
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))

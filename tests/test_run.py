@@ -121,7 +121,8 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
     summary = small_run(tmp_path, [f"task={task}", *task_overrides(task, tmp_path)])
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == 10 and {r["method"] for r in lines} == {"official", "ElasticCache + Threshold"}
+    assert len(lines) == 15 and {r["method"] for r in lines} == {"official", "ElasticCache + Threshold",
+                                                                 "ElasticCache + Threshold + ARGuide"}
     for record in lines:
         assert {"id", "prompt", "output", "target", "correct", "generated_tokens", "nfe", "seconds"} <= set(record)
         assert isinstance(record["correct"], bool) and 1 <= record["generated_tokens"] <= 48
@@ -140,15 +141,27 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
     assert "| official |" in capsys.readouterr().out
 
 
-def test_the_default_main_job_compares_official_and_accelerated(tmp_path):
+def test_the_default_main_job_compares_official_accelerated_and_guided(tmp_path):
     cfg = compose_main(["task.limit=24"])
     assert cfg.baseline and cfg.cache._target_ == "dllm_accel.ElasticCache"
     summary = run.run(cfg, tmp_path / "out")
     official, fast = summary["methods"]["official"], summary["methods"]["ElasticCache + Threshold"]
-    assert official["accuracy"] >= 0.9 and fast["accuracy"] >= 0.9
+    guided = summary["methods"]["ElasticCache + Threshold + ARGuide"]
+    assert official["accuracy"] >= 0.9 and fast["accuracy"] >= 0.9 and guided["accuracy"] >= 0.9
     assert fast["nfe_mean"] < official["nfe_mean"] / 2 and fast["recompute_fraction"] < 1
+    assert guided["nfe_mean"] <= fast["nfe_mean"] and guided["ar_forwards_mean"] > 0 == fast["ar_forwards_mean"]
     trace = summary["refresh_layers"]["per_step"]["ElasticCache + Threshold"]
     assert trace[0] == 0 and max(trace) > 0, "a full first step, then reused layers"
+
+
+def test_guide_none_leaves_the_guided_row_out_and_guide_options_reach_it(tmp_path):
+    summary = small_run(tmp_path, ["guide=none"])
+    assert list(summary["methods"]) == ["official", "ElasticCache + Threshold"]
+    job = run.Job.check(compose_main(["guide.acceptance=exact", "guide.k=3", "baseline=false"]))
+    guided = job.methods(dllm_accel.load_model("tiny-llada"))[-1].guide
+    assert (guided.acceptance, guided.k) == ("exact", 3)
+    with pytest.raises(ConfigCompositionException):
+        compose_main(["guide.acceptence=exact"])
 
 
 def test_dream_decodes_with_its_own_official_sampler(tmp_path):
@@ -159,20 +172,20 @@ def test_dream_decodes_with_its_own_official_sampler(tmp_path):
 
 def test_resume_skips_finished_samples_and_repairs_an_interrupted_line(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="run")
-    small_run(tmp_path, ["task.limit=3", "baseline=false"])
+    small_run(tmp_path, ["task.limit=3", "baseline=false", "guide=none"])
     path = tmp_path / "out" / "samples.jsonl"
     first = path.read_text().splitlines()
     path.write_text("\n".join(first[:2]) + "\n" + first[2][:17])  # killed while writing the third
-    summary = small_run(tmp_path, ["task.limit=5", "baseline=false"])
+    summary = small_run(tmp_path, ["task.limit=5", "baseline=false", "guide=none"])
     lines = path.read_text().splitlines()
     assert lines[:2] == first[:2] and len(lines) == 5 and summary["n"] == 5
     assert [json.loads(line)["id"] for line in lines] == [f"test-0-{i}" for i in (0, 1, 2, 3, 4)]
     assert "2 samples already in" in caplog.text and "3 to go" in caplog.text
     assert "interrupted last line" in caplog.text
-    again = small_run(tmp_path, ["task.limit=5", "baseline=false", "batch_size=2"])
+    again = small_run(tmp_path, ["task.limit=5", "baseline=false", "guide=none", "batch_size=2"])
     assert len(path.read_text().splitlines()) == 5 and again["accuracy"] == summary["accuracy"]
     with pytest.raises(ValueError, match=r"other settings \(cache.gamma: 0.9 -> 0.5\)"):
-        small_run(tmp_path, ["task.limit=5", "baseline=false", "cache.gamma=0.5"])
+        small_run(tmp_path, ["task.limit=5", "baseline=false", "guide=none", "cache.gamma=0.5"])
 
 
 def test_a_last_record_without_its_newline_is_completed(tmp_path):
@@ -193,7 +206,8 @@ def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
 
 def test_two_processes_give_the_same_samples_as_one(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too."""
-    settings = ["task.limit=7", "batch_size=2", "max_new_tokens=24", "block_length=12", "refresh_plot=false"]
+    settings = ["task.limit=7", "batch_size=2", "max_new_tokens=24", "block_length=12", "refresh_plot=false",
+                "guide=none"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, "experiments/run.py", *settings, f"hydra.run.dir={tmp_path / 'one'}"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

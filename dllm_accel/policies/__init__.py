@@ -1,6 +1,6 @@
 """Small policy objects, one job each, composed by the Sampler."""
 
-from .guide import ACCEPTANCE, ARGuide
+from .guide import ACCEPTANCE, ARGuide, load_ar_model
 from .refresh import DualCache, ElasticCache, FrozenCache, NoCache, PrefixCache, RefreshPolicy
 from .stop import FullLength, StopAtEOS, StopPolicy
 from .unmask import (
@@ -16,5 +16,5 @@ from .unmask import (
 __all__ = [
     "ACCEPTANCE", "ARGuide", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
     "FrozenCache", "FullLength", "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext",
-    "StopAtEOS", "StopPolicy", "Threshold", "UnmaskPolicy",
+    "StopAtEOS", "StopPolicy", "Threshold", "UnmaskPolicy", "load_ar_model",
 ]

@@ -57,6 +57,19 @@ def _ids(value) -> set[int]:
     return {value} if _is_int(value) else {int(v) for v in value}
 
 
+def load_ar_model(path: str, *, device=None, dtype=None):
+    """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled model's
+    name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
+    from transformers import AutoModelForCausalLM
+
+    from .. import assets
+
+    source = assets.path(path) if path in assets.BUNDLED else path
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}))
+    return model.to(device or "cpu").eval()
+
+
 class ARGuide:
     """Verifies the diffusion model's drafts with an autoregressive model; pass as Sampler(guide=...).
 
