@@ -11,8 +11,9 @@
                          policy asks for, against the cached K/V of the others
             logits     = the head on the candidates' rows only, shifted by spec.logit_shift (Dream
                          scores token i from position i - 1)
-            commit     = unmask.select(...)          tokens written; then stop.after_step, whose
-                                                     rewrites the cache recomputes like commits
+            commit     = unmask.select(...)          (with guide=ARGuide: plus the drafts an AR model
+                                                     accepts) tokens written; then stop.after_step,
+                                                     whose rewrites the cache recomputes like commits
     -> GenerationOutput
 """
 

@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import platform
+import re
 import shlex
 import sys
 import time
@@ -50,7 +51,7 @@ ACCOUNTING = (
 OFFICIAL = "official: NoCache + one token per step"
 FAST_DLLM = "Fast-dLLM as released: DualCache + Threshold(0.9), full length"
 DUAL = "DualCache + Threshold(0.9) + StopAtEOS"
-GUIDED = "ARGuide + "  # in the name of a method guided by the AR model
+GUIDED = "ARGuide"  # in the name of a method guided by the AR model
 SETTINGS = ("short", "long")
 
 
@@ -82,14 +83,19 @@ def setting(model_name: str, name: str) -> Setting:
     return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"])
 
 
-def elastic_name(gamma: float, drift: str, guided: bool = False) -> str:
-    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {GUIDED if guided else ''}StopAtEOS"
+def elastic_name(gamma: float, drift: str, guide: str = "") -> str:
+    """guide: "" (none), "ARGuide" or e.g. "ARGuide(exact)"."""
+    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {guide + ' + ' if guide else ''}StopAtEOS"
+
+
+def unguided_name(name: str) -> str:
+    return re.sub(r"ARGuide(\([^)]*\))? \+ ", "", name)
 
 
 def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),
             ar_model=None) -> dict:
     """name -> Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
-    `ar_model` ElasticCache(γ 0.9, heads) guided by it."""
+    `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's default acceptance, and 'exact')."""
     table = {
         OFFICIAL: Method(NoCache(), *dllm_accel.official_method(model, gen_length, block_length), FullLength()),
         FAST_DLLM: Method(DualCache(), Threshold(0.9), block_length, FullLength()),
@@ -101,8 +107,9 @@ def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), 
             table[elastic_name(gamma, drift)] = Method(ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None,
                                                        StopAtEOS())
     if ar_model is not None:
-        table[elastic_name(0.9, "heads", guided=True)] = Method(ElasticCache(gamma=0.9), Threshold(0.9), None,
-                                                                StopAtEOS(), ARGuide(ar_model))
+        for label, acceptance in ((GUIDED, "topk_relative"), (f"{GUIDED}(exact)", "exact")):
+            table[elastic_name(0.9, "heads", label)] = Method(ElasticCache(gamma=0.9), Threshold(0.9), None,
+                                                              StopAtEOS(), ARGuide(ar_model, acceptance=acceptance))
     return table
 
 
@@ -207,7 +214,7 @@ def with_ratios(results: dict) -> dict:
             for r in results.values():
                 r[key] = r["tokens_per_s"] / results[reference]["tokens_per_s"]
     for name, r in results.items():
-        unguided = results.get(name.replace(GUIDED, ""))
+        unguided = results.get(unguided_name(name))
         if GUIDED in name and unguided:
             r["vs_unguided"] = r["tokens_per_s"] / unguided["tokens_per_s"]
             r["nfe_vs_unguided"] = r["nfe"] / unguided["nfe"]
@@ -233,14 +240,18 @@ def markdown(report: dict, misses: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def _ratio(r: dict, key: str) -> str:
+    return f"{r[key]:.2f}" if key in r else "—"  # "—": the reference method was not in the run
+
+
 COLUMNS = [  # (key, header, format)
     ("accuracy", "accuracy (95% CI)",
      lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})"),
     ("exact_match", "exact match", lambda r: f"{r['exact_match']:.1%}"),
     ("tokens_per_s", "tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
-    ("speedup", "× official", lambda r: f"{r.get('speedup', 0):.2f}"),
-    ("vs_fast_dllm", "× Fast-dLLM", lambda r: f"{r.get('vs_fast_dllm', 0):.2f}"),
-    ("vs_dualcache", "× DualCache", lambda r: f"{r.get('vs_dualcache', 0):.2f}"),
+    ("speedup", "× official", lambda r: _ratio(r, "speedup")),
+    ("vs_fast_dllm", "× Fast-dLLM", lambda r: _ratio(r, "vs_fast_dllm")),
+    ("vs_dualcache", "× DualCache", lambda r: _ratio(r, "vs_dualcache")),
     ("nfe", "NFE / batch", lambda r: f"{r['nfe']:.1f}"),
     ("ar_forwards", "AR forwards / batch", lambda r: f"{r.get('ar_forwards', 0):.1f}"),
     ("vs_unguided", "guided: × tokens/s, × NFE", lambda r: f"{r['vs_unguided']:.2f}, {r['nfe_vs_unguided']:.2f}"

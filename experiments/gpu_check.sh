@@ -5,7 +5,8 @@
 # 2. runs the kernel tests natively (not in Triton's interpreter) in fp32, fp16 and bf16;
 # 3. benchmarks every kernel against its torch twin and the research code's eager attention;
 # 4. times an end-to-end ElasticCache generation of an 8B-shaped random-weight LLaDA (bf16, prompt 512,
-#    gen 256) through the kernel path and the torch path.
+#    gen 256) through the kernel path and the torch path;
+# 5. times the bundled tiny-dream with and without the ARGuide (tiny-ar), end to end, batch 1 and 16.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu_check_out}}"
@@ -27,4 +28,9 @@ timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_ops_*.py 2>&1 
 echo "== kernel benchmark and end to end"
 timeout 300 "$PYTHON" experiments/bench_kernels.py --end-to-end 2>&1 | tee "$OUT_DIR/bench_kernels.log" || status=1
 tail -1 "$OUT_DIR/bench_kernels.log" > "$OUT_DIR/bench_kernels.json"
+
+echo "== AR-guided decoding (tiny models, end to end)"
+timeout 150 "$PYTHON" experiments/bench.py --model tiny-dream --setting short --problems 128 --batch-sizes 1 16 \
+  --gammas 0.9 --drifts heads --methods ElasticCache --out "$OUT_DIR/guide-tiny-dream-short" 2>&1 \
+  | tail -12 || status=1
 exit $status

@@ -87,7 +87,8 @@ def test_the_testbed_table_marks_its_misses(monkeypatch, tmp_path):
 def test_guided_rows_are_held_to_the_guide_bars():
     """Against the official baseline (accuracy) and the same method unguided (NFE, tokens/s); the
     long-testbed bars are not theirs, and rows without a reference in the run are not judged."""
-    guided = bench.elastic_name(0.9, "heads", guided=True)
+    guided = bench.elastic_name(0.9, "heads", "ARGuide(exact)")
+    assert bench.unguided_name(guided) == ELASTIC
 
     def guide_report(nfe, tokens_per_s):
         return dict(runs={"16": bench.with_ratios({
