@@ -105,8 +105,9 @@ def test_ar_model_solves_held_out_problems_greedily(tokenizer):
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     model = dllm_accel.load_model(name)
-    table = bench.methods(model, 48, 24, gammas=[0.9])
-    assert {bench.OFFICIAL, bench.FAST_DLLM, bench.DUAL, bench.elastic_name(0.9, "keys")} <= set(table)
+    table = bench.methods(model, 48, 24, gammas=[0.9], ar_model=dllm_accel.load_ar_model("tiny-ar"))
+    guided = {bench.elastic_name(0.9, "heads", "ARGuide"), bench.elastic_name(0.9, "heads", "ARGuide(exact)")}
+    assert {bench.OFFICIAL, bench.FAST_DLLM, bench.DUAL, bench.elastic_name(0.9, "keys"), *guided} <= set(table)
     for label, method in table.items():
         result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, method, shots=0, gen_length=48)
         assert result["accuracy"] >= 0.6, label
@@ -126,6 +127,8 @@ def test_bench_writes_its_report(tmp_path, monkeypatch):
     assert {"machine", "torch", "transformers", "command", "threads"} <= set(report)
     for results in report["runs"].values():
         assert results[bench.OFFICIAL]["speedup"] == 1.0 and results[bench.DUAL]["vs_dualcache"] == 1.0
+        guided = results[bench.elastic_name(0.9, "heads", "ARGuide")]
+        assert guided["ar_forwards"] > 0 and guided["vs_unguided"] > 0 and guided["nfe_vs_unguided"] > 0
         assert all(r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values())
     table = out.with_suffix(".md").read_text()
     assert table.count("| " + bench.elastic_name(0.9, "heads")) == 2
