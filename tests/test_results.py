@@ -99,6 +99,7 @@ def test_guided_rows_are_held_to_the_guide_bars():
 
     assert results.misses(guide_report(nfe=6.0, tokens_per_s=1100.0)) == {
         ("16", ELASTIC, "recompute_fraction"): "≤ 0.25"}
+    assert results.misses(guide_report(nfe=6.0, tokens_per_s=1100.0), testbed_bars=False) == {}
     assert results.misses(guide_report(nfe=8.0, tokens_per_s=900.0)) == {
         ("16", ELASTIC, "recompute_fraction"): "≤ 0.25", ("16", guided, "nfe"): "≥ 30% fewer than unguided",
         ("16", guided, "vs_unguided"): "> unguided"}
