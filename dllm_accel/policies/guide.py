@@ -29,24 +29,16 @@ import math
 from collections.abc import Mapping
 
 import torch
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
+from .. import assets
 from ..models.base import ModelSpec
+from .unmask import _is_int, _is_number, _require
 
 ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
 
-def _require(ok: bool, name: str, allowed: str, value) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_causal_lm(model) -> bool:
-    from transformers import PreTrainedModel
-
     return (isinstance(model, PreTrainedModel) and model.can_generate()
             and not getattr(model.config, "is_encoder_decoder", False))
 
@@ -60,10 +52,6 @@ def _ids(value) -> set[int]:
 def load_ar_model(path: str, *, device=None, dtype=None):
     """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled model's
     name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
-    from transformers import AutoModelForCausalLM
-
-    from .. import assets
-
     source = assets.path(path) if path in assets.BUNDLED else path
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}))
@@ -85,8 +73,7 @@ class ARGuide:
                             f"which reads past_key_values), got {type(ar_model).__name__}")
         _require(acceptance in ACCEPTANCE, "acceptance", f"one of {ACCEPTANCE}", acceptance)
         _require(_is_int(k) and k >= 1, "k", "a positive integer", k)
-        _require(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 1, "ratio",
-                 "in (0, 1]", ratio)
+        _require(_is_number(ratio) and 0 < ratio <= 1, "ratio", "in (0, 1]", ratio)
         _require(_is_int(verify_chunk) and verify_chunk >= 1, "verify_chunk", "a positive integer", verify_chunk)
         _require(isinstance(correct, bool), "correct", "True or False", correct)
         token_map = {} if token_map is None else token_map
@@ -140,10 +127,7 @@ class Verification:
     """One generation's AR cache, acceptance and accounting; rows are the canvas rows."""
 
     def __init__(self, guide: ARGuide, x, attention_mask, spec: ModelSpec, temperature: float):
-        from transformers import DynamicCache
-
         self.guide, self.spec, self.temperature = guide, spec, temperature
-        self.new_cache = DynamicCache
         batch, length = x.shape
         device = x.device
         self.pads = (torch.zeros(batch, dtype=torch.long, device=device) if attention_mask is None
@@ -248,7 +232,7 @@ class Verification:
         width = 0 if used.numel() == 0 else int(used[-1]) + 1
         if width < self.slot_valid.shape[1]:
             if width == 0:
-                self.cache = self.new_cache()
+                self.cache = DynamicCache()
             else:
                 self.cache.crop(width - self.slot_valid.shape[1])  # negative: tokens to drop (transformers 4 and 5)
             self.slot_valid = self.slot_valid[:, :width]
