@@ -148,7 +148,8 @@ class Decoder:
         return [{"id": sample.id, "method": self.method.name, "prompt": prompt, "output": output,
                  "target": sample.target, **score,
                  "generated_tokens": int(tokens), "nfe": int(forwards), "seconds": seconds / len(samples),
-                 "recompute_fraction": out.recompute_fraction, "ar_forwards": out.ar_forwards / len(samples)}
+                 "recompute_fraction": out.recompute_fraction,
+                 "ar_forwards": out.ar_forwards}  # the AR forwards of the sample's batch (each reads every row)
                 for sample, prompt, output, score, tokens, forwards in zip(
                     samples, prompts, outputs, scores, out.generated_tokens, out.row_forwards, strict=True)]
 
