@@ -15,6 +15,7 @@ from dllm_accel import (
     ElasticCache,
     EntropyThreshold,
     Factor,
+    FrozenCache,
     LowConfidence,
     NoCache,
     PrefixCache,
@@ -273,15 +274,19 @@ def test_accounting_counts_ar_forwards_and_positions():
         assert (out.ar_forwards, out.ar_tokens, out.nfe) == (forwards, 6 + 8 + 9, 2)
 
 
-def test_other_caches_compose_with_the_guide():
-    model = decoder("Dream", seed=37)
+@pytest.mark.parametrize("stop", [StopAtEOS(), StopAtEOS(fill="mask")], ids=["eos", "mask"])
+@pytest.mark.parametrize("cache", [PrefixCache, DualCache, lambda: ElasticCache(window=4), FrozenCache],
+                         ids=["prefix", "dual", "elastic", "frozen"])
+def test_other_caches_and_stops_compose_with_the_guide(cache, stop):
+    model = decoder("Dream", seed=37, favour={EOS: 2.0})
     ids, mask = prompts(model, [9, 4, 6], seed=37)
     guide = ARGuide(ar_model(seed=37, sharpness=8.0), k=4, ratio=0.05)
-    for cache in (PrefixCache(), DualCache(), ElasticCache(window=4)):
-        out = Sampler(model, unmask=Threshold(0.9), cache=cache, guide=guide, stop=StopAtEOS()).generate(
-            ids, mask, max_new_tokens=16, block_length=8)
-        assert not (out.sequences == model.spec.mask_id).any()
-        assert 0 < out.ar_forwards <= out.steps
+    out = Sampler(model, unmask=Threshold(0.9), cache=cache(), guide=guide, stop=stop).generate(
+        ids, mask, max_new_tokens=16, block_length=8)
+    generated = out.sequences[:, -16:]
+    decoded = generated != model.spec.mask_id
+    assert (decoded.all(1) | (generated == EOS).any(1)).all(), "masks remain only after a stop token"
+    assert 0 < out.ar_forwards <= out.steps
 
 
 # -- bad input -----------------------------------------------------------------------------------------
