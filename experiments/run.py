@@ -84,7 +84,8 @@ class Job:
         methods = [self.method]
         if self.cfg.get("guide"):
             guide_cfg = self.cfg.guide.copy()
-            guide_cfg.ar_model.device = str(model.device)
+            if guide_cfg.ar_model.get("device") is None:  # beside the diffusion model unless said otherwise
+                guide_cfg.ar_model.device = str(model.device)
             guided = replace(self.method, name=f"{self.method.name} + ARGuide", guide=instantiate(guide_cfg))
             methods.append(guided)
         if not self.cfg.baseline:
