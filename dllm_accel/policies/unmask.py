@@ -293,9 +293,9 @@ class DreamAlgorithm(UnmaskPolicy):
     per row, m the mean number of masks per row (at the last step all of a row's masks), ranked by
     `maskgit_plus` (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy`
     (negative entropy), and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp)
-    instead. Tokens: argmax
-    at temperature 0, else a sample after `top_p` / `top_k` filtering. Without blocks `steps` covers
-    the whole generation; with blocks each block gets steps / n_blocks and its own time grid."""
+    instead. Tokens: argmax at temperature 0, else a sample after `top_p` / `top_k` filtering. Without
+    blocks `steps` covers the whole generation; with blocks each block gets steps / n_blocks and its own
+    time grid."""
 
     alg: str = "origin"
     steps: int = 512
