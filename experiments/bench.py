@@ -95,7 +95,8 @@ def unguided_name(name: str) -> str:
 def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),
             ar_model=None) -> dict:
     """name -> Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
-    `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's default acceptance, and 'exact')."""
+    `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults, 'exact' acceptance, and
+    correct=True)."""
     table = {
         OFFICIAL: Method(NoCache(), *dllm_accel.official_method(model, gen_length, block_length), FullLength()),
         FAST_DLLM: Method(DualCache(), Threshold(0.9), block_length, FullLength()),
@@ -107,9 +108,10 @@ def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), 
             table[elastic_name(gamma, drift)] = Method(ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None,
                                                        StopAtEOS())
     if ar_model is not None:
-        for label, acceptance in ((GUIDED, "topk_relative"), (f"{GUIDED}(exact)", "exact")):
+        for label, options in ((GUIDED, {}), (f"{GUIDED}(exact)", {"acceptance": "exact"}),
+                               (f"{GUIDED}(correct)", {"correct": True})):
             table[elastic_name(0.9, "heads", label)] = Method(ElasticCache(gamma=0.9), Threshold(0.9), None,
-                                                              StopAtEOS(), ARGuide(ar_model, acceptance=acceptance))
+                                                              StopAtEOS(), ARGuide(ar_model, **options))
     return table
 
 

@@ -23,6 +23,7 @@ from dllm_accel import (
     StopAtEOS,
     Threshold,
 )
+from dllm_accel.policies.guide import Verification
 from dllm_accel.policies.unmask import UnmaskPolicy
 from dllm_accel.tasks import arith
 
@@ -170,6 +171,23 @@ def test_a_disagreeing_ar_model_commits_one_token_per_step(correct):
         assert (canvas[:, step + 1:] == model.spec.mask_id).all()
     generated = out.sequences[:, -8:]
     assert (generated == 9).all() if correct else not (generated == 9).any()
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_a_rejection_inside_the_run_ends_what_the_step_commits(correct, monkeypatch):
+    """The AR model accepts the first two drafts of the run and rejects the third: the step commits the
+    two, and with correct=True the AR model's token (9) in the third place (speculative decoding's
+    correction: the accepted drafts plus one token of the AR model's)."""
+    model = decoder("llada", seed=39, favour={9: -50.0})
+    ids, _ = prompts(model, [6], seed=39)
+    guide = ARGuide(always_favouring(ar_model(seed=39), 9), acceptance="exact", correct=correct)
+    monkeypatch.setattr(Verification, "_accept", lambda self, ar_logits, drafts, *rest: torch.arange(len(drafts)) < 2)
+    canvases = []
+    Sampler(model, unmask=CommitNothing(), guide=guide).generate(
+        ids, max_new_tokens=8, callback=lambda record, x: canvases.append(x[0, 6:].clone()))
+    first = canvases[0]
+    assert not (first[:2] == model.spec.mask_id).any() and not (first[:2] == 9).any()
+    assert first[2] == (9 if correct else model.spec.mask_id) and (first[3:] == model.spec.mask_id).all()
 
 
 def test_the_ar_cache_after_each_step_equals_a_fresh_prefill():

@@ -11,9 +11,10 @@ Acceptance walks the run left to right and stops at the first rejected draft:
                     policy's temperature (at temperature 0: exact)
 
 The step commits the accepted drafts and whatever the unmask policy commits on its own. Position f is
-always committed: a rejected first draft is committed as drafted (correct=False, FlashDLM's rule) or
-as the AR model's token (correct=True: its argmax, a sample at temperature > 0, for `speculative` a
-sample of the residual max(0, p_AR - p_diffusion)), so a step commits at least one token.
+always committed, so a step commits at least one token: with correct=False (FlashDLM's rule) a
+rejected first draft is committed as drafted; with correct=True (speculative decoding's correction)
+the first rejected draft, wherever it is, is replaced by the AR model's token (its argmax, a sample at
+temperature > 0, for `speculative` a sample of the residual max(0, p_AR - p_diffusion)).
 
 The AR cache is one transformers DynamicCache for the whole batch, addressed by slot: every forward
 appends one slot column per fed position, and each row keeps a slot map and a mask of the slots it
@@ -160,7 +161,7 @@ class Verification:
     def verify(self, x, candidates, rows, positions, drafts, logits, commit, generator=None):
         """The candidates (rows, positions) [M] with the unmask policy's drafts [M], their diffusion logits
         [M, V] and its commit [M] -> (commit [M], tokens [M]) with the accepted drafts and each run's first
-        position added (and, with correct=True, a rejected first draft replaced). What the policy commits
+        position added (and, with correct=True, the first rejected draft replaced). What the policy commits
         this step counts as committed inside the run: fed as it is, never a reason to stop."""
         drafted = x.clone()
         drafted[rows, positions] = drafts
@@ -169,7 +170,7 @@ class Verification:
         pending = x == self.spec.mask_id  # [B, T] drafts the guide decides
         pending[rows[commit], positions[commit]] = False
         first, end = self._runs(x, candidates, pending)
-        accepted_end, rejected, correction = first.clone(), torch.zeros_like(pending[:, 0]), torch.zeros_like(first)
+        accepted_end, rejected_at, correction = first.clone(), torch.full_like(first, -1), torch.zeros_like(first)
         alive, begin = end > first, self.keep.clone()
         stop = torch.minimum(first + self.guide.verify_chunk, end)  # the first forward also reads the prefix
         while bool(alive.any()):
@@ -187,12 +188,11 @@ class Verification:
             failing = failed.any(1)
             at = target.gather(1, failed.int().argmax(1, keepdim=True)).squeeze(1)
             accepted_end = torch.where(alive, torch.where(failing, at, read_to), accepted_end)
-            first_failed = alive & failing & (at == first)
-            if self.guide.correct and bool(first_failed.any()):
-                correction[first_failed] = self._correction(
-                    ar_logits[failed & (target == first[:, None])], logits,
-                    index[first_failed, first[first_failed]], generator)
-            rejected |= first_failed
+            rejecting = alive & failing
+            if self.guide.correct and bool(rejecting.any()):
+                correction[rejecting] = self._correction(ar_logits[failed & (target == at[:, None])], logits,
+                                                         index[rejecting, at[rejecting]], generator)
+            rejected_at = torch.where(rejecting, at, rejected_at)
             alive &= ~failing & (stop < end)
             begin = torch.where(alive, stop, begin)
             stop = torch.where(alive, torch.minimum(stop + self.guide.verify_chunk, end), stop)
@@ -200,8 +200,8 @@ class Verification:
         forced = (end > first)[rows] & (positions == first[rows])
         commit = commit | forced | ((positions >= first[rows]) & (positions < accepted_end[rows]))
         if self.guide.correct:
-            corrected = forced & rejected[rows] & (correction[rows] >= 0)
-            drafts = torch.where(corrected, correction[rows], drafts)
+            corrected = (positions == rejected_at[rows]) & (correction[rows] >= 0)
+            commit, drafts = commit | corrected, torch.where(corrected, correction[rows], drafts)
         return commit, drafts
 
     def _runs(self, x, candidates, pending):
@@ -287,8 +287,8 @@ class Verification:
         return scorable & (u * q < p)
 
     def _correction(self, ar_logits, logits, index, generator) -> torch.Tensor:
-        """The AR model's token (a diffusion id; -1 where it has none) for rejected first drafts; never the
-        diffusion model's mask token, which would leave the position undecoded."""
+        """The AR model's token (a diffusion id; -1 where it has none) at the first rejected drafts; never
+        the diffusion model's mask token, which would leave the position undecoded."""
         ar_logits = ar_logits.masked_fill(self.never_written, -math.inf)
         if self.temperature == 0:
             return self.to_diffusion[ar_logits.argmax(-1)]
