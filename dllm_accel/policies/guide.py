@@ -30,7 +30,7 @@ import math
 from collections.abc import Mapping
 
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 
 from .. import assets
 from ..models.base import ModelSpec
@@ -40,6 +40,8 @@ ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
 
 def _is_causal_lm(model) -> bool:
+    from transformers import PreTrainedModel  # here, not at the top: it imports triton (tests/test_ops_dispatch)
+
     return (isinstance(model, PreTrainedModel) and model.can_generate()
             and not getattr(model.config, "is_encoder_decoder", False))
 
@@ -53,6 +55,8 @@ def _ids(value) -> set[int]:
 def load_ar_model(path: str, *, device=None, dtype=None):
     """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled model's
     name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
+    from transformers import AutoModelForCausalLM  # imports triton: see _is_causal_lm
+
     source = assets.path(path) if path in assets.BUNDLED else path
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}))
