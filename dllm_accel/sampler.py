@@ -112,7 +112,6 @@ class Sampler:
             [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
         passes = 2 if self.unmask.cfg_scale > 0 else 1
         run = _Run(self, x, canvas_mask, prompt_len, passes)
-        verification = run.verification
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
         trace = [] if self.trace else None
@@ -147,8 +146,8 @@ class Sampler:
         return GenerationOutput(
             sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
             row_forwards=row_forwards, recompute_fraction=run.units / max(1, run.full_units), trace=trace,
-            ar_forwards=0 if verification is None else verification.forwards,
-            ar_tokens=0 if verification is None else verification.tokens,
+            ar_forwards=0 if run.verification is None else run.verification.forwards,
+            ar_tokens=0 if run.verification is None else run.verification.tokens,
         )
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:

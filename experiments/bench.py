@@ -89,7 +89,7 @@ def elastic_name(gamma: float, drift: str, guide: str = "") -> str:
 
 
 def unguided_name(name: str) -> str:
-    return re.sub(r"ARGuide(\([^)]*\))? \+ ", "", name)
+    return re.sub(re.escape(GUIDED) + r"(\([^)]*\))? \+ ", "", name)
 
 
 def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),

@@ -74,11 +74,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def model_config(name: str, tokenizer, rope_theta: float, **overrides) -> dict:
-    """The model's config; `overrides` (d_model, n_layers) change SHAPES' sizes (mlp_hidden = 3 d_model)."""
-    shape = SHAPES[name] | {k: v for k, v in overrides.items() if v is not None}
-    if overrides.get("d_model"):
-        shape["mlp_hidden"] = 3 * shape["d_model"]
+def model_config(name: str, tokenizer, rope_theta: float, n_layers: int | None = None) -> dict:
+    """The model's config: SHAPES' sizes, `n_layers` layers where given."""
+    shape = SHAPES[name] | ({"n_layers": n_layers} if n_layers else {})
     ids = dict(mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id, eot_token_id=tokenizer.convert_tokens_to_ids(SPECIAL["eot"]))
     if name == "tiny-ar":
@@ -242,7 +240,7 @@ def generate(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
 
 # -- training --------------------------------------------------------------------------------------
 def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, init: Path | None = None,
-               **overrides):
+               n_layers: int | None = None):
     """A fresh model, or (with `init`) one continuing from a checkpoint this script saved."""
     if init is not None:
         if name == "tiny-ar":
@@ -250,7 +248,7 @@ def make_model(name: str, tokenizer, seed: int, rope_theta: float = 10_000.0, in
             model.config.eot_token_id = tokenizer.convert_tokens_to_ids(SPECIAL["eot"])
             return model
         return dllm_accel.load_model(init, dtype=torch.float32)
-    config = model_config(name, tokenizer, rope_theta, **overrides)
+    config = model_config(name, tokenizer, rope_theta, n_layers)
     if name == "tiny-ar":
         torch.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**config))
@@ -319,7 +317,6 @@ def main() -> None:
                         help="save the checkpoint with the best validation score, or the last one evaluated")
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
     parser.add_argument("--n-layers", type=int, help="layers of a fresh model (default: SHAPES)")
-    parser.add_argument("--d-model", type=int, help="width of a fresh model (default: SHAPES; MLP 3x)")
     parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved (its metrics "
                         "are carried over: steps and minutes add up)")
     args = parser.parse_args()
@@ -332,8 +329,7 @@ def main() -> None:
         settings["long"] = Setting(Data(tokenizer, args.long_shots, args.long_gen_length, args.pool, args.seed + 3),
                                    args.long_batch, args.long_block_length, args.eval_problems_long)
     validation = arith.problems(max(s.eval_problems for s in settings.values()), seed=args.seed + 1, split="train")
-    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init, n_layers=args.n_layers,
-                       d_model=args.d_model).train()
+    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init, args.n_layers).train()
     before = json.loads((args.init / "metrics.json").read_text()) if args.init else {}
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))

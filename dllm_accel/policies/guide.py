@@ -101,7 +101,7 @@ class ARGuide:
 
     def check(self, spec: ModelSpec, device: torch.device) -> None:
         """Refuse a diffusion model this AR model cannot verify (the Sampler calls this when built)."""
-        ar_device = next(self.ar_model.parameters()).device
+        ar_device = self.ar_model.device
         if ar_device != device:
             raise ValueError(f"the AR model is on {ar_device}, the diffusion model on {device}; "
                              f"move it with ar_model.to({str(device)!r})")
