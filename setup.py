@@ -13,8 +13,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
+    # kernels/ has no __init__.py, so that the repository root on sys.path (python -m pytest) can never
+    # shadow a top-level `kernels` package (Hugging Face's, which transformers imports); it is importable
+    # only as dllm_accel.kernels, through the link dllm_accel/kernels -> ../kernels.
     packages=find_packages(include=["dllm_accel", "dllm_accel.*"]) + ["dllm_accel.kernels"],
-    package_dir={"dllm_accel.kernels": "kernels"},
     package_data={"dllm_accel.assets": ["configs/*.json", "tiny-*/*"]},
     install_requires=[
         "torch>=2.5",

@@ -11,8 +11,10 @@
 Which implementation runs is decided once per op and device type: DLLM_ACCEL_IMPL=torch or triton
 forces one (a triton request that cannot be met raises, saying why; on CPU tensors it needs
 TRITON_INTERPRET=1, the tests' interpreter); unset, CUDA tensors go to the kernel when triton imports
-and anything else to the twin (a CUDA fallback warns once). The kernels
-(dllm_accel.kernels) are imported only when first used, so `import dllm_accel` never needs triton.
+and anything else to the twin (a CUDA fallback warns once). The kernels (kernels/<op>.py, importable
+only as dllm_accel.kernels.<op>: each module holds its @triton.jit kernels and one launcher with the
+signature of its op; the twins in reference.py are the specification) are imported only when first
+used, so `import dllm_accel` never needs triton.
 Arguments are checked here, before anything launches.
 """
 
