@@ -323,6 +323,19 @@ def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(resumable, no
         small_run(resumable.parent, RESUMABLE)
 
 
+def test_under_accelerate_a_refusal_stops_every_process(resumable):
+    """Only the main process reads the run directory; its refusal reaches the other process, which stops too."""
+    lines = sample_lines(resumable)
+    (resumable / "samples.jsonl").write_bytes(lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:]))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    settings = ["max_new_tokens=48", "block_length=24", "batch_size=3", *RESUMABLE, f"hydra.run.dir={resumable}"]
+    double = subprocess.run([*launch, "experiments/run.py", *settings], cwd=ROOT, capture_output=True, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert double.returncode != 0
+    assert double.stderr.count(f"{resumable / 'samples.jsonl'}, line 2, is not JSON") >= 2, double.stderr[-3000:]
+
+
 def test_a_sample_recorded_twice_is_named_before_any_model_is_loaded(resumable, no_model_loading):
     lines = sample_lines(resumable)
     (resumable / "samples.jsonl").write_bytes(b"".join(lines) + lines[1])
