@@ -93,7 +93,7 @@ def _check_once(numbered: list[tuple[int, dict]], source: str) -> None:
     twice = [f"method {method!r} id {id_!r} (lines {', '.join(map(str, numbers))})"
              for (method, id_), numbers in lines.items() if len(numbers) > 1]
     if twice:
-        raise RunDirError(f"{source} records samples more than once: {'; '.join(twice[:10])}"
+        raise RunDirError(f"{source}: samples recorded more than once: {'; '.join(twice[:10])}"
                           f"{f' and {len(twice) - 10} more' if len(twice) > 10 else ''}; a sample is decoded "
                           f"once: delete the extra lines, or choose a new hydra.run.dir")
 
@@ -211,7 +211,7 @@ def _differences(a, b, prefix: str = ""):
 def summarize(records: list[dict], task: str, methods: list[str], sample_ids: list[str], config: dict,
               traces: dict[str, list[int]], n_layers: int) -> dict:
     """summary.json: the last method's figures at the top level, every method's under "methods"."""
-    _check_once(list(enumerate(records, 1)), "the records summarized")  # never a sample counted twice
+    _check_once(list(enumerate(records, 1)), "the records to summarize (numbered from 1)")  # none counted twice
     wanted = set(sample_ids)
     per_method = {}
     for name in methods:

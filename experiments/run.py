@@ -7,8 +7,10 @@ Hydra's run directory and print the methods side by side.
     python experiments/run.py task=gsm8k task.data_dir=DIR task.limit=50 hydra.run.dir=runs/gsm8k
     accelerate launch --multi_gpu --num_processes 8 experiments/run.py ...   # data-parallel
 
-Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. Under
-accelerate, batches are dealt out to the processes and the main process writes every result.
+Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. The
+directory is checked (writable, every record whole and once, the same settings) and locked before any
+model is loaded (report.open_run_dir). Under accelerate, batches are dealt out to the processes and the
+main process reads and writes the directory.
 """
 
 from __future__ import annotations
