@@ -54,9 +54,9 @@ class Records:
                                       f"last line is repaired") from error
                 self._drop_last_line(len(line))
                 break
-            if not (isinstance(record, dict) and "method" in record and "id" in record):
-                raise RunDirError(f"{self.path}, line {number}, is not a sample record (a JSON object with "
-                                  f"\"method\" and \"id\"): {line[:200]!r}")
+            if not (isinstance(record, dict) and all(isinstance(record.get(key), str) for key in ("method", "id"))):
+                raise RunDirError(f"{self.path}, line {number}, is not a sample record (a JSON object with the "
+                                  f"strings \"method\" and \"id\"): {line[:200]!r}")
             numbered.append((number, record))
         else:
             if lines[-1].strip():  # a whole last record whose newline was never written

@@ -316,10 +316,16 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_samples(finished, resum
     assert outputs(resumable) == outputs(finished) and len(outputs(finished)) == 4
 
 
-def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(resumable, no_model_loading):
+@pytest.mark.parametrize("damage, message", [
+    (cut_inside_a_character, "is not JSON"),
+    (lambda line: line[:40], "is not JSON"),
+    (lambda line: json.dumps(json.loads(line) | {"id": 3}).encode(), "is not a sample record"),
+    (lambda line: b"[]", "is not a sample record"),
+], ids=["cut-utf8", "cut", "id-not-a-string", "not-an-object"])
+def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(resumable, damage, message, no_model_loading):
     lines = sample_lines(resumable)
-    (resumable / "samples.jsonl").write_bytes(lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:]))
-    with pytest.raises(report.RunDirError, match=re.escape(f"{resumable / 'samples.jsonl'}, line 2, is not JSON")):
+    (resumable / "samples.jsonl").write_bytes(lines[0] + damage(lines[1]) + b"\n" + b"".join(lines[2:]))
+    with pytest.raises(report.RunDirError, match=re.escape(f"{resumable / 'samples.jsonl'}, line 2, {message}")):
         small_run(resumable.parent, RESUMABLE)
 
 
