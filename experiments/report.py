@@ -1,46 +1,69 @@
-"""What a run leaves in its directory: samples.jsonl (appended batch by batch), run.json (the settings
-a resumed run must keep), summary.json, the plots; and the side-by-side table it prints."""
+"""What a run leaves in its directory: samples.jsonl (appended batch by batch, every record stamped with
+its settings' fingerprint), run.json (the settings a resumed run must keep), .lock (held while a run
+writes the directory), summary.json, the plots; and the side-by-side table it prints."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+LOCK = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be (re)used as it is: locked, unwritable, damaged, or from other settings."""
+
 
 class Records:
     """samples.jsonl: one JSON object per decoded sample, appended and synced after every batch, so an
-    interrupted run loses at most the batch in flight."""
+    interrupted run loses at most the batch in flight. `settings` (a fingerprint) is stamped on every
+    record appended, so that the settings travel with the samples."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, settings: str | None = None):
+        self.path, self.settings = path, settings
 
     def read(self) -> list[dict]:
+        return [record for _, record in self.numbered()]
+
+    def numbered(self) -> list[tuple[int, dict]]:
+        """(line number, record) of each record. A half-written last line is dropped (its sample is decoded
+        again); any other damaged line, and a (method, id) recorded twice, is a RunDirError naming the lines."""
         if not self.path.exists():
             return []
         lines = self.path.read_bytes().split(b"\n")
-        records = []
+        numbered = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
                 if number != len(lines):  # not an unterminated last line: a damaged file
-                    raise ValueError(f"{self.path}, line {number}, is not JSON ({error}); only an interrupted "
-                                     f"last line is repaired") from error
+                    raise RunDirError(f"{self.path}, line {number}, is not JSON ({error}); only an interrupted "
+                                      f"last line is repaired") from error
                 self._drop_last_line(len(line))
-                return records
-        if lines[-1].strip():  # a whole last record whose newline was never written
-            with open(self.path, "ab") as f:
-                f.write(b"\n")
-        return records
+                break
+            if not (isinstance(record, dict) and all(isinstance(record.get(key), str) for key in ("method", "id"))):
+                raise RunDirError(f"{self.path}, line {number}, is not a sample record (a JSON object with the "
+                                  f"strings \"method\" and \"id\"): {line[:200]!r}")
+            numbered.append((number, record))
+        else:
+            if lines[-1].strip():  # a whole last record whose newline was never written
+                with open(self.path, "ab") as f:
+                    f.write(b"\n")
+        _check_once(numbered, str(self.path))
+        return numbered
 
     def keys(self) -> set[tuple[str, str]]:
         return {(r["method"], r["id"]) for r in self.read()}
@@ -48,8 +71,9 @@ class Records:
     def append(self, records: list[dict]) -> None:
         if not records:
             return
+        stamp = {} if self.settings is None else {"settings": self.settings}
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+            f.write("".join(json.dumps({**r, **stamp}, ensure_ascii=False) + "\n" for r in records))
             f.flush()
             os.fsync(f.fileno())
 
@@ -61,18 +85,119 @@ class Records:
             f.truncate(self.path.stat().st_size - length)
 
 
-def check_same_run(path: Path, identity: dict) -> str | None:
-    """Why a directory whose samples came from other settings cannot be resumed (None: it can; the
-    settings are then recorded)."""
+def _check_once(numbered: list[tuple[int, dict]], source: str) -> None:
+    """A RunDirError naming every (method, id) recorded more than once, with its line numbers."""
+    lines = {}
+    for number, record in numbered:
+        lines.setdefault((record["method"], record["id"]), []).append(number)
+    twice = [f"method {method!r} id {id_!r} (lines {', '.join(map(str, numbers))})"
+             for (method, id_), numbers in lines.items() if len(numbers) > 1]
+    if twice:
+        raise RunDirError(f"{source}: samples recorded more than once: {'; '.join(twice[:10])}"
+                          f"{f' and {len(twice) - 10} more' if len(twice) > 10 else ''}; a sample is decoded "
+                          f"once: delete the extra lines, or choose a new hydra.run.dir")
+
+
+# -- the run directory --------------------------------------------------------------------------------
+def open_run_dir(out_dir: Path, identity: dict, records: Records) -> tuple[IO, set[tuple[str, str]]]:
+    """Checks and claims a run directory before any model is loaded: writable, locked for this run, every
+    record whole and once, all of it decoded with these settings. -> (the lock, to close when the run is
+    over; the (method, id) of the samples already there). Refusals are RunDirErrors."""
+    check_writable(out_dir, records.path)
+    lock = take_lock(out_dir)
+    try:
+        return lock, check_same_run(out_dir / "run.json", identity, records)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def check_writable(out_dir: Path, samples: Path) -> None:
+    """Makes the directory; a RunDirError unless a file can be made in it and samples.jsonl appended to."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
+            pass
+        if samples.exists():
+            open(samples, "ab").close()
+    except OSError as error:
+        raise RunDirError(f"the run directory {out_dir} cannot be written ({error}); make it writable or choose "
+                          f"another hydra.run.dir") from error
+
+
+def take_lock(out_dir: Path) -> IO:
+    """The run directory's lock (an flock on .lock, which holds the pid), held while the returned file is
+    open and released by the system when the process ends however it ends; a RunDirError naming the
+    other run's pid when another run holds it."""
+    path = out_dir / LOCK
+    try:
+        lock = open(path, "a+", encoding="utf-8")
+    except OSError as error:
+        raise RunDirError(f"{path} cannot be opened ({error}): the run directory's lock") from error
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        other = lock.read().strip() or "unknown, starting"
+        lock.close()
+        raise RunDirError(f"{out_dir} is in use by another run (pid {other}); wait for it to end or choose "
+                          f"another hydra.run.dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+def fingerprint(identity: dict) -> str:
+    """A short hash of the settings that decide the outputs, stamped on every record."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_same_run(path: Path, identity: dict, records: Records) -> set[tuple[str, str]]:
+    """Refuses (RunDirError) a directory holding samples decoded with other settings: run.json (path) must
+    hold these settings, and every record their fingerprint, so that deleting run.json disables nothing
+    (a record without a fingerprint is accepted only beside a run.json that matches). Writes run.json when
+    it is absent; -> the (method, id) of the samples already decoded."""
     if path.exists():
-        changed = sorted(_differences(json.loads(path.read_text()), identity))
+        changed = sorted(_differences(_read_settings(path), identity))
         if changed:
-            return (f"{path.parent} holds samples decoded with other settings ({', '.join(changed)}); "
-                    f"resume with the same settings or choose a new hydra.run.dir")
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, json.dumps(identity, indent=2) + "\n")
-    return None
+            raise RunDirError(f"{path.parent} holds samples decoded with other settings ({', '.join(changed)}); "
+                              f"resume with the same settings or choose a new hydra.run.dir")
+    settings = fingerprint(identity)
+    vouched = settings if path.exists() else None  # what a record from before the fingerprints is taken for
+    numbered = records.numbered()
+    other = [number for number, record in numbered if record.get("settings", vouched) != settings]
+    if other:
+        missing = "" if path.exists() else f" and no {path.name} names them"
+        raise RunDirError(f"{records.path} holds samples decoded with other settings than this run's (fingerprint "
+                          f"{settings}): lines {_spans(other)}{missing}; resume with their settings or choose a "
+                          f"new hydra.run.dir")
+    if not path.exists():
+        _write_atomically(path, json.dumps(identity, indent=2) + "\n")
+    return {(record["method"], record["id"]) for _, record in numbered}
+
+
+def _read_settings(path: Path) -> dict:
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirError(f"{path} is damaged ({error}); it records the run's settings: restore it, or delete it "
+                          f"to resume with the settings the samples carry") from error
+    if not isinstance(settings, dict):
+        raise RunDirError(f"{path} is damaged (not a JSON object); restore it, or delete it to resume with the "
+                          f"settings the samples carry")
+    return settings
+
+
+def _spans(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    spans = []
+    for number in numbers:
+        if spans and number == spans[-1][1] + 1:
+            spans[-1][1] = number
+        else:
+            spans.append([number, number])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _differences(a, b, prefix: str = ""):
@@ -86,6 +211,7 @@ def _differences(a, b, prefix: str = ""):
 def summarize(records: list[dict], task: str, methods: list[str], sample_ids: list[str], config: dict,
               traces: dict[str, list[int]], n_layers: int) -> dict:
     """summary.json: the last method's figures at the top level, every method's under "methods"."""
+    _check_once(list(enumerate(records, 1)), "the records to summarize (numbered from 1)")  # none counted twice
     wanted = set(sample_ids)
     per_method = {}
     for name in methods:

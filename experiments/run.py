@@ -7,8 +7,10 @@ Hydra's run directory and print the methods side by side.
     python experiments/run.py task=gsm8k task.data_dir=DIR task.limit=50 hydra.run.dir=runs/gsm8k
     accelerate launch --multi_gpu --num_processes 8 experiments/run.py ...   # data-parallel
 
-Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. Under
-accelerate, batches are dealt out to the processes and the main process writes every result.
+Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. The
+directory is checked (writable, every record whole and once, the same settings) and locked before any
+model is loaded (report.open_run_dir). Under accelerate, batches are dealt out to the processes and the
+main process reads and writes the directory.
 """
 
 from __future__ import annotations
@@ -172,18 +174,43 @@ def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> di
     """Decode, write samples.jsonl / summary.json / plots into out_dir; returns the summary."""
     state = state or PartialState(cpu=not torch.cuda.is_available())
     job = Job.check(cfg)
+    samples = job.task.samples()
+    if not samples:
+        raise ValueError(f"task {job.task.name!r} has no samples to decode")
     _set_threads(cfg, state)
-    records = report.Records(out_dir / "samples.jsonl")
-    refusal = report.check_same_run(out_dir / "run.json", _identity(cfg)) if state.is_main_process else None
+    records = report.Records(out_dir / "samples.jsonl", settings=report.fingerprint(_identity(cfg)))
+    lock, done = _claim(out_dir, cfg, records, state)
+    try:
+        return _decode_and_report(job, samples, records, done, out_dir, state)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _claim(out_dir: Path, cfg: DictConfig, records: report.Records, state: PartialState) -> tuple:
+    """The main process checks and locks the run directory before any model is loaded (report.open_run_dir)
+    -> (its lock or None, the (method, id) already decoded); a refusal reaches every process, so all stop."""
+    lock, done, refusal = None, set(), None
+    if state.is_main_process:
+        try:
+            lock, done = report.open_run_dir(out_dir, _identity(cfg), records)
+        except report.RunDirError as error:
+            if state.num_processes == 1:
+                raise
+            refusal = str(error)
     if state.num_processes > 1:
-        refusal = broadcast_object_list([refusal])[0]
+        refusal, done = broadcast_object_list([refusal, done])
     if refusal:
-        raise ValueError(refusal)
+        raise report.RunDirError(refusal)
+    return lock, done
+
+
+def _decode_and_report(job: Job, samples: list, records: report.Records, done: set, out_dir: Path,
+                       state: PartialState) -> dict:
+    cfg = job.cfg
     model = instantiate(cfg.model, device=cfg.model.get("device") or state.device)
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
-    samples = job.task.samples()
     decoders = [Decoder(job, method, model, tokenizer) for method in job.methods(model)]
-    done = records.keys()
     if done and state.is_main_process:
         wanted = {(d.method.name, s.id) for d in decoders for s in samples}
         log.info(f"resuming: {len(done & wanted)} samples already in {records.path} are skipped; "
@@ -193,7 +220,7 @@ def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> di
         _decode_all(decoder, pending, records, state)
     summary = None
     if state.is_main_process:
-        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot and samples else {}
+        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot else {}
         summary = report.summarize(records.read(), job.task.name, [d.method.name for d in decoders],
                                    [s.id for s in samples], OmegaConf.to_container(cfg, resolve=True), traces,
                                    model.n_layers)

@@ -227,3 +227,45 @@ def test_hub_rows_are_read(monkeypatch):
 def test_bad_arguments_are_named(small_data, settings, message):
     with pytest.raises(ValueError, match=message):
         GSM8K(**{"data_dir": small_data, **settings})
+
+
+GOOD_LINE = json.dumps({"question": "q?", "answer": "It is 7.\n#### 7"}).encode()
+
+
+@pytest.mark.parametrize("line, message", [
+    pytest.param(b'{"question": "q?", "answer": ', r"is not JSON", id="not-json"),
+    pytest.param('{"question": "caf\u00e9?"}'.encode()[:18], r"is not JSON", id="cut-utf8"),
+    pytest.param(b'["q?", "#### 7"]', r'needs the strings "question" and "answer"', id="not-an-object"),
+    pytest.param(b'{"answer": "#### 7"}', r'needs the strings "question" and "answer"', id="no-question"),
+    pytest.param(b'{"question": "q?"}', r'needs the strings "question" and "answer"', id="no-answer"),
+    pytest.param(b'{"question": "q?", "answer": 7}', r'needs the strings "question" and "answer"', id="number-answer"),
+    pytest.param(b'{"question": "q?", "answer": "It is 7."}', r'no "#### <number>"', id="no-marker"),
+    pytest.param(b'{"question": "q?", "answer": "#### ten"}', r'"####" is not followed by a number', id="not-a-number"),
+    pytest.param(b'{"question": "q?", "answer": "#### "}', r'"####" is not followed by a number', id="empty-number"),
+])
+def test_a_bad_line_is_named_by_file_and_number(small_data, line, message):
+    (small_data / "test.jsonl").write_bytes(b"\n".join([GOOD_LINE, b"", line, GOOD_LINE]) + b"\n")
+    with pytest.raises(ValueError, match=re.escape(f"{small_data / 'test.jsonl'}, line 3") + ".*" + message):
+        GSM8K(data_dir=small_data, shots=2)
+
+
+def test_a_bad_training_line_is_named_too(small_data):
+    (small_data / "train.jsonl").write_bytes(GOOD_LINE + b'\n{"question": "q?", "answer": "7"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{small_data / 'train.jsonl'}, line 2")):
+        GSM8K(data_dir=small_data, shots=1)
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"], ids=["empty", "blank-lines"])
+def test_an_empty_test_file_is_an_error_not_accuracy_zero(small_data, text):
+    (small_data / "test.jsonl").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(f"{small_data / 'test.jsonl'} holds no problems")):
+        GSM8K(data_dir=small_data, shots=0)
+
+
+def test_a_bad_hub_row_is_named(monkeypatch):
+    def load_dataset(path, name, split):
+        return [{"question": "q?", "answer": "#### 1"}, {"question": "q?", "answer": "no marker"}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(ValueError, match=r'openai/gsm8k test, row 1: the answer has no "#### <number>"'):
+        GSM8K(shots=0)

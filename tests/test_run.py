@@ -4,6 +4,7 @@ samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -228,12 +229,13 @@ def test_two_processes_give_the_same_samples_as_one(tmp_path):
 
 
 # -- bad input ----------------------------------------------------------------------------------------
+def refuse_model_loading(*args, **kwargs):
+    raise AssertionError("a model was loaded before the input was checked")
+
+
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was checked")
-
-    monkeypatch.setattr(dllm_accel, "load_model", refuse)
+    monkeypatch.setattr(dllm_accel, "load_model", refuse_model_loading)
 
 
 @pytest.mark.parametrize("overrides, error, message", [
@@ -247,7 +249,7 @@ def test_bad_input_fails_before_any_model_is_loaded(overrides, error, message, n
     with pytest.raises(Exception) as raised:
         run.run(compose_main(overrides), tmp_path / "out")
     cause = raised.value if isinstance(raised.value, error) else raised.value.__cause__
-    assert isinstance(cause, error) and __import__("re").search(message, str(cause)), raised.value
+    assert isinstance(cause, error) and re.search(message, str(cause)), raised.value
     assert not (tmp_path / "out" / "samples.jsonl").exists()
 
 
@@ -260,3 +262,183 @@ def test_a_data_dir_without_the_files_is_named(tmp_path, no_model_loading):
 def test_an_unknown_group_option_lists_the_choices():
     with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'cache/elastic'.*elastic_cache"):
         compose_main(["cache=elastic"])
+
+
+# -- the run directory: never a sample lost or doubled, faults found before any model is loaded ----------
+RESUMABLE = ["task.limit=4", "baseline=false", "guide=none", "refresh_plot=false"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished four-sample run's directory (copied by `resumable` for each test that damages it)."""
+    out = tmp_path_factory.mktemp("finished")
+    small_run(out, RESUMABLE)
+    return out / "out"
+
+
+@pytest.fixture
+def resumable(finished, tmp_path) -> Path:
+    shutil.copytree(finished, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def sample_lines(out: Path) -> list[bytes]:
+    return (out / "samples.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def outputs(out: Path) -> dict:
+    """(method, id) -> what the model wrote, from samples.jsonl; asserts that no sample appears twice."""
+    records = [json.loads(line) for line in sample_lines(out)]
+    keys = [(r["method"], r["id"]) for r in records]
+    assert len(keys) == len(set(keys)), keys
+    return {key: (r["output"], r["generated_tokens"]) for key, r in zip(keys, records, strict=True)}
+
+
+def cut_inside_a_character(line: bytes) -> bytes:
+    """The line of a record whose output ends in "é", cut between the two bytes of the "é"."""
+    record = json.loads(line) | {"output": "café"}
+    whole = json.dumps(record, ensure_ascii=False).encode()
+    return whole[:whole.index("é".encode()) + 1]
+
+
+def test_a_last_line_cut_inside_a_utf8_character_is_dropped(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"id": "a", "method": "m"}\n' + cut_inside_a_character(b'{"id": "b", "method": "m"}'))
+    assert report.Records(path).read() == [{"id": "a", "method": "m"}]
+    assert path.read_bytes() == b'{"id": "a", "method": "m"}\n'
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_samples(finished, resumable, caplog):
+    lines = sample_lines(resumable)
+    (resumable / "samples.jsonl").write_bytes(b"".join(lines[:2]) + cut_inside_a_character(lines[2]))
+    small_run(resumable.parent, RESUMABLE)
+    assert "interrupted last line" in caplog.text
+    assert outputs(resumable) == outputs(finished) and len(outputs(finished)) == 4
+
+
+@pytest.mark.parametrize("damage, message", [
+    (cut_inside_a_character, "is not JSON"),
+    (lambda line: line[:40], "is not JSON"),
+    (lambda line: json.dumps(json.loads(line) | {"id": 3}).encode(), "is not a sample record"),
+    (lambda line: b"[]", "is not a sample record"),
+], ids=["cut-utf8", "cut", "id-not-a-string", "not-an-object"])
+def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(resumable, damage, message, no_model_loading):
+    lines = sample_lines(resumable)
+    (resumable / "samples.jsonl").write_bytes(lines[0] + damage(lines[1]) + b"\n" + b"".join(lines[2:]))
+    with pytest.raises(report.RunDirError, match=re.escape(f"{resumable / 'samples.jsonl'}, line 2, {message}")):
+        small_run(resumable.parent, RESUMABLE)
+
+
+def test_under_accelerate_a_refusal_stops_every_process(resumable):
+    """Only the main process reads the run directory; its refusal reaches the other process, which stops too."""
+    lines = sample_lines(resumable)
+    (resumable / "samples.jsonl").write_bytes(lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:]))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    settings = ["max_new_tokens=48", "block_length=24", "batch_size=3", *RESUMABLE, f"hydra.run.dir={resumable}"]
+    double = subprocess.run([*launch, "experiments/run.py", *settings], cwd=ROOT, capture_output=True, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert double.returncode != 0
+    assert double.stderr.count(f"{resumable / 'samples.jsonl'}, line 2, is not JSON") >= 2, double.stderr[-3000:]
+
+
+def test_a_sample_recorded_twice_is_named_before_any_model_is_loaded(resumable, no_model_loading):
+    lines = sample_lines(resumable)
+    (resumable / "samples.jsonl").write_bytes(b"".join(lines) + lines[1])
+    twice = json.loads(lines[1])
+    named = f"method {twice['method']!r} id {twice['id']!r} (lines 2, 5)"
+    with pytest.raises(report.RunDirError, match=re.escape(named)):
+        small_run(resumable.parent, RESUMABLE)
+
+
+def test_summarize_never_counts_a_sample_twice():
+    record = {"id": "a", "method": "m", "correct": True, "generated_tokens": 4, "seconds": 1.0, "nfe": 2,
+              "recompute_fraction": 1.0}
+    assert report.summarize([record], "arith", ["m"], ["a"], {}, {}, 2)["n"] == 1
+    with pytest.raises(report.RunDirError, match=r"method 'm' id 'a'"):
+        report.summarize([record, dict(record)], "arith", ["m"], ["a"], {}, {}, 2)
+
+
+def test_a_run_directory_in_use_is_refused_with_the_other_runs_pid(resumable, monkeypatch):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; sys.path.insert(0, 'experiments'); "
+         "import report; lock = report.take_lock(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+         str(resumable)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with monkeypatch.context() as patch:
+            patch.setattr(dllm_accel, "load_model", refuse_model_loading)
+            with pytest.raises(report.RunDirError, match=rf"{re.escape(str(resumable))} is in use by another run "
+                                                         rf"\(pid {holder.pid}\)"):
+                small_run(resumable.parent, RESUMABLE)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, "the lock ends with the process that held it"
+    report.take_lock(resumable).close()  # and with the run that held it
+
+
+def test_deleting_run_json_leaves_the_settings_check_on(finished, resumable, monkeypatch):
+    (resumable / "run.json").unlink()
+    with monkeypatch.context() as patch:
+        patch.setattr(dllm_accel, "load_model", refuse_model_loading)
+        with pytest.raises(report.RunDirError, match=r"other settings than this run's .*lines 1-4 and no run.json"):
+            small_run(resumable.parent, [*RESUMABLE, "cache.gamma=0.5"])
+    assert not (resumable / "run.json").exists()
+    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, "the settings the samples carry are this run's"
+    assert (resumable / "run.json").read_text() == (finished / "run.json").read_text()
+    assert outputs(resumable) == outputs(finished)
+
+
+def test_samples_without_settings_need_run_json(finished, tmp_path):
+    identity = json.loads((finished / "run.json").read_text())
+    records = [{"id": "a", "method": "m"}]  # written before records carried their settings
+    (tmp_path / "samples.jsonl").write_text(json.dumps(records[0]) + "\n")
+    with pytest.raises(report.RunDirError, match=r"lines 1 and no run.json names them"):
+        report.check_same_run(tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl"))
+    (tmp_path / "run.json").write_text(json.dumps(identity))
+    assert report.check_same_run(tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl")) \
+        == {("m", "a")}
+
+
+@pytest.fixture
+def read_only():
+    """Makes a path unwritable (chmod; for root, which chmod does not stop, the immutable attribute)."""
+    made = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() == 0:
+            if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode:
+                pytest.skip("cannot make a path unwritable here (root, and no chattr +i)")
+            made.append(path)
+        else:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+@pytest.mark.parametrize("unwritable", [".", "samples.jsonl"], ids=["directory", "samples-file"])
+def test_an_unwritable_run_directory_is_refused_before_decoding(resumable, unwritable, read_only, no_model_loading):
+    (resumable / "samples.jsonl").write_bytes(b"".join(sample_lines(resumable)[:2]))  # two samples to go
+    read_only(resumable / unwritable)
+    with pytest.raises(report.RunDirError, match=rf"the run directory {re.escape(str(resumable))} cannot be written"):
+        small_run(resumable.parent, RESUMABLE)
+    assert len(sample_lines(resumable)) == 2
+
+
+def test_a_bad_gsm8k_line_is_named_before_any_model_is_loaded(tmp_path, no_model_loading):
+    data = gsm8k_dir(tmp_path)
+    lines = (data / "test.jsonl").read_text().splitlines()
+    lines[3] = json.dumps({"question": "1+1?", "answer": "2"})
+    (data / "test.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(Exception, match=re.escape(f"{data / 'test.jsonl'}, line 4: the answer has no \"####")):
+        small_run(tmp_path, ["task=gsm8k", f"task.data_dir={data}", "task.shots=0"])
+
+
+def test_a_task_without_samples_is_an_error_before_any_model_is_loaded(tmp_path, no_model_loading):
+    every_training_problem_a_shot = ["task=gsm8k", f"task.data_dir={gsm8k_dir(tmp_path)}", "task.split=train",
+                                     "task.shots=3"]
+    with pytest.raises(ValueError, match="task 'gsm8k' has no samples to decode"):
+        small_run(tmp_path, every_training_problem_a_shot)

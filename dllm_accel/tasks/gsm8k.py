@@ -76,8 +76,37 @@ def without_annotations(solution: str) -> str:
 
 
 def read_split(data_dir: Path, split: str) -> list[dict]:
-    with open(data_dir / f"{split}.jsonl", encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+    """The problems of `split`.jsonl, each checked (a bad line is named by file and number); an empty file is
+    an error, so that a run never reports accuracy over no problems."""
+    path = data_dir / f"{split}.jsonl"
+    records = []
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {number}"
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{where}, is not JSON ({error}); a GSM8K line is one JSON object") from error
+            records.append(checked_record(record, where))
+    if not records:
+        raise ValueError(f"{path} holds no problems; it should hold one JSON object per line, as the official "
+                         f"GSM8K {split}.jsonl")
+    return records
+
+
+def checked_record(record, where: str) -> dict:
+    """A GSM8K record: {"question": str, "answer": str ending in "#### <number>"}; else an error naming `where`."""
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), str) for key in ("question", "answer")):
+        raise ValueError(f"{where}: a GSM8K record needs the strings \"question\" and \"answer\", got {record!r:.200}")
+    if "####" not in record["answer"]:
+        raise ValueError(f"{where}: the answer has no \"#### <number>\" at its end: {record['answer']!r:.200}")
+    try:
+        reference_number(record)
+    except ValueError as error:
+        raise ValueError(f"{where}: the answer's \"####\" is not followed by a number ({error})") from error
+    return record
 
 
 def download_split(split: str) -> list[dict]:
@@ -91,7 +120,8 @@ def download_split(split: str) -> list[dict]:
         rows = datasets.load_dataset(*HUB_DATASET, split=split)
     except Exception as error:  # offline, the hub or the cache fail in many ways; all mean the same here
         raise RuntimeError(f"GSM8K data not found: loading {HUB_DATASET[0]} failed ({error}); {advice}") from error
-    return [{"question": row["question"], "answer": row["answer"]} for row in rows]
+    return [checked_record({"question": row["question"], "answer": row["answer"]}, f"{HUB_DATASET[0]} {split}, row {i}")
+            for i, row in enumerate(rows)]
 
 
 def check_data_dir(data_dir, needed: list[str]) -> Path:
