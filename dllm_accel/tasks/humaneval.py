@@ -297,9 +297,10 @@ def _unlock(workdir: str) -> None:
         paths += [os.path.join(folder, name) for name in folders + files]
     for path in paths:
         with contextlib.suppress(OSError):
+            _clear_flags(path)
+        with contextlib.suppress(OSError):
             if os.path.isdir(path) and not os.path.islink(path):
                 os.chmod(path, 0o700)
-            _clear_flags(path)
 
 
 def _clear_flags(path: str) -> None:

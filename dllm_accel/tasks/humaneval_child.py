@@ -67,9 +67,10 @@ class PathBeneath(ctypes.Structure):
 
 
 def landlock(libc):
-    """Restricts this process (and threads it starts) to reading: the whole tree but /proc, and of /proc
-    only its own entry and a few system-wide files."""
-    abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    """Restricts this process (and the threads it starts) to reading: files anywhere but in /proc, and of
+    /proc only its own entry and a few system-wide files; folders anywhere. No right to change anything."""
+    abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
+                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
     if abi < 1:
         raise OSError(ctypes.get_errno(), "the kernel offers no Landlock (Linux 5.13+, with landlock among its LSMs)")
     handled = handled_fs_rights(abi)
@@ -80,10 +81,11 @@ def landlock(libc):
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
-        readable = [os.path.join("/", name) for name in os.listdir("/") if name != "proc"]
-        readable += ["/proc/self"] + [f"/proc/{name}" for name in PROC_FILES]
-        for path in readable:
-            allow_reading(libc, ruleset, path)
+        allow(libc, ruleset, "/", READ_DIR)  # listing any folder, /proc's included; no file in /proc
+        for path in [os.path.join("/", name) for name in os.listdir("/") if name != "proc"] + ["/proc/self"]:
+            allow(libc, ruleset, path, READ_FILE | READ_DIR)
+        for name in PROC_FILES:
+            allow(libc, ruleset, f"/proc/{name}", READ_FILE)
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
         if libc.syscall(LANDLOCK_RESTRICT_SELF, ruleset, ctypes.c_uint32(0)) != 0:
@@ -92,13 +94,15 @@ def landlock(libc):
         os.close(ruleset)
 
 
-def allow_reading(libc, ruleset, path):
+def allow(libc, ruleset, path, rights):
+    """Grants `rights` beneath path (on the file itself, less READ_DIR, when path is no folder)."""
     try:
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except OSError:
         return  # a dangling link or an entry that went away: nothing to read there
     try:
-        rights = READ_FILE | READ_DIR if stat.S_ISDIR(os.fstat(fd).st_mode) else READ_FILE
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            rights &= ~READ_DIR
         rule = PathBeneath(rights, fd)
         if libc.syscall(LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:
             raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
