@@ -687,6 +687,15 @@ def test_patching_the_interpreter_cannot_fake_a_pass(case, code):
 
 
 @guarded
+def test_what_the_guard_does_not_stop_is_a_pass_faked_inside_the_process():
+    """As the README says: the completion shares its interpreter with check(), so it can make the test's own
+    assertions hold without solving anything. Only an honest completion is scored honestly."""
+    always_equal = "    class Anything:\n        def __eq__(self, other):\n            return True\n" \
+                   "    return Anything()\n"
+    assert execute(ADD, always_equal) == {"passed": True, "result": "passed"}
+
+
+@guarded
 def test_exception_messages_run_none_of_the_completions_code():
     code = "    class Evil(ValueError):\n        def __str__(self):\n            import os\n            os._exit(0)\n" \
            "    raise Evil('x')\n"

@@ -10,18 +10,37 @@ function (chat models) is kept whole, after the prompt, whose own function is co
 body, so the restatement overrides it while the prompt's imports and helpers stay; a body (base models) is cut
 where a new top-level statement starts, as the usual stop sequences ("\\ndef", "\\nprint(", ...) would cut it.
 
-`execute` runs prompt + completion + test + "check(entry_point)" in a child Python and waits at most `timeout`
-seconds. The child runs in its own session and temporary directory (removed afterwards), with its output
-discarded and limits on address space, CPU time, file size (0: no byte can reach any file) and core dumps.
-Before the completion runs, it loses the functions that kill or start processes, write, truncate, move or
-delete files, change directory, open sockets or lift the limits (they raise PermissionError). A pass is
-reported on a private pipe, with a per-run nonce, only after check() returned, so exiting early fails. When the
-child ends or its time is up, its whole process group is killed.
+`execute` runs prompt + completion + test + "check(entry_point)" in a child Python (humaneval_child.py) and waits
+at most `timeout` seconds. The child runs in its own session and a fresh temporary directory, stdout/stderr
+discarded, with a fixed environment (PATH, LANG, one thread for OpenMP/OpenBLAS/MKL: nothing of the evaluator's)
+and limits on address space, CPU time, file size (0) and core dumps. Before the completion runs it installs,
+below the interpreter (nothing in Python, ctypes or a re-imported module can lift them):
+- a Landlock ruleset: files may be read anywhere but in /proc, where only its own entry and a few system-wide
+  files (cpuinfo, meminfo, stat, ...) are readable, so other processes' environments and memory are not;
+  no file or folder may be created, written, truncated, renamed, linked or removed;
+- a seccomp filter, an allow-list: reading, computing, memory, threads (clone with CLONE_THREAD only; clone3
+  answers ENOSYS so glibc falls back), time, signals to itself, and writing to descriptors it already has
+  (stdout/stderr, its verdict pipe) or makes in memory (pipes). open/openat with a write, create, truncate or
+  append flag, fork, exec, kill beyond itself, sockets, setrlimit/prlimit with a new limit, chdir, ioctl
+  beyond a few terminal queries, fcntl beyond descriptor flags, io_uring, ptrace, namespaces, mount and
+  everything not listed fail with EPERM.
+The guard needs Linux, libseccomp (through pyseccomp, or the distribution's `seccomp` module) and Landlock
+(Linux 5.13+); where any is missing `execute` raises GuardUnavailable with the reason, unless the caller passes
+unsafe_python_guard=True, which runs the completion under the old Python-level guard (functions replaced in
+os, shutil, subprocess, socket, ...), which code written to escape undoes (re-importing posix, ctypes).
 
-This guards the evaluator against accidents of generated code (infinite loops, runaway memory, stray file
-writes, sys.exit). It is not a security sandbox: the completion runs inside an ordinary Python process, and
-code written to escape (through ctypes, or by digging the saved functions out of the interpreter) can.
-Evaluate code from a deliberate attacker in a container or VM instead.
+The verdict: the child writes "<nonce> guarded" on a private pipe before the completion runs and "<nonce> passed"
+or "<nonce> failed <description>" after check() returned or raised, with functions captured before the
+completion ran (no json, no name looked up in builtins); the description runs none of the completion's code.
+Exiting early is no pass. When the child ends or its time is up, its whole process group is killed. A case
+directory that cannot be removed (say, made immutable) is unlocked (flags cleared, folders made writable) and
+removed again; if that fails too the sample's result is "failed: its temporary directory could not be removed".
+
+Not enforced: the completion still runs in the same interpreter as check(), so it can make the test pass
+without solving anything: return an object that equals anything, patch what check() calls, or dig the run's
+nonce out of the interpreter's frames and write a pass itself. The score is only as honest as the code scored.
+It can also read any file the evaluator's user can read outside /proc, use the CPU up to its limits, and
+learn the machine's configuration. Evaluate code from a deliberate attacker in a container or VM.
 """
 
 from __future__ import annotations
