@@ -554,6 +554,9 @@ ESCAPES = {
     "shutil-rmtree": "import shutil\nshutil.rmtree(ROOT)",
     "rename-into-case-directory": "import os\nos.rename(KEPT, 'stolen')",
     "xattr": "import os\nos.setxattr(KEPT, 'user.x', b'1')",
+    "x32-abi-open-create": "import ctypes\nctypes.CDLL(None).syscall(0x40000002, NEW.encode(), 0o101, 0o644)",
+    "thread-escapes-the-filter": "import threading, os\nt = threading.Thread(target=os.remove, args=(KEPT,))\n"
+                                 "t.start()\nt.join()",
 }
 
 

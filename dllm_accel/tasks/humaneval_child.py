@@ -156,10 +156,15 @@ def binding():
 def seccomp_filter(seccomp):
     pid = os.getpid()
     rules = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
+    rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)  # e.g. int 0x80 (i386 calls) on x86_64
     allow, arg = seccomp.ALLOW, seccomp.Arg
 
     def add(action, name, *conditions):
-        if seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1:  # -1: a name libseccomp does not know
+        try:
+            known = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1  # -1: a name libseccomp lacks
+        except ValueError:
+            known = False
+        if known:
             rules.add_rule(action, name, *conditions)
 
     for name in ALLOWED:
