@@ -293,7 +293,8 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 class DreamAlgorithm(UnmaskPolicy):
     """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
     `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the mean number of masks per row (at the last step all of a row's masks), ranked by
+    per row, m the row's masks (Dream's batch mean, which is every row's count in its sampler; at the
+    last step all of a row's masks), ranked by
     `maskgit_plus` (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy`
     (negative entropy), and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp)
     instead. Tokens: argmax at temperature 0, else a sample after `top_p` / `top_k` filtering. Without
@@ -333,14 +334,13 @@ class DreamAlgorithm(UnmaskPolicy):
         if self.alg == "origin":
             drawn = uniform_canvas(ctx.candidates, ctx.generator) < 1 - s / t
             return ctx.candidates.sum(1) if last else (drawn & ctx.candidates).sum(1)
-        # Dream's count is one number for the batch, from the mean number of masks (over the rows still
-        # decoding), in its float32 arithmetic, then truncated; a row commits at most what it has masked.
+        # Dream's count is one number for the batch, int(m · (1 - s/t)) from the mean number of masks m in
+        # its float32 arithmetic. Its rows always hold equally many masks, so m is each row's own count: a
+        # row counts its own masks here, so that rows a guide or EOS set apart decode as they would alone.
         n_masked = ctx.candidates.sum(1)
-        decoding = n_masked > 0
-        mean = n_masked.sum() / decoding.sum().clamp(min=1)
-        if last:  # every row's masks (Dream's int(m) when rows are alike; rows a guide or EOS set apart too)
+        if last:  # every row's masks (Dream's int(m) when rows are alike)
             return n_masked
-        return torch.where(decoding, (mean * (1 - s / t)).long(), 0)
+        return (n_masked * (1 - s / t)).long()
 
     def select(self, ctx, logits, quota):
         probs, tokens = self._sample(logits, ctx.generator, ctx.candidates.sum(1))
