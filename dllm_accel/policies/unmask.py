@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
-from ..seeding import multinomial, uniform, uniform_canvas
 from ..models.base import ModelSpec
+from ..seeding import multinomial, uniform, uniform_canvas
 
 
 @dataclass
