@@ -74,9 +74,7 @@ def uniform(shape: tuple, device, generator, counts: torch.Tensor | None = None,
     e.g. row b's candidates, row-major like the logits)."""
     if not per_row(generator):
         return torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    parts = [torch.rand((n, *shape[1:]), dtype=dtype, device=device, generator=g)
-             for n, g in zip(counts.tolist(), generator, strict=True) if n]
-    return torch.cat(parts) if parts else torch.empty((0, *shape[1:]), dtype=dtype, device=device)
+    return _rand_per_row(counts, generator, tuple(shape[1:]), dtype, device)
 
 
 def uniform_canvas(candidates: torch.Tensor, generator, dtype=torch.float32) -> torch.Tensor:
@@ -84,9 +82,15 @@ def uniform_canvas(candidates: torch.Tensor, generator, dtype=torch.float32) -> 
     generator (the official samplers' draw); per row, only at the row's candidates (0.5 elsewhere)."""
     if not per_row(generator):
         return torch.rand(candidates.shape, dtype=dtype, device=candidates.device, generator=generator)
-    counts = candidates.sum(1)
-    noise = uniform((int(counts.sum()),), candidates.device, generator, counts, dtype)
+    noise = _rand_per_row(candidates.sum(1), generator, (), dtype, candidates.device)
     return torch.full(candidates.shape, 0.5, dtype=dtype, device=candidates.device).masked_scatter_(candidates, noise)
+
+
+def _rand_per_row(counts: torch.Tensor, generators: tuple, tail: tuple, dtype, device) -> torch.Tensor:
+    """[counts.sum(), *tail]: counts[b] entries from generators[b], row after row (one host sync)."""
+    parts = [torch.rand((n, *tail), dtype=dtype, device=device, generator=g)
+             for n, g in zip(counts.tolist(), generators, strict=True) if n]
+    return torch.cat(parts) if parts else torch.empty((0, *tail), dtype=dtype, device=device)
 
 
 def multinomial(probs: torch.Tensor, counts: torch.Tensor, generator) -> torch.Tensor:
