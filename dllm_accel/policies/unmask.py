@@ -293,13 +293,12 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 class DreamAlgorithm(UnmaskPolicy):
     """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
     `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the row's masks (Dream's batch mean, which is every row's count in its sampler; at the
-    last step all of a row's masks), ranked by
-    `maskgit_plus` (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy`
-    (negative entropy), and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp)
-    instead. Tokens: argmax at temperature 0, else a sample after `top_p` / `top_k` filtering. Without
-    blocks `steps` covers the whole generation; with blocks each block gets steps / n_blocks and its own
-    time grid."""
+    per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at the last
+    step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin` (top-1 minus
+    top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled in proportion
+    to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a sample after `top_p`
+    / `top_k` filtering. Without blocks `steps` covers the whole generation; with blocks each block gets
+    steps / n_blocks and its own time grid."""
 
     alg: str = "origin"
     steps: int = 512
