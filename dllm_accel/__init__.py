@@ -29,6 +29,7 @@ from .policies import (
     load_ar_model,
 )
 from .sampler import GenerationOutput, Sampler, StepRecord
+from .seeding import sample_generators
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,5 @@ __all__ = [
     "FrozenCache", "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache",
     "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts",
     "from_hf", "llada_generate", "load_ar_model", "load_model", "load_tokenizer", "official_method", "patch",
-    "save_model", "unpatch",
+    "sample_generators", "save_model", "unpatch",
 ]

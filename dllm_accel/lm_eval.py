@@ -23,12 +23,17 @@ model_args
     stop             stop_at_eos (default) or full_length
     max_new_tokens   generation length when a request gives no max_gen_toks (default 256)
     block_length     default 32; 0 or None: the whole generation is one block
-    seed             seeds the generator every random draw uses (default 0)
+    seed             each request draws from its own generator, seeded by (seed, request id) (default 0)
 
 Generation length: a request's max_gen_toks (else max_new_tokens), rounded up to a multiple of
 block_length; the text is then cut to max_gen_toks tokens, at the first EOS / end-of-turn and at the
 first of the request's `until` strings. Sampling is set by the unmask policy (`temperature`), not by the
 task's generation kwargs. Only generation tasks run: a masked diffusion LM has no exact log-likelihood.
+
+Sampling (temperature > 0) is reproducible request by request: a request's id is its task name,
+document id and index in the document (lm_eval's Instance fields; its context text where they are
+missing), with the repeat number when one request comes several times, so its output depends neither
+on batch_size nor on the other requests or their order.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from .policies import (
     Threshold,
 )
 from .sampler import Sampler
+from .seeding import sample_generators
 
 MODEL_NAME = "dllm_accel"
 logger = logging.getLogger(__name__)
@@ -112,7 +118,7 @@ class DllmAccelLM(LM):
         self._device = torch.device(_available_device(device))
         self.model = load_model(pretrained, dtype=dtype, device=self._device)
         self.tokenizer = load_tokenizer(pretrained)
-        self.generator = torch.Generator(self._device).manual_seed(seed)
+        self.seed = seed
         self.stats = {"generated_tokens": 0, "nfe": 0, "row_forwards": 0, "decode_seconds": 0.0}
         self._warned_kwargs = False
 
@@ -147,7 +153,8 @@ class DllmAccelLM(LM):
 
     # -- lm_eval's interface -----------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        jobs = [self._job(*request.args) for request in requests]
+        jobs = [self._job(*request.args) | {"id": key} for request, key in zip(requests, _request_ids(requests),
+                                                                               strict=True)]
         # one generation length per batch; similar prompt lengths together for less padding
         order = sorted(range(len(jobs)), key=lambda i: (jobs[i]["length"], -len(jobs[i]["ids"])))
         texts: list[str | None] = [None] * len(jobs)
@@ -222,7 +229,8 @@ class DllmAccelLM(LM):
         start = time.perf_counter()
         out = self.sampler(length).generate(input_ids.to(self._device), attention_mask.to(self._device),
                                             max_new_tokens=length, block_length=self.block_length,
-                                            generator=self.generator)
+                                            generator=sample_generators(self.seed, [job["id"] for job in jobs],
+                                                                        self._device))
         self.stats["decode_seconds"] += time.perf_counter() - start
         self.stats["generated_tokens"] += int(out.generated_tokens.sum())
         self.stats["nfe"] += out.nfe
@@ -244,6 +252,20 @@ class DllmAccelLM(LM):
 
 _GENERATION_ONLY = ("dllm_accel supports generation tasks only (output_type: generate_until): a masked diffusion "
                     "LM has no exact log-likelihood, so loglikelihood / multiple-choice / perplexity tasks cannot run")
+
+
+def _request_ids(requests) -> list[str]:
+    """A stable id per request: task/document/index (the context text where lm_eval gives none), then
+    #k for its k-th occurrence in `requests` (lm_eval repeats a request by listing it again)."""
+    seen: dict[str, int] = {}
+    ids = []
+    for request in requests:
+        doc_id = getattr(request, "doc_id", None)
+        key = (f"{request.task_name}/{doc_id}/{request.idx}" if doc_id is not None
+               else f"context:{request.args[0]}")
+        seen[key] = seen.get(key, -1) + 1
+        ids.append(f"{key}#{seen[key]}")
+    return ids
 
 
 def cut_at_first(text: str, stop_strings: list[str]) -> str:

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -31,6 +31,7 @@ from .policies.guide import ARGuide
 from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
+from .seeding import row_generators
 
 
 @dataclass
@@ -92,17 +93,20 @@ class Sampler:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int, block_length: int | None = None, generator: torch.Generator | None = None,
+                 max_new_tokens: int, block_length: int | None = None,
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
                  callback: Callable[[StepRecord, torch.Tensor], None] | None = None) -> GenerationOutput:
         """Left-padded prompts [B, P] (attention_mask 0 on padding) -> GenerationOutput.
 
-        `generator` drives every random draw (sampling, random remasking). `callback(record, sequences)`
+        `generator` drives every random draw (sampling, random remasking, the guide's acceptance): one
+        torch.Generator draws for the whole batch at once (the official samplers' random stream, so a row's
+        draws depend on its batch); a sequence of B generators, one per row (e.g.
+        dllm_accel.sample_generators(seed, sample_ids, device)), gives row b the draws it would get decoded
+        alone with generator b, whatever its batch, padding or companions. `callback(record, sequences)`
         is called after every step, including steps that needed no forward."""
         spec, device = self.model.spec, self.model.device
         attention_mask = self._check_prompt(input_ids, attention_mask)
-        if generator is not None and generator.device.type != device.type:
-            raise ValueError(f"generator is on {generator.device}, the model on {device}; "
-                             f"create it with torch.Generator({device.type!r})")
+        generator = row_generators(generator, input_ids.shape[0], device)
         n_blocks, block_length = _blocks(max_new_tokens, block_length)
         steps = self.unmask.steps_per_block(n_blocks)
         batch, prompt_len = input_ids.shape

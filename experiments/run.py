@@ -131,17 +131,19 @@ class Decoder:
         return texts, dllm_accel.encode_texts(self.tokenizer, texts, add_special_tokens=False,
                                               device=self.model.device)
 
-    def generate(self, batch, seed: int, sampler: Sampler | None = None):
-        generator = torch.Generator(self.model.device).manual_seed(seed)
+    def generate(self, batch, samples, sampler: Sampler | None = None):
+        """Each sample's random draws from its own generator, seeded by (cfg.seed, sample id): its output
+        depends neither on its batch nor on resuming or the number of processes."""
+        generators = dllm_accel.sample_generators(self.job.cfg.seed, [s.id for s in samples], self.model.device)
         return (sampler or self.sampler).generate(
             batch["input_ids"], batch["attention_mask"], max_new_tokens=self.job.cfg.max_new_tokens,
-            block_length=self.method.block_length, generator=generator)
+            block_length=self.method.block_length, generator=generators)
 
-    def __call__(self, samples, seed: int) -> list[dict]:
+    def __call__(self, samples) -> list[dict]:
         prompts, batch = self.encode(samples)
         _synchronize(self.model.device)
         start = time.perf_counter()
-        out = self.generate(batch, seed)
+        out = self.generate(batch, samples)
         _synchronize(self.model.device)
         seconds = time.perf_counter() - start
         prompt_length = batch["input_ids"].shape[1]
@@ -160,7 +162,7 @@ class Decoder:
         """The first recomputed layer at each step of one sample (0: full forward; n_layers: all reused)."""
         traced = Sampler(self.model, unmask=self.method.unmask, cache=self.method.cache, stop=self.method.stop,
                          guide=self.method.guide, trace=True)
-        out = self.generate(self.encode([sample])[1], 0, traced)
+        out = self.generate(self.encode([sample])[1], [sample], traced)
         return [int(r.refresh_from[0]) for r in out.trace if r.forwarded]
 
 
@@ -236,11 +238,11 @@ def _decode_all(decoder: Decoder, pending: list, records, state: PartialState) -
     size = decoder.job.cfg.batch_size
     batches = [pending[i:i + size] for i in range(0, len(pending), size)]
     if decoder.job.cfg.warmup and batches:
-        decoder.generate(decoder.encode(batches[0][:1])[1], 0)
+        decoder.generate(decoder.encode(batches[0][:1])[1], batches[0][:1])
     progress = tqdm(total=len(pending), desc=decoder.method.name, unit="sample", disable=not state.is_main_process)
     for round_start in range(0, len(batches), state.num_processes):
         index = round_start + state.process_index
-        mine = decoder(batches[index], decoder.job.cfg.seed + index) if index < len(batches) else []
+        mine = decoder(batches[index]) if index < len(batches) else []
         results = gather_object(mine) if state.num_processes > 1 else mine
         if state.is_main_process:
             records.append(results)

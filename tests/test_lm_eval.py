@@ -87,6 +87,26 @@ def test_max_gen_toks_rounds_up_to_blocks_and_cuts_the_tokens(lm):
     assert all(0 < len(short) < len(full) for short, full in zip(texts, direct(sampler), strict=True))
 
 
+def test_sampled_texts_depend_on_neither_batch_size_nor_the_order_of_requests():
+    """At temperature > 0 each request draws from a generator seeded by (seed, its id: task, document,
+    index, repeat)."""
+    plain = requests(DllmAccelLM.create_from_arg_string(TINY), {})
+    contexts = [request.args[0] for request in plain]
+    instances = [Instance("generate_until", {}, (c, {}), 0, metadata=("arith", i, 1)) for i, c in enumerate(contexts)]
+    sampled = f"{TINY},unmask=threshold,temperature=3.0,cache=elastic"
+
+    def texts(options, chosen):
+        return DllmAccelLM.create_from_arg_string(f"{sampled},{options}").generate_until(chosen)
+
+    one = texts("batch_size=1,seed=1", instances)
+    assert texts("batch_size=4,seed=1", instances[::-1]) == one[::-1]
+    assert texts("batch_size=4,seed=1", instances[2:5]) == one[2:5]
+    assert texts("batch_size=4,seed=2", instances) != one, "the case needs sampling that matters"
+    assert dllm_accel.lm_eval._request_ids([instances[0], instances[0], instances[1]]) == [
+        "arith/0/0#0", "arith/0/0#1", "arith/1/0#0"]
+    assert dllm_accel.lm_eval._request_ids(plain[:1]) == [f"context:{contexts[0]}#0"]
+
+
 @pytest.mark.parametrize("args, named", [
     ("unmask=fast", ["unmask='fast'", "low_confidence", "threshold", "dream"]),
     ("cache=elastik", ["cache='elastik'", "no", "prefix", "dual", "elastic"]),

@@ -205,26 +205,41 @@ def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
         report.Records(path).read()
 
 
-def test_two_processes_give_the_same_samples_as_one(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too."""
-    settings = ["task.limit=7", "batch_size=2", "max_new_tokens=24", "block_length=12", "refresh_plot=false",
-                "guide=none"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, "experiments/run.py", *settings, f"hydra.run.dir={tmp_path / 'one'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    double = subprocess.run([*launch, "experiments/run.py", *settings, f"hydra.run.dir={tmp_path / 'two'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert double.returncode == 0, double.stderr[-3000:]
-    assert "written to" in single.stdout and double.stdout.count("written to") == 1, "only the main process reports"
+def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes(tmp_path):
+    """At temperature > 0 each sample draws from its own generator, seeded by (seed, sample id): batch
+    size 1 == batch size 5 == a run interrupted after a few samples and resumed == two processes
+    (`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too)."""
+    settings = ["model=tiny_dream", "task.limit=7", "max_new_tokens=24", "block_length=12", "baseline=false",
+                "unmask.temperature=0.8", "guide.acceptance=speculative", "refresh_plot=false", "warmup=false"]
 
     def outputs(directory):
-        records = [json.loads(line) for line in (tmp_path / directory / "samples.jsonl").read_text().splitlines()]
-        return {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["nfe"]) for r in records}
+        lines = (tmp_path / directory / "samples.jsonl").read_text().splitlines()
+        records = {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["nfe"])
+                   for r in map(json.loads, lines)}
+        assert len(records) == len(lines) == 14, "one record per (method, sample)"
+        return records
 
-    assert len(outputs("one")) == 14 and outputs("two") == outputs("one")
+    one = run.run(compose_main([*settings, "batch_size=1"]), tmp_path / "one")
+    run.run(compose_main([*settings, "batch_size=5"]), tmp_path / "five")
+    assert outputs("five") == outputs("one")
+    assert one["methods"]["ElasticCache + Threshold"]["accuracy"] < 1, "the case needs sampling that matters"
+
+    shutil.copytree(tmp_path / "five", tmp_path / "resumed")
+    first = (tmp_path / "five" / "samples.jsonl").read_text().splitlines()
+    (tmp_path / "resumed" / "samples.jsonl").write_text("\n".join(first[:4]) + "\n" + first[4][:20])
+    run.run(compose_main([*settings, "batch_size=3"]), tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "samples.jsonl").read_text().splitlines()[:4] == first[:4], "kept, not redone"
+    assert outputs("resumed") == outputs("one")
+
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    double = subprocess.run([*launch, "experiments/run.py", *settings, "batch_size=2",
+                             f"hydra.run.dir={tmp_path / 'two'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stdout.count("written to") == 1, "only the main process reports"
+    assert outputs("two") == outputs("one")
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["n"] == 7
 
 

@@ -7,10 +7,14 @@ from conftest import EOS, EOT, MASK, StandIn, decoder, prompts
 
 import dllm_accel
 from dllm_accel import (
+    ARGuide,
     DreamAlgorithm,
+    DualCache,
+    ElasticCache,
     EntropyThreshold,
     Factor,
     LowConfidence,
+    PrefixCache,
     Sampler,
     StopAtEOS,
     Threshold,
@@ -134,6 +138,81 @@ def test_stochastic_settings_follow_the_seed(case):
 
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
+
+
+SAMPLED_ALONE = {  # id: (model type, unmask policy, cache, stop, ARGuide acceptance or None)
+    "low_confidence": ("llada", lambda: LowConfidence(16, temperature=1.0), None, None, None),
+    "random-remasking": ("llada", lambda: LowConfidence(16, remasking="random", temperature=0.7), None, None, None),
+    "low_confidence-cfg": ("llada", lambda: LowConfidence(16, temperature=1.0, cfg_scale=1.0), None, None, None),
+    "threshold-stop-dual": ("llada", lambda: Threshold(0.7, temperature=1.0), DualCache(), StopAtEOS(), None),
+    "threshold-stop-elastic": ("llada", lambda: Threshold(0.7, temperature=1.0), ElasticCache(window=4),
+                               StopAtEOS(), None),
+    "factor-stop-mask": ("llada", lambda: Factor(1.0, temperature=1.0), PrefixCache(), StopAtEOS("mask"), None),
+    "entropy_threshold": ("Dream", lambda: EntropyThreshold(0.5, temperature=1.0), DualCache(), None, None),
+    "dream-origin-stop": ("Dream", lambda: DreamAlgorithm("origin", 16, temperature=1.0), None, StopAtEOS(), None),
+    "dream-alg_temp-top_p": ("Dream", lambda: DreamAlgorithm("maskgit_plus", 16, alg_temp=0.5, temperature=0.8,
+                                                             top_p=0.9), None, None, None),
+    "dream-entropy-stop-elastic": ("Dream", lambda: DreamAlgorithm("entropy", 16, temperature=0.8),
+                                   ElasticCache(window=4), StopAtEOS(), None),
+    "guide-speculative": ("llada", lambda: Threshold(0.7, temperature=0.8), None, StopAtEOS(), "speculative"),
+    "guide-topk_relative-elastic": ("llada", lambda: Threshold(0.7, temperature=0.8), ElasticCache(window=4),
+                                    StopAtEOS(), "topk_relative"),
+    "guide-speculative-dream": ("Dream", lambda: DreamAlgorithm("entropy", 16, temperature=0.8), DualCache(), None,
+                                "speculative"),
+}
+
+
+@pytest.mark.parametrize("case", SAMPLED_ALONE)
+def test_with_a_generator_per_row_each_row_samples_what_it_samples_alone(case):
+    """Sampling at temperature > 0 with generators from dllm_accel.sample_generators(seed, ids): each
+    row of a batch of 5 (left-padded, rows finishing at different steps) decodes what it decodes
+    alone with its own generator, whatever its companions."""
+    from test_guide import ar_model
+
+    model_type, policy, cache, stop, acceptance = SAMPLED_ALONE[case]
+    model = decoder(model_type, seed=5, sharpness=4.0, favour={EOS: 2.0})
+    lengths, ids_ = [9, 4, 6, 7, 5], ["a", "b", "c", "d", "e"]
+    ids, mask = prompts(model, lengths, seed=5)
+    guide = None if acceptance is None else ARGuide(ar_model(seed=35, sharpness=4.0), acceptance=acceptance, k=4,
+                                                    ratio=0.05, correct=True)
+    sampler = Sampler(model, unmask=policy(), cache=cache, stop=stop, guide=guide)
+
+    def generate(input_ids, attention_mask, sample_ids, seed=3):
+        return sampler.generate(input_ids, attention_mask, max_new_tokens=16, block_length=8,
+                                generator=dllm_accel.sample_generators(seed, sample_ids))
+
+    batch = generate(ids, mask, ids_)
+    for row, n in enumerate(lengths):
+        alone = generate(ids[row:row + 1, -n:], None, ids_[row:row + 1])
+        assert torch.equal(batch.sequences[row, -16:], alone.sequences[0, -16:]), f"row {row}"
+        assert batch.row_forwards[row] == alone.row_forwards[0]
+    reordered = generate(ids.flip(0), mask.flip(0), ids_[::-1])
+    assert torch.equal(reordered.sequences.flip(0), batch.sequences)
+    assert not torch.equal(generate(ids, mask, ids_, seed=4).sequences, batch.sequences), "the seed must matter"
+
+
+def test_sample_generators_are_seeded_by_seed_and_id_alone():
+    first = [g.initial_seed() for g in dllm_accel.sample_generators(0, ["test-0-1", "test-0-2", 7])]
+    assert first == [g.initial_seed() for g in dllm_accel.sample_generators(0, ["test-0-1", "test-0-2", 7])]
+    assert first[0] == dllm_accel.sample_generators(0, ["x", "test-0-1"])[1].initial_seed()
+    assert first[0] != dllm_accel.sample_generators(1, ["test-0-1"])[0].initial_seed()
+    assert len(set(first)) == 3 and all(0 <= seed < 2 ** 63 for seed in first)
+    assert first[0] == 9052672161573434478, "a stable hash (blake2b), the same in every process and session"
+    with pytest.raises(ValueError, match=r"seed must be an integer, got '0'"):
+        dllm_accel.sample_generators("0", ["a"])
+    with pytest.raises(ValueError, match=r"ids must be a sequence of sample ids"):
+        dllm_accel.sample_generators(0, "abc")
+
+
+@pytest.mark.parametrize("generator, message", [
+    ([torch.Generator()], r"generator must be None, one torch.Generator or a sequence of one torch.Generator per "
+                          r"row \(2 rows\), got 1 items"),
+    ([torch.Generator(), 3], r"one torch.Generator per row \(2 rows\), got 2 items of types \['Generator', 'int'\]"),
+    (5, r"generator must be None, one torch.Generator or a sequence of one torch.Generator per row, got 5"),
+])
+def test_bad_generators_are_named(generator, message):
+    with pytest.raises(ValueError, match=message):
+        _generate(generator=generator)
 
 
 def test_stop_at_eos_ends_rows_early_and_leaves_no_mask():

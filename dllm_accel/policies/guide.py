@@ -34,6 +34,7 @@ from transformers import DynamicCache
 
 from .. import assets
 from ..models.base import ModelSpec
+from ..seeding import multinomial, uniform
 from .unmask import _is_int, _is_number, _require
 
 ACCEPTANCE = ("exact", "topk_relative", "speculative")
@@ -187,7 +188,7 @@ class Verification:
             is_draft = window & pending.gather(1, clamped)
             ok = torch.ones_like(window)
             ok[is_draft] = self._accept(ar_logits[is_draft], drafted.gather(1, clamped)[is_draft],
-                                        logits, index.gather(1, clamped)[is_draft], generator)
+                                        logits, index.gather(1, clamped)[is_draft], generator, is_draft.sum(1))
             failed = window & ~ok
             failing = failed.any(1)
             at = target.gather(1, failed.int().argmax(1, keepdim=True)).squeeze(1)
@@ -195,7 +196,8 @@ class Verification:
             rejecting = alive & failing
             if self.guide.correct and bool(rejecting.any()):
                 correction[rejecting] = self._correction(ar_logits[failed & (target == at[:, None])], logits,
-                                                         index[rejecting, at[rejecting]], generator)
+                                                         index[rejecting, at[rejecting]], generator,
+                                                         rejecting.long())
             rejected_at = torch.where(rejecting, at, rejected_at)
             alive &= ~failing & (stop < end)
             begin = torch.where(alive, stop, begin)
@@ -271,9 +273,9 @@ class Verification:
         takes logits_to_keep."""
         return {"logits_to_keep": width - skip} if skip > 0 and self.guide.keeps_logits else {}
 
-    def _accept(self, ar_logits, drafts, logits, index, generator) -> torch.Tensor:
+    def _accept(self, ar_logits, drafts, logits, index, generator, counts=None) -> torch.Tensor:
         """ar_logits [K, V_ar] predicting positions whose drafts [K] (diffusion ids) have diffusion logits
-        logits[index] -> [K] bool."""
+        logits[index] -> [K] bool. With generators per row, counts [B]: the drafts of each row, in order."""
         guide = self.guide
         ids = self.to_ar[drafts]
         scorable = ids >= 0
@@ -287,12 +289,13 @@ class Verification:
             return scorable & in_top_k & (chosen.squeeze(1) >= guide.ratio * probs.max(-1).values)
         p = torch.softmax(ar_logits.float() / self.temperature, -1).gather(1, ids[:, None]).squeeze(1)
         q = torch.softmax(logits[index].float() / self.temperature, -1).gather(1, drafts[:, None]).squeeze(1)
-        u = torch.rand(p.shape, device=p.device, generator=generator)
+        u = uniform(p.shape, p.device, generator, counts)
         return scorable & (u * q < p)
 
-    def _correction(self, ar_logits, logits, index, generator) -> torch.Tensor:
+    def _correction(self, ar_logits, logits, index, generator, counts=None) -> torch.Tensor:
         """The AR model's token (a diffusion id; -1 where it has none) at the first rejected drafts; never
-        the diffusion model's mask token, which would leave the position undecoded."""
+        the diffusion model's mask token, which would leave the position undecoded. With generators per
+        row, counts [B]: 1 for the rows that rejected, in order."""
         ar_logits = ar_logits.masked_fill(self.never_written, -math.inf)
         if self.temperature == 0:
             return self.to_diffusion[ar_logits.argmax(-1)]
@@ -304,4 +307,4 @@ class Verification:
             projected.index_add_(1, self.to_ar[known], diffusion[:, known])
             residual = (probs - projected).clamp(min=0)
             probs = torch.where(residual.sum(-1, keepdim=True) > 0, residual, probs)
-        return self.to_diffusion[torch.multinomial(probs, 1, generator=generator).squeeze(1)]
+        return self.to_diffusion[multinomial(probs, counts, generator)]

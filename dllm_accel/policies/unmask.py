@@ -34,6 +34,7 @@ import torch
 
 from .. import ops
 from ..models.base import ModelSpec
+from ..seeding import multinomial, uniform, uniform_canvas
 
 
 @dataclass
@@ -42,7 +43,8 @@ class StepContext:
     step: int  # index of the step inside its block
     plan: object  # what begin_block returned for this block
     spec: ModelSpec
-    generator: torch.Generator | None = None
+    # one torch.Generator for the batch, or a tuple of one per row (see dllm_accel.seeding)
+    generator: torch.Generator | tuple[torch.Generator, ...] | None = None
 
 
 class UnmaskPolicy:
@@ -110,28 +112,28 @@ def top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return chosen.scatter_(1, top.indices, keep)
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator=None) -> torch.Tensor:
-    """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in float64."""
+def gumbel_argmax(logits: torch.Tensor, temperature: float, generator=None, counts=None) -> torch.Tensor:
+    """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in float64.
+    With generators per row, counts [B]: how many consecutive rows of logits are each row's."""
     if temperature == 0:
         return logits.argmax(-1)
-    return _gumbel_scores(logits, temperature, generator).argmax(-1)
+    return _gumbel_scores(logits, temperature, generator, counts).argmax(-1)
 
 
-def _gumbel_scores(logits, temperature, generator):
+def _gumbel_scores(logits, temperature, generator, counts):
     # argmax(l - T log(-log u)) == argmax(exp(l) / (-log u)^T): LLaDA's formula, in log space
-    u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    u = uniform(logits.shape, logits.device, generator, counts, torch.float64)
     return logits.double() - temperature * torch.log(-torch.log(u))
 
 
 def _random_scores(candidates: torch.Tensor, generator) -> torch.Tensor:
-    scores = torch.rand(candidates.shape, device=candidates.device, generator=generator)
-    return scores.masked_fill_(~candidates, -math.inf)
+    return uniform_canvas(candidates, generator).masked_fill_(~candidates, -math.inf)
 
 
-def _tokens_without_mask(logits, temperature, mask_id, generator) -> torch.Tensor:
+def _tokens_without_mask(logits, temperature, mask_id, generator, counts) -> torch.Tensor:
     """The chosen tokens with the mask token excluded (see the module notes)."""
     if temperature > 0:
-        scores = _gumbel_scores(logits, temperature, generator)
+        scores = _gumbel_scores(logits, temperature, generator, counts)
         scores[:, mask_id] = -math.inf
         return scores.argmax(-1)
     best_two = logits.topk(2, dim=-1).indices
@@ -144,7 +146,7 @@ def _tokens_and_confidence(logits, temperature, ctx) -> tuple[torch.Tensor, torc
     if temperature == 0:
         tokens, probability, _, _ = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
         return tokens, probability
-    tokens = _tokens_without_mask(logits, temperature, ctx.spec.mask_id, ctx.generator)
+    tokens = _tokens_without_mask(logits, temperature, ctx.spec.mask_id, ctx.generator, ctx.candidates.sum(1))
     return tokens, _probability_fp32(logits, tokens)
 
 
@@ -205,7 +207,7 @@ class LowConfidence(UnmaskPolicy):
         if self.logits_eos_inf:
             logits = logits.clone()
             logits[:, spec.eos_id] = -math.inf
-        tokens = gumbel_argmax(logits, self.temperature, ctx.generator)
+        tokens = gumbel_argmax(logits, self.temperature, ctx.generator, ctx.candidates.sum(1))
         if self.remasking == "random":
             scores = _random_scores(ctx.candidates, ctx.generator)
         else:
@@ -277,7 +279,8 @@ class EntropyThreshold(UnmaskPolicy):
     def select(self, ctx, logits, quota):
         tokens, _, _, entropy = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
         if self.temperature > 0:
-            tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator)
+            tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator,
+                                          ctx.candidates.sum(1))
         scores = dense(-entropy, ctx.candidates)
         return _above_bar(scores, -self.h, ctx.candidates)[ctx.candidates], tokens
 
@@ -290,12 +293,12 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 class DreamAlgorithm(UnmaskPolicy):
     """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
     `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the mean number of masks per row (at the last step all of a row's masks), ranked by
-    `maskgit_plus` (top probability), `topk_margin` (top-1 minus top-2 probability) or `entropy`
-    (negative entropy), and with `alg_temp` > 0 sampled in proportion to softmax(score / alg_temp)
-    instead. Tokens: argmax at temperature 0, else a sample after `top_p` / `top_k` filtering. Without
-    blocks `steps` covers the whole generation; with blocks each block gets steps / n_blocks and its own
-    time grid."""
+    per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at the last
+    step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin` (top-1 minus
+    top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled in proportion
+    to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a sample after `top_p`
+    / `top_k` filtering. Without blocks `steps` covers the whole generation; with blocks each block gets
+    steps / n_blocks and its own time grid."""
 
     alg: str = "origin"
     steps: int = 512
@@ -328,19 +331,18 @@ class DreamAlgorithm(UnmaskPolicy):
         last = i == len(times) - 2
         t, s = times[i], times[i + 1]
         if self.alg == "origin":
-            drawn = torch.rand(ctx.candidates.shape, device=t.device, generator=ctx.generator) < 1 - s / t
+            drawn = uniform_canvas(ctx.candidates, ctx.generator) < 1 - s / t
             return ctx.candidates.sum(1) if last else (drawn & ctx.candidates).sum(1)
-        # Dream's count is one number for the batch, from the mean number of masks (over the rows still
-        # decoding), in its float32 arithmetic, then truncated; a row commits at most what it has masked.
+        # Dream's count is one number for the batch, int(m · (1 - s/t)) from the mean number of masks m in
+        # its float32 arithmetic. Its rows always hold equally many masks, so m is each row's own count: a
+        # row counts its own masks here, so that rows a guide or EOS set apart decode as they would alone.
         n_masked = ctx.candidates.sum(1)
-        decoding = n_masked > 0
-        mean = n_masked.sum() / decoding.sum().clamp(min=1)
-        if last:  # every row's masks (Dream's int(m) when rows are alike; rows a guide or EOS set apart too)
+        if last:  # every row's masks (Dream's int(m) when rows are alike)
             return n_masked
-        return torch.where(decoding, (mean * (1 - s / t)).long(), 0)
+        return (n_masked * (1 - s / t)).long()
 
     def select(self, ctx, logits, quota):
-        probs, tokens = self._sample(logits, ctx.generator)
+        probs, tokens = self._sample(logits, ctx.generator, ctx.candidates.sum(1))
         if self.alg == "origin":  # which masks move is independent of the scores
             return top_per_row(_random_scores(ctx.candidates, ctx.generator), quota)[ctx.candidates], tokens
         if self.alg == "maskgit_plus":
@@ -352,11 +354,11 @@ class DreamAlgorithm(UnmaskPolicy):
             confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
         scores = dense(confidence, ctx.candidates)
         if self.alg_temp:  # k positions without replacement ∝ softmax(score / alg_temp): Gumbel top-k
-            u = torch.rand(scores.shape, device=scores.device, generator=ctx.generator)
+            u = uniform_canvas(ctx.candidates, ctx.generator)
             scores = scores.float() / self.alg_temp - torch.log(-torch.log(u))
         return top_per_row(scores, quota)[ctx.candidates], tokens
 
-    def _sample(self, logits, generator):
+    def _sample(self, logits, generator, counts):
         """Dream's token choice: probabilities in the logits' dtype after temperature, top-p, top-k."""
         if self.temperature > 0:
             logits = logits / self.temperature
@@ -366,7 +368,7 @@ class DreamAlgorithm(UnmaskPolicy):
             logits = _top_k_filter(logits, self.top_k)
         probs = torch.softmax(logits, -1)
         if self.temperature > 0:
-            return probs, torch.multinomial(probs.float(), 1, generator=generator).squeeze(1)
+            return probs, multinomial(probs.float(), counts, generator)
         return probs, probs.argmax(-1)
 
 
