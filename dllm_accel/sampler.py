@@ -105,6 +105,8 @@ class Sampler:
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be None or a torch.Generator, got {generator!r}; seed one with "
                             f"torch.Generator({device.type!r}).manual_seed(seed)")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be None or a function callback(record, sequences), got {callback!r}")
         if generator is not None and generator.device.type != device.type:
             raise ValueError(f"generator is on {generator.device}, the model on {device}; "
                              f"create it with torch.Generator({device.type!r})")

@@ -319,6 +319,12 @@ def test_generator_must_be_a_torch_generator():
         _generate(generator="seed")
 
 
+def test_callback_must_be_callable():
+    with pytest.raises(TypeError, match=r"callback must be None or a function callback\(record, sequences\), "
+                                        r"got 'print'"):
+        _generate(callback="print")
+
+
 @pytest.mark.parametrize("model_type, field", [("llada", "max_sequence_length"), ("Dream", "max_position_embeddings")])
 def test_a_canvas_past_the_models_positions_is_refused(model_type, field):
     """The prompt (padding included) + max_new_tokens must fit the positions of the model's config."""
