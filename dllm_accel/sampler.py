@@ -30,7 +30,7 @@ from .models.base import DiffusionLM
 from .policies.guide import ARGuide
 from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
-from .policies.unmask import StepContext, UnmaskPolicy
+from .policies.unmask import StepContext, UnmaskPolicy, _check_bool
 from .seeding import row_generators
 
 
@@ -48,7 +48,8 @@ class StepRecord:
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # [B, P+N]: the prompt as given (padding included), then the generation
-    generated_tokens: torch.Tensor  # [B]: up to and including the first stop token; prompt excluded
+    generated_tokens: torch.Tensor  # [B]: up to and including the first stop token, and before any MASK (see
+    # count_generated); prompt excluded
     nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
     steps: int  # decoding steps that ran a forward
     row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
@@ -88,6 +89,7 @@ class Sampler:
         stop = FullLength() if stop is None else stop
         if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
+        _check_bool(trace, "trace")
         self.model, self.unmask, self.cache, self.stop, self.trace = model, unmask, cache, stop, trace
         self.guide = guide
 
@@ -107,9 +109,12 @@ class Sampler:
         spec, device = self.model.spec, self.model.device
         attention_mask = self._check_prompt(input_ids, attention_mask)
         generator = row_generators(generator, input_ids.shape[0], device)
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be None or a function callback(record, sequences), got {callback!r}")
         n_blocks, block_length = _blocks(max_new_tokens, block_length)
-        steps = self.unmask.steps_per_block(n_blocks)
         batch, prompt_len = input_ids.shape
+        self._check_positions(prompt_len, max_new_tokens)
+        steps = self.unmask.steps_per_block(n_blocks)
         x = torch.cat([input_ids.to(device),
                        torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device)], 1)
         canvas_mask = None if attention_mask is None else torch.cat(
@@ -133,14 +138,14 @@ class Sampler:
                 if not candidates.any():
                     break
                 live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator), masks)
+                committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if live is not None:
                     nfe, total_steps = nfe + passes, total_steps + 1
                     row_forwards += live.long() * passes
+                    committed.index_add_(0, rows, commit.long())
+                    self._check_progress(live, committed, block, step)
                 if trace is None and callback is None:
                     continue
-                committed = torch.zeros(batch, dtype=torch.long, device=device)
-                if live is not None:
-                    committed.index_add_(0, rows, commit.long())
                 record = StepRecord(block, step, live is not None, committed,
                                     None if live is None else run.refresh_layers())
                 if trace is not None:
@@ -153,6 +158,31 @@ class Sampler:
             ar_forwards=0 if run.verification is None else run.verification.forwards,
             ar_tokens=0 if run.verification is None else run.verification.tokens,
         )
+
+    def _check_positions(self, prompt_len: int, max_new_tokens: int) -> None:
+        """The canvas (prompt, padding included, + new tokens) must fit the positions the model (and the
+        guide's AR model) were trained for; past them RoPE decodes silently out of its range."""
+        used = prompt_len + max_new_tokens
+        limits = [("the model", self.model.spec.max_positions)]
+        if self.guide is not None:
+            limits.append(("the guide's AR model", self.guide.max_positions))
+        for owner, limit in limits:
+            if limit is not None and used > limit:
+                raise ValueError(f"the prompt ({prompt_len} tokens, padding included) + max_new_tokens "
+                                 f"({max_new_tokens}) = {used} positions, more than {owner}'s maximum of {limit} "
+                                 f"positions (from its config.json); shorten the prompt or max_new_tokens")
+
+    def _check_progress(self, live: torch.Tensor, committed: torch.Tensor, block: int, step: int) -> None:
+        """A row computed this step must have committed a token; one that did not had only NaN or -inf
+        scores, and would leave its masks as MASK (or, without a fixed number of steps, never finish)."""
+        stalled = live & (committed == 0)
+        if bool(stalled.any()):
+            row = int(stalled.int().argmax())
+            raise RuntimeError(
+                f"row {row} committed no token at step {step} of block {block}: every candidate's score was NaN "
+                f"or -inf, so its masks would stay MASK. The logits or the scores overflowed: check the settings "
+                f"that scale them (cfg_scale, temperature, alg_temp) in unmask={self.unmask!r}, and that the "
+                f"model's logits are finite")
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:
         """Validate once; returns the attention mask, or None when nothing is padded."""

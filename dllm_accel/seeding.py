@@ -45,17 +45,18 @@ def row_generators(generator, batch: int, device: torch.device):
     """Sampler.generate's `generator` checked: None, one torch.Generator, or a tuple of `batch` of them."""
     if generator is None:
         return None
+    allowed = f"None, one torch.Generator or a sequence of one torch.Generator per row ({batch} rows)"
     if isinstance(generator, torch.Generator):
         generators = [generator]
     elif isinstance(generator, Sequence) and not isinstance(generator, (str, bytes)):
         generators = list(generator)
-        if len(generators) != batch or not all(isinstance(g, torch.Generator) for g in generators):
-            raise ValueError(f"generator must be None, one torch.Generator or a sequence of one torch.Generator "
-                             f"per row ({batch} rows), got {len(generators)} items of types "
-                             f"{sorted({type(g).__name__ for g in generators})}")
+        if not all(isinstance(g, torch.Generator) for g in generators):
+            raise TypeError(f"generator must be {allowed}, got items of types "
+                            f"{sorted({type(g).__name__ for g in generators})}")
+        if len(generators) != batch:
+            raise ValueError(f"generator must be {allowed}, got {len(generators)}")
     else:
-        raise ValueError(f"generator must be None, one torch.Generator or a sequence of one torch.Generator per "
-                         f"row, got {generator!r}")
+        raise TypeError(f"generator must be {allowed}, got {generator!r}")
     for g in generators:
         if g.device.type != device.type:
             raise ValueError(f"generator is on {g.device}, the model on {device}; "

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from threads import set_threads
 
 import dllm_accel
 from dllm_accel import ARGuide, DualCache, ElasticCache, FullLength, NoCache, PrefixCache, StopAtEOS, Threshold
@@ -313,7 +314,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.problems < 1 or min(args.batch_sizes) < 1:
         parser.error("--problems and --batch-sizes must be >= 1")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = dllm_accel.load_model(args.model, device=args.device)
     tokenizer = dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)

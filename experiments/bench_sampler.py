@@ -22,6 +22,7 @@ from dllm_accel.models import build_model, tiny_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import reference_samplers  # noqa: E402
+from threads import set_threads  # noqa: E402
 
 SIZES = [  # (vocab, d_model, layers): a head-light model and one whose head dominates, as LLaDA's does
     (128, 64, 2),
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--gen", type=int, default=64)
     parser.add_argument("--block", type=int, default=32)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     settings = dict(steps=args.gen, gen_length=args.gen, block_length=args.block)
     print(f"prompt {args.prompt}, gen {args.gen}, block {args.block}, one token per step, {args.threads} threads, "
           f"best of {args.repeats}")

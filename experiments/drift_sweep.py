@@ -19,14 +19,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 import dllm_accel
 from dllm_accel import ElasticCache, NoCache, StopAtEOS, Threshold
 from dllm_accel.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import SETTINGS, Method, decode, environment, setting  # noqa: E402
+from threads import set_threads  # noqa: E402
 
 GAMMAS = [0.0, 0.5, 0.8, 0.9, 0.95, 1.01]
 
@@ -72,7 +71,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, tokenizer = dllm_accel.load_model(args.model), dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
     problems = arith.problems(args.problems, seed=0, split="test")

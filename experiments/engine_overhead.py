@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from threads import set_threads
 
 from dllm_accel.engine import Engine, ForwardPlan
 from dllm_accel.models import build_model, tiny_config
@@ -103,7 +104,7 @@ def main() -> None:
                           heads=SHAPES[args.shape]["heads"], mlp=SHAPES[args.shape]["mlp"])
     if not 0 < args.tracked < args.query <= args.gen:
         parser.error("need 0 < --tracked < --query <= --gen")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     config = tiny_config("llada", d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,

@@ -32,6 +32,7 @@ from dllm_accel.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
+from threads import set_threads  # noqa: E402
 from train_tiny import accuracy, scores  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.problems < 1 or args.problems_long < 1:
         parser.error(f"--problems and --problems-long must be >= 1, got {args.problems} and {args.problems_long}")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     problems = arith.problems(max(args.problems, args.problems_long), seed=0, split="test")
     results = {}
     for name in args.models:

@@ -39,6 +39,7 @@ from dllm_accel.assets import BUNDLED
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report  # noqa: E402
 import schemas  # noqa: E402
+from threads import check_threads  # noqa: E402
 
 log = logging.getLogger("run")
 OFFICIAL = "official"
@@ -69,6 +70,7 @@ class Job:
         _check_model_path(cfg)
         _check_positive(cfg, "max_new_tokens")
         _check_positive(cfg, "batch_size")
+        check_threads(cfg.threads)
         if cfg.block_length is not None:
             _check_positive(cfg, "block_length")
             if cfg.max_new_tokens % cfg.block_length:

@@ -36,6 +36,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from threads import set_threads
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -320,7 +321,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="continue from a checkpoint this script saved (its metrics "
                         "are carried over: steps and minutes add up)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     tokenizer = build_tokenizer()
     settings = {"short": Setting(Data(tokenizer, args.shots, args.gen_length, args.pool, args.seed), args.batch,

@@ -443,7 +443,9 @@ def test_patch_gives_llada_generate_its_defaults():
 # -- bad input ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("build, message", [
     (lambda: ElasticCache(window=0), r"window must be an integer >= 1, got 0"),
-    (lambda: ElasticCache(gamma=-0.5), r"gamma must be a number >= 0"),
+    (lambda: ElasticCache(gamma=-0.5), r"gamma must be a finite number >= 0"),
+    (lambda: ElasticCache(gamma=float("nan")), r"gamma must be a finite number >= 0 .*got nan"),
+    (lambda: ElasticCache(gamma=float("inf")), r"gamma must be a finite number >= 0 .*got inf"),
     (lambda: ElasticCache(track=0), r"track must be an integer >= 1, got 0"),
     (lambda: ElasticCache(drift="rows"), r"drift must be one of \('keys', 'heads'\), got 'rows'"),
     (lambda: ElasticCache(refresh_from=1), r"refresh_from must be one of \('next', 'drifting'\), got 1"),

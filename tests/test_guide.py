@@ -322,6 +322,15 @@ def test_bad_arguments_are_named(kwargs, message):
         ARGuide(ar_model(), **kwargs)
 
 
+def test_a_canvas_past_the_ar_models_positions_is_refused():
+    model = decoder("llada")
+    ids, mask = prompts(model, [9, 5])
+    sampler = Sampler(model, unmask=Threshold(0.9), guide=ARGuide(ar_model()))  # max_position_embeddings=256
+    with pytest.raises(ValueError, match=r"\+ max_new_tokens \(248\) = 257 positions, more than the guide's AR "
+                                         r"model's maximum of 256 positions"):
+        sampler.generate(ids, mask, max_new_tokens=248, block_length=8)
+
+
 @pytest.mark.parametrize("not_a_causal_lm", [torch.nn.Linear(2, 2), "tiny-ar", None])
 def test_an_object_that_is_not_a_causal_lm_is_refused(not_a_causal_lm):
     with pytest.raises(TypeError, match="ar_model must be a transformers causal language model"):

@@ -46,6 +46,22 @@ def test_dtype_and_device_arguments(tmp_path):
         dllm_accel.load_model(tmp_path, dtype="int8")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda")], ids=["cuda", "cuda:1", "torch.device"])
+def test_a_cuda_device_without_cuda_is_refused_before_loading(device, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint was read before the device was checked")
+
+    monkeypatch.setattr(dllm_accel.models.loading, "read_config", refuse)
+    with pytest.raises(ValueError, match=r"device=.*cuda.*: CUDA is not available on this machine"):
+        dllm_accel.load_model("tiny-llada", device=device)
+
+
+def test_a_device_that_is_no_device_is_named():
+    with pytest.raises(ValueError, match=r"device must be None, a torch.device or its name .*got 'gpu'"):
+        dllm_accel.load_model("tiny-llada", device="gpu")
+
+
 def test_saving_again_replaces_an_earlier_sharded_save(tmp_path):
     model = tiny_model("Dream")
     dllm_accel.save_model(tiny_model("Dream", seed=5), tmp_path, max_shard_bytes=20_000)

@@ -259,7 +259,8 @@ def no_model_loading(monkeypatch):
     (["task.limit=0"], ValueError, "task.limit must be"),
     (["batch_size=0"], ValueError, "batch_size must be an integer >= 1, got 0"),
     (["task=gsm8k", "task.data_dir=/no/such/dir"], FileNotFoundError, "task.data_dir"),
-], ids=["missing-checkpoint", "blocks", "limit", "batch-size", "data-dir"])
+    (["threads=0"], ValueError, r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0"),
+], ids=["missing-checkpoint", "blocks", "limit", "batch-size", "data-dir", "threads"])
 def test_bad_input_fails_before_any_model_is_loaded(overrides, error, message, no_model_loading, tmp_path):
     with pytest.raises(Exception) as raised:
         run.run(compose_main(overrides), tmp_path / "out")

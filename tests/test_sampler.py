@@ -3,7 +3,7 @@
 import pytest
 import reference_samplers as ref
 import torch
-from conftest import EOS, EOT, MASK, StandIn, decoder, prompts
+from conftest import EOS, EOT, MASK, StandIn, decoder, prompts, tiny_model
 
 import dllm_accel
 from dllm_accel import (
@@ -19,6 +19,7 @@ from dllm_accel import (
     StopAtEOS,
     Threshold,
 )
+from dllm_accel.policies.unmask import MIN_ALG_TEMP
 
 LLADA_CASES = {  # id: (prompt lengths, steps, gen_length, block_length, cfg_scale, eos options)
     "B1-one-per-step": ([9], 16, 16, 16, 0.0, {}),
@@ -204,14 +205,15 @@ def test_sample_generators_are_seeded_by_seed_and_id_alone():
         dllm_accel.sample_generators(0, "abc")
 
 
-@pytest.mark.parametrize("generator, message", [
-    ([torch.Generator()], r"generator must be None, one torch.Generator or a sequence of one torch.Generator per "
-                          r"row \(2 rows\), got 1 items"),
-    ([torch.Generator(), 3], r"one torch.Generator per row \(2 rows\), got 2 items of types \['Generator', 'int'\]"),
-    (5, r"generator must be None, one torch.Generator or a sequence of one torch.Generator per row, got 5"),
+@pytest.mark.parametrize("generator, error, message", [
+    ([torch.Generator()], ValueError, r"generator must be None, one torch.Generator or a sequence of one "
+                                      r"torch.Generator per row \(2 rows\), got 1$"),
+    ([torch.Generator(), 3], TypeError, r"per row \(2 rows\), got items of types \['Generator', 'int'\]"),
+    (5, TypeError, r"generator must be None, one torch.Generator or a sequence .* got 5"),
+    ("seed", TypeError, r"generator must be None, one torch.Generator or a sequence .* got 'seed'"),
 ])
-def test_bad_generators_are_named(generator, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_generators_are_named(generator, error, message):
+    with pytest.raises(error, match=message):
         _generate(generator=generator)
 
 
@@ -370,3 +372,76 @@ def test_drop_in_argument_errors():
         Sampler(model, unmask="low_confidence")
     with pytest.raises(TypeError, match=r"stop must be FullLength\(\) or StopAtEOS\(\), got 'eos'"):
         Sampler(model, unmask=Threshold(0.9), stop="eos")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda model, ids: LowConfidence(8, logits_eos_inf="no"), r"logits_eos_inf must be True or False, got 'no'"),
+    (lambda model, ids: LowConfidence(8, confidence_eos_eot_inf=1),
+     r"confidence_eos_eot_inf must be True or False, got 1"),
+    (lambda model, ids: Sampler(model, unmask=Threshold(0.9), trace="yes"), r"trace must be True or False, got 'yes'"),
+    (lambda model, ids: dllm_accel.llada_generate(model, ids, None, 8, 8, 8, logits_eos_inf="no"),
+     r"logits_eos_inf must be True or False, got 'no'"),
+    (lambda model, ids: dllm_accel.dream_generate(model, ids, steps=8, return_dict_in_generate="yes"),
+     r"return_dict_in_generate must be True or False, got 'yes'"),
+    (lambda model, ids: dllm_accel.dream_generate(model, ids, steps=8, output_history=1),
+     r"output_history must be True or False, got 1"),
+], ids=["logits_eos_inf", "confidence_eos_eot_inf", "trace", "llada_generate", "return_dict_in_generate",
+        "output_history"])
+def test_boolean_options_refuse_other_values(call, message):
+    model = decoder("llada")
+    ids, _ = prompts(model, [5])
+    with pytest.raises(ValueError, match=message):
+        call(model, ids)
+
+
+def test_callback_must_be_callable():
+    with pytest.raises(TypeError, match=r"callback must be None or a function callback\(record, sequences\), "
+                                        r"got 'print'"):
+        _generate(callback="print")
+
+
+@pytest.mark.parametrize("model_type, field", [("llada", "max_sequence_length"), ("Dream", "max_position_embeddings")])
+def test_a_canvas_past_the_models_positions_is_refused(model_type, field):
+    """The prompt (padding included) + max_new_tokens must fit the positions of the model's config."""
+    model = tiny_model(model_type, **{field: 24})
+    assert model.spec.max_positions == 24
+    ids, mask = prompts(model, [9, 5])
+    sampler = Sampler(model, unmask=Threshold(0.9))
+    with pytest.raises(ValueError, match=r"the prompt \(9 tokens, padding included\) \+ max_new_tokens \(16\) = 25 "
+                                         r"positions, more than the model's maximum of 24 positions"):
+        sampler.generate(ids, mask, max_new_tokens=16)
+    assert sampler.generate(ids[:, 1:], mask[:, 1:], max_new_tokens=16).sequences.shape == (2, 24)
+
+
+def test_alg_temp_refused_below_what_float32_carries_and_decodes_from_there():
+    model = decoder("Dream", seed=1)
+    ids, mask = prompts(model, [6, 4], seed=1)
+    with pytest.raises(ValueError, match=r"alg_temp must be None, 0 or a number >= 1.88e-37 \(a smaller one overflows "
+                                         r"the float32 scores it divides.*got 1e-300"):
+        DreamAlgorithm("entropy", 8, alg_temp=1e-300)
+    smallest = DreamAlgorithm("entropy", 8, alg_temp=MIN_ALG_TEMP)
+    generator = torch.Generator().manual_seed(0)
+    out = Sampler(model, unmask=smallest).generate(ids, mask, max_new_tokens=8, generator=generator)
+    assert not (out.sequences == model.spec.mask_id).any()
+
+
+def test_scores_that_overflow_are_an_error_not_mask_counted_as_text():
+    """cfg_scale=1e308 turns every logit into inf or NaN: no token could be committed."""
+    model = decoder("llada", seed=1)
+    ids, mask = prompts(model, [6, 4], seed=1)
+    with pytest.raises(RuntimeError, match=r"committed no token at step 0 of block 0: every candidate's score was "
+                                           r"NaN or -inf.*cfg_scale=1e\+308"):
+        Sampler(model, unmask=LowConfidence(8, cfg_scale=1e308)).generate(ids, mask, max_new_tokens=8)
+
+
+def test_generated_tokens_never_count_a_mask():
+    """LowConfidence commits MASK where the model predicts it (as the official sampler does); the count
+    stops before it."""
+    model = decoder("llada", favour={MASK: 16.0})
+    ids, mask = prompts(model, [8, 6])
+    out = Sampler(model, unmask=LowConfidence(16)).generate(ids, mask, max_new_tokens=16, block_length=8)
+    generated = out.sequences[:, ids.shape[1]:]
+    assert (generated == MASK).any(), "the case needs a model that predicts MASK"
+    for row, n in enumerate(out.generated_tokens.tolist()):
+        assert not (generated[row, :n] == MASK).any()
+        assert n == 16 or generated[row, n] == MASK or generated[row, n - 1] in (EOS, EOT)

@@ -116,6 +116,16 @@ def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
         assert low <= result["accuracy"] <= high
 
 
+def test_bench_names_a_bad_thread_count(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before --threads was checked")
+
+    monkeypatch.setattr(dllm_accel, "load_model", refuse)
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--threads", "0"])
+    with pytest.raises(ValueError, match=r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0"):
+        bench.main()
+
+
 def test_bench_writes_its_report(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-llada", "--setting", "short", "--problems", "3",

@@ -40,6 +40,9 @@ class ModelSpec:
     n_kv_heads: int
     head_dim: int
     d_model: int
+    # positions the model was trained for (config.json's max_sequence_length / max_position_embeddings);
+    # None when the config gives none. A canvas of prompt + new tokens must fit in it.
+    max_positions: int | None = None
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -259,7 +262,9 @@ def token_id(config: dict, name: str, released: int | None, vocab_size: int) -> 
 
 
 def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n_layers: int, d_model: int,
-               logit_shift: int, released_mask: int, released_eot: int, eot_id: int | None) -> ModelSpec:
+               logit_shift: int, released_mask: int, released_eot: int, eot_id: int | None,
+               positions_field: str) -> ModelSpec:
+    """`positions_field`: the config field that gives the model's maximum positions."""
     mask = token_id(config, "mask_token_id", released_mask, vocab)
     eos = token_id(config, "eos_token_id", None, vocab)
     if mask is None or eos is None:
@@ -273,5 +278,12 @@ def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n
         model_type=model_type, mask_id=mask, eos_id=eos, pad_id=eos if pad is None else pad, eot_id=eot_id,
         bos_id=token_id(config, "bos_token_id", None, vocab), logit_shift=logit_shift, vocab_size=vocab,
         n_layers=n_layers, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
-        d_model=d_model,
+        d_model=d_model, max_positions=_max_positions(config, positions_field),
     )
+
+
+def _max_positions(config: dict, name: str) -> int | None:
+    value = config.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"config.json: {name}={value!r} must be a positive integer")
+    return value

@@ -99,6 +99,7 @@ class DreamModel(DiffusionLM):
         self.spec = build_spec(
             config, self.model_type, vocab=vocab, shape=shape, n_layers=len(self.model.layers), d_model=hidden,
             logit_shift=1, released_mask=MASK_ID, released_eot=EOT_ID, eot_id=eot_id,
+            positions_field="max_position_embeddings",
         )
 
     @property

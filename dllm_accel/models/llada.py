@@ -90,6 +90,7 @@ class LLaDAModel(DiffusionLM):
         self.spec = build_spec(
             config, self.model_type, vocab=vocab, shape=shape, n_layers=len(modules["blocks"]),
             d_model=d_model, logit_shift=0, released_mask=MASK_ID, released_eot=EOT_ID, eot_id=eot_id,
+            positions_field="max_sequence_length",
         )
 
     @property

@@ -51,6 +51,7 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
         else the stored dtype, as transformers' "auto" does.
     device: where the tensors are loaded (default CPU).
     """
+    device = check_device(device)
     directory = checkpoint_directory(path)
     config = read_config(directory)
     target = _resolve_dtype(dtype) or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # "auto"
@@ -67,7 +68,6 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
             found.update({key: tuple(f.get_slice(key).get_shape()) for key in keys})
     check_keys(model, found, source=str(directory))
 
-    device = torch.device(device or "cpu")
     device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0"
     tensors = {}
     for file, keys in files.items():
@@ -104,10 +104,11 @@ def from_hf(hf_model: nn.Module) -> DiffusionLM:
 
 def build_model(config: dict, *, dtype=torch.float32, device=None, seed: int = 0) -> DiffusionLM:
     """A freshly initialised native model (normal(0, init std) weights, zero biases, unit norms)."""
+    device = check_device(device)
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config)
-    model = model.to_empty(device=device or "cpu").to(_resolve_dtype(dtype) or torch.float32)
+    model = model.to_empty(device=device).to(_resolve_dtype(dtype) or torch.float32)
     std = config.get("initializer_range") or config.get("init_std") or 0.02
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
@@ -223,6 +224,24 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
         shards[-1].append(key)
         size += nbytes
     return shards
+
+
+def check_device(device) -> torch.device:
+    """None (CPU), a torch.device or its name -> torch.device, refused before anything is loaded when this
+    machine lacks it."""
+    try:
+        resolved = torch.device("cpu" if device is None else device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be None, a torch.device or its name (e.g. 'cpu', 'cuda', 'cuda:1'), "
+                         f"got {device!r}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}: CUDA is not available on this machine "
+                             f"(torch.cuda.is_available() is False); use device='cpu'")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"numbered from 0")
+    return resolved
 
 
 def _resolve_dtype(dtype) -> torch.dtype | None:

@@ -34,8 +34,9 @@ from transformers import DynamicCache
 
 from .. import assets
 from ..models.base import ModelSpec
+from ..models.loading import check_device
 from ..seeding import multinomial, uniform
-from .unmask import _is_int, _is_number, _require
+from .unmask import _check_bool, _is_int, _is_number, _require
 
 ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
@@ -58,10 +59,11 @@ def load_ar_model(path: str, *, device=None, dtype=None):
     name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
     from transformers import AutoModelForCausalLM  # imports triton: see _is_causal_lm
 
+    device = check_device(device)
     source = assets.path(path) if path in assets.BUNDLED else path
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}))
-    return model.to(device or "cpu").eval()
+    return model.to(device).eval()
 
 
 class ARGuide:
@@ -81,7 +83,7 @@ class ARGuide:
         _require(_is_int(k) and k >= 1, "k", "a positive integer", k)
         _require(_is_number(ratio) and 0 < ratio <= 1, "ratio", "in (0, 1]", ratio)
         _require(_is_int(verify_chunk) and verify_chunk >= 1, "verify_chunk", "a positive integer", verify_chunk)
-        _require(isinstance(correct, bool), "correct", "True or False", correct)
+        _check_bool(correct, "correct")
         token_map = {} if token_map is None else token_map
         _require(isinstance(token_map, Mapping) and all(_is_int(a) and _is_int(b) and a >= 0 and b >= 0
                                                         for a, b in token_map.items()),
@@ -90,6 +92,7 @@ class ARGuide:
         self.ar_model, self.acceptance, self.k, self.ratio = ar_model, acceptance, k, float(ratio)
         self.verify_chunk, self.correct, self.token_map = verify_chunk, correct, dict(token_map)
         self.ar_vocab = int(ar_model.config.vocab_size)
+        self.max_positions = getattr(ar_model.config, "max_position_embeddings", None)  # the Sampler checks
         # transformers >= 5.24 names it `cache` (`past_key_values` is deprecated there); remote code and 4.x don't
         parameters = inspect.signature(ar_model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"

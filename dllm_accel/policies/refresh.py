@@ -33,6 +33,7 @@ import torch
 
 from ..engine import ForwardPlan, ForwardResult
 from ..ops import DRIFT_AXES
+from .unmask import _check_bool, _is_number, _require
 
 REFRESH_BOUNDARIES = ("next", "drifting")
 
@@ -192,9 +193,8 @@ class ElasticCache(RefreshPolicy):
     keeps_inputs = True
 
     def __post_init__(self):
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, int | float) or self.gamma < 0:
-            raise ValueError(f"gamma must be a number >= 0 (0 never refreshes, above 1 refreshes every step), "
-                             f"got {self.gamma!r}")
+        _require(_is_number(self.gamma) and self.gamma >= 0, "gamma",
+                 "a finite number >= 0 (0 never refreshes, above 1 refreshes every step)", self.gamma)
         for name in ("window", "track"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -203,8 +203,7 @@ class ElasticCache(RefreshPolicy):
             raise ValueError(f"drift must be one of {DRIFT_AXES}, got {self.drift!r}")
         if self.refresh_from not in REFRESH_BOUNDARIES:
             raise ValueError(f"refresh_from must be one of {REFRESH_BOUNDARIES}, got {self.refresh_from!r}")
-        if not isinstance(self.cache_distant_masks, bool):
-            raise ValueError(f"cache_distant_masks must be True or False, got {self.cache_distant_masks!r}")
+        _check_bool(self.cache_distant_masks, "cache_distant_masks")
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _Elastic(canvas, self)

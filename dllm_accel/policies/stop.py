@@ -64,10 +64,14 @@ def _after_first_stop(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 
 def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
-    """[B] tokens per row up to and including the first stop token (all N when there is none)."""
+    """[B] tokens per row up to and including the first stop token (all N when there is none), never a
+    MASK: a row that still holds the mask token before its stop (the official samplers commit it when the
+    model predicts it) counts only the tokens before it."""
+    length = generated.shape[1]
     stop = is_stop(generated, spec)
-    first = stop.int().argmax(1)
-    return torch.where(stop.any(1), first + 1, generated.shape[1])
+    counted = torch.where(stop.any(1), stop.int().argmax(1) + 1, length)
+    masked = generated == spec.mask_id
+    return torch.minimum(counted, torch.where(masked.any(1), masked.int().argmax(1), length))
 
 
 def is_stop(tokens: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

@@ -77,6 +77,10 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_bool(value, name: str) -> None:
+    _require(isinstance(value, bool), name, "True or False", value)
+
+
 def _check_steps(steps) -> None:
     _require(_is_int(steps) and steps >= 1, "steps", "a positive integer", steps)
 
@@ -191,6 +195,8 @@ class LowConfidence(UnmaskPolicy):
         _require(self.remasking in REMASKING, "remasking", f"one of {REMASKING}", self.remasking)
         _check_temperature(self.temperature)
         _require(_is_number(self.cfg_scale) and self.cfg_scale >= 0, "cfg_scale", "a number >= 0", self.cfg_scale)
+        _check_bool(self.logits_eos_inf, "logits_eos_inf")
+        _check_bool(self.confidence_eos_eot_inf, "confidence_eos_eot_inf")
 
     def steps_per_block(self, n_blocks):
         return _split_steps(self.steps, n_blocks)
@@ -287,6 +293,9 @@ class EntropyThreshold(UnmaskPolicy):
 
 # -- Dream -----------------------------------------------------------------------------------------
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+# alg_temp divides float32 scores of magnitude at most 64 (probabilities and margins <= 1; entropies
+# <= ln(vocabulary size) < 64): from this alg_temp on, every quotient stays finite
+MIN_ALG_TEMP = 64 / torch.finfo(torch.float32).max
 
 
 @dataclass(frozen=True)
@@ -312,8 +321,10 @@ class DreamAlgorithm(UnmaskPolicy):
         _require(self.alg in DREAM_ALGS, "alg", f"one of {DREAM_ALGS}", self.alg)
         _check_steps(self.steps)
         _require(_is_number(self.eps) and 0 < self.eps < 1, "eps", "in (0, 1)", self.eps)
-        _require(self.alg_temp is None or (_is_number(self.alg_temp) and self.alg_temp >= 0), "alg_temp",
-                 "None or a number >= 0", self.alg_temp)
+        usable = _is_number(self.alg_temp) and (self.alg_temp == 0 or self.alg_temp >= MIN_ALG_TEMP)
+        _require(self.alg_temp is None or usable, "alg_temp",
+                 f"None, 0 or a number >= {MIN_ALG_TEMP:.3g} (a smaller one overflows the float32 scores it divides, "
+                 "and every score becomes -inf or NaN)", self.alg_temp)
         _check_temperature(self.temperature)
         _require(self.top_p is None or (_is_number(self.top_p) and 0 < self.top_p <= 1), "top_p",
                  "None or in (0, 1]", self.top_p)
