@@ -1,4 +1,4 @@
-"""The README's Results section is generated from the committed result files, with missed bars marked."""
+"""docs/results.md and README's headline table come from the committed result files."""
 
 import json
 import sys
@@ -42,15 +42,17 @@ def test_misses_mark_exactly_the_figures_below_their_bars():
     assert "**✗ bar ≥ 1.0×**" not in table  # 950 tokens/s beats DualCache's 900
 
 
-def test_readme_section_is_regenerated_and_checked(tmp_path, monkeypatch):
+def test_results_page_and_readme_table_are_regenerated_and_checked(tmp_path, monkeypatch):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "bench-tiny-llada-long.json").write_text(json.dumps(report(0.95, 950.0, 0.3)))
     (folder / "drift-tiny-llada-long.md").write_text("| γ | accuracy |\n| --- | --- |\n| 0.9 | 97% |\n")
     (folder / "drift-tiny-llada-long.json").write_text(json.dumps({"command": "python experiments/drift_sweep.py"}))
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n## Results\n\n{results.BEGIN}\nSTALE\n{results.END}\n\n## Next\n")
-    argv = ["results.py", "--readme", str(readme), "--results", str(folder)]
+    generated = f"{results.HEADLINE_BEGIN}\nSTALE\n{results.HEADLINE_END}"
+    readme.write_text(f"# title\n\n## Results\n\n{generated}\n\n## Next\n")
+    page = tmp_path / "docs" / "results.md"
+    argv = ["results.py", "--readme", str(readme), "--page", str(page), "--results", str(folder)]
     monkeypatch.setattr(sys, "argv", [*argv, "--check"])
     with pytest.raises(SystemExit, match="stale"):
         results.main()
@@ -58,18 +60,29 @@ def test_readme_section_is_regenerated_and_checked(tmp_path, monkeypatch):
     results.main()
     text = readme.read_text()
     assert text.startswith("# title\n\n## Results\n\n") and text.endswith("\n\n## Next\n") and "STALE" not in text
+    assert f"| tiny-llada | {ELASTIC} | 95.0% | 950 | 9.5× | 10.0 | 0.300 |" in text
+    assert f"| tiny-llada | {bench.OFFICIAL} | 97.0% | 100 | 1.0× |" in text
+    text = page.read_text()
+    assert text.startswith(results.PAGE_TITLE + "\n")
+    assert results.BEGIN in text and results.END in text
     assert "python experiments/bench.py" in text
-    assert "![accuracy against tokens/s](results/bench-tiny-llada-long.png)" in text
+    assert "![accuracy against tokens/s](../results/bench-tiny-llada-long.png)" in text
     assert "| 0.9 | 97% |" in text and "4 figure(s) miss a bar" in text
     monkeypatch.setattr(sys, "argv", [*argv, "--check"])
     results.main()  # fresh: no exit
+    page.write_text(page.read_text() + "edited by hand\n")
+    with pytest.raises(SystemExit, match="results.md"):
+        results.main()
 
 
-def test_the_committed_readme_matches_the_committed_results():
-    readme = results.ROOT / "README.md"
-    text = readme.read_text()
-    assert results.updated(text, results.section(results.ROOT / "results", results.ROOT)) == text, (
-        "README.md's Results section is stale: run python experiments/results.py")
+def test_the_committed_docs_match_the_committed_results():
+    page = results.ROOT / "docs" / "results.md"
+    assert page.read_text() == results.page(results.ROOT / "results", page.parent), (
+        "docs/results.md is stale: run python experiments/results.py")
+    readme = (results.ROOT / "README.md").read_text()
+    table = results.headline(results.ROOT / "results")
+    fresh = results.updated(readme, table, results.HEADLINE_BEGIN, results.HEADLINE_END)
+    assert fresh == readme, "README.md's headline table is stale: run python experiments/results.py"
 
 
 def test_the_testbed_table_marks_its_misses(monkeypatch, tmp_path):
