@@ -4,16 +4,17 @@ cached K/V of every position, switching to a full recompute from a layer the ref
 One forward (`Engine.forward`) for the model rows being computed (`rows`; None: all of them):
 
     plan.query None          every position through every layer (a full forward; fills the cache)
-    plan.query [R, T] bool   only those positions ("query rows") go through layers < plan.full_from:
-                             at layer i their q, k, v are computed at their true positions, their k, v
-                             written into the cache, and they attend to all cached keys;
-                             layers >= full_from recompute every position, starting from the cached
-                             input of layer full_from with the fresh query rows substituted.
-    plan.monitor             (ElasticCache) at each layer still reusing its cache, sees the tracked rows'
-                             attention before and after this step's writes and may send a batch row to
-                             the full recompute from that layer on, or with plan.recompute_drifting False
-                             from the next one (each row at its own layer); sees the query rows'
-                             attention probabilities at every layer.
+    plan.query [R, T] bool   only those positions ("query rows") go through the layers before
+                             plan.first_full_layer: at layer i their q, k, v are computed at their true
+                             positions, their k, v written into the cache, and they attend to all
+                             cached keys;
+                             layers >= first_full_layer recompute every position, starting from the
+                             cached input of that layer with the fresh query rows substituted.
+    plan.monitor             a LayerMonitor (ElasticCache's drift test, policies/refresh.py) orders the
+                             query positions and, at each layer still reusing the cache, takes over the
+                             query rows' attention and may send a batch row to the full recompute from
+                             that layer on, or with monitor.leave_after from the next one (each row at
+                             its own layer); it sees the query rows' attention at every layer.
 
 The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward here
 is the plain forward, and a plan that recomputes everything reproduces it exactly.
@@ -28,46 +29,66 @@ import torch
 
 from . import ops
 from .cache import KVCache
-from .models.base import DiffusionLM, Rope, apply_rotary, attend
+from .models.base import DiffusionLM, Rope, attend
 
 
-class Monitor(Protocol):
-    drift_axis: str  # 'heads' or 'keys': the axis ops.attention_drift compares along
+class LayerMonitor(Protocol):
+    """What the engine asks of a plan's monitor. Per forward, then per layer of the query-rows path:
 
-    def drifted(self, layer: int, similarity: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """similarity [p, m]: how alike the tracked rows' attention is before and after this step's
-        writes, for model rows `rows` [p]; valid [p, m] -> [p] bool: the rows that drifted."""
+        index, valid = monitor.query_positions(query, rows)     the query positions' order
+        weights = monitor.mass_weights(rows, index, valid)
+        stale = monitor.stale_inputs(i, cache, group)           rows to project with the query rows
+        before = monitor.before_writes(i, cache, group, q)      (only when stale is not None)
+        attn, leaving = monitor.attend(i, q, keys, values, group, before)
+    and at each layer recomputing every position, monitor.observe_full(i, q, k, group)."""
+
+    # True: a row leaving at layer i keeps layer i's query-rows output and recomputes every position
+    # from layer i + 1; False: from layer i itself
+    leave_after: bool
+
+    def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
+        """query [r, T] bool of model rows `rows` (None: all) -> (positions [r, n], valid [r, n])."""
 
     def mass_weights(self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the attention
+        """The weight [r, n] of each query row (positions index [r, n], valid [r, n]) in the attention
         mass the monitor observes."""
 
-    def observe(self, layer: int, mass: torch.Tensor, rows: torch.Tensor) -> None:
-        """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows `rows`."""
+    def stale_inputs(self, layer: int, cache: KVCache, group: RowGroup) -> torch.Tensor | None:
+        """Hidden states [g, m, d] the layer projects together with the query rows, or None."""
+
+    def before_writes(self, layer: int, cache: KVCache, group: RowGroup, q_stale: torch.Tensor):
+        """Called before this layer's K/V writes with the stale rows' queries q_stale [g, Hq, m, D]
+        (RoPE not applied); returns what `attend` needs of them."""
+
+    def attend(self, layer: int, q, keys, values, group: RowGroup, before):
+        """q [g, Hq, n, D] against keys, values [g, Hkv, T, D] -> (attention output, as
+        ops.partial_attention's; the rows [g] bool that leave for the full recompute, or None)."""
+
+    def observe_full(self, layer: int, q: torch.Tensor, k: torch.Tensor, group: RowGroup) -> None:
+        """q [f, Hq, T, D], k [f, Hkv, T, D]: a layer recomputing every position of `group`."""
 
 
 @dataclass
 class ForwardPlan:
     query: torch.Tensor | None  # [R, T] bool; None: every position through every layer
-    full_from: int  # layers >= full_from recompute every position (n_layers: none)
-    tracked: torch.Tensor | None = None  # [R, T] bool, inside query: rows whose attention drift is tested
-    monitor: Monitor | None = None
-    # a drifting layer: True, it is recomputed with every later one; False, it keeps its query rows'
-    # output and every position is recomputed from the next layer on
-    recompute_drifting: bool = True
+    first_full_layer: int  # layers >= it recompute every position (n_layers: none; a monitor may send a
+    # row there earlier)
+    monitor: LayerMonitor | None = None
 
 
 @dataclass
 class ForwardResult:
     hidden: torch.Tensor  # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
     columns: torch.Tensor | None  # [r, T]: column of `hidden` holding each query position; None: identity
-    full_from: torch.Tensor  # [r] per computed row: the first layer that recomputed every position
+    first_full_layer: torch.Tensor  # [r] per computed row: the first layer that recomputed every position
+    # (0: a full forward; n_layers: every layer reused the cache)
     units: int  # token x layer units computed
 
 
 @dataclass
-class _Rows:
-    """Per-row tensors of a group of computed rows, sliced together as rows change group."""
+class RowGroup:
+    """Per-row tensors of a group of computed rows, sliced together as rows change group (what a
+    LayerMonitor reads of the rows it watches)."""
 
     ids: torch.Tensor  # [g] model row ids
     whole: bool  # the group is every model row, in order (the cache is then read through views)
@@ -81,17 +102,17 @@ class _Rows:
     def cache_rows(self) -> torch.Tensor | None:
         return None if self.whole else self.ids
 
-    def select(self, keep: torch.Tensor) -> _Rows:
+    def select(self, keep: torch.Tensor) -> RowGroup:
         rope = None if self.rope is None else Rope(self.rope.cos[keep], self.rope.sin[keep])
-        return _Rows(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep), rope,
-                     _take(self.mass_weights, keep))
+        return RowGroup(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep),
+                        rope, _take(self.mass_weights, keep))
 
 
 class _Split:
     """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d]) and
     those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed rows."""
 
-    def __init__(self, queried: _Rows, h: torch.Tensor):
+    def __init__(self, queried: RowGroup, h: torch.Tensor):
         self.queried, self.partial, self.h = queried, queried, h
         self.partial_at = torch.arange(h.shape[0], device=h.device)
         self.full, self.full_at, self.hidden = None, self.partial_at[:0], None
@@ -137,49 +158,52 @@ class Engine:
 
     def forward(self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan) -> ForwardResult:
         """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row leaves the
-        query-rows path at its own layer: where the plan says, or where the monitor saw it drift."""
+        query-rows path at its own layer: where the plan says, or where the monitor sent it."""
         n_layers, device = self.model.n_layers, ids.device
         ids = ids if rows is None else ids[rows]
         r, length = ids.shape
         row_ids = self.all_rows if rows is None else rows
         if plan.query is None:
-            every = _Rows(row_ids, rows is None, None, None, _take(self.key_mask, rows))
+            every = RowGroup(row_ids, rows is None, None, None, _take(self.key_mask, rows))
             hidden = self.model.embed(ids)
             for i in range(n_layers):
                 hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
             return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
-        index, valid, n_tracked = query_index(_take(plan.query, rows), _take(plan.tracked, rows))
-        weights = None if plan.monitor is None else plan.monitor.mass_weights(row_ids, index, valid)
-        queried = _Rows(row_ids, rows is None, index, valid, _take(self.key_mask, rows),
+        monitor = plan.monitor
+        query = _take(plan.query, rows)
+        index, valid = query_positions(query) if monitor is None else monitor.query_positions(query, rows)
+        weights = None if monitor is None else monitor.mass_weights(row_ids, index, valid)
+        queried = RowGroup(row_ids, rows is None, index, valid, _take(self.key_mask, rows),
                         gather_rope(self._rope(row_ids), index), weights)
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
-        depth = torch.full((r,), n_layers, dtype=torch.long, device=device)
+        first_full = torch.full((r,), n_layers, dtype=torch.long, device=device)
         partial_layers = torch.zeros(r, dtype=torch.long, device=device)  # layers that computed a row's query rows
-        drifted_before = None  # rows whose previous layer drifted under recompute_drifting=False
+        leave_after = monitor is not None and monitor.leave_after
+        left_before = None  # rows the monitor sent at the previous layer, under leave_after
         for i in range(n_layers):
-            if drifted_before is not None:  # every position from this layer, the drifting one's output kept
-                self._recompute_from(i, split, drifted_before, split.h, ids, index, depth)
-                drifted_before = None
+            if left_before is not None:  # every position from this layer, the previous one's output kept
+                self._recompute_from(i, split, left_before, split.h, ids, index, first_full)
+                left_before = None
             if len(split.partial_at):
                 leaving, layer_input = None, split.h
-                if i < plan.full_from:
+                if i < plan.first_full_layer:
                     partial_layers[split.partial_at] += 1
-                    split.h, leaving = self._partial_layer(i, split, n_tracked, plan.monitor,
-                                                           observe_drifting=not plan.recompute_drifting)
-                    if leaving is not None and not plan.recompute_drifting:
-                        drifted_before, leaving = leaving, None
+                    split.h, leaving = self._partial_layer(i, split, monitor)
+                    if leaving is not None and leave_after:
+                        left_before, leaving = leaving, None
                 else:
                     leaving = torch.ones_like(split.partial_at, dtype=torch.bool)
-                if leaving is not None:  # layer i recomputes these rows, the drifting layer included
-                    self._recompute_from(i, split, leaving, layer_input, ids, index, depth)
+                if leaving is not None:  # layer i recomputes these rows, the one that sent them included
+                    self._recompute_from(i, split, leaving, layer_input, ids, index, first_full)
             if len(split.full_at):
-                split.hidden = self._full_layer(i, split.hidden, split.full, self._rope(split.full.ids), plan.monitor)
+                full = split.full
+                split.hidden = self._full_layer(i, split.hidden, full, self._rope(full.ids), monitor)
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
-        units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - depth)).sum())
-        return ForwardResult(split.output(), columns, depth, units)
+        units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum())
+        return ForwardResult(split.output(), columns, first_full, units)
 
-    def _recompute_from(self, i, split: _Split, leaving, layer_input, ids, index, depth) -> None:
+    def _recompute_from(self, i, split: _Split, leaving, layer_input, ids, index, first_full) -> None:
         """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its cached
         input with their fresh query rows `layer_input` [p, n, d] substituted."""
         joining = split.partial_at[leaving]
@@ -187,49 +211,30 @@ class Engine:
         fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][rows]
         fresh.scatter_(1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving])
         split.move(leaving, fresh)
-        depth[joining] = i
+        first_full[joining] = i
 
-    def _partial_layer(self, i, split: _Split, n_tracked: int, monitor, observe_drifting: bool):
-        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows that
-        drifted [g] or None). `observe_drifting`: the drifting rows' attention here is final (their
-        layer is not recomputed), so the monitor sees it."""
+    def _partial_layer(self, i, split: _Split, monitor: LayerMonitor | None):
+        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows the
+        monitor sends to the full recompute [g] or None)."""
         layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
         n = h.shape[1]
-        testing = monitor is not None and n_tracked > 0
-        x = h
-        if testing:
-            # the tracked rows as the cache stood before this step: their cached layer input, projected in
-            # the same call as the fresh rows; their keys before this step's writes are kept (n rows), so
-            # no second copy of the cache is needed
-            x = torch.cat([h, cache.inputs[i][group.ids[:, None], group.index[:, :n_tracked]]], 1)
-        q, k, v = layer.qkv(x, None)  # RoPE is applied by rope_write (and below for the stale rows)
-        if testing:
-            tracked_rope = Rope(*(table[:, :, :n_tracked] for table in group.rope))
-            q_before, q, k, v = apply_rotary(q[:, :, n:], tracked_rope), q[:, :, :n], k[:, :, :n], v[:, :, :n]
-            keys_before = cache.keys[i][group.ids[:, None, None], cache.heads, group.index[:, None, :]]
+        stale = None if monitor is None else monitor.stale_inputs(i, cache, group)  # [g, m, d] or None
+        # projected in one call with the query rows; RoPE is applied by rope_write
+        q, k, v = layer.qkv(h if stale is None else torch.cat([h, stale], 1), None)
+        before = None
+        if stale is not None:
+            before = monitor.before_writes(i, cache, group, q[:, :, n:])
+            q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
         inputs = None if cache.inputs is None else cache.inputs[i]
         q = ops.rope_write(q, k, v, group.rope, cache.keys[i], cache.values[i], group.ids, group.index,
                            inputs=inputs, hidden=None if inputs is None else h)
         keys, values = cache.read(i, group.cache_rows)
         if monitor is None:
             return layer.finish(h, ops.partial_attention(q, keys, values, group.key_mask)[0]), None
-        drifted = None
-        if testing:
-            attn, mass, similarity = ops.monitored_attention(
-                q, keys, values, group.key_mask, mass_weights=group.mass_weights, q_before=q_before,
-                written=group.index, keys_before=keys_before, axis=monitor.drift_axis)
-            drifted = monitor.drifted(i, similarity, group.valid[:, :n_tracked], group.ids)
-            drifted = drifted if bool(drifted.any()) else None
-        else:
-            attn, mass = ops.partial_attention(q, keys, values, group.key_mask, mass_weights=group.mass_weights)
-        if drifted is None or observe_drifting:
-            monitor.observe(i, mass, group.ids)
-        elif not bool(drifted.all()):  # the drifting rows are observed when their layer is recomputed
-            kept = ~drifted
-            monitor.observe(i, mass[kept], group.ids[kept])
-        return layer.finish(h, attn), drifted
+        attn, leaving = monitor.attend(i, q, keys, values, group, before)
+        return layer.finish(h, attn), leaving
 
-    def _full_layer(self, i, hidden, group: _Rows, rope: Rope, monitor=None):
+    def _full_layer(self, i, hidden, group: RowGroup, rope: Rope, monitor=None):
         """Layer i over every position of the group's rows, writing the cache where one is kept."""
         cache, layer = self.cache, self.model.layer(i)
         if cache is not None and cache.inputs is not None:
@@ -238,8 +243,7 @@ class Engine:
         if cache is not None:
             cache.write_all(i, group.cache_rows, k, v)
         if monitor is not None:
-            q_rows = q.gather(2, group.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
-            monitor.observe(i, ops.attention_mass(q_rows, k, group.key_mask, group.mass_weights), group.ids)
+            monitor.observe_full(i, q, k, group)
         return layer.finish(hidden, attend(q, k, v, group.key_mask))
 
     def _rope(self, rows: torch.Tensor) -> Rope:
@@ -258,18 +262,11 @@ def mask_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order, torch.arange(n, device=mask.device) < counts[:, None]
 
 
-def query_index(query: torch.Tensor, tracked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """-> (positions [r, n]: the tracked ones first, then the other query positions; valid [r, n];
-    how many leading columns are tracked). Padding entries repeat the row's first non-tracked query
-    position, so computing them rewrites that row with the same values."""
-    rest = query if tracked is None else query & ~tracked
-    index, valid = mask_index(rest)
-    n_tracked = 0
-    if tracked is not None:
-        tracked_index, tracked_valid = mask_index(tracked)
-        n_tracked = tracked_index.shape[1]
-        index, valid = torch.cat([tracked_index, index], 1), torch.cat([tracked_valid, valid], 1)
-    return torch.where(valid, index, index[:, n_tracked:n_tracked + 1]), valid, n_tracked
+def query_positions(query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[r, T] bool -> (positions [r, n] ascending, valid [r, n]). Padding entries repeat the row's
+    first query position, so computing them rewrites that row with the same values."""
+    index, valid = mask_index(query)
+    return torch.where(valid, index, index[:, :1]), valid
 
 
 def gather_rope(rope: Rope, index: torch.Tensor) -> Rope:

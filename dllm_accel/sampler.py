@@ -27,6 +27,7 @@ import torch
 
 from .engine import Engine
 from .models.base import DiffusionLM
+from .policies.cfg import CFGRows
 from .policies.guide import ARGuide
 from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
@@ -42,7 +43,7 @@ class StepRecord:
     committed: torch.Tensor  # [B] tokens committed per row
     # [B] per row: the first layer that recomputed every position (0: a full forward; n_layers: every
     # layer reused its cache); -1 for rows not computed; None when no forward ran
-    refresh_from: torch.Tensor | None = None
+    first_full_layer: torch.Tensor | None = None
 
 
 @dataclass
@@ -119,8 +120,8 @@ class Sampler:
                        torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device)], 1)
         canvas_mask = None if attention_mask is None else torch.cat(
             [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
-        passes = 2 if self.unmask.cfg_scale > 0 else 1
-        run = _Run(self, x, canvas_mask, prompt_len, passes)
+        cfg = CFGRows(batch, self.unmask.cfg_scale)
+        run = _Run(self, x, canvas_mask, prompt_len, cfg)
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
         trace = [] if self.trace else None
@@ -140,14 +141,14 @@ class Sampler:
                 live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator), masks)
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if live is not None:
-                    nfe, total_steps = nfe + passes, total_steps + 1
-                    row_forwards += live.long() * passes
+                    nfe, total_steps = nfe + cfg.copies, total_steps + 1
+                    row_forwards += live.long() * cfg.copies
                     committed.index_add_(0, rows, commit.long())
                     self._check_progress(live, committed, block, step)
                 if trace is None and callback is None:
                     continue
                 record = StepRecord(block, step, live is not None, committed,
-                                    None if live is None else run.refresh_layers())
+                                    None if live is None else run.first_full_layer())
                 if trace is not None:
                     trace.append(record)
                 if callback is not None:
@@ -205,20 +206,20 @@ class Sampler:
 class _Run:
     """One generation's engine, refresh state and accounting; `step` edits the canvas x in place."""
 
-    def __init__(self, sampler: Sampler, x, canvas_mask, prompt_len, passes):
+    def __init__(self, sampler: Sampler, x, canvas_mask, prompt_len, cfg: CFGRows):
         model, spec = sampler.model, sampler.model.spec
-        self.sampler, self.x, self.prompt_len, self.passes = sampler, x, prompt_len, passes
-        rows, length = x.shape[0] * passes, x.shape[1]
-        model_mask = None if canvas_mask is None else canvas_mask.repeat(passes, 1)
+        self.sampler, self.x, self.prompt_len, self.cfg = sampler, x, prompt_len, cfg
+        rows, length = cfg.rows, x.shape[1]
+        model_mask = None if canvas_mask is None else cfg.repeat(canvas_mask)  # [R, T]
         key_valid = (torch.ones(rows, length, dtype=torch.bool, device=x.device) if model_mask is None
                      else model_mask.bool())
-        self.state = sampler.cache.begin(Canvas(rows, length, prompt_len, spec.n_layers, spec.mask_id, key_valid))
+        canvas = Canvas(cfg, length, prompt_len, spec.n_layers, spec.mask_id, key_valid)
+        self.state = sampler.cache.begin(canvas)
         self.engine = Engine(model, model_mask, rows, length, cache=sampler.cache.keeps_cache,
                              inputs=sampler.cache.keeps_inputs)
         self.units = self.full_units = 0
         self.verification = None if sampler.guide is None else sampler.guide.begin(
-            x, None if canvas_mask is None else canvas_mask[:, :prompt_len], spec,
-            getattr(sampler.unmask, "temperature", 0.0))
+            x, None if canvas_mask is None else canvas_mask[:, :prompt_len], spec, sampler.unmask.temperature)
 
     def step(self, ctx: StepContext, masks: torch.Tensor):
         """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates' rows
@@ -243,43 +244,37 @@ class _Run:
         rewritten = sampler.stop.after_step(x[:, self.prompt_len:], spec)
         if rewritten is not None:
             changed[:, self.prompt_len:] |= rewritten
-        self.state.after_step(model_rows, result, changed.repeat(self.passes, 1))
+        self.state.after_step(model_rows, result, self.cfg.repeat(changed))
         if self.verification is not None:
             self.verification.after_step(x)
-        self.last_forward = model_rows, result.full_from
+        self.last_forward = model_rows, result.first_full_layer
         return live, rows, commit
 
-    def refresh_layers(self) -> torch.Tensor:
-        """[B] the last forward's first recomputed layer per row (-1: the row was not computed)."""
-        model_rows, full_from = self.last_forward
-        depth = torch.full((self.x.shape[0] * self.passes,), -1, dtype=torch.long, device=self.x.device)
-        depth[slice(None) if model_rows is None else model_rows] = full_from
-        return depth.view(self.passes, -1).min(0).values
+    def first_full_layer(self) -> torch.Tensor:
+        """[B] the last forward's first layer that recomputed every position, per row (-1: the row was not
+        computed)."""
+        model_rows, computed = self.last_forward
+        first_full = torch.full((self.cfg.rows,), -1, dtype=torch.long, device=self.x.device)  # [R]
+        first_full[slice(None) if model_rows is None else model_rows] = computed
+        return self.cfg.earliest(first_full)
 
     def _candidate_logits(self, live, rows, positions):
         """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the live
         rows (both halves under classifier-free guidance)."""
-        model, x, batch = self.sampler.model, self.x, self.x.shape[0]
-        ids, model_live = x, live
-        if self.passes == 2:
-            unconditional = x.clone()
-            unconditional[:, :self.prompt_len] = model.spec.mask_id
-            ids, model_live = torch.cat([x, unconditional]), torch.cat([live, live])
+        model, x, cfg = self.sampler.model, self.x, self.cfg
+        ids = cfg.model_ids(x, self.prompt_len, model.spec.mask_id)  # [R, T]
+        model_live = cfg.repeat(live)  # [R]
         model_rows = None if bool(model_live.all()) else model_live.nonzero().squeeze(1)
         sources = positions - model.spec.logit_shift  # the one place the shift is applied
-        plan = self.state.plan(ids, model_live)
-        if plan.query is not None:  # the head reads these rows: they must be computed
-            for half in range(self.passes):
-                plan.query[rows + half * batch, sources] = True
-        result = self.engine.forward(ids, model_rows, plan)
+        copy_rows = cfg.copy_rows(rows)  # per copy [M]
+        head_reads = torch.zeros_like(ids, dtype=torch.bool)  # [R, T]: the head reads these: computed
+        for model_row in copy_rows:
+            head_reads[model_row, sources] = True
+        result = self.engine.forward(ids, model_rows, self.state.plan(ids, model_live, head_reads))
         self.units += result.units
         self.full_units += result.hidden.shape[0] * x.shape[1] * model.n_layers
         local = model_live.cumsum(0) - 1  # model row -> row among the computed ones
-        hidden = [_rows_at(result, local[rows + half * batch], sources) for half in range(self.passes)]
-        logits = model.head(hidden[0])
-        if self.passes == 2:
-            unconditional_logits = model.head(hidden[1])
-            logits = unconditional_logits + (self.sampler.unmask.cfg_scale + 1) * (logits - unconditional_logits)
+        logits = cfg.mix([model.head(_rows_at(result, local[model_row], sources)) for model_row in copy_rows])
         return logits, result, model_rows
 
 

@@ -150,7 +150,7 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
         units, steps = units + out.recompute_fraction * out.steps, steps + out.steps
         if trace:
             refreshes += [layer < model.n_layers for record in out.trace[1:] if record.forwarded
-                          for layer in record.refresh_from.tolist() if layer >= 0]
+                          for layer in record.first_full_layer.tolist() if layer >= 0]
     n = len(problems)
     extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
     return dict(accuracy=correct / n, accuracy_ci95=wilson(correct, n), exact_match=exact / n,

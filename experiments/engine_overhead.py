@@ -34,6 +34,7 @@ from threads import set_threads
 
 from dllm_accel.engine import Engine, ForwardPlan
 from dllm_accel.models import build_model, tiny_config
+from dllm_accel.policies.refresh import AttentionDrift
 
 SHAPES = {  # LLaDA-8B-Instruct's layer shape (vocab shrunk: the head is not part of the engine)
     "llada-8b": dict(d_model=4096, layers=32, heads=32, mlp=12288),
@@ -41,7 +42,7 @@ SHAPES = {  # LLaDA-8B-Instruct's layer shape (vocab shrunk: the head is not par
 
 
 class NeverDrifts:
-    """Computes everything ElasticCache's monitor reads, refreshes nothing."""
+    """A drift judge that computes everything ElasticCache's reads, and refreshes nothing."""
 
     drift_axis = "heads"
 
@@ -62,9 +63,10 @@ def matmul_flops(tokens: int, keys: int, d: int, kv: int, mlp: int) -> float:
     return 2.0 * (projections + attention)
 
 
-def step_flops(n_query: int, full_from: int, length: int, layers: int, d: int, kv: int, mlp: int) -> float:
-    return (full_from * matmul_flops(n_query, length, d, kv, mlp)
-            + (layers - full_from) * matmul_flops(length, length, d, kv, mlp))
+def step_flops(n_query: int, first_full_layer: int, length: int, layers: int, d: int, kv: int,
+               mlp: int) -> float:
+    return (first_full_layer * matmul_flops(n_query, length, d, kv, mlp)
+            + (layers - first_full_layer) * matmul_flops(length, length, d, kv, mlp))
 
 
 def timed(run, repeats: int, device: torch.device) -> float:
@@ -124,8 +126,9 @@ def main() -> None:
     plans = {
         "full forward": (ForwardPlan(None, 0), length, 0),
         "query rows": (ForwardPlan(query, args.layers), int(query.sum()), args.layers),
-        "query rows + drift monitor": (ForwardPlan(query, args.layers, tracked, NeverDrifts()), int(query.sum()),
-                                       args.layers),
+        "query rows + drift monitor": (
+            ForwardPlan(query, args.layers, AttentionDrift(tracked, NeverDrifts(), leave_after=False)),
+            int(query.sum()), args.layers),
         "query rows, refresh from L/2": (ForwardPlan(query, args.layers // 2), int(query.sum()), args.layers // 2),
     }
     kv = config["d_model"] // args.heads * config["n_kv_heads"]
@@ -140,8 +143,9 @@ def main() -> None:
              f"median of {args.repeats}", "",
              "| step | ms | time ÷ full | FLOPs ÷ full | overhead (time ratio ÷ FLOP ratio) |",
              "| --- | --- | --- | --- | --- |"]
-    for name, (_, n_query, full_from) in plans.items():
-        flop_ratio = step_flops(n_query, full_from, length, args.layers, args.d_model, kv, args.mlp) / full_flops
+    for name, (_, n_query, first_full_layer) in plans.items():
+        flop_ratio = step_flops(n_query, first_full_layer, length, args.layers, args.d_model, kv,
+                                args.mlp) / full_flops
         time_ratio = seconds[name] / seconds["full forward"]
         lines.append(f"| {name} | {1000 * seconds[name]:.2f} | {time_ratio:.4f} | {flop_ratio:.4f} | "
                      f"{time_ratio / flop_ratio:.1f}× |")

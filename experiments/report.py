@@ -222,7 +222,7 @@ def summarize(records: list[dict], task: str, methods: list[str], sample_ids: li
         if len(methods) > 1 and baseline:
             figures["speedup"] = figures["tokens_per_second"] / baseline
     return {"task": task, **per_method[methods[-1]], "methods": per_method,
-            "refresh_layers": {"n_layers": n_layers, "per_step": traces}, "config": config}
+            "first_full_layer": {"n_layers": n_layers, "per_step": traces}, "config": config}
 
 
 def _figures(rows: list[dict]) -> dict:
@@ -250,9 +250,10 @@ def _other_checks(rows: list[dict]) -> list[str]:
 
 def write(summary: dict, out_dir: Path) -> None:
     _write_atomically(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    traces = summary["refresh_layers"]["per_step"]
+    traces = summary["first_full_layer"]["per_step"]
     if traces:
-        plot_refresh_layers(traces, summary["refresh_layers"]["n_layers"], out_dir / "refresh_layers.png")
+        n_layers = summary["first_full_layer"]["n_layers"]
+        plot_first_full_layer(traces, n_layers, out_dir / "first_full_layer.png")
     if len(summary["methods"]) > 1:
         plot_accuracy_vs_speed(summary["methods"], summary["task"], out_dir / "accuracy_vs_speed.png")
 
@@ -263,12 +264,13 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def plot_refresh_layers(traces: dict[str, list[int]], n_layers: int, path: Path) -> None:
+def plot_first_full_layer(traces: dict[str, list[int]], n_layers: int, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 3.5))
     for name, layers in traces.items():
         axes.step(range(len(layers)), layers, where="mid", label=name, marker=".")
-    axes.set(xlabel="decoding step (first sample)", ylabel="first recomputed layer",
-             ylim=(-0.5, n_layers + 0.5), title=f"refresh depth per step (0: full forward; {n_layers}: all reused)")
+    axes.set(xlabel="decoding step (first sample)", ylabel="first full layer",
+             ylim=(-0.5, n_layers + 0.5),
+             title=f"first layer recomputing every position (0: full forward; {n_layers}: all reused)")
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -160,12 +160,13 @@ class Decoder:
                 for sample, prompt, output, score, tokens, forwards in zip(
                     samples, prompts, outputs, scores, out.generated_tokens, out.row_forwards, strict=True)]
 
-    def refresh_trace(self, sample) -> list[int]:
-        """The first recomputed layer at each step of one sample (0: full forward; n_layers: all reused)."""
+    def first_full_layer_trace(self, sample) -> list[int]:
+        """The first layer that recomputed every position, at each step of one sample (0: a full forward;
+        n_layers: every layer reused the cache)."""
         traced = Sampler(self.model, unmask=self.method.unmask, cache=self.method.cache, stop=self.method.stop,
                          guide=self.method.guide, trace=True)
         out = self.generate(self.encode([sample])[1], [sample], traced)
-        return [int(r.refresh_from[0]) for r in out.trace if r.forwarded]
+        return [int(r.first_full_layer[0]) for r in out.trace if r.forwarded]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -224,7 +225,8 @@ def _decode_and_report(job: Job, samples: list, records: report.Records, done: s
         _decode_all(decoder, pending, records, state)
     summary = None
     if state.is_main_process:
-        traces = {d.method.name: d.refresh_trace(samples[0]) for d in decoders} if cfg.refresh_plot else {}
+        traces = ({d.method.name: d.first_full_layer_trace(samples[0]) for d in decoders}
+                  if cfg.refresh_plot else {})
         summary = report.summarize(records.read(), job.task.name, [d.method.name for d in decoders],
                                    [s.id for s in samples], OmegaConf.to_container(cfg, resolve=True), traces,
                                    model.n_layers)

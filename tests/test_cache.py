@@ -21,8 +21,9 @@ from dllm_accel import (
     StopAtEOS,
     Threshold,
 )
-from dllm_accel.engine import Engine, ForwardPlan
-from dllm_accel.policies.refresh import Canvas
+from dllm_accel.engine import Engine, ForwardPlan, ForwardResult
+from dllm_accel.policies.cfg import CFGRows
+from dllm_accel.policies.refresh import AttentionDrift, Canvas
 from dllm_accel.tasks import arith
 
 CACHES = {
@@ -74,7 +75,7 @@ def test_forced_refresh_equals_nocache(model_type, unmask, lengths):
     forced = generate(model, UNMASKS[unmask](), ElasticCache(gamma=1.01, window=16, refresh_from="drifting"),
                       lengths)
     assert torch.equal(forced.sequences, plain.sequences)
-    computed = [r.refresh_from[r.refresh_from >= 0] for r in forced.trace if r.forwarded]
+    computed = [r.first_full_layer[r.first_full_layer >= 0] for r in forced.trace if r.forwarded]
     assert all(len(layers) and (layers == 0).all() for layers in computed), "full forwards only"
     assert not (plain.sequences == model.spec.mask_id).any()
 
@@ -118,7 +119,8 @@ def test_every_unmask_policy_decodes_with_every_cache(model_type, unmask, cache)
     out = generate(model, UNMASKS[unmask](), CACHES[cache]())
     assert not (out.sequences == model.spec.mask_id).any()
     assert 0 < out.recompute_fraction < 1
-    assert all(((r.refresh_from >= 0) & (r.refresh_from <= model.n_layers)).any() for r in out.trace if r.forwarded)
+    assert all(((r.first_full_layer >= 0) & (r.first_full_layer <= model.n_layers)).any()
+               for r in out.trace if r.forwarded)
 
 
 def test_elastic_decodes_only_inside_its_window():
@@ -268,7 +270,7 @@ def test_a_never_written_cache_row_poisons_the_output():
 
 
 class FiresAt:
-    """A monitor whose drift test fires at one layer, for the rows given (model row ids)."""
+    """A drift judge that fires at one layer, for the rows given (model row ids)."""
 
     drift_axis = "heads"
 
@@ -295,20 +297,20 @@ def test_refresh_depth_and_accounting_by_hand(fires, recompute_drifting):
     assert model.n_layers == 2
     engine = Engine(model, canvas_mask, 1, 16, cache=True, inputs=True)
     full = engine.forward(canvas, None, ForwardPlan(None, 2))
-    assert (full.full_from.tolist(), full.units, full.columns) == ([0], 16 * 2, None)
+    assert (full.first_full_layer.tolist(), full.units, full.columns) == ([0], 16 * 2, None)
     query, tracked = torch.zeros_like(canvas, dtype=torch.bool), torch.zeros_like(canvas, dtype=torch.bool)
     query[0, [3, 7, 8, 9]] = True
     tracked[0, 3] = True
     monitor = FiresAt(fires)
-    plan = ForwardPlan(query, 2, tracked, monitor, recompute_drifting=recompute_drifting)
+    plan = ForwardPlan(query, 2, AttentionDrift(tracked, monitor, leave_after=not recompute_drifting))
     result = engine.forward(canvas, None, plan)
     if fires is None:
         assert [layer for layer, _ in monitor.checked] == [0, 1]
-        assert (result.full_from.tolist(), result.units) == ([2], 4 * 2)
+        assert (result.first_full_layer.tolist(), result.units) == ([2], 4 * 2)
     else:
         assert [layer for layer, _ in monitor.checked] == list(range(fires + 1))
         first = fires if recompute_drifting else fires + 1
-        assert result.full_from.tolist() == [first]
+        assert result.first_full_layer.tolist() == [first]
         assert result.units == 4 * (fires + 1) + 16 * (2 - first)  # the drifting layer's rows count too
     # nothing changed since the full forward: the query rows' outputs are the full forward's
     assert torch.allclose(result.hidden[0, result.columns[0, [3, 7, 8, 9]]], full.hidden[0, [3, 7, 8, 9]],
@@ -327,10 +329,11 @@ def test_each_row_refreshes_from_its_own_layer(recompute_drifting):
     query, tracked = torch.zeros_like(canvas, dtype=torch.bool), torch.zeros_like(canvas, dtype=torch.bool)
     query[:, [5, 7, 8]] = True
     tracked[:, 5] = True
-    plan = ForwardPlan(query, 2, tracked, FiresAt(0, rows=(1,)), recompute_drifting=recompute_drifting)
+    monitor = AttentionDrift(tracked, FiresAt(0, rows=(1,)), leave_after=not recompute_drifting)
+    plan = ForwardPlan(query, 2, monitor)
     result = engine.forward(canvas, None, plan)
     first = 0 if recompute_drifting else 1
-    assert result.full_from.tolist() == [2, first]
+    assert result.first_full_layer.tolist() == [2, first]
     assert result.units == 3 * 2 + (3 * 1 + 16 * (2 - first))
     outside = torch.ones(16, dtype=torch.bool)
     outside[[5, 7, 8]] = False
@@ -340,6 +343,30 @@ def test_each_row_refreshes_from_its_own_layer(recompute_drifting):
                               atol=1e-5)
 
 
+@pytest.mark.parametrize("cache", ["prefix", "dual", "frozen", "elastic", "elastic-gamma-0"])
+def test_a_cached_step_plans_the_positions_the_head_reads(cache):
+    """Once every row holds a full forward, each policy's query includes `head_reads` (the Sampler adds
+    nothing to a plan afterwards): here position 2, a prompt token no policy would compute."""
+    policy = {"elastic-gamma-0": lambda: ElasticCache(gamma=0)}.get(cache, CACHES.get(cache))()
+    rows, length, prompt, n_layers, mask_id = 2, 12, 6, 2, 99
+    canvas = torch.full((rows, length), 5)
+    canvas[:, prompt:] = mask_id
+    state = policy.begin(Canvas(CFGRows(rows), length, prompt, n_layers, mask_id,
+                                torch.ones(rows, length, dtype=torch.bool)))
+    state.begin_block(prompt, length)
+    masks, live = canvas == mask_id, torch.ones(rows, dtype=torch.bool)
+    head_reads = torch.zeros(rows, length, dtype=torch.bool)
+    head_reads[1, 2] = True
+    state.restrict(masks, masks, None)
+    first = state.plan(canvas, live, head_reads)
+    assert first.query is None or first.first_full_layer == 0, "the first step is a full forward"
+    full = ForwardResult(None, None, torch.zeros(rows, dtype=torch.long), rows * length * n_layers)
+    state.after_step(None, full, torch.zeros_like(masks))
+    state.restrict(masks, masks, None)
+    query = state.plan(canvas, live, head_reads).query
+    assert query[1, 2] and not query[0, 2]
+
+
 def test_dual_cache_recompute_fraction_by_hand():
     """B1, prompt 6, 8 tokens in blocks of 4, one token per step: per block a full step of 14 rows and
     3 steps of the 4 block rows; NoCache computes 14 rows in each of the 8 steps. Under Dream's shift
@@ -347,7 +374,7 @@ def test_dual_cache_recompute_fraction_by_hand():
     model = decoder("llada", seed=27)
     out = generate(model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4)
     assert out.recompute_fraction == pytest.approx(2 * (14 + 3 * 4) / (8 * 14))
-    assert [int(r.refresh_from) for r in out.trace] == [0, 2, 2, 2] * 2
+    assert [int(r.first_full_layer) for r in out.trace] == [0, 2, 2, 2] * 2
     model = decoder("Dream", seed=27)
     out = generate(model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4)
     assert 2 * (14 + 3 * 4 + 1) / (8 * 14) <= out.recompute_fraction <= 2 * (14 + 3 * 5) / (8 * 14)
@@ -359,7 +386,7 @@ def test_frozen_cache_computes_only_the_blocks_masks_after_the_first_step():
     model = decoder("llada", seed=27)
     out = generate(model, LowConfidence(8), FrozenCache(), lengths=(6,), max_new_tokens=8, block_length=4)
     assert out.recompute_fraction == pytest.approx((14 + 3 + 2 + 1 + 4 + 3 + 2 + 1) / (8 * 14))
-    assert [int(r.refresh_from) for r in out.trace] == [0] + [2] * 7
+    assert [int(r.first_full_layer) for r in out.trace] == [0] + [2] * 7
     assert not torch.equal(out.sequences, generate(model, LowConfidence(8), NoCache(), lengths=(6,),
                                                    max_new_tokens=8, block_length=4).sequences)
 
@@ -379,13 +406,15 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
     canvas = torch.cat([ids, torch.full((1, 16), mask_id)], 1)
     for change, expected in ((False, model.n_layers), (True, 0 if refresh_from == "drifting" else 1)):
         state = ElasticCache(gamma=0.9, window=4, drift=drift, refresh_from=refresh_from).begin(
-            Canvas(1, prompt + 16, prompt, model.n_layers, mask_id, torch.ones_like(canvas, dtype=torch.bool)))
+            Canvas(CFGRows(1), prompt + 16, prompt, model.n_layers, mask_id,
+                   torch.ones_like(canvas, dtype=torch.bool)))
         engine = Engine(model, None, 1, prompt + 16, cache=True, inputs=True)
         x, committed = canvas.clone(), torch.zeros_like(canvas, dtype=torch.bool)
+        no_reads = torch.zeros_like(canvas, dtype=torch.bool)  # the head reads nothing here
         state.restrict(x == mask_id, x == mask_id, None)
         with torch.no_grad():
-            first = engine.forward(x, None, state.plan(x, live))
-            assert first.full_from.tolist() == [0], "the first step is a full forward"
+            first = engine.forward(x, None, state.plan(x, live, no_reads))
+            assert first.first_full_layer.tolist() == [0], "the first step is a full forward"
             tracked = state._most_attended(slice(None))[0].nonzero().squeeze(1)  # what after_step will track
             assert len(tracked) and bool((tracked < prompt).all()), "tracked tokens are decoded (prompt) positions"
             if change:
@@ -393,7 +422,8 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
                 committed[0, tracked[0]] = True
             state.after_step(None, first, committed)
             state.restrict(x == mask_id, x == mask_id, None)
-            assert engine.forward(x, None, state.plan(x, live)).full_from.tolist() == [expected]
+            second = engine.forward(x, None, state.plan(x, live, no_reads))
+            assert second.first_full_layer.tolist() == [expected]
 
 
 @pytest.mark.parametrize("gamma, refreshing", [(0, False), (1.01, True)])
@@ -402,7 +432,8 @@ def test_gamma_zero_never_refreshes_and_above_one_always(gamma, refreshing):
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in arith.problems(2, seed=0, split="test")])
     out = Sampler(model, unmask=Threshold(0.9), cache=ElasticCache(gamma=gamma, window=8), trace=True).generate(
         batch["input_ids"], batch["attention_mask"], max_new_tokens=24)
-    starts = [layer for record in out.trace[1:] if record.forwarded for layer in record.refresh_from.tolist()
+    starts = [layer for record in out.trace[1:] if record.forwarded
+              for layer in record.first_full_layer.tolist()
               if layer >= 0]
     assert len(starts) > 2
     assert all((layer < model.n_layers) == refreshing for layer in starts)
@@ -475,7 +506,8 @@ def test_trained_model_rows_refresh_at_their_own_depth_as_alone():
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in problems])
     sampler = Sampler(model, unmask=Threshold(0.9), cache=ElasticCache(), trace=True)
     together = sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=48)
-    mixed = [r.refresh_from for r in together.trace if len(set(r.refresh_from[r.refresh_from >= 0].tolist())) > 1]
+    mixed = [r.first_full_layer for r in together.trace
+             if len(set(r.first_full_layer[r.first_full_layer >= 0].tolist())) > 1]
     assert mixed, "the case needs steps where rows refresh from different layers"
     for row, problem in enumerate(problems):
         alone = sampler.generate(dllm_accel.encode_chat(tokenizer, [arith.messages(problem)])["input_ids"],

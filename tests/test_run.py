@@ -138,7 +138,8 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
     assert other_check is None or 0 <= official[other_check] <= official["accuracy"]
     if task != "humaneval":  # the tiny models answer arithmetic, in either format
         assert official["accuracy"] >= 0.6
-    assert (out / "refresh_layers.png").stat().st_size > 1000 and (out / "accuracy_vs_speed.png").stat().st_size > 1000
+    assert (out / "first_full_layer.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_speed.png").stat().st_size > 1000
     assert "| official |" in capsys.readouterr().out
 
 
@@ -151,7 +152,7 @@ def test_the_default_main_job_compares_official_accelerated_and_guided(tmp_path)
     assert official["accuracy"] >= 0.9 and fast["accuracy"] >= 0.9 and guided["accuracy"] >= 0.9
     assert fast["nfe_mean"] < official["nfe_mean"] / 2 and fast["recompute_fraction"] < 1
     assert guided["nfe_mean"] <= fast["nfe_mean"] and guided["ar_forwards_mean"] > 0 == fast["ar_forwards_mean"]
-    trace = summary["refresh_layers"]["per_step"]["ElasticCache + Threshold"]
+    trace = summary["first_full_layer"]["per_step"]["ElasticCache + Threshold"]
     assert trace[0] == 0 and max(trace) > 0, "a full first step, then reused layers"
 
 

@@ -19,6 +19,7 @@ from dllm_accel import (
     StopAtEOS,
     Threshold,
 )
+from dllm_accel.policies.cfg import CFGRows
 from dllm_accel.policies.unmask import MIN_ALG_TEMP
 
 LLADA_CASES = {  # id: (prompt lengths, steps, gen_length, block_length, cfg_scale, eos options)
@@ -241,6 +242,22 @@ def test_stop_at_eos_changes_nothing_when_no_eos_is_emitted():
     early = Sampler(model, unmask=unmask, stop=StopAtEOS()).generate(ids, mask, max_new_tokens=16)
     assert torch.equal(full.sequences, early.sequences)
     assert early.generated_tokens.tolist() == [16, 16]
+
+
+def test_cfg_rows_lay_out_the_unconditional_copy_after_the_batch():
+    """Model row c * B + b is copy c of batch row b; copy 1 has its prompt masked; the guided logits are
+    u + (scale + 1)(c - u); a per-row value over the copies is the smaller one."""
+    guided, plain = CFGRows(batch=2, scale=0.5), CFGRows(batch=2)
+    assert (guided.copies, guided.rows, plain.copies, plain.rows) == (2, 4, 1, 2)
+    x = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert guided.model_ids(x, 2, 9).tolist() == [[1, 2, 3], [4, 5, 6], [9, 9, 3], [9, 9, 6]]
+    assert plain.model_ids(x, 2, 9) is x
+    assert [rows.tolist() for rows in guided.copy_rows(torch.tensor([1, 0]))] == [[1, 0], [3, 2]]
+    assert guided.repeat(torch.tensor([True, False])).tolist() == [True, False, True, False]
+    conditional, unconditional = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    assert guided.mix([conditional, unconditional]).tolist() == [[2.5, -0.5]]
+    assert plain.mix([conditional]) is conditional
+    assert guided.earliest(torch.tensor([3, 0, 1, 2])).tolist() == [1, 0]
 
 
 def test_accounting():

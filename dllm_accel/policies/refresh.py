@@ -6,7 +6,7 @@ which the Sampler drives:
     state = policy.begin(canvas)                       # once per generation
     state.begin_block(start, end)                      # once per block (canvas positions)
     candidates = state.restrict(masks, candidates, quota)  # ElasticCache decodes only inside its window
-    plan = state.plan(model_ids, live)                 # engine.ForwardPlan for this step
+    plan = state.plan(model_ids, live, head_reads)     # engine.ForwardPlan for this step
     state.after_step(rows, result, committed)          # what was computed and committed
 
 - NoCache: a full forward every step (the baseline).
@@ -21,18 +21,23 @@ which the Sampler drives:
   step; when a layer's similarity falls below gamma, every position is recomputed from the next layer
   (refresh_from='next', the paper's and the released code's boundary) or from that layer ('drifting').
 
-The Sampler adds the rows the head reads (a candidate's own row, or the row before it under Dream's
-logit shift) to every query.
+`head_reads` [R, T] marks the positions whose last-layer output the head reads (a candidate's own
+position, or the one before it under Dream's logit shift): every query must include them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from ..engine import ForwardPlan, ForwardResult
+from .. import ops
+from ..cache import KVCache
+from ..engine import ForwardPlan, ForwardResult, RowGroup, mask_index
+from ..models.base import Rope, apply_rotary
 from ..ops import DRIFT_AXES
+from .cfg import CFGRows
 from .unmask import _check_bool, _is_number, _require
 
 REFRESH_BOUNDARIES = ("next", "drifting")
@@ -40,15 +45,19 @@ REFRESH_BOUNDARIES = ("next", "drifting")
 
 @dataclass(frozen=True)
 class Canvas:
-    """Facts of one generation: R model rows (twice the batch under classifier-free guidance) of T
+    """Facts of one generation: the model rows (R: twice the batch under classifier-free guidance) of T
     positions, of which the first `prompt_length` are the (left-padded) prompt."""
 
-    rows: int
+    model_rows: CFGRows
     length: int
     prompt_length: int
     n_layers: int
     mask_id: int
     key_valid: torch.Tensor  # [R, T] bool: not padding
+
+    @property
+    def rows(self) -> int:
+        return self.model_rows.rows
 
 
 class RefreshPolicy:
@@ -70,7 +79,9 @@ class RefreshState:
         """masks [B, T]: the masked positions still to be decoded (a stop policy may have closed some)."""
         return candidates
 
-    def plan(self, model_ids: torch.Tensor, live: torch.Tensor) -> ForwardPlan:
+    def plan(self, model_ids: torch.Tensor, live: torch.Tensor, head_reads: torch.Tensor) -> ForwardPlan:
+        """model_ids [R, T]; live [R]: the rows computed; head_reads [R, T]: positions the query must
+        include (see the module notes)."""
         raise NotImplementedError
 
     def after_step(self, rows: torch.Tensor | None, result: ForwardResult, committed: torch.Tensor) -> None:
@@ -89,7 +100,7 @@ class NoCache(RefreshPolicy):
 
 
 class _Full(RefreshState):
-    def plan(self, model_ids, live):
+    def plan(self, model_ids, live, head_reads):
         return ForwardPlan(None, self.canvas.n_layers)
 
 
@@ -135,14 +146,14 @@ class _BlockCache(RefreshState):
         positions = torch.arange(self.canvas.length, device=self.fresh.device)
         self.query = (positions >= start) & ((positions < end) | self.to_end)
 
-    def plan(self, model_ids, live):
+    def plan(self, model_ids, live, head_reads):
         if not bool(self.fresh[live].all()):
             return ForwardPlan(None, self.canvas.n_layers)
-        return ForwardPlan(self.query | self.changed, self.canvas.n_layers)
+        return ForwardPlan(self.query | self.changed | head_reads, self.canvas.n_layers)
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
-        self.fresh[rows] |= result.full_from == 0
+        self.fresh[rows] |= result.first_full_layer == 0
         self.changed[rows] = False
         self.changed |= committed & ~self.query
 
@@ -154,10 +165,11 @@ class _Frozen(_BlockCache):
     def begin_block(self, start, end):
         self._query_block(start, end)  # a new block refreshes nothing
 
-    def plan(self, model_ids, live):
+    def plan(self, model_ids, live, head_reads):
         if not bool(self.fresh[live].all()):
             return ForwardPlan(None, self.canvas.n_layers)
-        return ForwardPlan(self.query & (model_ids == self.canvas.mask_id), self.canvas.n_layers)
+        masks = self.query & (model_ids == self.canvas.mask_id)
+        return ForwardPlan(masks | head_reads, self.canvas.n_layers)
 
 
 # -- ElasticCache ------------------------------------------------------------------------------------
@@ -228,32 +240,32 @@ class _Elastic(RefreshState):
         if quota is not None:
             size = torch.maximum(size, quota[:, None])
         window = masked & (masked.cumsum(1) <= size)
-        halves = self.canvas.rows // masks.shape[0]  # both halves of the model batch under CFG
-        self.window = window.repeat(halves, 1)  # [R, T]
-        self.distant = None if self.policy.cache_distant_masks else (masked & ~window).repeat(halves, 1)
+        model_rows = self.canvas.model_rows
+        self.window = model_rows.repeat(window)  # [R, T]
+        self.distant = None if self.policy.cache_distant_masks else model_rows.repeat(masked & ~window)
         return candidates & window
 
-    def plan(self, model_ids, live):
+    def plan(self, model_ids, live, head_reads):
         self.decoded = ~((model_ids == self.canvas.mask_id) & self.generated) & self.canvas.key_valid
-        query = self.tracked | self.changed | self.window
+        query = self.tracked | self.changed | self.window | head_reads
         if self.distant is not None:
             query |= self.distant
-        full_from = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
+        first_full_layer = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
         if self.policy.gamma == 0:  # never refreshes: nothing to track (a cosine below 0 would refresh)
-            return ForwardPlan(query, full_from)
+            return ForwardPlan(query, first_full_layer)
         self.mass.fill_(-1.0)
-        return ForwardPlan(query, full_from, self.tracked, self,
-                           recompute_drifting=self.policy.refresh_from == "drifting")
+        return ForwardPlan(query, first_full_layer,
+                           AttentionDrift(self.tracked, self, leave_after=self.policy.refresh_from == "next"))
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
-        self.fresh[rows] |= result.full_from == 0
+        self.fresh[rows] |= result.first_full_layer == 0
         self.changed[rows] = False
         if self.policy.gamma > 0:
             self.tracked[rows] = self._most_attended(rows)
         self.changed |= committed
 
-    # -- the engine's monitor --------------------------------------------------------------------
+    # -- AttentionDrift's judge ------------------------------------------------------------------
     @property
     def drift_axis(self) -> str:
         return self.policy.drift
@@ -278,3 +290,92 @@ class _Elastic(RefreshState):
         chosen = torch.zeros_like(mass, dtype=torch.bool)
         chosen.scatter_(-1, top.indices, top.values >= 0)
         return chosen.any(0)
+
+
+class DriftJudge(Protocol):
+    """What AttentionDrift asks of ElasticCache's state (tests substitute their own)."""
+
+    drift_axis: str  # 'heads' or 'keys': the axis ops.attention_drift compares along
+
+    def drifted(self, layer: int, similarity: torch.Tensor, valid: torch.Tensor,
+                rows: torch.Tensor) -> torch.Tensor:
+        """similarity [p, m]: how alike the tracked rows' attention is before and after this step's
+        writes, for model rows `rows` [p]; valid [p, m] -> [p] bool: the rows that drifted."""
+
+    def mass_weights(self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the attention
+        mass observed."""
+
+    def observe(self, layer: int, mass: torch.Tensor, rows: torch.Tensor) -> None:
+        """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows `rows`."""
+
+
+class AttentionDrift:
+    """ElasticCache's drift test for one forward, as the engine's LayerMonitor (engine.py).
+
+    The tracked positions come first among a row's query positions. At each layer still reusing the
+    cache, the tracked rows' attention as the cache stood before this step (their cached layer input,
+    projected in the same call as the fresh rows; the keys at the query positions read before this
+    layer's writes, so no second copy of the cache is needed) is compared with their attention after
+    it; `judge` decides which rows drifted and records the query rows' attention mass."""
+
+    def __init__(self, tracked: torch.Tensor, judge: DriftJudge, *, leave_after: bool):
+        self.tracked, self.judge, self.leave_after = tracked, judge, leave_after  # tracked [R, T] bool
+        self.n_tracked = 0  # leading query columns that are tracked (set by query_positions)
+
+    def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
+        """-> (positions [r, n]: the tracked ones first, then the other query positions; valid [r, n]).
+        Padding entries repeat the row's first non-tracked query position, so computing them rewrites
+        that row with the same values."""
+        tracked = self.tracked if rows is None else self.tracked[rows]
+        index, valid = mask_index(query & ~tracked)
+        tracked_index, tracked_valid = mask_index(tracked)
+        self.n_tracked = n = tracked_index.shape[1]
+        index, valid = torch.cat([tracked_index, index], 1), torch.cat([tracked_valid, valid], 1)
+        return torch.where(valid, index, index[:, n:n + 1]), valid
+
+    def mass_weights(self, rows, index, valid):
+        return self.judge.mass_weights(rows, index, valid)
+
+    def stale_inputs(self, layer: int, cache: KVCache, group: RowGroup) -> torch.Tensor | None:
+        """The tracked rows' cached input of this layer [g, n_tracked, d]; None when nothing is tracked."""
+        if self.n_tracked == 0:
+            return None
+        return cache.inputs[layer][group.ids[:, None], group.index[:, :self.n_tracked]]
+
+    def before_writes(self, layer: int, cache: KVCache, group: RowGroup, q_stale: torch.Tensor):
+        """-> (the tracked rows' queries before this step [g, Hq, n_tracked, D], RoPE applied; the keys
+        at the query positions before this layer's writes [g, Hkv, n, D])."""
+        tracked_rope = Rope(*(table[:, :, :self.n_tracked] for table in group.rope))
+        q_before = apply_rotary(q_stale, tracked_rope)
+        keys_before = cache.keys[layer][group.ids[:, None, None], cache.heads, group.index[:, None, :]]
+        return q_before, keys_before
+
+    def attend(self, layer, q, keys, values, group: RowGroup, before):
+        """The query rows' attention; the rows whose tracked rows drifted (None: none did). The mass of a
+        drifting row is observed here only under leave_after (otherwise its layer is recomputed, and
+        observed then)."""
+        judge = self.judge
+        if before is None:
+            attn, mass = ops.partial_attention(q, keys, values, group.key_mask,
+                                               mass_weights=group.mass_weights)
+            judge.observe(layer, mass, group.ids)
+            return attn, None
+        q_before, keys_before = before
+        attn, mass, similarity = ops.monitored_attention(
+            q, keys, values, group.key_mask, mass_weights=group.mass_weights, q_before=q_before,
+            written=group.index, keys_before=keys_before, axis=judge.drift_axis)
+        drifted = judge.drifted(layer, similarity, group.valid[:, :self.n_tracked], group.ids)
+        drifted = drifted if bool(drifted.any()) else None
+        if drifted is None or self.leave_after:
+            judge.observe(layer, mass, group.ids)
+        elif not bool(drifted.all()):
+            kept = ~drifted
+            judge.observe(layer, mass[kept], group.ids[kept])
+        return attn, drifted
+
+    def observe_full(self, layer: int, q: torch.Tensor, k: torch.Tensor, group: RowGroup) -> None:
+        """The query rows' attention mass at a layer recomputing every position."""
+        q_rows = q.gather(2, group.index[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1]))
+        mass = ops.attention_mass(q_rows, k, group.key_mask, group.mass_weights)  # [f, T]
+        self.judge.observe(layer, mass, group.ids)

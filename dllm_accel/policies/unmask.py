@@ -49,6 +49,7 @@ class StepContext:
 
 class UnmaskPolicy:
     cfg_scale: float = 0.0  # > 0: the Sampler adds an unconditional pass (prompt masked) and mixes
+    temperature: float = 0.0  # the sampling temperature (an ARGuide's speculative acceptance reads it)
 
     def steps_per_block(self, n_blocks: int) -> int | None:
         return None
