@@ -84,9 +84,9 @@ def test_diffusion_models_answer_in_the_long_setting(name, tokenizer):
     long = bench.setting(name, "long")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, long.shots) for p in problems])
     assert batch["input_ids"].shape[1] >= 150
-    unmask, block_length = dllm_accel.official_method(model, long.gen_length, long.block_length)
-    out = Sampler(model, unmask=unmask).generate(batch["input_ids"], batch["attention_mask"],
-                                                 max_new_tokens=long.gen_length, block_length=block_length)
+    official = dllm_accel.Method.official(model, long.gen_length, long.block_length)
+    out = official.sampler(model).generate(batch["input_ids"], batch["attention_mask"],
+                                           max_new_tokens=long.gen_length, block_length=official.block_length)
     generated = out.sequences[:, batch["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     assert sum(map(arith.is_correct, texts, problems)) >= 6
