@@ -50,6 +50,8 @@ POLICIES = {
     "stop": {"full_length": FullLength, "stop_at_eos": StopAtEOS},
     "guide": {"none": None, "ar": ARGuide},
 }
+# what Method.build gives the arguments these policies require (the values of their conf/unmask/ files)
+REQUIRED_DEFAULTS = {"threshold": {"tau": 0.9}, "factor": {"f": 1.0}, "entropy_threshold": {"h": 0.5}}
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,12 @@ class Method:
               block_length: int | None = None, **options) -> Method:
         """A Method from POLICIES names; each option goes to the one chosen policy that takes it, e.g.
         `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8, block_length=32)`.
+        Threshold, Factor and EntropyThreshold default to tau=0.9, f=1.0, h=0.5 (REQUIRED_DEFAULTS).
         The guide "ar" needs `ar_model` (a loaded causal LM, e.g. dllm_accel.load_ar_model("tiny-ar"))."""
         names = {"unmask": unmask, "cache": cache, "stop": stop, "guide": guide}
         chosen = {group: _lookup(group, name) for group, name in names.items()}
         routed = {group: {} for group in chosen}
+        routed["unmask"] = dict(REQUIRED_DEFAULTS.get(unmask, {}))
         for option, value in options.items():
             takers = [group for group, policy in chosen.items()
                       if policy is not None and option in _parameters(policy)]
