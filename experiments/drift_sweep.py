@@ -19,13 +19,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench import SETTINGS, decode, environment, setting
+from threads import set_threads
+
 import dllm_accel
 from dllm_accel import ElasticCache, Method, NoCache, StopAtEOS, Threshold
 from dllm_accel.tasks import arith
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SETTINGS, decode, environment, setting  # noqa: E402
-from threads import set_threads  # noqa: E402
 
 GAMMAS = [0.0, 0.5, 0.8, 0.9, 0.95, 1.01]
 

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
+from threads import set_threads
+from train_tiny import accuracy, scores
 from transformers import AutoModelForCausalLM
 
 import dllm_accel
 from dllm_accel import FrozenCache, FullLength, LowConfidence, Method, measure
 from dllm_accel.tasks import arith
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
-from threads import set_threads  # noqa: E402
-from train_tiny import accuracy, scores  # noqa: E402
 
 
 def frozen_decode(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:

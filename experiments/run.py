@@ -18,28 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
+import report
+import schemas
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from threads import check_threads
 from tqdm import tqdm
 
 import dllm_accel
 from dllm_accel import Method, measure
 from dllm_accel.assets import BUNDLED
 from dllm_accel.method import compact
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402
-import schemas  # noqa: E402
-from threads import check_threads  # noqa: E402
 
 log = logging.getLogger("run")
 OFFICIAL = "official"
