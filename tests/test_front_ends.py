@@ -47,7 +47,7 @@ def through_lm_eval() -> dict:
     lm = lm_eval.DllmAccelLM.create_from_arg_string(
         f"pretrained=tiny-llada,device=cpu,max_new_tokens={GEN},block_length={BLOCK},batch_size=1,"
         "unmask=threshold,tau=0.9,cache=elastic_cache,stop=stop_at_eos")
-    assert lm.method(GEN) == METHOD
+    assert lm.method(GEN).name == METHOD.name
     contexts = [lm.apply_chat_template(arith.messages(p)) for p in arith.problems(N, seed=0)]
     lm.generate_until([Instance("generate_until", {}, (c, {"until": [], "max_gen_toks": GEN}), i)
                        for i, c in enumerate(contexts)])
