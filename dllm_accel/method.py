@@ -43,15 +43,29 @@ from .sampler import GenerationOutput, Sampler
 
 # group -> {name: policy class}; the names are the file names of conf/<group>/ (guide "none": no guide)
 POLICIES = {
-    "unmask": {"low_confidence": LowConfidence, "threshold": Threshold, "factor": Factor,
-               "entropy_threshold": EntropyThreshold, "dream": DreamAlgorithm},
-    "cache": {"no_cache": NoCache, "prefix_cache": PrefixCache, "dual_cache": DualCache,
-              "elastic_cache": ElasticCache, "frozen_cache": FrozenCache},
+    "unmask": {
+        "low_confidence": LowConfidence,
+        "threshold": Threshold,
+        "factor": Factor,
+        "entropy_threshold": EntropyThreshold,
+        "dream": DreamAlgorithm,
+    },
+    "cache": {
+        "no_cache": NoCache,
+        "prefix_cache": PrefixCache,
+        "dual_cache": DualCache,
+        "elastic_cache": ElasticCache,
+        "frozen_cache": FrozenCache,
+    },
     "stop": {"full_length": FullLength, "stop_at_eos": StopAtEOS},
     "guide": {"none": None, "ar": ARGuide},
 }
 # what Method.build gives the arguments these policies require (the values of their conf/unmask/ files)
-REQUIRED_DEFAULTS = {"threshold": {"tau": 0.9}, "factor": {"f": 1.0}, "entropy_threshold": {"h": 0.5}}
+REQUIRED_DEFAULTS = {
+    "threshold": {"tau": 0.9},
+    "factor": {"f": 1.0},
+    "entropy_threshold": {"h": 0.5},
+}
 
 
 @dataclass(frozen=True)
@@ -67,17 +81,23 @@ class Method:
 
     def __post_init__(self):  # the Sampler's own messages
         if not isinstance(self.unmask, UnmaskPolicy):
-            raise TypeError(f"unmask must be an unmask policy (LowConfidence, Threshold, Factor, "
-                            f"EntropyThreshold, DreamAlgorithm), got {self.unmask!r}")
+            raise TypeError(
+                f"unmask must be an unmask policy (LowConfidence, Threshold, Factor, "
+                f"EntropyThreshold, DreamAlgorithm), got {self.unmask!r}"
+            )
         if not isinstance(self.cache, RefreshPolicy):
-            raise TypeError(f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache, "
-                            f"FrozenCache), got {self.cache!r}")
+            raise TypeError(
+                f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache, "
+                f"FrozenCache), got {self.cache!r}"
+            )
         if not isinstance(self.stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {self.stop!r}")
         if self.guide is not None and not isinstance(self.guide, ARGuide):
             raise TypeError(f"guide must be None or an ARGuide, got {self.guide!r}")
         value = self.block_length
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value <= 0
+        ):
             raise ValueError(f"block_length must be None or a positive integer, got {value!r}")
 
     @property
@@ -95,8 +115,14 @@ class Method:
         return self.guide is not None
 
     def sampler(self, model: DiffusionLM, trace: bool = False) -> Sampler:
-        return Sampler(model, unmask=self.unmask, cache=self.cache, stop=self.stop, guide=self.guide,
-                       trace=trace)
+        return Sampler(
+            model,
+            unmask=self.unmask,
+            cache=self.cache,
+            stop=self.stop,
+            guide=self.guide,
+            trace=trace,
+        )
 
     @classmethod
     def official(cls, model: DiffusionLM, max_new_tokens: int, block_length: int | None) -> Method:
@@ -106,12 +132,23 @@ class Method:
         if not isinstance(model, DiffusionLM):
             raise TypeError(f"model must be a dllm_accel DiffusionLM, got {type(model).__name__}")
         if model.spec.model_type == "llada":
-            return cls(LowConfidence(steps=max_new_tokens), NoCache(), FullLength(), None, block_length)
-        return cls(DreamAlgorithm("entropy", steps=max_new_tokens), NoCache(), FullLength(), None, None)
+            return cls(
+                LowConfidence(steps=max_new_tokens), NoCache(), FullLength(), None, block_length
+            )
+        return cls(
+            DreamAlgorithm("entropy", steps=max_new_tokens), NoCache(), FullLength(), None, None
+        )
 
     @classmethod
-    def build(cls, unmask: str, cache: str = "no_cache", stop: str = "full_length", guide: str = "none",
-              block_length: int | None = None, **options) -> Method:
+    def build(
+        cls,
+        unmask: str,
+        cache: str = "no_cache",
+        stop: str = "full_length",
+        guide: str = "none",
+        block_length: int | None = None,
+        **options,
+    ) -> Method:
         """A Method from POLICIES names; each option goes to the one chosen policy that takes it, e.g.
         `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8, block_length=32)`.
         Threshold, Factor and EntropyThreshold default to tau=0.9, f=1.0, h=0.5 (REQUIRED_DEFAULTS).
@@ -121,17 +158,31 @@ class Method:
         routed = {group: {} for group in chosen}
         routed["unmask"] = dict(REQUIRED_DEFAULTS.get(unmask, {}))
         for option, value in options.items():
-            takers = [group for group, policy in chosen.items()
-                      if policy is not None and option in _parameters(policy)]
+            takers = [
+                group
+                for group, policy in chosen.items()
+                if policy is not None and option in _parameters(policy)
+            ]
             if len(takers) != 1:
-                accepted = sorted({p for policy in chosen.values() if policy is not None
-                                   for p in _parameters(policy)})
+                accepted = sorted(
+                    {
+                        p
+                        for policy in chosen.values()
+                        if policy is not None
+                        for p in _parameters(policy)
+                    }
+                )
                 why = "taken by none" if not takers else f"ambiguous between {takers}"
-                raise ValueError(f"option {option}={value!r} is {why} of the chosen policies "
-                                 f"({', '.join(f'{g}={n}' for g, n in names.items())}"
-                                 f"); they take {accepted}")
+                raise ValueError(
+                    f"option {option}={value!r} is {why} of the chosen policies "
+                    f"({', '.join(f'{g}={n}' for g, n in names.items())}"
+                    f"); they take {accepted}"
+                )
             routed[takers[0]][option] = value
-        built = {group: None if policy is None else policy(**routed[group]) for group, policy in chosen.items()}
+        built = {
+            group: None if policy is None else policy(**routed[group])
+            for group, policy in chosen.items()
+        }
         return cls(built["unmask"], built["cache"], built["stop"], built["guide"], block_length)
 
 
@@ -157,8 +208,11 @@ def _model_name(model) -> str:
 
 
 def _parameters(policy: type) -> dict:
-    return {name: p for name, p in inspect.signature(policy).parameters.items()
-            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return {
+        name: p
+        for name, p in inspect.signature(policy).parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
 
 
 def _lookup(group: str, name):
@@ -203,8 +257,11 @@ class Measurement:
     def __add__(self, other: Measurement) -> Measurement:
         if not isinstance(other, Measurement):
             return NotImplemented
-        sums = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self)
-                if f.name != "peak_memory_bytes"}
+        sums = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "peak_memory_bytes"
+        }
         peaks = [p for p in (self.peak_memory_bytes, other.peak_memory_bytes) if p is not None]
         return Measurement(**sums, peak_memory_bytes=max(peaks) if peaks else None)
 
@@ -237,23 +294,45 @@ class Measurement:
 
     def report(self) -> dict:
         """The sums and the ratios under their names (what summary.json, bench JSON and lm_eval record)."""
-        return {**dataclasses.asdict(self), "tokens_per_second": self.tokens_per_second,
-                "tokens_per_forward": self.tokens_per_forward, "recompute_fraction": self.recompute_fraction,
-                "nfe_per_sample": self.nfe_per_sample, "row_forwards_per_sample": self.row_forwards_per_sample}
+        return {
+            **dataclasses.asdict(self),
+            "tokens_per_second": self.tokens_per_second,
+            "tokens_per_forward": self.tokens_per_forward,
+            "recompute_fraction": self.recompute_fraction,
+            "nfe_per_sample": self.nfe_per_sample,
+            "row_forwards_per_sample": self.row_forwards_per_sample,
+        }
 
     @classmethod
-    def of(cls, out: GenerationOutput, seconds: float = 0.0, peak_memory_bytes: int | None = None) -> Measurement:
+    def of(
+        cls, out: GenerationOutput, seconds: float = 0.0, peak_memory_bytes: int | None = None
+    ) -> Measurement:
         """The counts of one GenerationOutput."""
-        return cls(samples=int(out.sequences.shape[0]), generated_tokens=int(out.generated_tokens.sum()),
-                   seconds=float(seconds), nfe=int(out.nfe), row_forwards=int(out.row_forwards.sum()),
-                   layer_units=int(out.layer_units), full_units=int(out.full_units),
-                   ar_forwards=int(out.ar_forwards), ar_tokens=int(out.ar_tokens),
-                   peak_memory_bytes=peak_memory_bytes)
+        return cls(
+            samples=int(out.sequences.shape[0]),
+            generated_tokens=int(out.generated_tokens.sum()),
+            seconds=float(seconds),
+            nfe=int(out.nfe),
+            row_forwards=int(out.row_forwards.sum()),
+            layer_units=int(out.layer_units),
+            full_units=int(out.full_units),
+            ar_forwards=int(out.ar_forwards),
+            ar_tokens=int(out.ar_tokens),
+            peak_memory_bytes=peak_memory_bytes,
+        )
 
 
-def measure(method: Method, model: DiffusionLM, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            *, max_new_tokens: int, generator=None, callback=None,
-            trace: bool = False) -> tuple[GenerationOutput, Measurement]:
+def measure(
+    method: Method,
+    model: DiffusionLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    generator=None,
+    callback=None,
+    trace: bool = False,
+) -> tuple[GenerationOutput, Measurement]:
     """Decode left-padded prompts [B, P] with `method` (Sampler.generate with the method's block length)
     -> (GenerationOutput, Measurement). Only `generate` is timed, synchronised on CUDA before and after;
     on CUDA the peak memory is max_memory_allocated over the call (its peak statistics are reset)."""
@@ -266,8 +345,14 @@ def measure(method: Method, model: DiffusionLM, input_ids: torch.Tensor, attenti
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    out = sampler.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                           block_length=method.block_length, generator=generator, callback=callback)
+    out = sampler.generate(
+        input_ids,
+        attention_mask,
+        max_new_tokens=max_new_tokens,
+        block_length=method.block_length,
+        generator=generator,
+        callback=callback,
+    )
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
