@@ -1,6 +1,7 @@
 """dllm_accel: training-free decoding acceleration for masked diffusion language models."""
 
-from .dropin import dream_generate, llada_generate, official_method, patch, unpatch
+from .dropin import dream_generate, llada_generate, patch, unpatch
+from .method import POLICIES, Measurement, Method, measure
 from .models import (
     DiffusionLM,
     ModelSpec,
@@ -37,6 +38,7 @@ __all__ = [
     "ARGuide", "DiffusionLM", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
     "FrozenCache", "FullLength", "GenerationOutput", "LowConfidence", "ModelSpec", "NoCache", "PrefixCache",
     "Sampler", "StepRecord", "StopAtEOS", "Threshold", "build_model", "dream_generate", "encode_chat", "encode_texts",
-    "from_hf", "llada_generate", "load_ar_model", "load_model", "load_tokenizer", "official_method", "patch",
+    "from_hf", "llada_generate", "load_ar_model", "load_model", "load_tokenizer", "patch",
+    "Measurement", "Method", "POLICIES", "measure",
     "sample_generators", "save_model", "unpatch",
 ]

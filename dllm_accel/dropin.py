@@ -25,9 +25,12 @@ import torch
 import transformers
 from transformers.utils import ModelOutput
 
+from .method import Method
 from .models.base import DiffusionLM
 from .models.loading import from_hf
-from .policies.unmask import DreamAlgorithm, LowConfidence, UnmaskPolicy, _check_bool
+from .policies.refresh import NoCache
+from .policies.stop import FullLength
+from .policies.unmask import DreamAlgorithm, LowConfidence, _check_bool
 from .sampler import Sampler
 
 DREAM_DEFAULT_NEW_TOKENS = 20  # diffusion_generate without max_new_tokens: the generation config's max_length
@@ -76,8 +79,9 @@ def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128
     if unmask is None:
         unmask = LowConfidence(steps, remasking, temperature, cfg_scale, logits_eos_inf=logits_eos_inf,
                                confidence_eos_eot_inf=confidence_eos_eot_inf)
-    out = Sampler(model, unmask=unmask, cache=cache).generate(prompt, attention_mask, max_new_tokens=gen_length,
-                                                 block_length=block_length, generator=generator)
+    method = Method(unmask, NoCache() if cache is None else cache, FullLength(), None, block_length)
+    out = method.sampler(model).generate(prompt, attention_mask, max_new_tokens=gen_length,
+                                         block_length=method.block_length, generator=generator)
     return out.sequences
 
 
@@ -105,22 +109,14 @@ def dream_generate(model, input_ids, attention_mask=None, max_new_tokens=None, s
                                 top_k=top_k)
     history = [] if return_dict_in_generate and output_history else None
     new_tokens = DREAM_DEFAULT_NEW_TOKENS if max_new_tokens is None else max_new_tokens
-    out = Sampler(model, unmask=unmask, cache=cache).generate(
+    method = Method(unmask, NoCache() if cache is None else cache, FullLength())
+    out = method.sampler(model).generate(
         input_ids, attention_mask, max_new_tokens=new_tokens, generator=generator,
         callback=None if history is None else lambda record, x: history.append(x.clone()),
     )
     if return_dict_in_generate:
         return DreamModelOutput(sequences=out.sequences, history=history)
     return out.sequences
-
-
-def official_method(model, max_new_tokens: int, block_length: int | None) -> tuple[UnmaskPolicy, int | None]:
-    """(unmask policy, block_length) of the model family's official sampler, one token per step: LLaDA's
-    generate in the given blocks; Dream's diffusion_generate with its entropy algorithm over the whole
-    generation (Dream decodes without blocks). Decode with NoCache and FullLength, as they do."""
-    if native(model).spec.model_type == "llada":
-        return LowConfidence(steps=max_new_tokens), block_length
-    return DreamAlgorithm("entropy", steps=max_new_tokens), None
 
 
 def patch(hf_model, *, cache=None, unmask=None):

@@ -6,7 +6,7 @@ lm_eval (0.4.13) finds models only in its own registry: its built-in table plus 
 then hands the same arguments to lm_eval's own CLI:
 
     python -m dllm_accel.lm_eval --model dllm_accel \\
-        --model_args pretrained=/models/LLaDA-8B-Instruct,cache=elastic,unmask=threshold,tau=0.9 \\
+        --model_args pretrained=/models/LLaDA-8B-Instruct,cache=elastic_cache,unmask=threshold,tau=0.9 \\
         --tasks gsm8k --apply_chat_template --batch_size 8 --device cuda
     dllm-accel-lm-eval ...                       # the same, as a console script
 
@@ -16,19 +16,28 @@ model_args
     pretrained       a checkpoint directory or a bundled model ("tiny-llada"); required
     dtype, device    as load_model (lm_eval's CLI passes device cuda:0 unless told: without CUDA, cpu)
     batch_size       prompts decoded together, left-padded (an integer; "auto" is not supported)
-    unmask           low_confidence (default; steps, remasking, temperature), threshold (tau, temperature),
-                     factor (f, temperature), entropy_threshold (h, temperature), dream (alg, steps,
-                     temperature); `steps` defaults to the generation length (one token per step)
-    cache            no (default), prefix, dual, elastic (gamma, window, drift, refresh_from)
-    stop             stop_at_eos (default) or full_length
+    unmask, cache, stop, guide
+                     names of dllm_accel.POLICIES, the option names of the Hydra groups conf/unmask/,
+                     conf/cache/, conf/stop/, conf/guide/: unmask low_confidence (default), threshold,
+                     factor, entropy_threshold, dream; cache no_cache (default), prefix_cache,
+                     dual_cache, elastic_cache, frozen_cache; stop stop_at_eos (default), full_length;
+                     guide none (default) or ar (with ar_model=PATH: the AR model's checkpoint or a
+                     bundled name such as tiny-ar, loaded on the model's device in ar_dtype)
+    any other key    an argument of the chosen policies, given to the one that takes it: e.g. tau,
+                     temperature, cfg_scale, steps (default: the generation length: one token per step),
+                     alg, eps, top_p, top_k, alg_temp; gamma, window, track, cache_distant_masks, drift,
+                     refresh_from; fill; acceptance, k, ratio, verify_chunk, correct
     max_new_tokens   generation length when a request gives no max_gen_toks (default 256)
     block_length     default 32; 0 or None: the whole generation is one block
     seed             each request draws from its own generator, seeded by (seed, request id) (default 0)
 
 Generation length: a request's max_gen_toks (else max_new_tokens), rounded up to a multiple of
 block_length; the text is then cut to max_gen_toks tokens, at the first EOS / end-of-turn and at the
-first of the request's `until` strings. Sampling is set by the unmask policy (`temperature`), not by the
-task's generation kwargs. Only generation tasks run: a masked diffusion LM has no exact log-likelihood.
+first of the request's `until` strings. The figures recorded in lm_eval's results["config"] are a
+dllm_accel.Measurement's (see measure), whose generated tokens are those returned: at most
+max_gen_toks per request, up to and including the first EOS / end-of-turn. Sampling is set by the
+unmask policy (`temperature`), not by the task's generation kwargs. Only generation tasks run: a masked
+diffusion LM has no exact log-likelihood.
 
 Sampling (temperature > 0) is reproducible request by request: a request's id is its task name,
 document id and index in the document (lm_eval's Instance fields; its context text where they are
@@ -38,10 +47,11 @@ on batch_size nor on the other requests or their order.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
 import logging
 import math
-import time
 
 try:
     import lm_eval.models  # noqa: F401  (see _register)
@@ -56,41 +66,14 @@ from lm_eval.api.registry import MODEL_REGISTRY, register_model
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from .method import Measurement, Method, measure
 from .models import load_model, load_tokenizer
-from .policies import (
-    DreamAlgorithm,
-    DualCache,
-    ElasticCache,
-    EntropyThreshold,
-    Factor,
-    FullLength,
-    LowConfidence,
-    NoCache,
-    PrefixCache,
-    StopAtEOS,
-    Threshold,
-)
-from .sampler import Sampler
+from .policies import ARGuide, load_ar_model
 from .seeding import sample_generators
 
 MODEL_NAME = "dllm_accel"
 logger = logging.getLogger(__name__)
-
-# name -> (policy class, the model_args it takes with their defaults); steps=None: the generation length
-UNMASK_POLICIES = {
-    "low_confidence": (LowConfidence, {"steps": None, "remasking": "low_confidence", "temperature": 0.0}),
-    "threshold": (Threshold, {"tau": 0.9, "temperature": 0.0}),
-    "factor": (Factor, {"f": 1.0, "temperature": 0.0}),
-    "entropy_threshold": (EntropyThreshold, {"h": 0.5, "temperature": 0.0}),
-    "dream": (DreamAlgorithm, {"alg": "entropy", "steps": None, "temperature": 0.0}),
-}
-CACHE_POLICIES = {
-    "no": (NoCache, {}),
-    "prefix": (PrefixCache, {}),
-    "dual": (DualCache, {}),
-    "elastic": (ElasticCache, {"gamma": 0.9, "window": 16, "drift": "heads", "refresh_from": "next"}),
-}
-STOP_POLICIES = {"full_length": FullLength, "stop_at_eos": StopAtEOS}
+STEPS_DEFAULT_TO_LENGTH = ("low_confidence", "dream")  # unmask policies whose `steps` defaults to it
 GREEDY_KWARGS = {"do_sample": False, "temperature": 0}  # task kwargs that change nothing
 
 
@@ -98,28 +81,31 @@ class DllmAccelLM(LM):
     """A dllm_accel model and policies behind lm_eval's LM interface (generate_until only)."""
 
     def __init__(self, pretrained, dtype=None, device=None, batch_size=1, max_batch_size=None,
-                 unmask="low_confidence", cache="no", stop="stop_at_eos", max_new_tokens=256, block_length=32,
-                 seed=0, trust_remote_code=None, **policy_args):
+                 unmask="low_confidence", cache="no_cache", stop="stop_at_eos", guide="none", ar_model=None,
+                 ar_dtype=None, max_new_tokens=256, block_length=32, seed=0, trust_remote_code=None,
+                 **policy_args):
         # max_batch_size (for batch_size=auto) and trust_remote_code (no remote code ever runs) are accepted
         # because lm_eval's CLI may pass them; they change nothing here.
         super().__init__()
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.block_length = None if block_length in (None, 0) else _positive_int("block_length", block_length)
-        self.unmask_name = _choice("unmask", unmask, UNMASK_POLICIES)
-        self.cache_name = _choice("cache", cache, CACHE_POLICIES)
-        self.stop_name = _choice("stop", stop, STOP_POLICIES)
-        self.unmask_args, cache_args = _split_policy_args(policy_args, self.unmask_name, self.cache_name)
-        self.cache_policy = CACHE_POLICIES[self.cache_name][0](**cache_args)
-        self.stop_policy = STOP_POLICIES[self.stop_name]()
-        self.unmask_policy(self.generation_length(self.max_new_tokens))  # bad values fail now, not after loading
+        self.names = {"unmask": unmask, "cache": cache, "stop": stop, "guide": guide}
+        if (guide == "ar") != (ar_model is not None):
+            raise ValueError(f"model_args ar_model (the AR model's path) goes with guide=ar and only with it; "
+                             f"got guide={guide!r}, ar_model={ar_model!r}")
+        self.policy_args = dict(policy_args)
+        self.method(self.generation_length(self.max_new_tokens))  # bad values fail now, not after loading
         seed = _integer("seed", seed)
         self.pretrained = str(pretrained)
         self._device = torch.device(_available_device(device))
         self.model = load_model(pretrained, dtype=dtype, device=self._device)
         self.tokenizer = load_tokenizer(pretrained)
+        if ar_model is not None:
+            self.policy_args["ar_model"] = load_ar_model(str(ar_model), dtype=ar_dtype, device=self._device)
+            self.method(self.generation_length(self.max_new_tokens)).sampler(self.model)  # the guide's checks
         self.seed = seed
-        self.stats = {"generated_tokens": 0, "nfe": 0, "row_forwards": 0, "decode_seconds": 0.0}
+        self.measured = Measurement()
         self._warned_kwargs = False
 
     @classmethod
@@ -140,16 +126,18 @@ class DllmAccelLM(LM):
             return max_tokens
         return math.ceil(max_tokens / self.block_length) * self.block_length
 
-    def unmask_policy(self, generation_length: int):
-        policy, defaults = UNMASK_POLICIES[self.unmask_name]
-        args = defaults | self.unmask_args
-        if "steps" in args and args["steps"] is None:
-            args["steps"] = generation_length
-        return policy(**args)
-
-    def sampler(self, generation_length: int) -> Sampler:
-        return Sampler(self.model, unmask=self.unmask_policy(generation_length), cache=self.cache_policy,
-                       stop=self.stop_policy)
+    def method(self, generation_length: int) -> Method:
+        """The Method of model_args for one generation length (`steps` defaults to it). Before the
+        model is loaded (the guide's AR model is not yet) the guide is left out."""
+        options = dict(self.policy_args)
+        if self.names["unmask"] in STEPS_DEFAULT_TO_LENGTH and options.get("steps") is None:
+            options["steps"] = generation_length
+        names = dict(self.names)
+        if names["guide"] == "ar" and "ar_model" not in options:  # checked again once it is loaded
+            guide_options = inspect.signature(ARGuide).parameters
+            options = {key: value for key, value in options.items() if key not in guide_options}
+            names["guide"] = "none"
+        return Method.build(**names, block_length=self.block_length, **options)
 
     # -- lm_eval's interface -----------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -188,18 +176,20 @@ class DllmAccelLM(LM):
         return getattr(self.tokenizer, "chat_template", None)
 
     def get_model_info(self) -> dict:
-        """Recorded in lm_eval's results["config"]: the decoding settings and what decoding cost."""
-        forwards = max(1, self.stats["row_forwards"])
+        """Recorded in lm_eval's results["config"]: the decoding settings and what decoding cost (the
+        sums and ratios of a dllm_accel.Measurement, under its names)."""
+        method = self.method(self.generation_length(self.max_new_tokens))
         return {
-            "unmask": repr(self.unmask_policy(self.generation_length(self.max_new_tokens))),
-            "cache": repr(self.cache_policy),
-            "stop": repr(self.stop_policy),
+            "method": method.name,
+            "unmask": repr(method.unmask),
+            "cache": repr(method.cache),
+            "stop": repr(method.stop),
+            "guide": repr(method.guide),
             "max_new_tokens": self.max_new_tokens,
             "block_length": self.block_length,
             "model_dtype": str(self.model.dtype),
             "model_device": str(self._device),  # lm_eval's own "device" is the one asked for
-            **self.stats,
-            "tokens_per_forward": round(self.stats["generated_tokens"] / forwards, 3),
+            **self.measured.report(),
         }
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -226,19 +216,15 @@ class DllmAccelLM(LM):
         for row, job in enumerate(jobs):
             input_ids[row, width - len(job["ids"]):] = torch.tensor(job["ids"])
             attention_mask[row, width - len(job["ids"]):] = 1
-        start = time.perf_counter()
-        out = self.sampler(length).generate(input_ids.to(self._device), attention_mask.to(self._device),
-                                            max_new_tokens=length, block_length=self.block_length,
-                                            generator=sample_generators(self.seed, [job["id"] for job in jobs],
-                                                                        self._device))
-        self.stats["decode_seconds"] += time.perf_counter() - start
-        self.stats["generated_tokens"] += int(out.generated_tokens.sum())
-        self.stats["nfe"] += out.nfe
-        self.stats["row_forwards"] += int(out.row_forwards.sum())
+        out, measured = measure(self.method(length), self.model, input_ids.to(self._device),
+                                attention_mask.to(self._device), max_new_tokens=length,
+                                generator=sample_generators(self.seed, [job["id"] for job in jobs], self._device))
+        # up to the first EOS / end-of-turn, and at most the request's max_gen_toks: the tokens returned
+        kept = [min(int(n), job["max_tokens"]) for n, job in zip(out.generated_tokens, jobs, strict=True)]
+        self.measured += dataclasses.replace(measured, generated_tokens=sum(kept))
         texts = []
         for row, job in enumerate(jobs):
-            kept = min(int(out.generated_tokens[row]), job["max_tokens"])  # up to the first EOS / end-of-turn
-            text = self.tokenizer.decode(out.sequences[row, width:width + kept], skip_special_tokens=True)
+            text = self.tokenizer.decode(out.sequences[row, width:width + kept[row]], skip_special_tokens=True)
             texts.append(cut_at_first(text, job["until"]))
         return texts
 
@@ -246,7 +232,7 @@ class DllmAccelLM(LM):
         ignored = {k: v for k, v in settings.items() if not (k in GREEDY_KWARGS and v == GREEDY_KWARGS[k])}
         if ignored and not self._warned_kwargs:
             logger.warning("dllm_accel decodes with the unmask policy of model_args (%s); ignoring the generation "
-                           "kwargs %s", self.unmask_name, ignored)
+                           "kwargs %s", self.names["unmask"], ignored)
             self._warned_kwargs = True
 
 
@@ -272,25 +258,6 @@ def cut_at_first(text: str, stop_strings: list[str]) -> str:
     """text up to the earliest occurrence of any (non-empty) stop string."""
     positions = [text.find(s) for s in stop_strings if s]
     return text[:min((p for p in positions if p >= 0), default=len(text))]
-
-
-def _split_policy_args(policy_args: dict, unmask: str, cache: str) -> tuple[dict, dict]:
-    """The extra model_args -> (unmask policy args, cache policy args); anything else is an error."""
-    unmask_keys, cache_keys = UNMASK_POLICIES[unmask][1], CACHE_POLICIES[cache][1]
-    unknown = sorted(policy_args.keys() - unmask_keys.keys() - cache_keys.keys())
-    if unknown:
-        raise ValueError(
-            f"unknown model_args {unknown} for unmask={unmask}, cache={cache}; these policies take "
-            f"{sorted(unmask_keys) + sorted(cache_keys)}, besides pretrained, dtype, device, batch_size, unmask, "
-            f"cache, stop, max_new_tokens, block_length, seed")
-    return ({k: v for k, v in policy_args.items() if k in unmask_keys},
-            {k: v for k, v in policy_args.items() if k in cache_keys})
-
-
-def _choice(name: str, value, allowed: dict) -> str:
-    if value not in allowed:
-        raise ValueError(f"model_args {name}={value!r} is not one of {sorted(allowed)}")
-    return value
 
 
 def _integer(name: str, value) -> int:

@@ -54,7 +54,9 @@ class GenerationOutput:
     nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
     steps: int  # decoding steps that ran a forward
     row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
-    recompute_fraction: float = 1.0  # token x layer units computed / those of NoCache over the same steps
+    recompute_fraction: float = 1.0  # layer_units / full_units
+    layer_units: int = 0  # token x layer units the engine computed
+    full_units: int = 0  # those of NoCache over the same forwards (all rows, positions and layers)
     trace: list[StepRecord] | None = None
     ar_forwards: int = 0  # forward passes of the ARGuide's model
     ar_tokens: int = 0  # positions it read, summed over rows
@@ -156,6 +158,7 @@ class Sampler:
         return GenerationOutput(
             sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
             row_forwards=row_forwards, recompute_fraction=run.units / max(1, run.full_units), trace=trace,
+            layer_units=int(run.units), full_units=int(run.full_units),
             ar_forwards=0 if run.verification is None else run.verification.forwards,
             ar_tokens=0 if run.verification is None else run.verification.tokens,
         )

@@ -20,11 +20,9 @@ import functools
 import json
 import math
 import platform
-import re
 import shlex
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,7 +30,18 @@ import transformers
 from threads import set_threads
 
 import dllm_accel
-from dllm_accel import ARGuide, DualCache, ElasticCache, FullLength, NoCache, PrefixCache, StopAtEOS, Threshold
+from dllm_accel import (
+    ARGuide,
+    DualCache,
+    ElasticCache,
+    FullLength,
+    Measurement,
+    Method,
+    PrefixCache,
+    StopAtEOS,
+    Threshold,
+    measure,
+)
 from dllm_accel.tasks import arith
 
 ACCOUNTING = (
@@ -52,17 +61,8 @@ ACCOUNTING = (
 OFFICIAL = "official: NoCache + one token per step"
 FAST_DLLM = "Fast-dLLM as released: DualCache + Threshold(0.9), full length"
 DUAL = "DualCache + Threshold(0.9) + StopAtEOS"
-GUIDED = "ARGuide"  # in the name of a method guided by the AR model
+GUIDED = "ARGuide"  # in the labels of the methods guided by the AR model
 SETTINGS = ("short", "long")
-
-
-@dataclass(frozen=True)
-class Method:
-    cache: object
-    unmask: object
-    block_length: int | None
-    stop: object
-    guide: object = None
 
 
 @dataclass(frozen=True)
@@ -89,75 +89,70 @@ def elastic_name(gamma: float, drift: str, guide: str = "") -> str:
     return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {guide + ' + ' if guide else ''}StopAtEOS"
 
 
-def unguided_name(name: str) -> str:
-    return re.sub(re.escape(GUIDED) + r"(\([^)]*\))? \+ ", "", name)
-
-
 def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),
             ar_model=None) -> dict:
-    """name -> Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
+    """label -> dllm_accel.Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
     `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults, 'exact' acceptance, and
     correct=True)."""
     table = {
-        OFFICIAL: Method(NoCache(), *dllm_accel.official_method(model, gen_length, block_length), FullLength()),
-        FAST_DLLM: Method(DualCache(), Threshold(0.9), block_length, FullLength()),
-        "PrefixCache + Threshold(0.9) + StopAtEOS": Method(PrefixCache(), Threshold(0.9), block_length, StopAtEOS()),
-        DUAL: Method(DualCache(), Threshold(0.9), block_length, StopAtEOS()),
+        OFFICIAL: Method.official(model, gen_length, block_length),
+        FAST_DLLM: Method(Threshold(0.9), DualCache(), FullLength(), None, block_length),
+        "PrefixCache + Threshold(0.9) + StopAtEOS": Method(Threshold(0.9), PrefixCache(), StopAtEOS(), None,
+                                                           block_length),
+        DUAL: Method(Threshold(0.9), DualCache(), StopAtEOS(), None, block_length),
     }
     for gamma in gammas:
         for drift in drifts:
-            table[elastic_name(gamma, drift)] = Method(ElasticCache(gamma=gamma, drift=drift), Threshold(0.9), None,
+            table[elastic_name(gamma, drift)] = Method(Threshold(0.9), ElasticCache(gamma=gamma, drift=drift),
                                                        StopAtEOS())
     if ar_model is not None:
         for label, options in ((GUIDED, {}), (f"{GUIDED}(exact)", {"acceptance": "exact"}),
                                (f"{GUIDED}(correct)", {"correct": True})):
-            table[elastic_name(0.9, "heads", label)] = Method(ElasticCache(gamma=0.9), Threshold(0.9), None,
-                                                              StopAtEOS(), ARGuide(ar_model, **options))
+            table[elastic_name(0.9, "heads", label)] = Method(Threshold(0.9), ElasticCache(gamma=0.9), StopAtEOS(),
+                                                              ARGuide(ar_model, **options))
     return table
 
 
 def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: int, gen_length: int,
            trace: bool = False) -> dict:
-    """Decode `problems` in batches with `method`; the measured figures (see the module docstring).
-    `trace` adds `refresh_rate`: the share of a row's forwards after its first that recomputed a layer."""
-    sampler = dllm_accel.Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop,
-                                 guide=method.guide, trace=trace)
+    """Decode `problems` in batches with `method`; the measured figures (see the module docstring):
+    accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards per batch, and the
+    warm-up batch's peak memory. `trace` adds `refresh_rate`: the share of a row's forwards after its
+    first that recomputed a layer."""
     batches = [dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in problems[i:i + batch_size]])
                for i in range(0, len(problems), batch_size)]
 
     def run(batch):
-        return sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_length,
-                                block_length=method.block_length)
+        return measure(method, model, batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_length,
+                       trace=trace)
 
     with peak_memory(model.device) as memory:
         run(batches[0])  # warm-up, untimed
-    correct = exact = tokens = nfe = row_forwards = ar_forwards = 0
-    units = steps = seconds = 0.0
+    correct = exact = 0
+    measured = Measurement()
     refreshes = []
     for batch, start in zip(batches, range(0, len(problems), batch_size), strict=True):
-        begin = time.perf_counter()
-        out = run(batch)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        seconds += time.perf_counter() - begin
+        out, counts = run(batch)
+        measured += counts
         texts = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         chunk = problems[start:start + batch_size]
         correct += sum(map(arith.is_correct, texts, chunk))
         exact += sum(map(arith.is_exact, texts, chunk))
-        tokens, nfe = tokens + int(out.generated_tokens.sum()), nfe + out.nfe
-        ar_forwards += out.ar_forwards
-        row_forwards += int(out.row_forwards.sum())
-        units, steps = units + out.recompute_fraction * out.steps, steps + out.steps
         if trace:
             refreshes += [layer < model.n_layers for record in out.trace[1:] if record.forwarded
                           for layer in record.first_full_layer.tolist() if layer >= 0]
     n = len(problems)
     extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
     return dict(accuracy=correct / n, accuracy_ci95=wilson(correct, n), exact_match=exact / n,
-                tokens_per_s=tokens / seconds, seconds=seconds, nfe=nfe / len(batches),
-                ar_forwards=ar_forwards / len(batches),
-                tokens_per_forward=tokens / max(1, row_forwards), recompute_fraction=units / max(1, steps),
-                peak_memory_mib=memory["mib"], **extra)
+                **measured.report(), nfe_per_batch=measured.nfe / len(batches),
+                ar_forwards_per_batch=measured.ar_forwards / len(batches), peak_memory_mib=memory["mib"],
+                method=method.name, guided=method.guide is not None, barred=barred(method), **extra)
+
+
+def barred(method: Method) -> bool:
+    """The long-testbed issue's bars apply to ElasticCache(γ 0.9) + Threshold(0.9) + StopAtEOS, unguided."""
+    return (method.guide is None and isinstance(method.cache, ElasticCache) and method.cache.gamma == 0.9
+            and method.unmask == Threshold(0.9) and isinstance(method.stop, StopAtEOS))
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
@@ -209,18 +204,22 @@ def _return_large_blocks() -> None:
 
 
 # -- reports ---------------------------------------------------------------------------------------
-def with_ratios(results: dict) -> dict:
-    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache, and a
-    guided method's tokens/s and NFE ratios against the same method without the guide."""
+def with_ratios(results: dict, table: dict) -> dict:
+    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache, and to
+    a guided method its unguided twin's label (`unguided`: the row of dataclasses.replace(method,
+    guide=None)) with its tokens/s and NFE ratios against it."""
     for reference, key in ((OFFICIAL, "speedup"), (FAST_DLLM, "vs_fast_dllm"), (DUAL, "vs_dualcache")):
         if reference in results:
             for r in results.values():
-                r[key] = r["tokens_per_s"] / results[reference]["tokens_per_s"]
-    for name, r in results.items():
-        unguided = results.get(unguided_name(name))
-        if GUIDED in name and unguided:
-            r["vs_unguided"] = r["tokens_per_s"] / unguided["tokens_per_s"]
-            r["nfe_vs_unguided"] = r["nfe"] / unguided["nfe"]
+                r[key] = r["tokens_per_second"] / results[reference]["tokens_per_second"]
+    by_name = {table[label].name: label for label in results}
+    for label, r in results.items():
+        method = table[label]
+        twin = by_name.get(replace(method, guide=None).name) if method.guide is not None else None
+        r["unguided"] = twin
+        if twin is not None:
+            r["vs_unguided"] = r["tokens_per_second"] / results[twin]["tokens_per_second"]
+            r["nfe_vs_unguided"] = r["nfe"] / results[twin]["nfe"]
     return results
 
 
@@ -251,12 +250,12 @@ COLUMNS = [  # (key, header, format)
     ("accuracy", "accuracy (95% CI)",
      lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})"),
     ("exact_match", "exact match", lambda r: f"{r['exact_match']:.1%}"),
-    ("tokens_per_s", "tokens/s", lambda r: f"{r['tokens_per_s']:.0f}"),
+    ("tokens_per_second", "tokens/s", lambda r: f"{r['tokens_per_second']:.0f}"),
     ("speedup", "× official", lambda r: _ratio(r, "speedup")),
     ("vs_fast_dllm", "× Fast-dLLM", lambda r: _ratio(r, "vs_fast_dllm")),
     ("vs_dualcache", "× DualCache", lambda r: _ratio(r, "vs_dualcache")),
-    ("nfe", "NFE / batch", lambda r: f"{r['nfe']:.1f}"),
-    ("ar_forwards", "AR forwards / batch", lambda r: f"{r.get('ar_forwards', 0):.1f}"),
+    ("nfe_per_batch", "NFE / batch", lambda r: f"{r['nfe_per_batch']:.1f}"),
+    ("ar_forwards_per_batch", "AR forwards / batch", lambda r: f"{r.get('ar_forwards_per_batch', 0):.1f}"),
     ("vs_unguided", "guided: × tokens/s, × NFE", lambda r: f"{r['vs_unguided']:.2f}, {r['nfe_vs_unguided']:.2f}"
      if "vs_unguided" in r else "—"),
     ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
@@ -276,7 +275,7 @@ def plot(report: dict, path: Path) -> None:
     markers = "osd^v"
     for (batch_size, results), marker in zip(report["runs"].items(), markers, strict=False):
         for i, (name, r) in enumerate(results.items()):
-            axis.scatter(r["tokens_per_s"], 100 * r["accuracy"], marker=marker, color=f"C{i % 10}",
+            axis.scatter(r["tokens_per_second"], 100 * r["accuracy"], marker=marker, color=f"C{i % 10}",
                          label=name if marker == markers[0] else None)
         axis.plot([], [], marker, color="gray", label=f"batch {batch_size}")
     axis.set_xscale("log")
@@ -334,7 +333,7 @@ def main() -> None:
         for name, method in table.items():
             results[name] = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length)
             print(f"batch {batch_size} | {name} | " + json.dumps(results[name]), flush=True)
-        report["runs"][str(batch_size)] = with_ratios(results)
+        report["runs"][str(batch_size)] = with_ratios(results, table)
         if args.out:  # after each batch size, so a long run killed later keeps what it measured
             write(report, args.out)
     print(markdown(report))

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 
@@ -125,27 +124,22 @@ def bench_small_ops(batch, model, n, device, do_bench) -> list[dict]:
 
 def end_to_end(device, prompt: int = 512, gen: int = 256) -> dict:
     """ElasticCache + Threshold(0.9) generation of an 8B-shaped random-weight LLaDA, bf16, on both paths."""
-    from dllm_accel import ElasticCache, Sampler, StopAtEOS, Threshold
+    from dllm_accel import ElasticCache, Method, StopAtEOS, Threshold, measure
     from dllm_accel.models.tiny import released_config
 
     model = _random_model(released_config("llada"), device)  # LLaDA-8B-Instruct's config.json, random weights
     ids = torch.randint(0, 126000, (1, prompt), device=device, generator=torch.Generator(device).manual_seed(0))
-    sampler = Sampler(model, unmask=Threshold(0.9), cache=ElasticCache(), stop=StopAtEOS())
+    method = Method(Threshold(0.9), ElasticCache(), StopAtEOS(), None, 32)
     figures = {}
     for impl in ("triton", "torch"):
         use(impl)
-        sampler.generate(ids, max_new_tokens=32, block_length=32)  # warm-up (compiles the kernels)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = sampler.generate(ids, max_new_tokens=gen, block_length=32)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        figures[impl] = dict(tokens_per_s=int(out.generated_tokens.sum()) / seconds, seconds=seconds, nfe=out.nfe,
-                             recompute_fraction=out.recompute_fraction)
+        measure(method, model, ids, max_new_tokens=32)  # warm-up (compiles the kernels)
+        out, measured = measure(method, model, ids, max_new_tokens=gen)
+        figures[impl] = measured.report()
         figures[impl]["tokens"] = out.sequences[0, prompt:].tolist()
     same = figures["triton"].pop("tokens") == figures["torch"].pop("tokens")
-    return dict(paths=figures, same_tokens=same, speedup=figures["triton"]["tokens_per_s"] /
-                figures["torch"]["tokens_per_s"])
+    return dict(paths=figures, same_tokens=same, speedup=figures["triton"]["tokens_per_second"] /
+                figures["torch"]["tokens_per_second"])
 
 
 def _random_model(config: dict, device):
@@ -199,7 +193,7 @@ def main() -> None:
     if args.end_to_end:
         summary["end_to_end"] = end_to_end(device)
         for impl, figures in summary["end_to_end"]["paths"].items():
-            print(f"end to end, {impl} path: {figures['tokens_per_s']:.1f} tokens/s ({figures['nfe']} forwards, "
+            print(f"end to end, {impl} path: {figures['tokens_per_second']:.1f} tokens/s ({figures['nfe']} forwards, "
                   f"recompute {figures['recompute_fraction']:.3f})")
         print(f"end to end: same tokens {summary['end_to_end']['same_tokens']}, kernel path "
               f"{summary['end_to_end']['speedup']:.2f}× the twin path")

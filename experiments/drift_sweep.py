@@ -19,13 +19,12 @@ import shlex
 import sys
 from pathlib import Path
 
-import dllm_accel
-from dllm_accel import ElasticCache, NoCache, StopAtEOS, Threshold
-from dllm_accel.tasks import arith
+from bench import SETTINGS, decode, environment, setting
+from threads import set_threads
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import SETTINGS, Method, decode, environment, setting  # noqa: E402
-from threads import set_threads  # noqa: E402
+import dllm_accel
+from dllm_accel import ElasticCache, Method, NoCache, StopAtEOS, Threshold
+from dllm_accel.tasks import arith
 
 GAMMAS = [0.0, 0.5, 0.8, 0.9, 0.95, 1.01]
 
@@ -34,9 +33,10 @@ def sweep(model, tokenizer, problems, shape, batch_size, thresholds, windows, ga
     rows = []
     for tau in thresholds:
         for window in windows:
-            plain = Method(NoCache(), Threshold(tau), None, StopAtEOS())
-            caches = [("NoCache", plain)] + [(gamma, Method(ElasticCache(gamma=gamma, window=window, drift=drift),
-                                                            Threshold(tau), None, StopAtEOS())) for gamma in gammas]
+            plain = Method(Threshold(tau), NoCache(), StopAtEOS())
+            caches = [("NoCache", plain)] + [(gamma, Method(Threshold(tau), ElasticCache(gamma=gamma, window=window,
+                                                                                         drift=drift), StopAtEOS()))
+                                             for gamma in gammas]
             for gamma, method in caches:
                 result = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length,
                                 trace=isinstance(method.cache, ElasticCache))
@@ -53,8 +53,10 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         low, high = r["accuracy_ci95"]
         rate = f"{r['refresh_rate']:.3f}" if "refresh_rate" in r else "—"
-        lines.append(f"| {r['tau']} | {r['window']} | {r['gamma']} | {r['accuracy']:.1%} ({low:.1%}–{high:.1%}) | "
-                     f"{r['exact_match']:.1%} | {rate} | {r['recompute_fraction']:.3f} | {r['tokens_per_s']:.0f} |")
+        lines.append(f"| {r['tau']} | {r['window']} | {r['gamma']} | "
+                     f"{r['accuracy']:.1%} ({low:.1%}–{high:.1%}) | "
+                     f"{r['exact_match']:.1%} | {rate} | {r['recompute_fraction']:.3f} | "
+                     f"{r['tokens_per_second']:.0f} |")
     return "\n".join(lines)
 
 

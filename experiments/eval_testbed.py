@@ -19,28 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
+from threads import set_threads
+from train_tiny import accuracy, scores
 from transformers import AutoModelForCausalLM
 
 import dllm_accel
-from dllm_accel import FrozenCache, LowConfidence, Sampler
+from dllm_accel import FrozenCache, FullLength, LowConfidence, Method, measure
 from dllm_accel.tasks import arith
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
-from threads import set_threads  # noqa: E402
-from train_tiny import accuracy, scores  # noqa: E402
 
 
 def frozen_decode(model, tokenizer, batch, *, gen_length, block_length) -> list[str]:
     """The official schedule with FrozenCache."""
     ids = batch["input_ids"]
-    sampler = Sampler(model, unmask=LowConfidence(steps=gen_length), cache=FrozenCache())
-    out = sampler.generate(ids, batch["attention_mask"], max_new_tokens=gen_length, block_length=block_length)
+    method = Method(LowConfidence(steps=gen_length), FrozenCache(), FullLength(), None, block_length)
+    out, _ = measure(method, model, ids, batch["attention_mask"], max_new_tokens=gen_length)
     return tokenizer.batch_decode(out.sequences[:, ids.shape[1]:], skip_special_tokens=True)
 
 

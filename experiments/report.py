@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from dllm_accel import Measurement  # noqa: E402
+
 LOCK = ".lock"
 
 
@@ -225,19 +227,29 @@ def summarize(records: list[dict], task: str, methods: list[str], sample_ids: li
             "first_full_layer": {"n_layers": n_layers, "per_step": traces}, "config": config}
 
 
+# a record's share of its batch's Measurement: these sums divided by the batch's samples
+SHARED = ("seconds", "nfe", "layer_units", "full_units", "ar_forwards", "ar_tokens")
+
+
+def sample_counts(measured: Measurement, generated_tokens: int, row_forwards: int) -> dict:
+    """One sample's counts for samples.jsonl: its own generated tokens and row forwards, and its share
+    of the batch's other sums, so that summing records gives the batch's Measurement."""
+    share = {key: getattr(measured, key) / measured.samples for key in SHARED}
+    return {"samples": 1, "generated_tokens": generated_tokens, "row_forwards": row_forwards, **share}
+
+
+def measurement(rows: list[dict]) -> Measurement:
+    """The Measurement of these samples.jsonl records (their sums)."""
+    keys = ("samples", "generated_tokens", "row_forwards", *SHARED)
+    return Measurement(**{key: sum(r[key] for r in rows) for key in keys})
+
+
 def _figures(rows: list[dict]) -> dict:
     n = len(rows)
-    tokens, seconds, nfe = (sum(r[key] for r in rows) for key in ("generated_tokens", "seconds", "nfe"))
     return {
         "n": n,
         "accuracy": sum(bool(r["correct"]) for r in rows) / max(1, n),
-        "tokens_per_second": tokens / seconds if seconds else 0.0,
-        "nfe_mean": nfe / max(1, n),
-        "ar_forwards_mean": sum(r.get("ar_forwards", 0) for r in rows) / max(1, n),  # an ARGuide's model
-        # each sample carries its batch's fraction; weighted by the forwards that computed the sample
-        "recompute_fraction": sum(r["recompute_fraction"] * r["nfe"] for r in rows) / max(1, nfe),
-        "generated_tokens_mean": tokens / max(1, n),
-        "seconds": seconds,
+        **measurement(rows).report(),  # the sums and their ratios, as dllm_accel.Measurement names them
         # the task's other yes/no scores as rates: GSM8K's strict_correct, arith's exact_match
         **{key: sum(bool(r[key]) for r in rows) / max(1, n) for key in _other_checks(rows)},
     }
@@ -245,7 +257,7 @@ def _figures(rows: list[dict]) -> dict:
 
 def _other_checks(rows: list[dict]) -> list[str]:
     first = rows[0] if rows else {}
-    return sorted(key for key, value in first.items() if isinstance(value, bool) and key != "correct")
+    return sorted(key for key, value in first.items() if isinstance(value, bool) and key not in ("correct", "guided"))
 
 
 def write(summary: dict, out_dir: Path) -> None:
@@ -294,9 +306,11 @@ def plot_accuracy_vs_speed(methods: dict[str, dict], task: str, path: Path) -> N
 
 def table(summary: dict) -> str:
     lines = [f"{summary['task']}: {summary['n']} samples",
-             "| method | accuracy | tokens/s | speedup | NFE | AR forwards | recompute fraction |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | accuracy | tokens/s | speedup | NFE | row forwards / sample | AR forwards | "
+             "recompute fraction |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, f in summary["methods"].items():
         lines.append(f"| {name} | {f['accuracy']:.1%} | {f['tokens_per_second']:.1f} | {f.get('speedup', 1.0):.2f}× "
-                     f"| {f['nfe_mean']:.1f} | {f['ar_forwards_mean']:.1f} | {f['recompute_fraction']:.3f} |")
+                     f"| {f['nfe']:.0f} | {f['row_forwards_per_sample']:.1f} | {f['ar_forwards']:.0f} "
+                     f"| {f['recompute_fraction']:.3f} |")
     return "\n".join(lines)

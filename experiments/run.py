@@ -18,28 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
+import report
+import schemas
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from threads import check_threads
 from tqdm import tqdm
 
 import dllm_accel
-from dllm_accel import FullLength, NoCache, Sampler
+from dllm_accel import Method, measure
 from dllm_accel.assets import BUNDLED
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import report  # noqa: E402
-import schemas  # noqa: E402
-from threads import check_threads  # noqa: E402
+from dllm_accel.method import compact
 
 log = logging.getLogger("run")
 OFFICIAL = "official"
@@ -47,14 +44,16 @@ OFFICIAL = "official"
 FREE_SETTINGS = ("batch_size", "threads", "warmup", "refresh_plot")
 
 
-@dataclass
-class Method:
-    name: str
-    unmask: object
-    cache: object
-    stop: object
-    block_length: int | None
-    guide: object = None
+@dataclass(frozen=True)
+class Labelled:
+    """A Method and its label in the outputs (its name, "official", or the config's `name`)."""
+
+    label: str
+    method: Method
+
+    @property
+    def guided(self) -> bool:
+        return self.method.guide is not None
 
 
 @dataclass
@@ -63,7 +62,7 @@ class Job:
 
     cfg: DictConfig
     task: object
-    method: Method
+    method: Labelled
 
     @classmethod
     def check(cls, cfg: DictConfig) -> Job:
@@ -77,25 +76,26 @@ class Job:
                 raise ValueError(f"max_new_tokens ({cfg.max_new_tokens}) must be divisible by block_length "
                                  f"({cfg.block_length}); or block_length=null for one block")
         task = instantiate(cfg.task)
-        unmask, cache, stop = instantiate(cfg.unmask), instantiate(cfg.cache), instantiate(cfg.stop)
-        name = cfg.name or f"{type(cache).__name__} + {type(unmask).__name__}"
-        if name == OFFICIAL:
+        method = Method(instantiate(cfg.unmask), instantiate(cfg.cache), instantiate(cfg.stop), None,
+                        cfg.block_length)
+        if cfg.name == OFFICIAL:
             raise ValueError(f"name={OFFICIAL!r} is the baseline's; choose another name for the method")
-        return cls(cfg, task, Method(name, unmask, cache, stop, cfg.block_length))
+        return cls(cfg, task, Labelled(cfg.name or method.name, method))
 
-    def methods(self, model) -> list[Method]:
+    def methods(self, model) -> list[Labelled]:
         """The official sampler (baseline=true), the method, and with a guide the method guided by it."""
         methods = [self.method]
         if self.cfg.get("guide"):
             guide_cfg = self.cfg.guide.copy()
             if guide_cfg.ar_model.get("device") is None:  # beside the diffusion model unless said otherwise
                 guide_cfg.ar_model.device = str(model.device)
-            guided = replace(self.method, name=f"{self.method.name} + ARGuide", guide=instantiate(guide_cfg))
-            methods.append(guided)
+            guided = replace(self.method.method, guide=instantiate(guide_cfg))
+            label = f"{self.cfg.name} + {compact(guided.guide)}" if self.cfg.name else guided.name
+            methods.append(Labelled(label, guided))
         if not self.cfg.baseline:
             return methods
-        unmask, block_length = dllm_accel.official_method(model, self.cfg.max_new_tokens, self.cfg.block_length)
-        return [Method(OFFICIAL, unmask, NoCache(), FullLength(), block_length), *methods]
+        official = Method.official(model, self.cfg.max_new_tokens, self.cfg.block_length)
+        return [Labelled(OFFICIAL, official), *methods]
 
 
 def _check_model_path(cfg: DictConfig) -> None:
@@ -117,11 +117,10 @@ def _check_positive(cfg: DictConfig, key: str) -> None:
 
 # -- decoding ---------------------------------------------------------------------------------------
 class Decoder:
-    """One method's Sampler over a model and tokenizer: a batch of samples -> samples.jsonl records."""
+    """One method over a model and tokenizer: a batch of samples -> samples.jsonl records."""
 
-    def __init__(self, job: Job, method: Method, model, tokenizer):
+    def __init__(self, job: Job, method: Labelled, model, tokenizer):
         self.job, self.method, self.model, self.tokenizer = job, method, model, tokenizer
-        self.sampler = Sampler(model, unmask=method.unmask, cache=method.cache, stop=method.stop, guide=method.guide)
 
     def encode(self, samples) -> tuple[list[str], dict]:
         """-> (the prompt texts the model sees, the left-padded batch)."""
@@ -133,45 +132,32 @@ class Decoder:
         return texts, dllm_accel.encode_texts(self.tokenizer, texts, add_special_tokens=False,
                                               device=self.model.device)
 
-    def generate(self, batch, samples, sampler: Sampler | None = None):
-        """Each sample's random draws from its own generator, seeded by (cfg.seed, sample id): its output
-        depends neither on its batch nor on resuming or the number of processes."""
+    def generate(self, batch, samples, trace: bool = False):
+        """-> (GenerationOutput, Measurement). Each sample's random draws from its own generator, seeded
+        by (cfg.seed, sample id): its output depends neither on its batch nor on resuming or the number
+        of processes."""
         generators = dllm_accel.sample_generators(self.job.cfg.seed, [s.id for s in samples], self.model.device)
-        return (sampler or self.sampler).generate(
-            batch["input_ids"], batch["attention_mask"], max_new_tokens=self.job.cfg.max_new_tokens,
-            block_length=self.method.block_length, generator=generators)
+        return measure(self.method.method, self.model, batch["input_ids"], batch["attention_mask"],
+                       max_new_tokens=self.job.cfg.max_new_tokens, generator=generators, trace=trace)
 
     def __call__(self, samples) -> list[dict]:
         prompts, batch = self.encode(samples)
-        _synchronize(self.model.device)
-        start = time.perf_counter()
-        out = self.generate(batch, samples)
-        _synchronize(self.model.device)
-        seconds = time.perf_counter() - start
+        out, measured = self.generate(batch, samples)
         prompt_length = batch["input_ids"].shape[1]
         outputs = [self.tokenizer.decode(row[prompt_length:prompt_length + int(n)], skip_special_tokens=True)
                    for row, n in zip(out.sequences, out.generated_tokens, strict=True)]
         scores = self.job.task.score_many(samples, outputs)
-        return [{"id": sample.id, "method": self.method.name, "prompt": prompt, "output": output,
-                 "target": sample.target, **score,
-                 "generated_tokens": int(tokens), "nfe": int(forwards), "seconds": seconds / len(samples),
-                 "recompute_fraction": out.recompute_fraction,
-                 "ar_forwards": out.ar_forwards}  # the AR forwards of the sample's batch (each reads every row)
-                for sample, prompt, output, score, tokens, forwards in zip(
+        return [{"id": sample.id, "method": self.method.label, "guided": self.method.guided, "prompt": prompt,
+                 "output": output, "target": sample.target, **score,
+                 **report.sample_counts(measured, int(tokens), int(row_forwards))}
+                for sample, prompt, output, score, tokens, row_forwards in zip(
                     samples, prompts, outputs, scores, out.generated_tokens, out.row_forwards, strict=True)]
 
     def first_full_layer_trace(self, sample) -> list[int]:
         """The first layer that recomputed every position, at each step of one sample (0: a full forward;
         n_layers: every layer reused the cache)."""
-        traced = Sampler(self.model, unmask=self.method.unmask, cache=self.method.cache, stop=self.method.stop,
-                         guide=self.method.guide, trace=True)
-        out = self.generate(self.encode([sample])[1], [sample], traced)
+        out, _ = self.generate(self.encode([sample])[1], [sample], trace=True)
         return [int(r.first_full_layer[0]) for r in out.trace if r.forwarded]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # -- the run ----------------------------------------------------------------------------------------
@@ -217,17 +203,17 @@ def _decode_and_report(job: Job, samples: list, records: report.Records, done: s
     tokenizer = dllm_accel.load_tokenizer(cfg.model.path)
     decoders = [Decoder(job, method, model, tokenizer) for method in job.methods(model)]
     if done and state.is_main_process:
-        wanted = {(d.method.name, s.id) for d in decoders for s in samples}
+        wanted = {(d.method.label, s.id) for d in decoders for s in samples}
         log.info(f"resuming: {len(done & wanted)} samples already in {records.path} are skipped; "
                  f"{len(wanted - done)} to go")
     for decoder in decoders:
-        pending = [s for s in samples if (decoder.method.name, s.id) not in done]
+        pending = [s for s in samples if (decoder.method.label, s.id) not in done]
         _decode_all(decoder, pending, records, state)
     summary = None
     if state.is_main_process:
-        traces = ({d.method.name: d.first_full_layer_trace(samples[0]) for d in decoders}
+        traces = ({d.method.label: d.first_full_layer_trace(samples[0]) for d in decoders}
                   if cfg.refresh_plot else {})
-        summary = report.summarize(records.read(), job.task.name, [d.method.name for d in decoders],
+        summary = report.summarize(records.read(), job.task.name, [d.method.label for d in decoders],
                                    [s.id for s in samples], OmegaConf.to_container(cfg, resolve=True), traces,
                                    model.n_layers)
         report.write(summary, out_dir)
@@ -243,7 +229,7 @@ def _decode_all(decoder: Decoder, pending: list, records, state: PartialState) -
     batches = [pending[i:i + size] for i in range(0, len(pending), size)]
     if decoder.job.cfg.warmup and batches:
         decoder.generate(decoder.encode(batches[0][:1])[1], batches[0][:1])
-    progress = tqdm(total=len(pending), desc=decoder.method.name, unit="sample", disable=not state.is_main_process)
+    progress = tqdm(total=len(pending), desc=decoder.method.label, unit="sample", disable=not state.is_main_process)
     for round_start in range(0, len(batches), state.num_processes):
         index = round_start + state.process_index
         mine = decoder(batches[index]) if index < len(batches) else []

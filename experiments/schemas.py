@@ -17,17 +17,16 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 
+from dllm_accel import POLICIES
+
 # group -> {schema name: target}
 TARGETS = {
     "model": {"model": "dllm_accel.load_model"},
     "task": {"arith": "dllm_accel.tasks.arith.Arith", "gsm8k": "dllm_accel.tasks.gsm8k.GSM8K",
              "humaneval": "dllm_accel.tasks.humaneval.HumanEval"},
-    "unmask": {name: f"dllm_accel.{name}" for name in
-               ("LowConfidence", "DreamAlgorithm", "Threshold", "Factor", "EntropyThreshold")},
-    "cache": {name: f"dllm_accel.{name}" for name in
-              ("NoCache", "PrefixCache", "DualCache", "ElasticCache", "FrozenCache")},
-    "stop": {name: f"dllm_accel.{name}" for name in ("FullLength", "StopAtEOS")},
-    "guide": {"ARGuide": "dllm_accel.ARGuide"},
+    # the policy groups: the classes of dllm_accel.POLICIES (the one table of names)
+    **{group: {policy.__name__: f"dllm_accel.{policy.__name__}" for policy in table.values() if policy is not None}
+       for group, table in POLICIES.items()},
 }
 PLAIN_TYPES = (int, float, bool, str)
 

@@ -45,7 +45,7 @@ def direct(sampler, max_new_tokens=GEN, max_tokens=GEN) -> list[str]:
 
 @pytest.fixture(scope="module")
 def lm():
-    return DllmAccelLM.create_from_arg_string(f"{TINY},unmask=threshold,cache=elastic", {"batch_size": "4"})
+    return DllmAccelLM.create_from_arg_string(f"{TINY},unmask=threshold,cache=elastic_cache", {"batch_size": "4"})
 
 
 def test_importing_dllm_accel_imports_no_lm_eval():
@@ -61,15 +61,29 @@ def test_registered_as_dllm_accel_next_to_lm_eval_models():
 
 @pytest.mark.parametrize("args, policies", [
     ("unmask=low_confidence,stop=full_length", dict(unmask=LowConfidence(GEN), cache=NoCache(), stop=FullLength())),
-    ("unmask=threshold,tau=0.8,cache=elastic,gamma=0.7,window=8",
+    ("unmask=threshold,tau=0.8,cache=elastic_cache,gamma=0.7,window=8",
      dict(unmask=Threshold(0.8), cache=ElasticCache(gamma=0.7, window=8), stop=StopAtEOS())),
-    ("unmask=factor,f=2,cache=dual", dict(unmask=Factor(2), cache=DualCache(), stop=StopAtEOS())),
+    ("unmask=factor,f=2,cache=dual_cache", dict(unmask=Factor(2), cache=DualCache(), stop=StopAtEOS())),
 ])
 def test_generate_until_returns_what_sampler_decodes(args, policies):
     lm = DllmAccelLM.create_from_arg_string(f"{TINY},batch_size=4,{args}")  # batches of 4 and 2, reordered
     texts = lm.generate_until(requests(lm, {"until": [], "do_sample": False}))
     assert texts == direct(Sampler(lm.model, **policies))
     assert sum(arith.is_correct(t, p) for t, p in zip(texts, PROBLEMS, strict=True)) >= 5
+
+
+def test_model_args_reach_every_policy_option_and_the_guide():
+    lm = DllmAccelLM.create_from_arg_string(
+        f"{TINY},unmask=threshold,tau=0.8,cache=elastic_cache,gamma=0.7,track=2,cache_distant_masks=false,"
+        "guide=ar,ar_model=tiny-ar,acceptance=exact,stop=stop_at_eos,fill=mask")
+    method = lm.method(GEN)
+    assert (method.cache.track, method.cache.cache_distant_masks, method.stop.fill) == (2, False, "mask")
+    assert (method.guide.acceptance, method.block_length) == ("exact", BLOCK)
+    assert method.name == ("ElasticCache(gamma=0.7, track=2, cache_distant_masks=False) + Threshold(tau=0.8) + "
+                           f"StopAtEOS(fill='mask') + ARGuide(tiny-ar, acceptance='exact'), blocks of {BLOCK}")
+    texts = lm.generate_until(requests(lm, {"until": []}))
+    assert texts == direct(method.sampler(lm.model)) and lm.measured.ar_forwards > 0
+    assert lm.get_model_info()["method"] == method.name
 
 
 def test_until_cuts_at_the_earliest_stop_string(lm):
@@ -93,7 +107,7 @@ def test_sampled_texts_depend_on_neither_batch_size_nor_the_order_of_requests():
     plain = requests(DllmAccelLM.create_from_arg_string(TINY), {})
     contexts = [request.args[0] for request in plain]
     instances = [Instance("generate_until", {}, (c, {}), 0, metadata=("arith", i, 1)) for i, c in enumerate(contexts)]
-    sampled = f"{TINY},unmask=threshold,temperature=3.0,cache=elastic"
+    sampled = f"{TINY},unmask=threshold,temperature=3.0,cache=elastic_cache"
 
     def texts(options, chosen):
         return DllmAccelLM.create_from_arg_string(f"{sampled},{options}").generate_until(chosen)
@@ -109,12 +123,15 @@ def test_sampled_texts_depend_on_neither_batch_size_nor_the_order_of_requests():
 
 @pytest.mark.parametrize("args, named", [
     ("unmask=fast", ["unmask='fast'", "low_confidence", "threshold", "dream"]),
-    ("cache=elastik", ["cache='elastik'", "no", "prefix", "dual", "elastic"]),
+    ("cache=elastik", ["cache='elastik'", "no_cache", "prefix_cache", "dual_cache", "elastic_cache"]),
     ("stop=eos", ["stop='eos'", "full_length", "stop_at_eos"]),
-    ("unmask=low_confidence,tau=0.9", ["['tau']", "unmask=low_confidence", "steps"]),
-    ("cache=dual,gamma=0.9", ["['gamma']", "cache=dual"]),
+    ("unmask=low_confidence,tau=0.9", ["tau=0.9", "unmask=low_confidence", "steps"]),
+    ("cache=dual_cache,gamma=0.9", ["gamma=0.9", "cache=dual_cache"]),
+    ("guide=ar", ["ar_model", "guide=ar"]),
+    ("ar_model=tiny-ar", ["ar_model", "guide=ar"]),
+    ("guide=ar,ar_model=tiny-ar,acceptance=sure", ["acceptance", "exact"]),
     ("unmask=threshold,tau=2", ["tau", "(0, 1]"]),
-    ("cache=elastic,window=0", ["window"]),
+    ("cache=elastic_cache,window=0", ["window"]),
     ("batch_size=auto", ["batch_size", "'auto'"]),
     ("block_length=-8", ["block_length"]),
 ])
@@ -152,7 +169,7 @@ filter_list:
 metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}]
 """)
     command = [sys.executable, "-m", "dllm_accel.lm_eval", "--model", "dllm_accel",
-               "--model_args", f"{TINY},unmask=threshold,cache=elastic", "--tasks", "dllm_accel_arith_tiny",
+               "--model_args", f"{TINY},unmask=threshold,cache=elastic_cache", "--tasks", "dllm_accel_arith_tiny",
                "--include_path", str(tmp_path / "tasks"), "--apply_chat_template", "--batch_size", "4",
                "--log_samples", "--output_path", str(tmp_path / "out")]
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
@@ -162,6 +179,7 @@ metric_list: [{{metric: exact_match, aggregation: mean, higher_is_better: true}}
     results = json.loads(Path(glob.glob(str(tmp_path / "out" / "*" / "results_*.json"))[0]).read_text())
     assert results["results"]["dllm_accel_arith_tiny"]["exact_match,answer"] >= 5 / 6
     assert results["config"]["cache"].startswith("ElasticCache(") and results["config"]["nfe"] > 0
+    assert results["config"]["method"] == "ElasticCache + Threshold(tau=0.9) + StopAtEOS, blocks of 24"
     samples = [json.loads(line) for line in open(glob.glob(str(tmp_path / "out" / "*" / "samples_*.jsonl"))[0])]
     by_question = {s["doc"]["question"]: s["resps"][0][0] for s in samples}
     assert [by_question[p.question] for p in PROBLEMS] == lm.generate_until(requests(lm, {}))

@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import report  # noqa: E402
 import run  # noqa: E402
 
+# the default main job's methods, by their dllm_accel.Method names
+FAST = "ElasticCache + Threshold(tau=0.9) + StopAtEOS, blocks of 24"
+GUIDED = "ElasticCache + Threshold(tau=0.9) + StopAtEOS + ARGuide(tiny-ar), blocks of 24"
 TASK_OVERRIDES = {"arith": [], "humaneval": ["task.timeout=5.0"]}
 
 
@@ -82,7 +85,25 @@ def test_every_model_config_loads_a_checkpoint_in_the_real_layout(model, tmp_pat
     assert loaded.spec.model_type == ("Dream" if "dream" in model else "llada")
 
 
-@pytest.mark.parametrize("experiment", choices("experiment"))
+RELEASED = [name for name in choices("experiment") if name != "testbed"]
+
+
+def test_released_model_experiments_decode_without_a_guide_and_the_testbed_with_one():
+    assert compose_main([]).guide._target_ == "dllm_accel.ARGuide"  # the default experiment: testbed
+    for experiment in RELEASED:
+        assert not compose_main([f"experiment={experiment}"]).guide
+    assert compose_main([f"experiment={RELEASED[0]}", "guide=ar"]).guide.ar_model.path == "tiny-ar"
+
+
+def test_every_config_group_option_is_its_name_in_the_one_table():
+    for group, table in dllm_accel.POLICIES.items():
+        assert choices(group) == sorted(table), group
+        for name, policy in table.items():
+            target = compose_main([f"{group}={name}"]).get(group) or {}
+            assert target.get("_target_") == (None if policy is None else f"dllm_accel.{policy.__name__}")
+
+
+@pytest.mark.parametrize("experiment", RELEASED)
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkeypatch):
     for variable in ("LLADA_8B_INSTRUCT_PATH", "DREAM_V0_INSTRUCT_7B_PATH"):
         (tmp_path / variable).mkdir()
@@ -96,7 +117,7 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkey
     if "elastic" in experiment:
         assert (cfg.cache.gamma, cfg.cache.window, cfg.unmask.tau) == (0.9, 16, 0.9)
     assert cfg.model.path.endswith("DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH")
-    assert run.Job.check(cfg).method.name != run.OFFICIAL  # every group instantiated, settings checked
+    assert run.Job.check(cfg).method.label != run.OFFICIAL  # every group instantiated, settings checked
 
 
 def test_released_model_paths_come_from_the_environment(monkeypatch):
@@ -122,18 +143,19 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
     summary = small_run(tmp_path, [f"task={task}", *task_overrides(task, tmp_path)])
     out = tmp_path / "out"
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(lines) == 15 and {r["method"] for r in lines} == {"official", "ElasticCache + Threshold",
-                                                                 "ElasticCache + Threshold + ARGuide"}
+    assert len(lines) == 15 and {r["method"] for r in lines} == {"official", FAST, GUIDED}
+    assert {r["method"] for r in lines if r["guided"]} == {GUIDED}
     for record in lines:
-        assert {"id", "prompt", "output", "target", "correct", "generated_tokens", "nfe", "seconds"} <= set(record)
+        assert {"id", "prompt", "output", "target", "correct", "generated_tokens", "nfe", "row_forwards",
+                "seconds", "layer_units", "full_units"} <= set(record)
         assert isinstance(record["correct"], bool) and 1 <= record["generated_tokens"] <= 48
         assert ("answer" in record) == (task != "humaneval") and ("result" in record) == (task == "humaneval")
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["task"] == task and summary["n"] == 5 and set(summary["config"]) >= {"model", "task", "cache"}
     for figures in summary["methods"].values():
-        assert {"accuracy", "tokens_per_second", "nfe_mean", "recompute_fraction"} <= set(figures)
+        assert {"accuracy", "tokens_per_second", "nfe", "row_forwards_per_sample", "recompute_fraction"} <= set(figures)
     official = summary["methods"]["official"]
-    assert official["nfe_mean"] == 48 and official["recompute_fraction"] == 1
+    assert official["row_forwards_per_sample"] == 48 and official["recompute_fraction"] == 1
     other_check = {"arith": "exact_match", "gsm8k": "strict_correct"}.get(task)  # a rate beside accuracy
     assert other_check is None or 0 <= official[other_check] <= official["accuracy"]
     if task != "humaneval":  # the tiny models answer arithmetic, in either format
@@ -147,20 +169,20 @@ def test_the_default_main_job_compares_official_accelerated_and_guided(tmp_path)
     cfg = compose_main(["task.limit=24"])
     assert cfg.baseline and cfg.cache._target_ == "dllm_accel.ElasticCache"
     summary = run.run(cfg, tmp_path / "out")
-    official, fast = summary["methods"]["official"], summary["methods"]["ElasticCache + Threshold"]
-    guided = summary["methods"]["ElasticCache + Threshold + ARGuide"]
+    assert list(summary["methods"]) == ["official", FAST, GUIDED]
+    official, fast, guided = summary["methods"].values()
     assert official["accuracy"] >= 0.9 and fast["accuracy"] >= 0.9 and guided["accuracy"] >= 0.9
-    assert fast["nfe_mean"] < official["nfe_mean"] / 2 and fast["recompute_fraction"] < 1
-    assert guided["nfe_mean"] <= fast["nfe_mean"] and guided["ar_forwards_mean"] > 0 == fast["ar_forwards_mean"]
-    trace = summary["first_full_layer"]["per_step"]["ElasticCache + Threshold"]
+    assert fast["nfe"] < official["nfe"] / 2 and fast["recompute_fraction"] < 1
+    assert guided["nfe"] <= fast["nfe"] and guided["ar_forwards"] > 0 == fast["ar_forwards"]
+    trace = summary["first_full_layer"]["per_step"][FAST]
     assert trace[0] == 0 and max(trace) > 0, "a full first step, then reused layers"
 
 
 def test_guide_none_leaves_the_guided_row_out_and_guide_options_reach_it(tmp_path):
     summary = small_run(tmp_path, ["guide=none"])
-    assert list(summary["methods"]) == ["official", "ElasticCache + Threshold"]
+    assert list(summary["methods"]) == ["official", FAST]
     job = run.Job.check(compose_main(["guide.acceptance=exact", "guide.k=3", "baseline=false"]))
-    guided = job.methods(dllm_accel.load_model("tiny-llada"))[-1].guide
+    guided = job.methods(dllm_accel.load_model("tiny-llada"))[-1].method.guide
     assert (guided.acceptance, guided.k) == ("exact", 3)
     with pytest.raises(ConfigCompositionException):
         compose_main(["guide.acceptence=exact"])
@@ -215,7 +237,7 @@ def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes
 
     def outputs(directory):
         lines = (tmp_path / directory / "samples.jsonl").read_text().splitlines()
-        records = {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["nfe"])
+        records = {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["row_forwards"])
                    for r in map(json.loads, lines)}
         assert len(records) == len(lines) == 14, "one record per (method, sample)"
         return records
@@ -223,7 +245,8 @@ def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes
     one = run.run(compose_main([*settings, "batch_size=1"]), tmp_path / "one")
     run.run(compose_main([*settings, "batch_size=5"]), tmp_path / "five")
     assert outputs("five") == outputs("one")
-    assert one["methods"]["ElasticCache + Threshold"]["accuracy"] < 1, "the case needs sampling that matters"
+    unguided = next(iter(one["methods"].values()))  # baseline=false: the method, then it guided
+    assert unguided["accuracy"] < 1, "the case needs sampling that matters"
 
     shutil.copytree(tmp_path / "five", tmp_path / "resumed")
     first = (tmp_path / "five" / "samples.jsonl").read_text().splitlines()
@@ -369,8 +392,8 @@ def test_a_sample_recorded_twice_is_named_before_any_model_is_loaded(resumable, 
 
 
 def test_summarize_never_counts_a_sample_twice():
-    record = {"id": "a", "method": "m", "correct": True, "generated_tokens": 4, "seconds": 1.0, "nfe": 2,
-              "recompute_fraction": 1.0}
+    record = {"id": "a", "method": "m", "correct": True, "samples": 1, "generated_tokens": 4, "seconds": 1.0,
+              "nfe": 2, "row_forwards": 2, "layer_units": 8, "full_units": 8, "ar_forwards": 0, "ar_tokens": 0}
     assert report.summarize([record], "arith", ["m"], ["a"], {}, {}, 2)["n"] == 1
     with pytest.raises(report.RunDirError, match=r"method 'm' id 'a'"):
         report.summarize([record, dict(record)], "arith", ["m"], ["a"], {}, {}, 2)

@@ -84,9 +84,9 @@ def test_diffusion_models_answer_in_the_long_setting(name, tokenizer):
     long = bench.setting(name, "long")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, long.shots) for p in problems])
     assert batch["input_ids"].shape[1] >= 150
-    unmask, block_length = dllm_accel.official_method(model, long.gen_length, long.block_length)
-    out = Sampler(model, unmask=unmask).generate(batch["input_ids"], batch["attention_mask"],
-                                                 max_new_tokens=long.gen_length, block_length=block_length)
+    official = dllm_accel.Method.official(model, long.gen_length, long.block_length)
+    out = official.sampler(model).generate(batch["input_ids"], batch["attention_mask"],
+                                           max_new_tokens=long.gen_length, block_length=official.block_length)
     generated = out.sequences[:, batch["input_ids"].shape[1]:]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     assert sum(map(arith.is_correct, texts, problems)) >= 6
@@ -111,7 +111,7 @@ def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     for label, method in table.items():
         result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, method, shots=0, gen_length=48)
         assert result["accuracy"] >= 0.6, label
-        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_s"] > 0 and result["nfe"] >= 1
+        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_second"] > 0 and result["nfe"] >= 1
         low, high = result["accuracy_ci95"]
         assert low <= result["accuracy"] <= high
 
@@ -139,6 +139,8 @@ def test_bench_writes_its_report(tmp_path, monkeypatch):
         assert results[bench.OFFICIAL]["speedup"] == 1.0 and results[bench.DUAL]["vs_dualcache"] == 1.0
         guided = results[bench.elastic_name(0.9, "heads", "ARGuide")]
         assert guided["ar_forwards"] > 0 and guided["vs_unguided"] > 0 and guided["nfe_vs_unguided"] > 0
+        assert guided["unguided"] == bench.elastic_name(0.9, "heads") and guided["guided"]
+        assert results[bench.elastic_name(0.9, "heads")]["barred"] and not guided["barred"]
         assert all(r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values())
     table = out.with_suffix(".md").read_text()
     assert table.count("| " + bench.elastic_name(0.9, "heads")) == 2
