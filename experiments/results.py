@@ -161,8 +161,8 @@ def headline(results: Path) -> str:
             r = runs.get(method)
             if r is None:
                 continue
-            cells = [report["model"], method, f"{r['accuracy']:.1%}", f"{r['tokens_per_s']:.0f}",
-                     f"{r.get('speedup', float('nan')):.1f}×", f"{r['nfe']:.1f}",
+            cells = [report["model"], method, f"{r['accuracy']:.1%}", f"{r['tokens_per_second']:.0f}",
+                     f"{r.get('speedup', float('nan')):.1f}×", f"{r['nfe_per_batch']:.1f}",
                      f"{r['recompute_fraction']:.3f}"]
             lines.append("| " + " | ".join(cells) + " |")
     sources = sources or ["no bench report"]
