@@ -325,8 +325,8 @@ def _generate(**overrides):
     (dict(block_length=5), r"max_new_tokens \(16\) must be divisible by block_length \(5\)"),
     (dict(unmask=LowConfidence(7)), r"steps \(7\) must be divisible by the number of blocks \(2"),
     (dict(unmask=DreamAlgorithm("entropy", 3)), r"steps \(3\) must be divisible"),
-    (dict(max_new_tokens=0), r"max_new_tokens must be a positive integer, got 0"),
-    (dict(max_new_tokens=-4), r"max_new_tokens must be a positive integer"),
+    (dict(max_new_tokens=0), r"max_new_tokens must be an integer >= 1, got 0"),
+    (dict(max_new_tokens=-4), r"max_new_tokens must be an integer >= 1"),
     (dict(input_ids=torch.zeros(2, 0, dtype=torch.long), attention_mask=None), r"empty prompt"),
     (dict(input_ids=torch.tensor([[5, 127, 6]]), attention_mask=None), r"contains the mask token 127 \(row 0, "),
     (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1] * 7])), r"attention_mask must be left padding"),
@@ -341,16 +341,16 @@ def test_bad_generate_input_is_named(overrides, message):
 @pytest.mark.parametrize("build, message", [
     (lambda: Threshold(0.0), r"tau \(the confidence threshold\) must be in \(0, 1\], got 0.0"),
     (lambda: Threshold(1.5), r"tau .* must be in \(0, 1\]"),
-    (lambda: Factor(0), r"f \(the factor\) must be a number > 0"),
-    (lambda: EntropyThreshold(-1), r"h \(the entropy threshold, nats\) must be a number >= 0"),
+    (lambda: Factor(0), r"f \(the factor\) must be a finite number > 0"),
+    (lambda: EntropyThreshold(-1), r"h \(the entropy threshold, nats\) must be a finite number >= 0"),
     (lambda: DreamAlgorithm("greedy", 8), r"alg must be one of \('origin', 'maskgit_plus', 'topk_margin', 'entropy'\)"),
     (lambda: DreamAlgorithm("entropy", 8, top_p=0.0), r"top_p must be None or in \(0, 1\], got 0.0"),
     (lambda: DreamAlgorithm("entropy", 8, top_p=1.2), r"top_p must be None or in \(0, 1\]"),
-    (lambda: DreamAlgorithm("entropy", 8, top_k=0), r"top_k must be None or a positive integer"),
-    (lambda: DreamAlgorithm("entropy", 0), r"steps must be a positive integer, got 0"),
+    (lambda: DreamAlgorithm("entropy", 8, top_k=0), r"top_k must be None or an integer >= 1"),
+    (lambda: DreamAlgorithm("entropy", 0), r"steps must be an integer >= 1, got 0"),
     (lambda: LowConfidence(8, remasking="lowest"), r"remasking must be one of \('low_confidence', 'random'\)"),
-    (lambda: LowConfidence(8, temperature=-1), r"temperature must be a number >= 0"),
-    (lambda: LowConfidence(8, cfg_scale=-1), r"cfg_scale must be a number >= 0"),
+    (lambda: LowConfidence(8, temperature=-1), r"temperature must be a finite number >= 0"),
+    (lambda: LowConfidence(8, cfg_scale=-1), r"cfg_scale must be a finite number >= 0"),
 ])
 def test_bad_policy_arguments_are_named(build, message):
     with pytest.raises(ValueError, match=message):
