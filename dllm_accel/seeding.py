@@ -27,7 +27,8 @@ from .checks import check_int, is_int, require
 def sample_seed(seed: int, sample_id) -> int:
     """A 63-bit seed from (seed, sample id): blake2b of f"{seed}:{sample_id}"."""
     check_int(seed, "seed")
-    require(isinstance(sample_id, str) or is_int(sample_id), "a sample id", "a string or an integer", sample_id)
+    ok = isinstance(sample_id, str) or is_int(sample_id)
+    require(ok, "a sample id", "a string or an integer", sample_id)
     digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 

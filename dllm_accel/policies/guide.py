@@ -87,8 +87,8 @@ class ARGuide:
         token_map = {} if token_map is None else token_map
         require(isinstance(token_map, Mapping) and all(is_int(a) and is_int(b) and a >= 0 and b >= 0
                                                        for a, b in token_map.items()),
-                "token_map", "None or a dict {diffusion token id: AR token id} of non-negative integers",
-                token_map)
+                "token_map",
+                "None or a dict {diffusion token id: AR token id} of non-negative integers", token_map)
         self.ar_model, self.acceptance, self.k, self.ratio = ar_model, acceptance, k, float(ratio)
         self.verify_chunk, self.correct, self.token_map = verify_chunk, correct, dict(token_map)
         self.ar_vocab = int(ar_model.config.vocab_size)

@@ -243,8 +243,8 @@ def _landlock_abi() -> int:
 
 def require_guard(unsafe_python_guard: bool, name: str = "unsafe_python_guard") -> None:
     """Raises GuardUnavailable unless the syscall guard can be installed or `name` is explicitly True."""
-    check_bool(unsafe_python_guard, name, "true (the Python-level guard, which code written to escape undoes) "
-                                          "or false (the syscall guard)")
+    check_bool(unsafe_python_guard, name, "true (the Python-level guard, which code written to escape "
+                                          "undoes) or false (the syscall guard)")
     if not unsafe_python_guard and (reason := guard_unavailable()):
         raise GuardUnavailable(f"HumanEval's syscall guard cannot be installed: {reason}. Pass {name}=True to "
                                f"run completions under the Python-level guard instead, which code written "
