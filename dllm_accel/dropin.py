@@ -25,12 +25,13 @@ import torch
 import transformers
 from transformers.utils import ModelOutput
 
+from .checks import check_bool
 from .method import Method
 from .models.base import DiffusionLM
 from .models.loading import from_hf
 from .policies.refresh import NoCache
 from .policies.stop import FullLength
-from .policies.unmask import DreamAlgorithm, LowConfidence, _check_bool
+from .policies.unmask import DreamAlgorithm, LowConfidence
 from .sampler import Sampler
 
 DREAM_DEFAULT_NEW_TOKENS = 20  # diffusion_generate without max_new_tokens: the generation config's max_length
@@ -100,8 +101,8 @@ def dream_generate(model, input_ids, attention_mask=None, max_new_tokens=None, s
     history) with return_dict_in_generate (history: the canvas after each step, when output_history).
     max_new_tokens=None generates 20 tokens, as Dream's default generation config. `unmask` replaces
     the policy of alg/steps/eps/...; `cache` picks the refresh policy."""
-    _check_bool(return_dict_in_generate, "return_dict_in_generate")
-    _check_bool(output_history, "output_history")
+    check_bool(return_dict_in_generate, "return_dict_in_generate")
+    check_bool(output_history, "output_history")
     cache, unmask = _patched_settings(model, cache, unmask)
     model = native(model)
     if unmask is None:

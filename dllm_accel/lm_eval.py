@@ -66,6 +66,7 @@ from lm_eval.api.registry import MODEL_REGISTRY, register_model
 from lm_eval.utils import simple_parse_args_string
 from tqdm import tqdm
 
+from .checks import check_int
 from .method import Measurement, Method, measure
 from .models import load_model, load_tokenizer
 from .policies import ARGuide, load_ar_model
@@ -264,16 +265,11 @@ def _integer(name: str, value) -> int:
     """An int, or a string of one (lm_eval's CLI passes batch_size as text)."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    return value
+    return check_int(value, name)
 
 
 def _positive_int(name: str, value) -> int:
-    value = _integer(name, value)
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(_integer(name, value), name, 1)
 
 
 def _available_device(device) -> str:

@@ -25,13 +25,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .checks import check_bool, check_int
 from .engine import Engine
 from .models.base import DiffusionLM
 from .policies.cfg import CFGRows
 from .policies.guide import ARGuide
 from .policies.refresh import Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
-from .policies.unmask import StepContext, UnmaskPolicy, _check_bool
+from .policies.unmask import StepContext, UnmaskPolicy
 from .seeding import row_generators
 
 
@@ -92,7 +93,7 @@ class Sampler:
         stop = FullLength() if stop is None else stop
         if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
-        _check_bool(trace, "trace")
+        check_bool(trace, "trace")
         self.model, self.unmask, self.cache, self.stop, self.trace = model, unmask, cache, stop, trace
         self.guide = guide
 
@@ -287,12 +288,10 @@ def _rows_at(result, rows, positions) -> torch.Tensor:
 
 
 def _blocks(max_new_tokens, block_length) -> tuple[int, int]:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    check_int(max_new_tokens, "max_new_tokens", 1)
     if block_length is None:
         return 1, max_new_tokens
-    if not isinstance(block_length, int) or isinstance(block_length, bool) or block_length <= 0:
-        raise ValueError(f"block_length must be None or a positive integer, got {block_length!r}")
+    check_int(block_length, "block_length", 1, optional=True)
     if max_new_tokens % block_length:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) must be divisible by block_length ({block_length})")
     return max_new_tokens // block_length, block_length

@@ -21,13 +21,14 @@ from collections.abc import Sequence
 
 import torch
 
+from .checks import check_int, is_int, require
+
 
 def sample_seed(seed: int, sample_id) -> int:
     """A 63-bit seed from (seed, sample id): blake2b of f"{seed}:{sample_id}"."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    if isinstance(sample_id, bool) or not isinstance(sample_id, (str, int)):
-        raise ValueError(f"a sample id must be a string or an integer, got {sample_id!r}")
+    check_int(seed, "seed")
+    ok = isinstance(sample_id, str) or is_int(sample_id)
+    require(ok, "a sample id", "a string or an integer", sample_id)
     digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 

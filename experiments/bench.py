@@ -42,6 +42,7 @@ from dllm_accel import (
     Threshold,
     measure,
 )
+from dllm_accel.checks import check_choice
 from dllm_accel.tasks import arith
 
 ACCOUNTING = (
@@ -74,8 +75,7 @@ class Setting:
 
 def setting(model_name: str, name: str) -> Setting:
     """The testbed's `short` or `long` setting, as the model was trained for it."""
-    if name not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, got {name!r}")
+    check_choice(name, "setting", SETTINGS)
     metrics = json.loads((dllm_accel.assets.path(model_name) / "metrics.json").read_text())
     if name == "long":
         if "long" not in metrics:

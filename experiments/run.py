@@ -36,6 +36,7 @@ from tqdm import tqdm
 import dllm_accel
 from dllm_accel import Method, measure
 from dllm_accel.assets import BUNDLED
+from dllm_accel.checks import check_int
 from dllm_accel.method import compact
 
 log = logging.getLogger("run")
@@ -110,9 +111,7 @@ def _check_model_path(cfg: DictConfig) -> None:
 
 
 def _check_positive(cfg: DictConfig, key: str) -> None:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
+    check_int(cfg[key], key, 1)
 
 
 # -- decoding ---------------------------------------------------------------------------------------

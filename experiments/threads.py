@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from dllm_accel.checks import check_int
+
 
 def check_threads(threads) -> None:
     """None (the script's own choice) or an integer >= 1; torch's own refusal names neither."""
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be None or an integer >= 1 (torch CPU threads), got {threads!r}")
+    check_int(threads, "threads", 1, optional=True, note="torch CPU threads")
 
 
 def set_threads(threads: int) -> None:

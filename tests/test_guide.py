@@ -310,10 +310,10 @@ def test_other_caches_and_stops_compose_with_the_guide(cache, stop):
 # -- bad input -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     (dict(acceptance="greedy"), r"acceptance must be one of \('exact', 'topk_relative', 'speculative'\), got 'greedy'"),
-    (dict(k=0), r"k must be a positive integer, got 0"),
+    (dict(k=0), r"k must be an integer >= 1, got 0"),
     (dict(ratio=0.0), r"ratio must be in \(0, 1\], got 0.0"),
     (dict(ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
-    (dict(verify_chunk=0), r"verify_chunk must be a positive integer, got 0"),
+    (dict(verify_chunk=0), r"verify_chunk must be an integer >= 1, got 0"),
     (dict(correct="yes"), r"correct must be True or False, got 'yes'"),
     (dict(token_map={1: -2}), r"token_map must be None or a dict"),
 ])

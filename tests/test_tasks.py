@@ -80,7 +80,7 @@ def test_is_correct_and_prompt():
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'test'\), got 'dev'"):
         arith.problems(3, seed=0, split="dev")
-    with pytest.raises(ValueError, match=r"n must be a non-negative integer, got -1"):
+    with pytest.raises(ValueError, match=r"n must be an integer >= 0, got -1"):
         arith.problems(-1, seed=0)
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -284,6 +286,4 @@ def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n
 
 def _max_positions(config: dict, name: str) -> int | None:
     value = config.get(name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"config.json: {name}={value!r} must be a positive integer")
-    return value
+    return check_int(value, f"config.json: {name}", 1, optional=True)

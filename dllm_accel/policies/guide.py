@@ -33,10 +33,10 @@ import torch
 from transformers import DynamicCache
 
 from .. import assets
+from ..checks import check_bool, check_choice, check_int, check_number, is_int, require
 from ..models.base import ModelSpec
 from ..models.loading import check_device
 from ..seeding import multinomial, uniform
-from .unmask import _check_bool, _is_int, _is_number, _require
 
 ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
@@ -51,7 +51,7 @@ def _is_causal_lm(model) -> bool:
 def _ids(value) -> set[int]:
     if value is None:
         return set()
-    return {value} if _is_int(value) else {int(v) for v in value}
+    return {value} if is_int(value) else {int(v) for v in value}
 
 
 def load_ar_model(path: str, *, device=None, dtype=None):
@@ -79,16 +79,16 @@ class ARGuide:
         if not _is_causal_lm(ar_model):
             raise TypeError(f"ar_model must be a transformers causal language model (AutoModelForCausalLM, "
                             f"which reads past_key_values), got {type(ar_model).__name__}")
-        _require(acceptance in ACCEPTANCE, "acceptance", f"one of {ACCEPTANCE}", acceptance)
-        _require(_is_int(k) and k >= 1, "k", "a positive integer", k)
-        _require(_is_number(ratio) and 0 < ratio <= 1, "ratio", "in (0, 1]", ratio)
-        _require(_is_int(verify_chunk) and verify_chunk >= 1, "verify_chunk", "a positive integer", verify_chunk)
-        _check_bool(correct, "correct")
+        check_choice(acceptance, "acceptance", ACCEPTANCE)
+        check_int(k, "k", 1)
+        check_number(ratio, "ratio", 0, 1, open_low=True)
+        check_int(verify_chunk, "verify_chunk", 1)
+        check_bool(correct, "correct")
         token_map = {} if token_map is None else token_map
-        _require(isinstance(token_map, Mapping) and all(_is_int(a) and _is_int(b) and a >= 0 and b >= 0
-                                                        for a, b in token_map.items()),
-                 "token_map", "None or a dict {diffusion token id: AR token id} of non-negative integers",
-                 token_map)
+        require(isinstance(token_map, Mapping) and all(is_int(a) and is_int(b) and a >= 0 and b >= 0
+                                                       for a, b in token_map.items()),
+                "token_map",
+                "None or a dict {diffusion token id: AR token id} of non-negative integers", token_map)
         self.ar_model, self.acceptance, self.k, self.ratio = ar_model, acceptance, k, float(ratio)
         self.verify_chunk, self.correct, self.token_map = verify_chunk, correct, dict(token_map)
         self.ar_vocab = int(ar_model.config.vocab_size)

@@ -34,11 +34,11 @@ import torch
 
 from .. import ops
 from ..cache import KVCache
+from ..checks import check_bool, check_choice, check_int, check_number
 from ..engine import ForwardPlan, ForwardResult, RowGroup, mask_index
 from ..models.base import Rope, apply_rotary
 from ..ops import DRIFT_AXES
 from .cfg import CFGRows
-from .unmask import _check_bool, _is_number, _require
 
 REFRESH_BOUNDARIES = ("next", "drifting")
 
@@ -205,17 +205,12 @@ class ElasticCache(RefreshPolicy):
     keeps_inputs = True
 
     def __post_init__(self):
-        _require(_is_number(self.gamma) and self.gamma >= 0, "gamma",
-                 "a finite number >= 0 (0 never refreshes, above 1 refreshes every step)", self.gamma)
+        check_number(self.gamma, "gamma", 0, note="0 never refreshes, above 1 refreshes every step")
         for name in ("window", "track"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.drift not in DRIFT_AXES:
-            raise ValueError(f"drift must be one of {DRIFT_AXES}, got {self.drift!r}")
-        if self.refresh_from not in REFRESH_BOUNDARIES:
-            raise ValueError(f"refresh_from must be one of {REFRESH_BOUNDARIES}, got {self.refresh_from!r}")
-        _check_bool(self.cache_distant_masks, "cache_distant_masks")
+            check_int(getattr(self, name), name, 1)
+        check_choice(self.drift, "drift", DRIFT_AXES)
+        check_choice(self.refresh_from, "refresh_from", REFRESH_BOUNDARIES)
+        check_bool(self.cache_distant_masks, "cache_distant_masks")
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _Elastic(canvas, self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..checks import check_choice
 from ..models.base import ModelSpec
 
 
@@ -40,9 +41,7 @@ class StopAtEOS(StopPolicy):
     (the released evaluation's tokens/s counts every non-EOS token, leftover MASK included)."""
 
     def __init__(self, fill: str = "eos"):
-        if fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {fill!r}")
-        self.fill = fill
+        self.fill = check_choice(fill, "fill", FILLS)
 
     def open(self, generated, spec):
         return None if self.fill == "eos" else ~_after_first_stop(generated, spec)

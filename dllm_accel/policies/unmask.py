@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import ops
+from ..checks import check_bool, check_choice, check_int, check_number, is_number, require
 from ..models.base import ModelSpec
 from ..seeding import multinomial, uniform, uniform_canvas
 
@@ -65,29 +66,12 @@ class UnmaskPolicy:
 
 
 # -- validation ------------------------------------------------------------------------------------
-def _require(ok: bool, name: str, allowed: str, value) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_bool(value, name: str) -> None:
-    _require(isinstance(value, bool), name, "True or False", value)
-
-
 def _check_steps(steps) -> None:
-    _require(_is_int(steps) and steps >= 1, "steps", "a positive integer", steps)
+    check_int(steps, "steps", 1)
 
 
 def _check_temperature(temperature) -> None:
-    _require(_is_number(temperature) and temperature >= 0, "temperature", "a number >= 0", temperature)
+    check_number(temperature, "temperature", 0)
 
 
 def _split_steps(steps: int, n_blocks: int) -> int:
@@ -193,11 +177,11 @@ class LowConfidence(UnmaskPolicy):
 
     def __post_init__(self):
         _check_steps(self.steps)
-        _require(self.remasking in REMASKING, "remasking", f"one of {REMASKING}", self.remasking)
+        check_choice(self.remasking, "remasking", REMASKING)
         _check_temperature(self.temperature)
-        _require(_is_number(self.cfg_scale) and self.cfg_scale >= 0, "cfg_scale", "a number >= 0", self.cfg_scale)
-        _check_bool(self.logits_eos_inf, "logits_eos_inf")
-        _check_bool(self.confidence_eos_eot_inf, "confidence_eos_eot_inf")
+        check_number(self.cfg_scale, "cfg_scale", 0)
+        check_bool(self.logits_eos_inf, "logits_eos_inf")
+        check_bool(self.confidence_eos_eot_inf, "confidence_eos_eot_inf")
 
     def steps_per_block(self, n_blocks):
         return _split_steps(self.steps, n_blocks)
@@ -236,7 +220,7 @@ class Threshold(UnmaskPolicy):
     temperature: float = 0.0
 
     def __post_init__(self):
-        _require(_is_number(self.tau) and 0 < self.tau <= 1, "tau (the confidence threshold)", "in (0, 1]", self.tau)
+        check_number(self.tau, "tau (the confidence threshold)", 0, 1, open_low=True)
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
@@ -255,7 +239,7 @@ class Factor(UnmaskPolicy):
     temperature: float = 0.0
 
     def __post_init__(self):
-        _require(_is_number(self.f) and self.f > 0, "f (the factor)", "a number > 0", self.f)
+        check_number(self.f, "f (the factor)", 0, open_low=True)
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
@@ -280,7 +264,7 @@ class EntropyThreshold(UnmaskPolicy):
     temperature: float = 0.0
 
     def __post_init__(self):
-        _require(_is_number(self.h) and self.h >= 0, "h (the entropy threshold, nats)", "a number >= 0", self.h)
+        check_number(self.h, "h (the entropy threshold, nats)", 0)
         _check_temperature(self.temperature)
 
     def select(self, ctx, logits, quota):
@@ -319,18 +303,16 @@ class DreamAlgorithm(UnmaskPolicy):
     top_k: int | None = None
 
     def __post_init__(self):
-        _require(self.alg in DREAM_ALGS, "alg", f"one of {DREAM_ALGS}", self.alg)
+        check_choice(self.alg, "alg", DREAM_ALGS)
         _check_steps(self.steps)
-        _require(_is_number(self.eps) and 0 < self.eps < 1, "eps", "in (0, 1)", self.eps)
-        usable = _is_number(self.alg_temp) and (self.alg_temp == 0 or self.alg_temp >= MIN_ALG_TEMP)
-        _require(self.alg_temp is None or usable, "alg_temp",
+        check_number(self.eps, "eps", 0, 1, open_low=True, open_high=True)
+        usable = is_number(self.alg_temp) and (self.alg_temp == 0 or self.alg_temp >= MIN_ALG_TEMP)
+        require(self.alg_temp is None or usable, "alg_temp",
                  f"None, 0 or a number >= {MIN_ALG_TEMP:.3g} (a smaller one overflows the float32 scores it divides, "
                  "and every score becomes -inf or NaN)", self.alg_temp)
         _check_temperature(self.temperature)
-        _require(self.top_p is None or (_is_number(self.top_p) and 0 < self.top_p <= 1), "top_p",
-                 "None or in (0, 1]", self.top_p)
-        _require(self.top_k is None or (_is_int(self.top_k) and self.top_k >= 1), "top_k",
-                 "None or a positive integer", self.top_k)
+        check_number(self.top_p, "top_p", 0, 1, open_low=True, optional=True)
+        check_int(self.top_k, "top_k", 1, optional=True)
 
     def steps_per_block(self, n_blocks):
         return _split_steps(self.steps, n_blocks)

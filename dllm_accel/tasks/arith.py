@@ -18,6 +18,7 @@ import random
 import string
 from dataclasses import dataclass
 
+from dllm_accel.checks import check_choice, check_int
 from dllm_accel.tasks import gsm8k
 from dllm_accel.tasks.base import Sample, Task
 
@@ -37,10 +38,8 @@ class Problem:
 
 def problems(n: int, seed: int, split: str = "test") -> list[Problem]:
     """`n` distinct problems of `split` ('train' or 'test'), the same for the same seed."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    check_choice(split, "split", SPLITS)
+    check_int(n, "n", 0)
     rng = random.Random(f"{seed}-{split}")
     found: dict[str, Problem] = {}
     while len(found) < n:
@@ -116,12 +115,9 @@ class Arith(Task):
     def __init__(self, *, limit: int | None = None, shots: int = 0, seed: int = 0, split: str = "test",
                  size: int = 500):
         super().__init__(limit=limit, shots=shots)
-        if split not in SPLITS:
-            raise ValueError(f"task.split must be one of {SPLITS}, got {split!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"task.seed must be an integer, got {seed!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"task.size must be an integer >= 1, got {size!r}")
+        check_choice(split, "task.split", SPLITS)
+        check_int(seed, "task.seed")
+        check_int(size, "task.size", 1)
         self.seed, self.split, self.size = seed, split, size
 
     def samples(self) -> list[Sample]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dllm_accel.checks import check_int
+
 Prompt = str | list[dict]  # plain text (base models), or a conversation of {"role", "content"} messages
 
 
@@ -31,10 +33,8 @@ class Task:
     name: str = ""
 
     def __init__(self, *, limit: int | None = None, shots: int = 0):
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"task.limit must be None (every sample) or an integer >= 1, got {limit!r}")
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 0:
-            raise ValueError(f"task.shots must be an integer >= 0, got {shots!r}")
+        check_int(limit, "task.limit", 1, optional="every sample")
+        check_int(shots, "task.shots", 0)
         self.limit, self.shots = limit, shots
 
     def samples(self) -> list[Sample]:

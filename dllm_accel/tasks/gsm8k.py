@@ -20,6 +20,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+from dllm_accel.checks import check_bool, check_choice, check_int
 from dllm_accel.tasks.base import Prompt, Sample, Task
 
 SPLITS = ("train", "test")
@@ -145,12 +146,9 @@ class GSM8K(Task):
     def __init__(self, *, limit: int | None = None, shots: int = 5, data_dir: str | Path | None = None,
                  split: str = "test", chat: bool = True, seed: int = 1234):
         super().__init__(limit=limit, shots=shots)
-        if split not in SPLITS:
-            raise ValueError(f"task.split must be one of {SPLITS}, got {split!r}")
-        if not isinstance(chat, bool):
-            raise ValueError(f"task.chat must be true (instruct models) or false (base models), got {chat!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"task.seed must be an integer, got {seed!r}")
+        check_choice(split, "task.split", SPLITS)
+        check_bool(chat, "task.chat", "true (instruct models) or false (base models)")
+        check_int(seed, "task.seed")
         self.split, self.chat, self.seed = split, chat, seed
         needed = sorted({split, "train"} if shots else {split})
         # Loading here, not in samples(), makes missing data fail before the runner loads a model.

@@ -64,6 +64,7 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dllm_accel.checks import check_bool, check_int, is_number, require
 from dllm_accel.tasks.base import Prompt, Sample, Task
 
 MEMORY_LIMIT_BYTES = 4 * 1024**3  # address space of one child; HumanEval needs a few tens of MB
@@ -242,9 +243,8 @@ def _landlock_abi() -> int:
 
 def require_guard(unsafe_python_guard: bool, name: str = "unsafe_python_guard") -> None:
     """Raises GuardUnavailable unless the syscall guard can be installed or `name` is explicitly True."""
-    if not isinstance(unsafe_python_guard, bool):
-        raise ValueError(f"{name} must be true (the Python-level guard, which code written to escape undoes) "
-                         f"or false (the syscall guard), got {unsafe_python_guard!r}")
+    check_bool(unsafe_python_guard, name, "true (the Python-level guard, which code written to escape "
+                                          "undoes) or false (the syscall guard)")
     if not unsafe_python_guard and (reason := guard_unavailable()):
         raise GuardUnavailable(f"HumanEval's syscall guard cannot be installed: {reason}. Pass {name}=True to "
                                f"run completions under the Python-level guard instead, which code written "
@@ -406,8 +406,7 @@ def _outcome(verdict: str | None, finished: bool, returncode: int) -> dict:
 
 
 def _check_timeout(timeout, name: str) -> None:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-        raise ValueError(f"{name} must be a number of seconds > 0, got {timeout!r}")
+    require(is_number(timeout) and timeout > 0, name, "a number of seconds > 0", timeout)
 
 
 # -- the task --------------------------------------------------------------------------------------
@@ -420,11 +419,9 @@ class HumanEval(Task):
         if shots != 0:
             raise ValueError(f"task.shots must be 0 for humaneval (it has no train split to draw shots from), "
                              f"got {shots!r}")
-        if not isinstance(chat, bool):
-            raise ValueError(f"task.chat must be true (instruct models) or false (base models), got {chat!r}")
+        check_bool(chat, "task.chat", "true (instruct models) or false (base models)")
         _check_timeout(timeout, "task.timeout")
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"task.workers must be an integer >= 1, got {workers!r}")
+        check_int(workers, "task.workers", 1)
         if problem_file is None:
             problem_file = default_problem_file()
         elif not isinstance(problem_file, str | Path) or not Path(problem_file).is_file():
