@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import check_int
 from .models.base import DiffusionLM
 from .policies import (
     ARGuide,
@@ -94,11 +95,7 @@ class Method:
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {self.stop!r}")
         if self.guide is not None and not isinstance(self.guide, ARGuide):
             raise TypeError(f"guide must be None or an ARGuide, got {self.guide!r}")
-        value = self.block_length
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value <= 0
-        ):
-            raise ValueError(f"block_length must be None or a positive integer, got {value!r}")
+        check_int(self.block_length, "block_length", 1, optional=True)
 
     @property
     def name(self) -> str:

@@ -5,24 +5,20 @@
 Both decode the same prompt with the same random model (greedy, low-confidence remasking) and must
 give the same tokens. The official loop computes full-vocabulary logits for the whole canvas every
 step; the Sampler runs the LM head on the masked rows of the active block only. The baseline is
-imported from tests/reference_samplers.py (the statement the exactness tests use), not rewritten.
+imported from experiments/reference_samplers.py (the statement the exactness tests use), not rewritten.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
+import reference_samplers
 import torch
+from threads import set_threads
 
 from dllm_accel import llada_generate
 from dllm_accel.models import build_model, tiny_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import reference_samplers  # noqa: E402
-from threads import set_threads  # noqa: E402
 
 SIZES = [  # (vocab, d_model, layers): a head-light model and one whose head dominates, as LLaDA's does
     (128, 64, 2),

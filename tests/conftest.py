@@ -1,6 +1,7 @@
 import copy
 import math
 import os
+import sys
 
 # Triton's interpreter must be chosen before triton is first imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -14,6 +15,8 @@ from torch import nn  # noqa: E402
 from dllm_accel.models import build_model, tiny_config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# The experiment scripts' modules (run, bench, report, reference_samplers) import as the scripts do.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 # Kernel tests run in Triton's interpreter on the CPU, natively on a GPU when TRITON_INTERPRET=0
 # (experiments/gpu_check.sh). The interpreter mis-computes native bf16, so bf16 is tested on a GPU only.
 NATIVE = os.environ["TRITON_INTERPRET"] == "0" and torch.cuda.is_available()

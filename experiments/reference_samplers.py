@@ -1,4 +1,5 @@
-"""Plain re-statements of the published sampling algorithms, written for the tests only.
+"""Plain re-statements of the published sampling algorithms: the specification the exactness tests
+compare the Sampler with, and the baseline of bench_sampler.py.
 
 They follow the documented behaviour step by step, the slow way: the full logits of every position
 from `model(x, attention_mask)`, every scheduled step run (even those that commit nothing), one
