@@ -283,24 +283,24 @@ def plot_first_full_layer(traces: dict[str, list[int]], n_layers: int, path: Pat
     axes.set(xlabel="decoding step (first sample)", ylabel="first full layer",
              ylim=(-0.5, n_layers + 0.5),
              title=f"first layer recomputing every position (0: full forward; {n_layers}: all reused)")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save_with_legend_below(figure, axes, path)
 
 
 def plot_accuracy_vs_speed(methods: dict[str, dict], task: str, path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(7, 4))
     for name, figures in methods.items():
-        axes.scatter(figures["tokens_per_second"], figures["accuracy"], s=40)
-        axes.annotate(name, (figures["tokens_per_second"], figures["accuracy"]), fontsize="small",
-                      xytext=(4, 4), textcoords="offset points")
+        axes.scatter(figures["tokens_per_second"], figures["accuracy"], s=40, label=name)
     fastest = max(f["tokens_per_second"] for f in methods.values())
-    axes.set(xlabel="tokens / s", ylabel="accuracy", title=f"{task}: accuracy against speed", ylim=(-0.05, 1.05),
-             xlim=(0, 1.4 * fastest or 1))
+    axes.set(xlabel="tokens / s", ylabel="accuracy", title=f"{task}: accuracy against speed",
+             ylim=(-0.05, 1.05), xlim=(0, 1.1 * fastest or 1))
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    _save_with_legend_below(figure, axes, path)
+
+
+def _save_with_legend_below(figure, axes, path: Path) -> None:
+    """Method names are long (derived from every setting): one legend row each, under the axes."""
+    axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
