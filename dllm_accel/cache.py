@@ -1,4 +1,5 @@
-"""KV storage for one generation: buffers allocated once, rows written in place. No policy lives here.
+"""KV storage for one generation: buffers allocated once, rows written in place. No policy lives
+here.
 
     keys, values [L, R, Hkv, T, D]   every layer's K/V of every canvas position (post-RoPE)
     inputs       [L, R, T, d]        every layer's input hidden state (only when a policy recomputes
@@ -14,16 +15,34 @@ import torch
 
 
 class KVCache:
-    def __init__(self, *, n_layers: int, rows: int, length: int, n_kv_heads: int, head_dim: int, d_model: int,
-                 dtype: torch.dtype, device: torch.device, inputs: bool):
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        rows: int,
+        length: int,
+        n_kv_heads: int,
+        head_dim: int,
+        d_model: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        inputs: bool,
+    ):
         shape = (n_layers, rows, n_kv_heads, length, head_dim)
         self.keys = torch.full(shape, float("nan"), dtype=dtype, device=device)
         self.values = torch.full(shape, float("nan"), dtype=dtype, device=device)
-        self.inputs = (torch.full((n_layers, rows, length, d_model), float("nan"), dtype=dtype, device=device)
-                       if inputs else None)
-        self.heads = torch.arange(n_kv_heads, device=device)[None, :, None]  # [rows, heads, positions] indexing
+        self.inputs = (
+            torch.full((n_layers, rows, length, d_model), float("nan"), dtype=dtype, device=device)
+            if inputs
+            else None
+        )
+        self.heads = torch.arange(n_kv_heads, device=device)[
+            None, :, None
+        ]  # [rows, heads, positions] indexing
 
-    def write_all(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor) -> None:
+    def write_all(
+        self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor
+    ) -> None:
         """Every position of `rows` (None: all rows) at `layer`; k, v [r, Hkv, T, D]."""
         _write(self.keys[layer], rows, k)
         _write(self.values[layer], rows, v)
@@ -33,7 +52,8 @@ class KVCache:
         _write(self.inputs[layer], rows, hidden)
 
     def read(self, layer: int, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V [r, Hkv, T, D] of `rows`: views when all rows are read, a gather of those rows otherwise."""
+        """K, V [r, Hkv, T, D] of `rows`: views when all rows are read, a gather of those rows
+        otherwise."""
         if rows is None:
             return self.keys[layer], self.values[layer]
         return self.keys[layer][rows], self.values[layer][rows]

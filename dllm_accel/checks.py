@@ -34,8 +34,14 @@ def check_bool(value, name: str, allowed: str = "True or False") -> bool:
     return value
 
 
-def check_int(value, name: str, minimum: int | None = None, *, optional: bool | str = False,
-              note: str | None = None) -> int | None:
+def check_int(
+    value,
+    name: str,
+    minimum: int | None = None,
+    *,
+    optional: bool | str = False,
+    note: str | None = None,
+) -> int | None:
     """`value` if it is an integer (>= `minimum` when given). `optional`: None is allowed too (a
     string says what None means); `note` is added in parentheses after the allowed values."""
     allowed = "an integer" if minimum is None else f"an integer >= {minimum}"
@@ -43,9 +49,17 @@ def check_int(value, name: str, minimum: int | None = None, *, optional: bool | 
     return _check(ok, value, name, allowed, optional, note)
 
 
-def check_number(value, name: str, low: float | None = None, high: float | None = None, *,
-                 open_low: bool = False, open_high: bool = False, optional: bool | str = False,
-                 note: str | None = None) -> float | None:
+def check_number(
+    value,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    optional: bool | str = False,
+    note: str | None = None,
+) -> float | None:
     """`value` if it is a finite number between `low` and `high` (each included unless open_low /
     open_high says otherwise, each unbounded when None). `optional` and `note` as in check_int."""
     ok = is_number(value)

@@ -1,22 +1,29 @@
-"""The layer-wise forward over a KV cache (ARCHITECTURE.md §2): chosen query rows per layer against the
+"""The layer-wise forward over a KV cache (ARCHITECTURE.md §2): chosen query rows per layer against
+the
 cached K/V of every position, switching to a full recompute from a layer the refresh policy decides.
 
 One forward (`Engine.forward`) for the model rows being computed (`rows`; None: all of them):
 
     plan.query None          every position through every layer (a full forward; fills the cache)
     plan.query [R, T] bool   only those positions ("query rows") go through the layers before
-                             plan.first_full_layer: at layer i their q, k, v are computed at their true
+                             plan.first_full_layer: at layer i their q, k, v are computed at their
+                             true
                              positions, their k, v written into the cache, and they attend to all
                              cached keys;
                              layers >= first_full_layer recompute every position, starting from the
                              cached input of that layer with the fresh query rows substituted.
-    plan.monitor             a LayerMonitor (ElasticCache's drift test, policies/refresh.py) orders the
-                             query positions and, at each layer still reusing the cache, takes over the
-                             query rows' attention and may send a batch row to the full recompute from
-                             that layer on, or with monitor.leave_after from the next one (each row at
+    plan.monitor             a LayerMonitor (ElasticCache's drift test, policies/refresh.py) orders
+    the
+                             query positions and, at each layer still reusing the cache, takes over
+                             the
+                             query rows' attention and may send a batch row to the full recompute
+                             from
+                             that layer on, or with monitor.leave_after from the next one (each row
+                             at
                              its own layer); it sees the query rows' attention at every layer.
 
-The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward here
+The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward
+here
 is the plain forward, and a plan that recomputes everything reproduces it exactly.
 """
 
@@ -47,10 +54,14 @@ class LayerMonitor(Protocol):
     leave_after: bool
 
     def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
-        """query [r, T] bool of model rows `rows` (None: all) -> (positions [r, n], valid [r, n])."""
+        """query [r, T] bool of model rows `rows` (None: all) -> (positions [r, n], valid [r,
+        n])."""
 
-    def mass_weights(self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The weight [r, n] of each query row (positions index [r, n], valid [r, n]) in the attention
+    def mass_weights(
+        self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """The weight [r, n] of each query row (positions index [r, n], valid [r, n]) in the
+        attention
         mass the monitor observes."""
 
     def stale_inputs(self, layer: int, cache: KVCache, group: RowGroup) -> torch.Tensor | None:
@@ -71,16 +82,24 @@ class LayerMonitor(Protocol):
 @dataclass
 class ForwardPlan:
     query: torch.Tensor | None  # [R, T] bool; None: every position through every layer
-    first_full_layer: int  # layers >= it recompute every position (n_layers: none; a monitor may send a
+    first_full_layer: (
+        int  # layers >= it recompute every position (n_layers: none; a monitor may send a
+    )
     # row there earlier)
     monitor: LayerMonitor | None = None
 
 
 @dataclass
 class ForwardResult:
-    hidden: torch.Tensor  # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
-    columns: torch.Tensor | None  # [r, T]: column of `hidden` holding each query position; None: identity
-    first_full_layer: torch.Tensor  # [r] per computed row: the first layer that recomputed every position
+    hidden: (
+        torch.Tensor
+    )  # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
+    columns: (
+        torch.Tensor | None
+    )  # [r, T]: column of `hidden` holding each query position; None: identity
+    first_full_layer: (
+        torch.Tensor
+    )  # [r] per computed row: the first layer that recomputed every position
     # (0: a full forward; n_layers: every layer reused the cache)
     units: int  # token x layer units computed
 
@@ -104,13 +123,22 @@ class RowGroup:
 
     def select(self, keep: torch.Tensor) -> RowGroup:
         rope = None if self.rope is None else Rope(self.rope.cos[keep], self.rope.sin[keep])
-        return RowGroup(self.ids[keep], False, self.index[keep], self.valid[keep], _take(self.key_mask, keep),
-                        rope, _take(self.mass_weights, keep))
+        return RowGroup(
+            self.ids[keep],
+            False,
+            self.index[keep],
+            self.valid[keep],
+            _take(self.key_mask, keep),
+            rope,
+            _take(self.mass_weights, keep),
+        )
 
 
 class _Split:
-    """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d]) and
-    those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed rows."""
+    """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d])
+    and
+    those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed
+    rows."""
 
     def __init__(self, queried: RowGroup, h: torch.Tensor):
         self.queried, self.partial, self.h = queried, queried, h
@@ -118,7 +146,8 @@ class _Split:
         self.full, self.full_at, self.hidden = None, self.partial_at[:0], None
 
     def move(self, leaving: torch.Tensor, fresh: torch.Tensor) -> None:
-        """Rows `leaving` [p] bool switch to recomputing every position, from inputs `fresh` [l, T, d]."""
+        """Rows `leaving` [p] bool switch to recomputing every position, from inputs `fresh` [l, T,
+        d]."""
         self.full_at = torch.cat([self.full_at, self.partial_at[leaving]])
         self.hidden = fresh if self.hidden is None else torch.cat([self.hidden, fresh])
         everyone = len(self.full_at) == len(self.queried.ids)
@@ -128,13 +157,19 @@ class _Split:
         self.full = self.queried.select(self.full_at)
         self.full.whole = everyone and self.queried.whole
         stay = ~leaving
-        self.partial_at, self.h, self.partial = self.partial_at[stay], self.h[stay], self.partial.select(stay)
+        self.partial_at, self.h, self.partial = (
+            self.partial_at[stay],
+            self.h[stay],
+            self.partial.select(stay),
+        )
 
     def output(self) -> torch.Tensor:
         """The last layer's output at the query positions, [r, n, d] in batch order."""
         if not len(self.full_at):
             return self.h
-        gathered = self.hidden.gather(1, self.full.index[..., None].expand(-1, -1, self.hidden.shape[-1]))
+        gathered = self.hidden.gather(
+            1, self.full.index[..., None].expand(-1, -1, self.hidden.shape[-1])
+        )
         if not len(self.partial_at):
             return gathered
         out = gathered.new_empty(len(self.partial_at) + len(self.full_at), *gathered.shape[1:])
@@ -145,19 +180,44 @@ class _Split:
 class Engine:
     """Holds one generation's RoPE tables, key mask and (when a policy keeps one) KV cache."""
 
-    def __init__(self, model: DiffusionLM, canvas_mask: torch.Tensor | None, rows: int, length: int, *,
-                 cache: bool, inputs: bool):
+    def __init__(
+        self,
+        model: DiffusionLM,
+        canvas_mask: torch.Tensor | None,
+        rows: int,
+        length: int,
+        *,
+        cache: bool,
+        inputs: bool,
+    ):
         self.model = model
-        self.rope = model.rotary(model.positions(canvas_mask, length).to(model.device))  # once per generation
+        self.rope = model.rotary(
+            model.positions(canvas_mask, length).to(model.device)
+        )  # once per generation
         self.key_mask = None if canvas_mask is None else canvas_mask.bool()
         self.all_rows = torch.arange(rows, device=model.device)
         spec = model.spec
-        self.cache = KVCache(n_layers=spec.n_layers, rows=rows, length=length, n_kv_heads=spec.n_kv_heads,
-                             head_dim=spec.head_dim, d_model=spec.d_model, dtype=model.dtype, device=model.device,
-                             inputs=inputs) if cache else None
+        self.cache = (
+            KVCache(
+                n_layers=spec.n_layers,
+                rows=rows,
+                length=length,
+                n_kv_heads=spec.n_kv_heads,
+                head_dim=spec.head_dim,
+                d_model=spec.d_model,
+                dtype=model.dtype,
+                device=model.device,
+                inputs=inputs,
+            )
+            if cache
+            else None
+        )
 
-    def forward(self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan) -> ForwardResult:
-        """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row leaves the
+    def forward(
+        self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan
+    ) -> ForwardResult:
+        """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row
+        leaves the
         query-rows path at its own layer: where the plan says, or where the monitor sent it."""
         n_layers, device = self.model.n_layers, ids.device
         ids = ids if rows is None else ids[rows]
@@ -168,20 +228,35 @@ class Engine:
             hidden = self.model.embed(ids)
             for i in range(n_layers):
                 hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
-            return ForwardResult(hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers)
+            return ForwardResult(
+                hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers
+            )
         monitor = plan.monitor
         query = _take(plan.query, rows)
-        index, valid = query_positions(query) if monitor is None else monitor.query_positions(query, rows)
+        index, valid = (
+            query_positions(query) if monitor is None else monitor.query_positions(query, rows)
+        )
         weights = None if monitor is None else monitor.mass_weights(row_ids, index, valid)
-        queried = RowGroup(row_ids, rows is None, index, valid, _take(self.key_mask, rows),
-                        gather_rope(self._rope(row_ids), index), weights)
+        queried = RowGroup(
+            row_ids,
+            rows is None,
+            index,
+            valid,
+            _take(self.key_mask, rows),
+            gather_rope(self._rope(row_ids), index),
+            weights,
+        )
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
         first_full = torch.full((r,), n_layers, dtype=torch.long, device=device)
-        partial_layers = torch.zeros(r, dtype=torch.long, device=device)  # layers that computed a row's query rows
+        partial_layers = torch.zeros(
+            r, dtype=torch.long, device=device
+        )  # layers that computed a row's query rows
         leave_after = monitor is not None and monitor.leave_after
         left_before = None  # rows the monitor sent at the previous layer, under leave_after
         for i in range(n_layers):
-            if left_before is not None:  # every position from this layer, the previous one's output kept
+            if (
+                left_before is not None
+            ):  # every position from this layer, the previous one's output kept
                 self._recompute_from(i, split, left_before, split.h, ids, index, first_full)
                 left_before = None
             if len(split.partial_at):
@@ -193,32 +268,46 @@ class Engine:
                         left_before, leaving = leaving, None
                 else:
                     leaving = torch.ones_like(split.partial_at, dtype=torch.bool)
-                if leaving is not None:  # layer i recomputes these rows, the one that sent them included
+                if (
+                    leaving is not None
+                ):  # layer i recomputes these rows, the one that sent them included
                     self._recompute_from(i, split, leaving, layer_input, ids, index, first_full)
             if len(split.full_at):
                 full = split.full
-                split.hidden = self._full_layer(i, split.hidden, full, self._rope(full.ids), monitor)
+                split.hidden = self._full_layer(
+                    i, split.hidden, full, self._rope(full.ids), monitor
+                )
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
-        units = int((valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum())
+        units = int(
+            (valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum()
+        )
         return ForwardResult(split.output(), columns, first_full, units)
 
-    def _recompute_from(self, i, split: _Split, leaving, layer_input, ids, index, first_full) -> None:
-        """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its cached
+    def _recompute_from(
+        self, i, split: _Split, leaving, layer_input, ids, index, first_full
+    ) -> None:
+        """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its
+        cached
         input with their fresh query rows `layer_input` [p, n, d] substituted."""
         joining = split.partial_at[leaving]
         rows = split.queried.ids[joining]
         fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][rows]
-        fresh.scatter_(1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving])
+        fresh.scatter_(
+            1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving]
+        )
         split.move(leaving, fresh)
         first_full[joining] = i
 
     def _partial_layer(self, i, split: _Split, monitor: LayerMonitor | None):
-        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows the
+        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows
+        the
         monitor sends to the full recompute [g] or None)."""
         layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
         n = h.shape[1]
-        stale = None if monitor is None else monitor.stale_inputs(i, cache, group)  # [g, m, d] or None
+        stale = (
+            None if monitor is None else monitor.stale_inputs(i, cache, group)
+        )  # [g, m, d] or None
         # projected in one call with the query rows; RoPE is applied by rope_write
         q, k, v = layer.qkv(h if stale is None else torch.cat([h, stale], 1), None)
         before = None
@@ -226,8 +315,18 @@ class Engine:
             before = monitor.before_writes(i, cache, group, q[:, :, n:])
             q, k, v = q[:, :, :n], k[:, :, :n], v[:, :, :n]
         inputs = None if cache.inputs is None else cache.inputs[i]
-        q = ops.rope_write(q, k, v, group.rope, cache.keys[i], cache.values[i], group.ids, group.index,
-                           inputs=inputs, hidden=None if inputs is None else h)
+        q = ops.rope_write(
+            q,
+            k,
+            v,
+            group.rope,
+            cache.keys[i],
+            cache.values[i],
+            group.ids,
+            group.index,
+            inputs=inputs,
+            hidden=None if inputs is None else h,
+        )
         keys, values = cache.read(i, group.cache_rows)
         if monitor is None:
             return layer.finish(h, ops.partial_attention(q, keys, values, group.key_mask)[0]), None

@@ -1,13 +1,17 @@
 """A decoding method as one value, and one way to time and count a generation.
 
-`Method` holds everything that decides the tokens besides the model and the prompt: the unmask policy,
-the refresh (cache) policy, the stop policy, the optional AR guide and the block length. Its `name` is
-derived from those fields (never parsed back). `POLICIES` is the one table of names -> policy classes:
+`Method` holds everything that decides the tokens besides the model and the prompt: the unmask
+policy,
+the refresh (cache) policy, the stop policy, the optional AR guide and the block length. Its `name`
+is
+derived from those fields (never parsed back). `POLICIES` is the one table of names -> policy
+classes:
 the Hydra groups (conf/<group>/<name>.yaml), lm_eval's model_args and `Method.build` all use it.
 
 `measure(method, model, input_ids, ...)` decodes once and returns the GenerationOutput with a
 `Measurement`: sums (tokens, seconds, forwards, ...) that add up across calls, with the ratios as
-properties. Every front end (run.py, bench.py, lm_eval, the drop-ins' callers) reports these figures.
+properties. Every front end (run.py, bench.py, lm_eval, the drop-ins' callers) reports these
+figures.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ from .policies.stop import StopPolicy
 from .policies.unmask import UnmaskPolicy
 from .sampler import GenerationOutput, Sampler
 
-# group -> {name: policy class}; the names are the file names of conf/<group>/ (guide "none": no guide)
+# group -> {name: policy class}; the names are the file names of conf/<group>/ (guide "none": no
+# guide)
 POLICIES = {
     "unmask": {
         "low_confidence": LowConfidence,
@@ -61,7 +66,8 @@ POLICIES = {
     "stop": {"full_length": FullLength, "stop_at_eos": StopAtEOS},
     "guide": {"none": None, "ar": ARGuide},
 }
-# what Method.build gives the arguments these policies require (the values of their conf/unmask/ files)
+# what Method.build gives the arguments these policies require (the values of their conf/unmask/
+# files)
 REQUIRED_DEFAULTS = {
     "threshold": {"tau": 0.9},
     "factor": {"f": 1.0},
@@ -72,7 +78,8 @@ REQUIRED_DEFAULTS = {
 @dataclass(frozen=True)
 class Method:
     """What decides the tokens, besides the model and the prompt. `block_length` None: one block
-    spanning the whole generation. The unguided twin of a method is `dataclasses.replace(m, guide=None)`."""
+    spanning the whole generation. The unguided twin of a method is `dataclasses.replace(m,
+    guide=None)`."""
 
     unmask: UnmaskPolicy
     cache: RefreshPolicy = dataclasses.field(default_factory=NoCache)
@@ -99,7 +106,8 @@ class Method:
 
     @property
     def name(self) -> str:
-        """e.g. "ElasticCache(gamma=0.8) + Threshold(tau=0.9) + StopAtEOS + ARGuide(tiny-ar), blocks of
+        """e.g. "ElasticCache(gamma=0.8) + Threshold(tau=0.9) + StopAtEOS + ARGuide(tiny-ar), blocks
+        of
         32": each policy with the arguments that differ from their defaults."""
         parts = [compact(self.cache), compact(self.unmask), compact(self.stop)]
         if self.guide is not None:
@@ -123,9 +131,11 @@ class Method:
 
     @classmethod
     def official(cls, model: DiffusionLM, max_new_tokens: int, block_length: int | None) -> Method:
-        """The model family's official sampler, one token per step, NoCache and FullLength as they do:
+        """The model family's official sampler, one token per step, NoCache and FullLength as they
+        do:
         LLaDA's generate in blocks of `block_length`; Dream's diffusion_generate with its entropy
-        algorithm over the whole generation (Dream decodes without blocks: block_length is ignored)."""
+        algorithm over the whole generation (Dream decodes without blocks: block_length is
+        ignored)."""
         if not isinstance(model, DiffusionLM):
             raise TypeError(f"model must be a dllm_accel DiffusionLM, got {type(model).__name__}")
         if model.spec.model_type == "llada":
@@ -146,10 +156,13 @@ class Method:
         block_length: int | None = None,
         **options,
     ) -> Method:
-        """A Method from POLICIES names; each option goes to the one chosen policy that takes it, e.g.
-        `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8, block_length=32)`.
+        """A Method from POLICIES names; each option goes to the one chosen policy that takes it,
+        e.g.
+        `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8,
+        block_length=32)`.
         Threshold, Factor and EntropyThreshold default to tau=0.9, f=1.0, h=0.5 (REQUIRED_DEFAULTS).
-        The guide "ar" needs `ar_model` (a loaded causal LM, e.g. dllm_accel.load_ar_model("tiny-ar"))."""
+        The guide "ar" needs `ar_model` (a loaded causal LM, e.g.
+        dllm_accel.load_ar_model("tiny-ar"))."""
         names = {"unmask": unmask, "cache": cache, "stop": stop, "guide": guide}
         chosen = {group: _lookup(group, name) for group, name in names.items()}
         routed = {group: {} for group in chosen}
@@ -184,7 +197,8 @@ class Method:
 
 
 def compact(policy) -> str:
-    """A policy's class name with the arguments that differ from their defaults (its ARGuide's model by
+    """A policy's class name with the arguments that differ from their defaults (its ARGuide's model
+    by
     the last part of its name or path), e.g. "ElasticCache(gamma=0.8)", "StopAtEOS"."""
     parameters = _parameters(type(policy))
     shown = []
@@ -231,7 +245,8 @@ class Measurement:
     seconds           wall time inside Sampler.generate only, synchronised on CUDA
     nfe               forward passes of the diffusion model (a batch's forward counts once; a
                       classifier-free-guidance step counts 2): GenerationOutput.nfe
-    row_forwards      per row, the forward passes that computed it (rows with nothing to commit skip),
+    row_forwards      per row, the forward passes that computed it (rows with nothing to commit
+    skip),
                       summed over rows
     layer_units       token x layer units the engine computed; full_units: those of NoCache over the
                       same forwards (every row, every position, every layer)
@@ -290,7 +305,8 @@ class Measurement:
         return self.row_forwards / max(1, self.samples)
 
     def report(self) -> dict:
-        """The sums and the ratios under their names (what summary.json, bench JSON and lm_eval record)."""
+        """The sums and the ratios under their names (what summary.json, bench JSON and lm_eval
+        record)."""
         return {
             **dataclasses.asdict(self),
             "tokens_per_second": self.tokens_per_second,
@@ -330,9 +346,12 @@ def measure(
     callback=None,
     trace: bool = False,
 ) -> tuple[GenerationOutput, Measurement]:
-    """Decode left-padded prompts [B, P] with `method` (Sampler.generate with the method's block length)
-    -> (GenerationOutput, Measurement). Only `generate` is timed, synchronised on CUDA before and after;
-    on CUDA the peak memory is max_memory_allocated over the call (its peak statistics are reset)."""
+    """Decode left-padded prompts [B, P] with `method` (Sampler.generate with the method's block
+    length)
+    -> (GenerationOutput, Measurement). Only `generate` is timed, synchronised on CUDA before and
+    after;
+    on CUDA the peak memory is max_memory_allocated over the call (its peak statistics are
+    reset)."""
     if not isinstance(method, Method):
         raise TypeError(f"method must be a dllm_accel.Method, got {type(method).__name__}")
     sampler = method.sampler(model, trace=trace)

@@ -1,20 +1,20 @@
 """The one decode loop (ARCHITECTURE.md §2): a canvas of prompt ++ MASK, refined step by step.
 
-    x [B, P+N] = prompt ++ MASK * N
-    for each block (semi-autoregressive; one block spanning N without block_length):
-        plan = unmask.begin_block(masks in the block); cache.begin_block(...)
-        each step:
-            candidates = masked positions before the block's end
-            quota      = unmask.quota(...)           rows with nothing to commit are not computed
-            candidates = cache.restrict(...)         (ElasticCache: only inside its window)
-            forward    = engine.forward(live rows, cache.plan(...)): the rows and layers the refresh
-                         policy asks for, against the cached K/V of the others
-            logits     = the head on the candidates' rows only, shifted by spec.logit_shift (Dream
-                         scores token i from position i - 1)
-            commit     = unmask.select(...)          (with guide=ARGuide: plus the drafts an AR model
-                                                     accepts) tokens written; then stop.after_step,
-                                                     whose rewrites the cache recomputes like commits
-    -> GenerationOutput
+x [B, P+N] = prompt ++ MASK * N
+for each block (semi-autoregressive; one block spanning N without block_length):
+    plan = unmask.begin_block(masks in the block); cache.begin_block(...)
+    each step:
+        candidates = masked positions before the block's end
+        quota      = unmask.quota(...)           rows with nothing to commit are not computed
+        candidates = cache.restrict(...)         (ElasticCache: only inside its window)
+        forward    = engine.forward(live rows, cache.plan(...)): the rows and layers the refresh
+                     policy asks for, against the cached K/V of the others
+        logits     = the head on the candidates' rows only, shifted by spec.logit_shift (Dream
+                     scores token i from position i - 1)
+        commit     = unmask.select(...)          (with guide=ARGuide: plus the drafts an AR model
+                                                 accepts) tokens written; then stop.after_step,
+                                                 whose rewrites the cache recomputes like commits
+-> GenerationOutput
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class StepRecord:
     step: int  # index inside the block
     forwarded: bool  # False when no row had anything to commit: no forward ran
     committed: torch.Tensor  # [B] tokens committed per row
-    # [B] per row: the first layer that recomputed every position (0: a full forward; n_layers: every
+    # [B] per row: the first layer that recomputed every position (0: a full forward; n_layers:
+    # every
     # layer reused its cache); -1 for rows not computed; None when no forward ran
     first_full_layer: torch.Tensor | None = None
 
@@ -50,11 +51,15 @@ class StepRecord:
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # [B, P+N]: the prompt as given (padding included), then the generation
-    generated_tokens: torch.Tensor  # [B]: up to and including the first stop token, and before any MASK (see
+    generated_tokens: (
+        torch.Tensor
+    )  # [B]: up to and including the first stop token, and before any MASK (see
     # count_generated); prompt excluded
     nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
     steps: int  # decoding steps that ran a forward
-    row_forwards: torch.Tensor  # [B]: forward passes that computed each row (rows with nothing to do skip)
+    row_forwards: (
+        torch.Tensor
+    )  # [B]: forward passes that computed each row (rows with nothing to do skip)
     recompute_fraction: float = 1.0  # layer_units / full_units
     layer_units: int = 0  # token x layer units the engine computed
     full_units: int = 0  # those of NoCache over the same forwards (all rows, positions and layers)
@@ -71,21 +76,37 @@ class Sampler:
     """Decodes with an unmask policy; `stop` decides what a row does after its first stop token.
 
     `cache` is a refresh policy (NoCache — the default —, PrefixCache, DualCache, ElasticCache).
-    `trace=True` keeps a StepRecord per step on the output. `guide=ARGuide(...)` has an autoregressive
+    `trace=True` keeps a StepRecord per step on the output. `guide=ARGuide(...)` has an
+    autoregressive
     model verify the drafts, so that a step commits every accepted one."""
 
-    def __init__(self, model: DiffusionLM, *, unmask: UnmaskPolicy, cache=None, guide=None, stop=None,
-                 trace: bool = False):
+    def __init__(
+        self,
+        model: DiffusionLM,
+        *,
+        unmask: UnmaskPolicy,
+        cache=None,
+        guide=None,
+        stop=None,
+        trace: bool = False,
+    ):
         if not isinstance(model, DiffusionLM):
-            raise TypeError(f"model must be a dllm_accel DiffusionLM (see load_model / from_hf), got "
-                            f"{type(model).__name__}")
+            raise TypeError(
+                f"model must be a dllm_accel DiffusionLM (see load_model / from_hf), got "
+                f"{type(model).__name__}"
+            )
         if not isinstance(unmask, UnmaskPolicy):
-            raise TypeError(f"unmask must be an unmask policy (LowConfidence, Threshold, Factor, EntropyThreshold, "
-                            f"DreamAlgorithm), got {unmask!r}")
+            raise TypeError(
+                "unmask must be an unmask policy (LowConfidence, Threshold, Factor, "
+                "EntropyThreshold, "
+                f"DreamAlgorithm), got {unmask!r}"
+            )
         cache = NoCache() if cache is None else cache
         if not isinstance(cache, RefreshPolicy):
-            raise TypeError(f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache), "
-                            f"got {cache!r}")
+            raise TypeError(
+                f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache), "
+                f"got {cache!r}"
+            )
         if guide is not None:
             if not isinstance(guide, ARGuide):
                 raise TypeError(f"guide must be None or an ARGuide, got {guide!r}")
@@ -94,35 +115,67 @@ class Sampler:
         if not isinstance(stop, StopPolicy):
             raise TypeError(f"stop must be FullLength() or StopAtEOS(), got {stop!r}")
         check_bool(trace, "trace")
-        self.model, self.unmask, self.cache, self.stop, self.trace = model, unmask, cache, stop, trace
+        self.model, self.unmask, self.cache, self.stop, self.trace = (
+            model,
+            unmask,
+            cache,
+            stop,
+            trace,
+        )
         self.guide = guide
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int, block_length: int | None = None,
-                 generator: torch.Generator | Sequence[torch.Generator] | None = None,
-                 callback: Callable[[StepRecord, torch.Tensor], None] | None = None) -> GenerationOutput:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int,
+        block_length: int | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        callback: Callable[[StepRecord, torch.Tensor], None] | None = None,
+    ) -> GenerationOutput:
         """Left-padded prompts [B, P] (attention_mask 0 on padding) -> GenerationOutput.
 
-        `generator` drives every random draw (sampling, random remasking, the guide's acceptance): one
-        torch.Generator draws for the whole batch at once (the official samplers' random stream, so a row's
+        `generator` drives every random draw (sampling, random remasking, the guide's acceptance):
+        one
+        torch.Generator draws for the whole batch at once (the official samplers' random stream, so
+        a row's
         draws depend on its batch); a sequence of B generators, one per row (e.g.
-        dllm_accel.sample_generators(seed, sample_ids, device)), gives row b the draws it would get decoded
-        alone with generator b, whatever its batch, padding or companions. `callback(record, sequences)`
+        dllm_accel.sample_generators(seed, sample_ids, device)), gives row b the draws it would get
+        decoded
+        alone with generator b, whatever its batch, padding or companions. `callback(record,
+        sequences)`
         is called after every step, including steps that needed no forward."""
         spec, device = self.model.spec, self.model.device
         attention_mask = self._check_prompt(input_ids, attention_mask)
         generator = row_generators(generator, input_ids.shape[0], device)
         if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be None or a function callback(record, sequences), got {callback!r}")
+            raise TypeError(
+                f"callback must be None or a function callback(record, sequences), got {callback!r}"
+            )
         n_blocks, block_length = _blocks(max_new_tokens, block_length)
         batch, prompt_len = input_ids.shape
         self._check_positions(prompt_len, max_new_tokens)
         steps = self.unmask.steps_per_block(n_blocks)
-        x = torch.cat([input_ids.to(device),
-                       torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device)], 1)
-        canvas_mask = None if attention_mask is None else torch.cat(
-            [attention_mask.to(device), attention_mask.new_ones(batch, max_new_tokens).to(device)], 1)
+        x = torch.cat(
+            [
+                input_ids.to(device),
+                torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device),
+            ],
+            1,
+        )
+        canvas_mask = (
+            None
+            if attention_mask is None
+            else torch.cat(
+                [
+                    attention_mask.to(device),
+                    attention_mask.new_ones(batch, max_new_tokens).to(device),
+                ],
+                1,
+            )
+        )
         cfg = CFGRows(batch, self.unmask.cfg_scale)
         run = _Run(self, x, canvas_mask, prompt_len, cfg)
         nfe = total_steps = 0
@@ -130,7 +183,9 @@ class Sampler:
         trace = [] if self.trace else None
         for block in range(n_blocks):
             end = prompt_len + (block + 1) * block_length
-            plan = self.unmask.begin_block((x[:, end - block_length:end] == spec.mask_id).sum(1), steps)
+            plan = self.unmask.begin_block(
+                (x[:, end - block_length : end] == spec.mask_id).sum(1), steps
+            )
             run.state.begin_block(end - block_length, end)
             for step in itertools.count() if steps is None else range(steps):
                 masks = x == spec.mask_id  # the masked positions still to be decoded
@@ -141,7 +196,9 @@ class Sampler:
                 candidates[:, end:] = False
                 if not candidates.any():
                     break
-                live, rows, commit = run.step(StepContext(candidates, step, plan, spec, generator), masks)
+                live, rows, commit = run.step(
+                    StepContext(candidates, step, plan, spec, generator), masks
+                )
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
                 if live is not None:
                     nfe, total_steps = nfe + cfg.copies, total_steps + 1
@@ -150,22 +207,34 @@ class Sampler:
                     self._check_progress(live, committed, block, step)
                 if trace is None and callback is None:
                     continue
-                record = StepRecord(block, step, live is not None, committed,
-                                    None if live is None else run.first_full_layer())
+                record = StepRecord(
+                    block,
+                    step,
+                    live is not None,
+                    committed,
+                    None if live is None else run.first_full_layer(),
+                )
                 if trace is not None:
                     trace.append(record)
                 if callback is not None:
                     callback(record, x)
         return GenerationOutput(
-            sequences=x, generated_tokens=count_generated(x[:, prompt_len:], spec), nfe=nfe, steps=total_steps,
-            row_forwards=row_forwards, recompute_fraction=run.units / max(1, run.full_units), trace=trace,
-            layer_units=int(run.units), full_units=int(run.full_units),
+            sequences=x,
+            generated_tokens=count_generated(x[:, prompt_len:], spec),
+            nfe=nfe,
+            steps=total_steps,
+            row_forwards=row_forwards,
+            recompute_fraction=run.units / max(1, run.full_units),
+            trace=trace,
+            layer_units=int(run.units),
+            full_units=int(run.full_units),
             ar_forwards=0 if run.verification is None else run.verification.forwards,
             ar_tokens=0 if run.verification is None else run.verification.tokens,
         )
 
     def _check_positions(self, prompt_len: int, max_new_tokens: int) -> None:
-        """The canvas (prompt, padding included, + new tokens) must fit the positions the model (and the
+        """The canvas (prompt, padding included, + new tokens) must fit the positions the model (and
+        the
         guide's AR model) were trained for; past them RoPE decodes silently out of its range."""
         used = prompt_len + max_new_tokens
         limits = [("the model", self.model.spec.max_positions)]
@@ -173,37 +242,55 @@ class Sampler:
             limits.append(("the guide's AR model", self.guide.max_positions))
         for owner, limit in limits:
             if limit is not None and used > limit:
-                raise ValueError(f"the prompt ({prompt_len} tokens, padding included) + max_new_tokens "
-                                 f"({max_new_tokens}) = {used} positions, more than {owner}'s maximum of {limit} "
-                                 f"positions (from its config.json); shorten the prompt or max_new_tokens")
+                raise ValueError(
+                    f"the prompt ({prompt_len} tokens, padding included) + max_new_tokens "
+                    f"({max_new_tokens}) = {used} positions, more than {owner}'s maximum of "
+                    f"{limit} "
+                    f"positions (from its config.json); shorten the prompt or max_new_tokens"
+                )
 
-    def _check_progress(self, live: torch.Tensor, committed: torch.Tensor, block: int, step: int) -> None:
-        """A row computed this step must have committed a token; one that did not had only NaN or -inf
-        scores, and would leave its masks as MASK (or, without a fixed number of steps, never finish)."""
+    def _check_progress(
+        self, live: torch.Tensor, committed: torch.Tensor, block: int, step: int
+    ) -> None:
+        """A row computed this step must have committed a token; one that did not had only NaN or
+        -inf
+        scores, and would leave its masks as MASK (or, without a fixed number of steps, never
+        finish)."""
         stalled = live & (committed == 0)
         if bool(stalled.any()):
             row = int(stalled.int().argmax())
             raise RuntimeError(
-                f"row {row} committed no token at step {step} of block {block}: every candidate's score was NaN "
-                f"or -inf, so its masks would stay MASK. The logits or the scores overflowed: check the settings "
-                f"that scale them (cfg_scale, temperature, alg_temp) in unmask={self.unmask!r}, and that the "
-                f"model's logits are finite")
+                f"row {row} committed no token at step {step} of block {block}: every candidate's "
+                "score was NaN "
+                "or -inf, so its masks would stay MASK. The logits or the scores overflowed: "
+                "check the settings "
+                f"that scale them (cfg_scale, temperature, alg_temp) in unmask={self.unmask!r}, "
+                "and that the "
+                f"model's logits are finite"
+            )
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:
         """Validate once; returns the attention mask, or None when nothing is padded."""
         spec = self.model.spec
         if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 and input_ids.shape[1] == 0:
-            raise ValueError("input_ids has no tokens (an empty prompt); every prompt needs at least one token")
+            raise ValueError(
+                "input_ids has no tokens (an empty prompt); every prompt needs at least one token"
+            )
         self.model.check_inputs(input_ids, attention_mask)
         if bool((input_ids == spec.mask_id).any()):
             row, position = (input_ids == spec.mask_id).nonzero()[0].tolist()
-            raise ValueError(f"input_ids contains the mask token {spec.mask_id} (row {row}, position {position}); "
-                             f"prompts must not contain it. Pad with pad_token_id ({spec.pad_id}) instead")
+            raise ValueError(
+                f"input_ids contains the mask token {spec.mask_id} (row {row}, position "
+                f"{position}); "
+                f"prompts must not contain it. Pad with pad_token_id ({spec.pad_id}) instead"
+            )
         if attention_mask is None:
             return None
         if not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
-            raise ValueError("attention_mask must be left padding: in each row only 0s (padding) then only 1s; "
-                             "use tokenizer.padding_side = 'left'")
+            raise ValueError(
+                "attention_mask must be left padding: in each row only 0s (padding) then only 1s; "
+                "use tokenizer.padding_side = 'left'"
+            )
         return None if bool(attention_mask.all()) else attention_mask
 
 
@@ -215,19 +302,38 @@ class _Run:
         self.sampler, self.x, self.prompt_len, self.cfg = sampler, x, prompt_len, cfg
         rows, length = cfg.rows, x.shape[1]
         model_mask = None if canvas_mask is None else cfg.repeat(canvas_mask)  # [R, T]
-        key_valid = (torch.ones(rows, length, dtype=torch.bool, device=x.device) if model_mask is None
-                     else model_mask.bool())
+        key_valid = (
+            torch.ones(rows, length, dtype=torch.bool, device=x.device)
+            if model_mask is None
+            else model_mask.bool()
+        )
         canvas = Canvas(cfg, length, prompt_len, spec.n_layers, spec.mask_id, key_valid)
         self.state = sampler.cache.begin(canvas)
-        self.engine = Engine(model, model_mask, rows, length, cache=sampler.cache.keeps_cache,
-                             inputs=sampler.cache.keeps_inputs)
+        self.engine = Engine(
+            model,
+            model_mask,
+            rows,
+            length,
+            cache=sampler.cache.keeps_cache,
+            inputs=sampler.cache.keeps_inputs,
+        )
         self.units = self.full_units = 0
-        self.verification = None if sampler.guide is None else sampler.guide.begin(
-            x, None if canvas_mask is None else canvas_mask[:, :prompt_len], spec, sampler.unmask.temperature)
+        self.verification = (
+            None
+            if sampler.guide is None
+            else sampler.guide.begin(
+                x,
+                None if canvas_mask is None else canvas_mask[:, :prompt_len],
+                spec,
+                sampler.unmask.temperature,
+            )
+        )
 
     def step(self, ctx: StepContext, masks: torch.Tensor):
-        """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates' rows
-        [M], which of them were committed [M]); all None when no row had anything to commit and nothing
+        """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates'
+        rows
+        [M], which of them were committed [M]); all None when no row had anything to commit and
+        nothing
         ran."""
         sampler, x, spec = self.sampler, self.x, ctx.spec
         quota = sampler.unmask.quota(ctx)
@@ -240,14 +346,17 @@ class _Run:
         logits, result, model_rows = self._candidate_logits(live, rows, positions)
         commit, tokens = sampler.unmask.select(ctx, logits, quota)
         if self.verification is not None:
-            commit, tokens = self.verification.verify(x, candidates, rows, positions, tokens, logits, commit,
-                                                      ctx.generator)
+            commit, tokens = self.verification.verify(
+                x, candidates, rows, positions, tokens, logits, commit, ctx.generator
+            )
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-        changed = torch.zeros_like(candidates)  # tokens committed, then those the stop policy rewrote
+        changed = torch.zeros_like(
+            candidates
+        )  # tokens committed, then those the stop policy rewrote
         changed[rows[commit], positions[commit]] = True
-        rewritten = sampler.stop.after_step(x[:, self.prompt_len:], spec)
+        rewritten = sampler.stop.after_step(x[:, self.prompt_len :], spec)
         if rewritten is not None:
-            changed[:, self.prompt_len:] |= rewritten
+            changed[:, self.prompt_len :] |= rewritten
         self.state.after_step(model_rows, result, self.cfg.repeat(changed))
         if self.verification is not None:
             self.verification.after_step(x)
@@ -255,7 +364,8 @@ class _Run:
         return live, rows, commit
 
     def first_full_layer(self) -> torch.Tensor:
-        """[B] the last forward's first layer that recomputed every position, per row (-1: the row was not
+        """[B] the last forward's first layer that recomputed every position, per row (-1: the row
+        was not
         computed)."""
         model_rows, computed = self.last_forward
         first_full = torch.full((self.cfg.rows,), -1, dtype=torch.long, device=self.x.device)  # [R]
@@ -263,7 +373,8 @@ class _Run:
         return self.cfg.earliest(first_full)
 
     def _candidate_logits(self, live, rows, positions):
-        """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the live
+        """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the
+        live
         rows (both halves under classifier-free guidance)."""
         model, x, cfg = self.sampler.model, self.x, self.cfg
         ids = cfg.model_ids(x, self.prompt_len, model.spec.mask_id)  # [R, T]
@@ -271,14 +382,18 @@ class _Run:
         model_rows = None if bool(model_live.all()) else model_live.nonzero().squeeze(1)
         sources = positions - model.spec.logit_shift  # the one place the shift is applied
         copy_rows = cfg.copy_rows(rows)  # per copy [M]
-        head_reads = torch.zeros_like(ids, dtype=torch.bool)  # [R, T]: the head reads these: computed
+        head_reads = torch.zeros_like(
+            ids, dtype=torch.bool
+        )  # [R, T]: the head reads these: computed
         for model_row in copy_rows:
             head_reads[model_row, sources] = True
         result = self.engine.forward(ids, model_rows, self.state.plan(ids, model_live, head_reads))
         self.units += result.units
         self.full_units += result.hidden.shape[0] * x.shape[1] * model.n_layers
         local = model_live.cumsum(0) - 1  # model row -> row among the computed ones
-        logits = cfg.mix([model.head(_rows_at(result, local[model_row], sources)) for model_row in copy_rows])
+        logits = cfg.mix(
+            [model.head(_rows_at(result, local[model_row], sources)) for model_row in copy_rows]
+        )
         return logits, result, model_rows
 
 
@@ -293,5 +408,7 @@ def _blocks(max_new_tokens, block_length) -> tuple[int, int]:
         return 1, max_new_tokens
     check_int(block_length, "block_length", 1, optional=True)
     if max_new_tokens % block_length:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be divisible by block_length ({block_length})")
+        raise ValueError(
+            f"max_new_tokens ({max_new_tokens}) must be divisible by block_length ({block_length})"
+        )
     return max_new_tokens // block_length, block_length

@@ -1,14 +1,19 @@
-"""Side-by-side decoding benchmark on the bundled testbed: accuracy, speed, forwards, recompute, memory.
+"""Side-by-side decoding benchmark on the bundled testbed: accuracy, speed, forwards, recompute,
+memory.
 
     python experiments/bench.py --model tiny-llada --setting long --problems 200 --batch-sizes 1 8 \
         --out results/bench-tiny-llada-long
 
-Every method decodes the same held-out problems greedily, in one process, one after another, after an
-untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone and
-48 generated tokens; `long`, the papers' shape, solved examples before the question and 256 tokens of
+Every method decodes the same held-out problems greedily, in one process, one after another, after
+an
+untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone
+and
+48 generated tokens; `long`, the papers' shape, solved examples before the question and 256 tokens
+of
 which the answer fills a part and EOS the rest.
 
-Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md` and `<out>.png` (accuracy against tokens/s).
+Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md` and `<out>.png` (accuracy against
+tokens/s).
 """
 
 from __future__ import annotations
@@ -46,17 +51,28 @@ from dllm_accel.checks import check_choice
 from dllm_accel.tasks import arith
 
 ACCOUNTING = (
-    "tokens/s counts each row's generated tokens up to and including its first EOS / end-of-turn, over the time "
-    "spent inside `generate` (tokenization, scoring and an untimed warm-up batch per method excluded), so a "
-    "method that stops at EOS and one that decodes the full length are credited with the same tokens. Accuracy "
-    "is the right final number (95% Wilson interval), exact match the whole solution. NFE is forward passes per "
-    "batch; tokens per forward divides the generated tokens by the row forwards. The recompute fraction is "
-    "token × layer units computed over NoCache's on the same steps. Peak memory is measured on the warm-up "
-    "batch: CUDA's peak allocation, on CPU the growth of the peak resident set (glibc is told to unmap large "
-    "blocks on free, so it follows the live tensors). Speedups are tokens/s ratios against the official "
-    "baseline (NoCache, one token per step over the full length), Fast-dLLM as released (DualCache + "
-    "Threshold(0.9), full length) and DualCache + Threshold(0.9) + StopAtEOS, at the same batch size; a method "
-    "guided by an AR model (ARGuide) counts that model's time too, and is also compared with itself unguided "
+    "tokens/s counts each row's generated tokens up to and including its first EOS / end-of-turn, "
+    "over the time "
+    "spent inside `generate` (tokenization, scoring and an untimed warm-up batch per method "
+    "excluded), so a "
+    "method that stops at EOS and one that decodes the full length are credited with the same "
+    "tokens. Accuracy "
+    "is the right final number (95% Wilson interval), exact match the whole solution. NFE is "
+    "forward passes per "
+    "batch; tokens per forward divides the generated tokens by the row forwards. The recompute "
+    "fraction is "
+    "token × layer units computed over NoCache's on the same steps. Peak memory is measured on the "
+    "warm-up "
+    "batch: CUDA's peak allocation, on CPU the growth of the peak resident set (glibc is told to "
+    "unmap large "
+    "blocks on free, so it follows the live tensors). Speedups are tokens/s ratios against the "
+    "official "
+    "baseline (NoCache, one token per step over the full length), Fast-dLLM as released (DualCache "
+    "+ "
+    "Threshold(0.9), full length) and DualCache + Threshold(0.9) + StopAtEOS, at the same batch "
+    "size; a method "
+    "guided by an AR model (ARGuide) counts that model's time too, and is also compared with "
+    "itself unguided "
     "(tokens/s and NFE ratios). NFE counts the diffusion model's forwards, AR forwards the guide's."
 )
 OFFICIAL = "official: NoCache + one token per step"
@@ -79,52 +95,87 @@ def setting(model_name: str, name: str) -> Setting:
     metrics = json.loads((dllm_accel.assets.path(model_name) / "metrics.json").read_text())
     if name == "long":
         if "long" not in metrics:
-            raise ValueError(f"{model_name} was not trained for the long setting (no 'long' in its metrics.json)")
+            raise ValueError(
+                f"{model_name} was not trained for the long setting (no 'long' in its metrics.json)"
+            )
         metrics = metrics["long"]
     return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"])
 
 
 def elastic_name(gamma: float, drift: str, guide: str = "") -> str:
     """guide: "" (none), "ARGuide" or e.g. "ARGuide(exact)"."""
-    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {guide + ' + ' if guide else ''}StopAtEOS"
+    guided = f"{guide} + " if guide else ""
+    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {guided}StopAtEOS"
 
 
-def methods(model, gen_length: int, block_length: int, gammas=(0.8, 0.9, 0.95), drifts=("heads", "keys"),
-            ar_model=None) -> dict:
-    """label -> dllm_accel.Method: the official baseline, Fast-dLLM as released, the caches with StopAtEOS, and with an
+def methods(
+    model,
+    gen_length: int,
+    block_length: int,
+    gammas=(0.8, 0.9, 0.95),
+    drifts=("heads", "keys"),
+    ar_model=None,
+) -> dict:
+    """label -> dllm_accel.Method: the official baseline, Fast-dLLM as released, the caches with
+    StopAtEOS, and with an
     `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults, 'exact' acceptance, and
     correct=True)."""
     table = {
         OFFICIAL: Method.official(model, gen_length, block_length),
         FAST_DLLM: Method(Threshold(0.9), DualCache(), FullLength(), None, block_length),
-        "PrefixCache + Threshold(0.9) + StopAtEOS": Method(Threshold(0.9), PrefixCache(), StopAtEOS(), None,
-                                                           block_length),
+        "PrefixCache + Threshold(0.9) + StopAtEOS": Method(
+            Threshold(0.9), PrefixCache(), StopAtEOS(), None, block_length
+        ),
         DUAL: Method(Threshold(0.9), DualCache(), StopAtEOS(), None, block_length),
     }
     for gamma in gammas:
         for drift in drifts:
-            table[elastic_name(gamma, drift)] = Method(Threshold(0.9), ElasticCache(gamma=gamma, drift=drift),
-                                                       StopAtEOS())
+            table[elastic_name(gamma, drift)] = Method(
+                Threshold(0.9), ElasticCache(gamma=gamma, drift=drift), StopAtEOS()
+            )
     if ar_model is not None:
-        for label, options in ((GUIDED, {}), (f"{GUIDED}(exact)", {"acceptance": "exact"}),
-                               (f"{GUIDED}(correct)", {"correct": True})):
-            table[elastic_name(0.9, "heads", label)] = Method(Threshold(0.9), ElasticCache(gamma=0.9), StopAtEOS(),
-                                                              ARGuide(ar_model, **options))
+        for label, options in (
+            (GUIDED, {}),
+            (f"{GUIDED}(exact)", {"acceptance": "exact"}),
+            (f"{GUIDED}(correct)", {"correct": True}),
+        ):
+            table[elastic_name(0.9, "heads", label)] = Method(
+                Threshold(0.9), ElasticCache(gamma=0.9), StopAtEOS(), ARGuide(ar_model, **options)
+            )
     return table
 
 
-def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: int, gen_length: int,
-           trace: bool = False) -> dict:
+def decode(
+    model,
+    tokenizer,
+    problems,
+    batch_size: int,
+    method: Method,
+    shots: int,
+    gen_length: int,
+    trace: bool = False,
+) -> dict:
     """Decode `problems` in batches with `method`; the measured figures (see the module docstring):
     accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards per batch, and the
-    warm-up batch's peak memory. `trace` adds `refresh_rate`: the share of a row's forwards after its
+    warm-up batch's peak memory. `trace` adds `refresh_rate`: the share of a row's forwards after
+    its
     first that recomputed a layer."""
-    batches = [dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in problems[i:i + batch_size]])
-               for i in range(0, len(problems), batch_size)]
+    batches = [
+        dllm_accel.encode_chat(
+            tokenizer, [arith.messages(p, shots) for p in problems[i : i + batch_size]]
+        )
+        for i in range(0, len(problems), batch_size)
+    ]
 
     def run(batch):
-        return measure(method, model, batch["input_ids"], batch["attention_mask"], max_new_tokens=gen_length,
-                       trace=trace)
+        return measure(
+            method,
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            max_new_tokens=gen_length,
+            trace=trace,
+        )
 
     with peak_memory(model.device) as memory:
         run(batches[0])  # warm-up, untimed
@@ -134,25 +185,47 @@ def decode(model, tokenizer, problems, batch_size: int, method: Method, shots: i
     for batch, start in zip(batches, range(0, len(problems), batch_size), strict=True):
         out, counts = run(batch)
         measured += counts
-        texts = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        chunk = problems[start:start + batch_size]
+        texts = tokenizer.batch_decode(
+            out.sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        chunk = problems[start : start + batch_size]
         correct += sum(map(arith.is_correct, texts, chunk))
         exact += sum(map(arith.is_exact, texts, chunk))
         if trace:
-            refreshes += [layer < model.n_layers for record in out.trace[1:] if record.forwarded
-                          for layer in record.first_full_layer.tolist() if layer >= 0]
+            refreshes += [
+                layer < model.n_layers
+                for record in out.trace[1:]
+                if record.forwarded
+                for layer in record.first_full_layer.tolist()
+                if layer >= 0
+            ]
     n = len(problems)
     extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
-    return dict(accuracy=correct / n, accuracy_ci95=wilson(correct, n), exact_match=exact / n,
-                **measured.report(), nfe_per_batch=measured.nfe / len(batches),
-                ar_forwards_per_batch=measured.ar_forwards / len(batches), peak_memory_mib=memory["mib"],
-                method=method.name, guided=method.guide is not None, barred=barred(method), **extra)
+    return dict(
+        accuracy=correct / n,
+        accuracy_ci95=wilson(correct, n),
+        exact_match=exact / n,
+        **measured.report(),
+        nfe_per_batch=measured.nfe / len(batches),
+        ar_forwards_per_batch=measured.ar_forwards / len(batches),
+        peak_memory_mib=memory["mib"],
+        method=method.name,
+        guided=method.guide is not None,
+        barred=barred(method),
+        **extra,
+    )
 
 
 def barred(method: Method) -> bool:
-    """The long-testbed issue's bars apply to ElasticCache(γ 0.9) + Threshold(0.9) + StopAtEOS, unguided."""
-    return (method.guide is None and isinstance(method.cache, ElasticCache) and method.cache.gamma == 0.9
-            and method.unmask == Threshold(0.9) and isinstance(method.stop, StopAtEOS))
+    """The long-testbed issue's bars apply to ElasticCache(γ 0.9) + Threshold(0.9) + StopAtEOS,
+    unguided."""
+    return (
+        method.guide is None
+        and isinstance(method.cache, ElasticCache)
+        and method.cache.gamma == 0.9
+        and method.unmask == Threshold(0.9)
+        and isinstance(method.stop, StopAtEOS)
+    )
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float]:
@@ -205,10 +278,15 @@ def _return_large_blocks() -> None:
 
 # -- reports ---------------------------------------------------------------------------------------
 def with_ratios(results: dict, table: dict) -> dict:
-    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache, and to
+    """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache,
+    and to
     a guided method its unguided twin's label (`unguided`: the row of dataclasses.replace(method,
     guide=None)) with its tokens/s and NFE ratios against it."""
-    for reference, key in ((OFFICIAL, "speedup"), (FAST_DLLM, "vs_fast_dllm"), (DUAL, "vs_dualcache")):
+    for reference, key in (
+        (OFFICIAL, "speedup"),
+        (FAST_DLLM, "vs_fast_dllm"),
+        (DUAL, "vs_dualcache"),
+    ):
         if reference in results:
             for r in results.values():
                 r[key] = r["tokens_per_second"] / results[reference]["tokens_per_second"]
@@ -224,14 +302,23 @@ def with_ratios(results: dict, table: dict) -> dict:
 
 
 def markdown(report: dict, misses: dict | None = None) -> str:
-    """The report's tables; `misses` {(batch size, method, column): bar} marks figures that miss a bar."""
+    """The report's tables; `misses` {(batch size, method, column): bar} marks figures that miss a
+    bar."""
     misses = misses or {}
-    lines = [f"{report['model']}, {report['setting']} setting: {report['problems']} held-out problems, "
-             f"{report['shots']} shots, {report['gen_length']} generated tokens, blocks of "
-             f"{report['block_length']} (block-based methods), {report['threads']} threads on {report['machine']}", ""]
+    lines = [
+        f"{report['model']}, {report['setting']} setting: {report['problems']} held-out problems, "
+        f"{report['shots']} shots, {report['gen_length']} generated tokens, blocks of "
+        f"{report['block_length']} (block-based methods), {report['threads']} threads on "
+        f"{report['machine']}",
+        "",
+    ]
     for batch_size, results in report["runs"].items():
-        lines += [f"Batch {batch_size}:", "", "| method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-                  "|" + " --- |" * (len(COLUMNS) + 1)]
+        lines += [
+            f"Batch {batch_size}:",
+            "",
+            "| method | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+            "|" + " --- |" * (len(COLUMNS) + 1),
+        ]
         for name, r in results.items():
             cells = []
             for key, _, show in COLUMNS:
@@ -247,21 +334,36 @@ def _ratio(r: dict, key: str) -> str:
 
 
 COLUMNS = [  # (key, header, format)
-    ("accuracy", "accuracy (95% CI)",
-     lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})"),
+    (
+        "accuracy",
+        "accuracy (95% CI)",
+        lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})",
+    ),
     ("exact_match", "exact match", lambda r: f"{r['exact_match']:.1%}"),
     ("tokens_per_second", "tokens/s", lambda r: f"{r['tokens_per_second']:.0f}"),
     ("speedup", "× official", lambda r: _ratio(r, "speedup")),
     ("vs_fast_dllm", "× Fast-dLLM", lambda r: _ratio(r, "vs_fast_dllm")),
     ("vs_dualcache", "× DualCache", lambda r: _ratio(r, "vs_dualcache")),
     ("nfe_per_batch", "NFE / batch", lambda r: f"{r['nfe_per_batch']:.1f}"),
-    ("ar_forwards_per_batch", "AR forwards / batch", lambda r: f"{r.get('ar_forwards_per_batch', 0):.1f}"),
-    ("vs_unguided", "guided: × tokens/s, × NFE", lambda r: f"{r['vs_unguided']:.2f}, {r['nfe_vs_unguided']:.2f}"
-     if "vs_unguided" in r else "—"),
+    (
+        "ar_forwards_per_batch",
+        "AR forwards / batch",
+        lambda r: f"{r.get('ar_forwards_per_batch', 0):.1f}",
+    ),
+    (
+        "vs_unguided",
+        "guided: × tokens/s, × NFE",
+        lambda r: (
+            f"{r['vs_unguided']:.2f}, {r['nfe_vs_unguided']:.2f}" if "vs_unguided" in r else "—"
+        ),
+    ),
     ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
     ("recompute_fraction", "recompute", lambda r: f"{r['recompute_fraction']:.3f}"),
-    ("peak_memory_mib", "peak memory (MiB)",
-     lambda r: "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.1f}"),
+    (
+        "peak_memory_mib",
+        "peak memory (MiB)",
+        lambda r: "n/a" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.1f}",
+    ),
 ]
 
 
@@ -275,8 +377,13 @@ def plot(report: dict, path: Path) -> None:
     markers = "osd^v"
     for (batch_size, results), marker in zip(report["runs"].items(), markers, strict=False):
         for i, (name, r) in enumerate(results.items()):
-            axis.scatter(r["tokens_per_second"], 100 * r["accuracy"], marker=marker, color=f"C{i % 10}",
-                         label=name if marker == markers[0] else None)
+            axis.scatter(
+                r["tokens_per_second"],
+                100 * r["accuracy"],
+                marker=marker,
+                color=f"C{i % 10}",
+                label=name if marker == markers[0] else None,
+            )
         axis.plot([], [], marker, color="gray", label=f"batch {batch_size}")
     axis.set_xscale("log")
     axis.set_xlabel("tokens/s (log)")
@@ -289,10 +396,19 @@ def plot(report: dict, path: Path) -> None:
 
 
 def environment(threads: int, device: torch.device) -> dict:
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()} CPU")
-    return dict(machine=machine, threads=threads, python=platform.python_version(), torch=torch.__version__,
-                transformers=transformers.__version__, dllm_accel=dllm_accel.__version__)
+    machine = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"{platform.processor() or platform.machine()} CPU")
+    )
+    return dict(
+        machine=machine,
+        threads=threads,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        dllm_accel=dllm_accel.__version__,
+    )
 
 
 def main() -> None:
@@ -303,10 +419,17 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--drifts", nargs="+", choices=["heads", "keys"], default=["heads", "keys"])
-    parser.add_argument("--ar", default="tiny-ar", help="the ARGuide's model: a bundled name or a directory; "
-                        "'none' leaves the guided row out")
-    parser.add_argument("--methods", nargs="+", metavar="TEXT",
-                        help="only the methods whose name contains one of these texts (default: all)")
+    parser.add_argument(
+        "--ar",
+        default="tiny-ar",
+        help="the ARGuide's model: a bundled name or a directory; 'none' leaves the guided row out",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="TEXT",
+        help="only the methods whose name contains one of these texts (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, help="write <out>.json, <out>.md and <out>.png")
@@ -318,20 +441,34 @@ def main() -> None:
     tokenizer = dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
     problems = arith.problems(args.problems, seed=0, split="test")
-    table = methods(model, shape.gen_length, shape.block_length, args.gammas, args.drifts,
-                    None if args.ar == "none" else dllm_accel.load_ar_model(args.ar, device=model.device))
+    table = methods(
+        model,
+        shape.gen_length,
+        shape.block_length,
+        args.gammas,
+        args.drifts,
+        None if args.ar == "none" else dllm_accel.load_ar_model(args.ar, device=model.device),
+    )
     if args.methods:
         table = {name: m for name, m in table.items() if any(text in name for text in args.methods)}
         if not table:
             parser.error(f"no method's name contains any of {args.methods}")
-    report = dict(model=args.model, setting=args.setting, problems=len(problems), **vars(shape),
-                  command=shlex.join(["python", "experiments/bench.py", *sys.argv[1:]]),
-                  **environment(args.threads, model.device), runs={})
+    report = dict(
+        model=args.model,
+        setting=args.setting,
+        problems=len(problems),
+        **vars(shape),
+        command=shlex.join(["python", "experiments/bench.py", *sys.argv[1:]]),
+        **environment(args.threads, model.device),
+        runs={},
+    )
     print(markdown({**report, "runs": {}}), flush=True)
     for batch_size in args.batch_sizes:
         results = {}
         for name, method in table.items():
-            results[name] = decode(model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length)
+            results[name] = decode(
+                model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length
+            )
             print(f"batch {batch_size} | {name} | " + json.dumps(results[name]), flush=True)
         report["runs"][str(batch_size)] = with_ratios(results, table)
         if args.out:  # after each batch size, so a long run killed later keeps what it measured

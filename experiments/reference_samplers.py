@@ -3,7 +3,8 @@ compare the Sampler with, and the baseline of bench_sampler.py.
 
 They follow the documented behaviour step by step, the slow way: the full logits of every position
 from `model(x, attention_mask)`, every scheduled step run (even those that commit nothing), one
-row at a time. Only temperature 0 and deterministic ranking are covered: these are the settings whose
+row at a time. Only temperature 0 and deterministic ranking are covered: these are the settings
+whose
 tokens are fully determined, so the Sampler must equal them exactly.
 """
 
@@ -18,12 +19,15 @@ def _canvas(model, prompt, attention_mask, gen_length):
     x = torch.full((batch, prompt_len + gen_length), spec.mask_id, dtype=torch.long)
     x[:, :prompt_len] = prompt
     if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask, torch.ones(batch, gen_length, dtype=attention_mask.dtype)], 1)
+        attention_mask = torch.cat(
+            [attention_mask, torch.ones(batch, gen_length, dtype=attention_mask.dtype)], 1
+        )
     return x, attention_mask
 
 
 def _shifted_logits(model, x, attention_mask):
-    """Logit rows aligned with the tokens they score (Dream: position i scored from i - 1, 0 from itself)."""
+    """Logit rows aligned with the tokens they score (Dream: position i scored from i - 1, 0 from
+    itself)."""
     logits = model(x, attention_mask).logits
     if model.spec.logit_shift:
         logits = torch.cat([logits[:, :1], logits[:, :-1]], 1)
@@ -31,9 +35,20 @@ def _shifted_logits(model, x, attention_mask):
 
 
 @torch.no_grad()
-def llada(model, prompt, attention_mask=None, *, steps, gen_length, block_length, cfg_scale=0.0,
-          logits_eos_inf=False, confidence_eos_eot_inf=False):
-    """LLaDA's generate at temperature 0 with low-confidence remasking (its generate.py, Appendix B)."""
+def llada(
+    model,
+    prompt,
+    attention_mask=None,
+    *,
+    steps,
+    gen_length,
+    block_length,
+    cfg_scale=0.0,
+    logits_eos_inf=False,
+    confidence_eos_eot_inf=False,
+):
+    """LLaDA's generate at temperature 0 with low-confidence remasking (its generate.py, Appendix
+    B)."""
     spec = model.spec
     x, attention_mask = _canvas(model, prompt, attention_mask, gen_length)
     prompt_len = prompt.shape[1]
@@ -42,15 +57,22 @@ def llada(model, prompt, attention_mask=None, *, steps, gen_length, block_length
     is_prompt = x != spec.mask_id
     for block in range(n_blocks):
         end = prompt_len + (block + 1) * block_length
-        in_block = (x[:, end - block_length:end] == spec.mask_id).sum(1).tolist()
-        schedule = [[n // steps_per_block + (1 if i < n % steps_per_block else 0) for i in range(steps_per_block)]
-                    for n in in_block]
+        in_block = (x[:, end - block_length : end] == spec.mask_id).sum(1).tolist()
+        schedule = [
+            [
+                n // steps_per_block + (1 if i < n % steps_per_block else 0)
+                for i in range(steps_per_block)
+            ]
+            for n in in_block
+        ]
         for i in range(steps_per_block):
             masked = x == spec.mask_id
             if cfg_scale > 0:
                 unconditional = x.clone()
                 unconditional[is_prompt] = spec.mask_id
-                both_masks = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+                both_masks = (
+                    None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+                )
                 cond, uncond = model(torch.cat([x, unconditional]), both_masks).logits.chunk(2)
                 logits = uncond + (cfg_scale + 1) * (cond - uncond)
             else:
@@ -72,7 +94,18 @@ def llada(model, prompt, attention_mask=None, *, steps, gen_length, block_length
 
 
 @torch.no_grad()
-def dream(model, input_ids, attention_mask=None, *, max_new_tokens, steps, alg, eps=1e-3, top_p=None, top_k=None):
+def dream(
+    model,
+    input_ids,
+    attention_mask=None,
+    *,
+    max_new_tokens,
+    steps,
+    alg,
+    eps=1e-3,
+    top_p=None,
+    top_k=None,
+):
     """Dream's diffusion_generate at temperature 0 for maskgit_plus / topk_margin / entropy."""
     spec = model.spec
     x, attention_mask = _canvas(model, input_ids, attention_mask, max_new_tokens)
@@ -112,16 +145,21 @@ def dream(model, input_ids, attention_mask=None, *, max_new_tokens, steps, alg, 
 def _nucleus(logits, top_p):
     ordered, order = logits.sort(-1, descending=True)
     beyond = torch.softmax(ordered, -1).cumsum(-1) > top_p
-    beyond = torch.cat([torch.zeros_like(beyond[:, :1]), beyond[:, :-1]], 1)  # keep the token crossing top_p
+    beyond = torch.cat(
+        [torch.zeros_like(beyond[:, :1]), beyond[:, :-1]], 1
+    )  # keep the token crossing top_p
     remove = torch.zeros_like(beyond).scatter(-1, order, beyond)
     return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
 
 
 @torch.no_grad()
 def parallel(model, prompt, *, gen_length, block_length, rule):
-    """Fast-dLLM's block loop: each step, every row with masks in the current block commits the tokens
-    `rule(confidences sorted descending)` admits (a count); repeat until the block has no mask. As the
-    Sampler documents, MASK is never a prediction here (the loop would not end); the confidence is the
+    """Fast-dLLM's block loop: each step, every row with masks in the current block commits the
+    tokens
+    `rule(confidences sorted descending)` admits (a count); repeat until the block has no mask. As
+    the
+    Sampler documents, MASK is never a prediction here (the loop would not end); the confidence is
+    the
     chosen token's probability under the full softmax."""
     spec = model.spec
     x, _ = _canvas(model, prompt, None, gen_length)
@@ -136,7 +174,9 @@ def parallel(model, prompt, *, gen_length, block_length, rule):
                     continue
                 row_logits = logits[row, where]
                 probs = torch.softmax(row_logits, -1)
-                predicted = row_logits.index_fill(1, torch.tensor([spec.mask_id]), -math.inf).argmax(-1)
+                predicted = row_logits.index_fill(
+                    1, torch.tensor([spec.mask_id]), -math.inf
+                ).argmax(-1)
                 confidence = probs.gather(1, predicted[:, None]).squeeze(1)
                 entropy = -(probs * torch.log(probs)).nan_to_num().sum(-1)
                 order = rule.order(confidence, entropy)
@@ -152,7 +192,9 @@ class ThresholdRule:
     def order(self, confidence, entropy):
         return confidence.argsort(descending=True)
 
-    def count(self, confidence, entropy):  # the first, then the contiguous run at or above tau (sorted)
+    def count(
+        self, confidence, entropy
+    ):  # the first, then the contiguous run at or above tau (sorted)
         return 1 + int((confidence[1:] >= self.tau).sum())
 
 

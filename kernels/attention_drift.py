@@ -1,32 +1,47 @@
 """attention_drift: how far the tracked query rows' attention moved across this step's cache writes.
 
-For each computed row, tracked row i and query head h, with K_now = k (the keys after the writes) and K_before
+For each computed row, tracked row i and query head h, with K_now = k (the keys after the writes)
+and K_before
 = k with the written positions restored from keys_before:
 
     p_before[h, t] = softmax_t(q_before[h, i] . K_before[kv(h), t] / sqrt(D))
     p_now[h, t]    = softmax_t(q_now[h, i] . K_now[kv(h), t] / sqrt(D))
 
 axis 'keys':  similarity = mean_h cos_t(p_before[h, :], p_now[h, :])
-axis 'heads': similarity = sum over attended t of cos_h(p_before[:, t], p_now[:, t]) / (number attended)
+axis 'heads': similarity = sum over attended t of cos_h(p_before[:, t], p_now[:, t]) / (number
+attended)
 
-with each norm of a cosine clamped at COSINE_EPS (the torch twin, dllm_accel.ops.reference.attention_drift).
+with each norm of a cosine clamped at COSINE_EPS (the torch twin,
+dllm_accel.ops.reference.attention_drift).
 No probability row ever reaches memory:
 
-- `_head_kernel`, one program per (computed row, tracked row, query head), streams the keys once with an online
+- `_head_kernel`, one program per (computed row, tracked row, query head), streams the keys once
+with an online
   softmax. For 'keys' it carries, beside the running max and sum of each softmax, the rescaled sums
-  sum p_b^2, sum p_n^2 and sum p_b p_n, so one pass gives that head's cosine; the launcher averages the heads.
-  For 'heads' it stores the two log-sum-exps, which the second kernel needs before it can see any probability.
-- `_key_tile_kernel`, one program per (computed row, tracked row, key tile), recomputes both probabilities of
-  its keys head by head from those log-sum-exps, takes the cosine over heads of each key, and stores the sum
+  sum p_b^2, sum p_n^2 and sum p_b p_n, so one pass gives that head's cosine; the launcher averages
+  the heads.
+  For 'heads' it stores the two log-sum-exps, which the second kernel needs before it can see any
+  probability.
+- `_key_tile_kernel`, one program per (computed row, tracked row, key tile), recomputes both
+probabilities of
+  its keys head by head from those log-sum-exps, takes the cosine over heads of each key, and stores
+  the sum
   over its attended keys; the launcher adds the tiles and divides by the count.
 
-Every program holds a single query row, so scores are a matrix-vector product: a broadcast multiply of the
-[BLOCK_T, BLOCK_D] key tile by the query and a sum over D, in fp32. tl.dot would need at least 16 query rows;
-padding one row to 16 would waste 15/16 of it, and this loop is bound by reading the keys anyway. Splitting the
-work by head (and by key tile for 'heads') rather than packing the tracked rows together keeps the GPU busy at
-batch 1; the programs of one key/value head re-read the same keys, which the L2 cache mostly absorbs.
-Each output is summed in a fixed order (no atomics), so results are deterministic. A row with no attended key
-gives NaN, as in the twin. Compiled for sm_90 with head dims 64 and 128: no register spills when the head dim
+Every program holds a single query row, so scores are a matrix-vector product: a broadcast multiply
+of the
+[BLOCK_T, BLOCK_D] key tile by the query and a sum over D, in fp32. tl.dot would need at least 16
+query rows;
+padding one row to 16 would waste 15/16 of it, and this loop is bound by reading the keys anyway.
+Splitting the
+work by head (and by key tile for 'heads') rather than packing the tracked rows together keeps the
+GPU busy at
+batch 1; the programs of one key/value head re-read the same keys, which the L2 cache mostly
+absorbs.
+Each output is summed in a fixed order (no atomics), so results are deterministic. A row with no
+attended key
+gives NaN, as in the twin. Compiled for sm_90 with head dims 64 and 128: no register spills when the
+head dim
 is contiguous (stride 1, as in the caches); a strided head dim stays correct but spills.
 """
 
@@ -45,16 +60,24 @@ TILE_ELEMENTS = 4096  # keys x head dim held per key tile: 32 fp32 registers a t
 
 
 @triton.jit
-def _load_keys(k_head, kb_head, slot_row, t, d, length, head_dim, k_st, k_sd, kb_sn, kb_sd, slot_st):
-    """The key tile at positions t, after this step's writes and before them, in fp32: a position whose slot is
+def _load_keys(
+    k_head, kb_head, slot_row, t, d, length, head_dim, k_st, k_sd, kb_sn, kb_sd, slot_st
+):
+    """The key tile at positions t, after this step's writes and before them, in fp32: a position
+    whose slot is
     >= 0 was written this step, and its key before the write is keys_before[slot]."""
     t_in = t < length
     tile = t_in[:, None] & (d < head_dim)[None, :]
-    now = tl.load(k_head + t[:, None] * k_st + d[None, :] * k_sd, mask=tile, other=0.0).to(tl.float32)
+    now = tl.load(k_head + t[:, None] * k_st + d[None, :] * k_sd, mask=tile, other=0.0).to(
+        tl.float32
+    )
     slot = tl.load(slot_row + t * slot_st, mask=t_in, other=-1)
     written = slot >= 0
-    old = tl.load(kb_head + tl.maximum(slot, 0)[:, None] * kb_sn + d[None, :] * kb_sd,
-                  mask=tile & written[:, None], other=0.0).to(tl.float32)
+    old = tl.load(
+        kb_head + tl.maximum(slot, 0)[:, None] * kb_sn + d[None, :] * kb_sd,
+        mask=tile & written[:, None],
+        other=0.0,
+    ).to(tl.float32)
     return tl.where(written[:, None], old, now), now
 
 
@@ -69,25 +92,64 @@ def _attended(mask_row, t, length, mask_st, HAS_MASK: tl.constexpr):
 
 @triton.jit
 def _load_query(q_ptr, row, i, head, d, head_dim, q_sr, q_sh, q_sm, q_sd, scale):
-    """q[row, head, i, :] in fp32, times log2(e)/sqrt(D), so that exp2(q . k - lse) is a probability."""
-    q = tl.load(q_ptr + row * q_sr + head * q_sh + i * q_sm + d * q_sd, mask=d < head_dim, other=0.0)
+    """q[row, head, i, :] in fp32, times log2(e)/sqrt(D), so that exp2(q . k - lse) is a
+    probability."""
+    q = tl.load(
+        q_ptr + row * q_sr + head * q_sh + i * q_sm + d * q_sd, mask=d < head_dim, other=0.0
+    )
     return q.to(tl.float32) * scale
 
 
 @triton.jit
 def _scores(q, keys, attend):
-    """log2-scaled scores of one query row against a key tile; -inf where the key is not attended."""
+    """log2-scaled scores of one query row against a key tile; -inf where the key is not
+    attended."""
     return tl.where(attend, tl.sum(keys * q[None, :], axis=1), float("-inf"))
 
 
 @triton.jit
-def _head_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, out_ptr,
-                 n_tracked, n_heads, group, length, head_dim, scale,
-                 qb_sr, qb_sh, qb_sm, qb_sd, qn_sr, qn_sh, qn_sm, qn_sd,
-                 k_sr, k_sh, k_st, k_sd, kb_sr, kb_sh, kb_sn, kb_sd, slot_sr, slot_st, mask_sr, mask_st,
-                 KEYS: tl.constexpr, HAS_MASK: tl.constexpr, EPS: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Program (row * m + i, h). KEYS: out[row, i, h] = cos_t(p_before[h], p_now[h]); else out[row, i, h, :] =
+def _head_kernel(
+    qb_ptr,
+    qn_ptr,
+    k_ptr,
+    kb_ptr,
+    slot_ptr,
+    mask_ptr,
+    out_ptr,
+    n_tracked,
+    n_heads,
+    group,
+    length,
+    head_dim,
+    scale,
+    qb_sr,
+    qb_sh,
+    qb_sm,
+    qb_sd,
+    qn_sr,
+    qn_sh,
+    qn_sm,
+    qn_sd,
+    k_sr,
+    k_sh,
+    k_st,
+    k_sd,
+    kb_sr,
+    kb_sh,
+    kb_sn,
+    kb_sd,
+    slot_sr,
+    slot_st,
+    mask_sr,
+    mask_st,
+    KEYS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Program (row * m + i, h). KEYS: out[row, i, h] = cos_t(p_before[h], p_now[h]); else out[row,
+    i, h, :] =
     the log2-sum-exp2 of the before and now scores."""
     pid = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
@@ -97,9 +159,12 @@ def _head_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, out_ptr,
     q_n = _load_query(qn_ptr, row, i, head, d, head_dim, qn_sr, qn_sh, qn_sm, qn_sd, scale)
     k_head = k_ptr + row * k_sr + (head // group) * k_sh
     kb_head = kb_ptr + row * kb_sr + (head // group) * kb_sh
-    # Online softmax of both score rows: running maxes m_*, sums l_* = sum 2^(s - m_*), and (KEYS) the sums of
-    # products of the unnormalised probabilities, each rescaled by 2^(m_old - m_new) per factor as a max grows.
-    # The maxes start finite, so a leading tile with no attended key gives 2^(-inf - m) = 0, never NaN.
+    # Online softmax of both score rows: running maxes m_*, sums l_* = sum 2^(s - m_*), and (KEYS)
+    # the sums of
+    # products of the unnormalised probabilities, each rescaled by 2^(m_old - m_new) per factor as a
+    # max grows.
+    # The maxes start finite, so a leading tile with no attended key gives 2^(-inf - m) = 0, never
+    # NaN.
     m_b = tl.full((), -1.0e30, tl.float32)
     m_n = tl.full((), -1.0e30, tl.float32)
     l_b = tl.zeros((), tl.float32)
@@ -110,8 +175,20 @@ def _head_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, out_ptr,
     for start in range(0, length, BLOCK_T):
         t = start + tl.arange(0, BLOCK_T)
         attend = _attended(mask_ptr + row * mask_sr, t, length, mask_st, HAS_MASK)
-        before, now = _load_keys(k_head, kb_head, slot_ptr + row * slot_sr, t, d, length, head_dim,
-                                 k_st, k_sd, kb_sn, kb_sd, slot_st)
+        before, now = _load_keys(
+            k_head,
+            kb_head,
+            slot_ptr + row * slot_sr,
+            t,
+            d,
+            length,
+            head_dim,
+            k_st,
+            k_sd,
+            kb_sn,
+            kb_sd,
+            slot_st,
+        )
         s_b = _scores(q_b, before, attend)
         s_n = _scores(q_n, now, attend)
         new_b = tl.maximum(m_b, tl.max(s_b, axis=0))
@@ -139,11 +216,48 @@ def _head_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, out_ptr,
 
 
 @triton.jit
-def _key_tile_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, lse_ptr, out_ptr,
-                     n_tracked, n_heads, n_kv, group, length, head_dim, scale, n_tiles,
-                     qb_sr, qb_sh, qb_sm, qb_sd, qn_sr, qn_sh, qn_sm, qn_sd,
-                     k_sr, k_sh, k_st, k_sd, kb_sr, kb_sh, kb_sn, kb_sd, slot_sr, slot_st, mask_sr, mask_st,
-                     HAS_MASK: tl.constexpr, EPS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+def _key_tile_kernel(
+    qb_ptr,
+    qn_ptr,
+    k_ptr,
+    kb_ptr,
+    slot_ptr,
+    mask_ptr,
+    lse_ptr,
+    out_ptr,
+    n_tracked,
+    n_heads,
+    n_kv,
+    group,
+    length,
+    head_dim,
+    scale,
+    n_tiles,
+    qb_sr,
+    qb_sh,
+    qb_sm,
+    qb_sd,
+    qn_sr,
+    qn_sh,
+    qn_sm,
+    qn_sd,
+    k_sr,
+    k_sh,
+    k_st,
+    k_sd,
+    kb_sr,
+    kb_sh,
+    kb_sn,
+    kb_sd,
+    slot_sr,
+    slot_st,
+    mask_sr,
+    mask_st,
+    HAS_MASK: tl.constexpr,
+    EPS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """Program (row * m + i, tile): out[row, i, tile] = sum over the tile's attended keys t of
     cos_h(p_before[:, t], p_now[:, t]), with p = 2^(s - lse) from _head_kernel's log-sum-exps."""
     pid = tl.program_id(0).to(tl.int64)
@@ -157,8 +271,20 @@ def _key_tile_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, lse_ptr,
     nn = tl.zeros((BLOCK_T,), tl.float32)
     bn = tl.zeros((BLOCK_T,), tl.float32)
     for kv in range(n_kv):  # each key/value head's tile is loaded once for its group of query heads
-        before, now = _load_keys(k_ptr + row * k_sr + kv * k_sh, kb_ptr + row * kb_sr + kv * kb_sh,
-                                 slot_ptr + row * slot_sr, t, d, length, head_dim, k_st, k_sd, kb_sn, kb_sd, slot_st)
+        before, now = _load_keys(
+            k_ptr + row * k_sr + kv * k_sh,
+            kb_ptr + row * kb_sr + kv * kb_sh,
+            slot_ptr + row * slot_sr,
+            t,
+            d,
+            length,
+            head_dim,
+            k_st,
+            k_sd,
+            kb_sn,
+            kb_sd,
+            slot_st,
+        )
         for j in range(group):
             head = kv * group + j
             q_b = _load_query(qb_ptr, row, i, head, d, head_dim, qb_sr, qb_sh, qb_sm, qb_sd, scale)
@@ -173,24 +299,50 @@ def _key_tile_kernel(qb_ptr, qn_ptr, k_ptr, kb_ptr, slot_ptr, mask_ptr, lse_ptr,
     tl.store(out_ptr + pid * n_tiles + tile, tl.sum(tl.where(attend, cosine, 0.0), axis=0))
 
 
-# -- launcher ------------------------------------------------------------------------------------------------------
-def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str) -> torch.Tensor:
-    """q_before, q_now [r, Hq, m, D]; k [r, Hkv, T, D] (any strides); key_mask [r, T] bool or None; written [r, n]
-    long (repeats carry identical keys); keys_before [r, Hkv, n, D] -> similarity [r, m] fp32 (see the module
+# -- launcher --------------------------------------------------------------------------------------
+# ----------------
+def attention_drift(
+    q_before, q_now, k, key_mask, written, keys_before, *, axis: str
+) -> torch.Tensor:
+    """q_before, q_now [r, Hq, m, D]; k [r, Hkv, T, D] (any strides); key_mask [r, T] bool or None;
+    written [r, n]
+    long (repeats carry identical keys); keys_before [r, Hkv, n, D] -> similarity [r, m] fp32 (see
+    the module
     docstring). Arguments are checked by dllm_accel.ops.attention_drift."""
     r, n_heads, n_tracked, head_dim = q_now.shape
     n_kv, length = k.shape[1], k.shape[2]
     block_d = triton.next_power_of_2(head_dim)
     block_t = max(16, min(TILE_ELEMENTS // block_d, triton.next_power_of_2(length)))
     slot = _written_slots(written, length)
-    if keys_before.numel() == 0:  # nothing written: keys_before is never read, but its pointer must be valid
+    if (
+        keys_before.numel() == 0
+    ):  # nothing written: keys_before is never read, but its pointer must be valid
         keys_before = k
-    mask = slot if key_mask is None else key_mask.view(torch.uint8)  # a placeholder pointer without a mask
-    strides = (_strides("qb", q_before, "rhmd") | _strides("qn", q_now, "rhmd") | _strides("k", k, "rhtd")
-               | _strides("kb", keys_before, "rhnd") | _strides("slot", slot, "rt") | _strides("mask", mask, "rt"))
-    common = dict(n_tracked=n_tracked, n_heads=n_heads, group=n_heads // n_kv, length=length, head_dim=head_dim,
-                  scale=math.log2(math.e) / math.sqrt(head_dim), HAS_MASK=key_mask is not None, EPS=COSINE_EPS,
-                  BLOCK_T=block_t, BLOCK_D=block_d, num_warps=NUM_WARPS, **strides)
+    mask = (
+        slot if key_mask is None else key_mask.view(torch.uint8)
+    )  # a placeholder pointer without a mask
+    strides = (
+        _strides("qb", q_before, "rhmd")
+        | _strides("qn", q_now, "rhmd")
+        | _strides("k", k, "rhtd")
+        | _strides("kb", keys_before, "rhnd")
+        | _strides("slot", slot, "rt")
+        | _strides("mask", mask, "rt")
+    )
+    common = dict(
+        n_tracked=n_tracked,
+        n_heads=n_heads,
+        group=n_heads // n_kv,
+        length=length,
+        head_dim=head_dim,
+        scale=math.log2(math.e) / math.sqrt(head_dim),
+        HAS_MASK=key_mask is not None,
+        EPS=COSINE_EPS,
+        BLOCK_T=block_t,
+        BLOCK_D=block_d,
+        num_warps=NUM_WARPS,
+        **strides,
+    )
     tensors = (q_before, q_now, k, keys_before, slot, mask)
     if axis == "keys":
         per_head = torch.empty(r, n_tracked, n_heads, dtype=torch.float32, device=k.device)
@@ -200,13 +352,16 @@ def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis:
     _head_kernel[(r * n_tracked, n_heads)](*tensors, lse, KEYS=False, **common)
     n_tiles = triton.cdiv(length, block_t)
     per_tile = torch.empty(r, n_tracked, n_tiles, dtype=torch.float32, device=k.device)
-    _key_tile_kernel[(r * n_tracked, n_tiles)](*tensors, lse, per_tile, n_kv=n_kv, n_tiles=n_tiles, **common)
+    _key_tile_kernel[(r * n_tracked, n_tiles)](
+        *tensors, lse, per_tile, n_kv=n_kv, n_tiles=n_tiles, **common
+    )
     attended = length if key_mask is None else key_mask.sum(-1, keepdim=True)
     return per_tile.sum(-1) / attended
 
 
 def _written_slots(written: torch.Tensor, length: int) -> torch.Tensor:
-    """[r, T] int32: the slot j of written[row] that wrote position t this step, or -1 where none did. Repeated
+    """[r, T] int32: the slot j of written[row] that wrote position t this step, or -1 where none
+    did. Repeated
     positions carry identical keys, so whichever slot the scatter keeps is right."""
     rows, n_written = written.shape
     slot = torch.full((rows, length), -1, dtype=torch.int32, device=written.device)
@@ -215,5 +370,6 @@ def _written_slots(written: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def _strides(name: str, tensor: torch.Tensor, axes: str) -> dict:
-    """{'k_sr': k.stride(0), 'k_sh': ...}: the kernels' stride arguments of one tensor, one letter per axis."""
+    """{'k_sr': k.stride(0), 'k_sh': ...}: the kernels' stride arguments of one tensor, one letter
+    per axis."""
     return {f"{name}_s{axis}": stride for axis, stride in zip(axes, tensor.stride(), strict=True)}

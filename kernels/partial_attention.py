@@ -1,4 +1,5 @@
-"""partial_attention: a few query rows against the cached K/V, with the attention mass each key receives.
+"""partial_attention: a few query rows against the cached K/V, with the attention mass each key
+receives.
 
     out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)
 
@@ -6,9 +7,11 @@ q [r, Hq, n, D]; k, v [r, Hkv, T, D] (query head h reads key head h // G, G = Hq
 [r, T] bool (True = attend) or None; mass_weights [r, n] or None. Twin: dllm_accel.ops.reference.
 
 Two passes, neither writes the [r, Hq, n, T] probabilities:
-  1. _attention_fwd, grid (row tiles, Hkv, r): flash-attention style online softmax over key tiles in
+  1. _attention_fwd, grid (row tiles, Hkv, r): flash-attention style online softmax over key tiles
+  in
      fp32 -> out, and (when mass is asked for) the log-sum-exp of each query row.
-  2. _attention_mass, grid (key tiles, r): one program owns mass[r, t-tile] and loops over every query
+  2. _attention_mass, grid (key tiles, r): one program owns mass[r, t-tile] and loops over every
+  query
      row; it recomputes the scores and turns them into probabilities with the saved log-sum-exp, so
      the sum is deterministic (no atomics).
 
@@ -17,7 +20,8 @@ one axis of G * n rows, tiled by BLOCK_M, so each K/V tile a program loads serve
 reads K/V once per group, never a repeated copy) and a small n still fills a tile.
 
 Supported: fp32, fp16, bf16 (q may differ from k/v: the scores use the promoted dtype); any T, n;
-head dims 1..256 (padded to a power of two >= 16 with masked loads); any strides. Rows whose keys are
+head dims 1..256 (padded to a power of two >= 16 with masked loads); any strides. Rows whose keys
+are
 all masked get out = 0 and add nothing to mass (the twin gives NaN there).
 """
 
@@ -35,18 +39,55 @@ TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
 
 
 @triton.jit
-def _attention_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
-                   sqb, sqh, sqn, sqd, skb, skh, skt, skd, svb, svh, svt, svd, smb, smt, sob, soh, son, sod,
-                   n_heads, n, length, head_dim, qk_scale,
-                   GROUP: tl.constexpr, HAS_MASK: tl.constexpr, STORE_LSE: tl.constexpr,
-                   QK_DTYPE: tl.constexpr, QK_PRECISION: tl.constexpr, PV_DTYPE: tl.constexpr,
-                   PV_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr):
+def _attention_fwd(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    out_ptr,
+    lse_ptr,
+    sqb,
+    sqh,
+    sqn,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    svb,
+    svh,
+    svt,
+    svd,
+    smb,
+    smt,
+    sob,
+    soh,
+    son,
+    sod,
+    n_heads,
+    n,
+    length,
+    head_dim,
+    qk_scale,
+    GROUP: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    STORE_LSE: tl.constexpr,
+    QK_DTYPE: tl.constexpr,
+    QK_PRECISION: tl.constexpr,
+    PV_DTYPE: tl.constexpr,
+    PV_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """One program: BLOCK_M of the G * n query rows of (batch row b, kv head) against all T keys.
 
-    Scores live in base 2: s = q.k * scale * log2(e), so exp2(s - m) = exp(q.k * scale - m'). Per row
-    it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v, both
-    rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l, lse = m + log2(l)."""
+    Scores live in base 2: s = q.k * scale * log2(e), so exp2(s - m) = exp(q.k * scale - m'). Per
+    row
+    it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v,
+    both
+    rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l, lse = m +
+    log2(l)."""
     tile, kv_head, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # index into the G * n rows of this kv head
     row_ok = rows < GROUP * n
@@ -56,7 +97,9 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
     dim_ok = dims < head_dim
 
     q_rows = q_ptr + b * sqb + head * sqh + query * sqn
-    q = tl.load(q_rows[:, None] + dims[None, :] * sqd, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    q = tl.load(
+        q_rows[:, None] + dims[None, :] * sqd, mask=row_ok[:, None] & dim_ok[None, :], other=0.0
+    )
     q = q.to(QK_DTYPE)  # [BLOCK_M, BLOCK_D]
     k_head = k_ptr + b * skb + kv_head * skh
     v_head = v_ptr + b * svb + kv_head * svh
@@ -68,21 +111,28 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
         keys = start + tl.arange(0, BLOCK_N)
         key_ok = keys < length
         # s = q k^T * scale * log2(e) over this key tile, -inf where a key is padding or masked
-        k_t = tl.load(k_head + keys[None, :] * skt + dims[:, None] * skd, mask=key_ok[None, :] & dim_ok[:, None],
-                      other=0.0).to(QK_DTYPE)  # [BLOCK_D, BLOCK_N]
+        k_t = tl.load(
+            k_head + keys[None, :] * skt + dims[:, None] * skd,
+            mask=key_ok[None, :] & dim_ok[:, None],
+            other=0.0,
+        ).to(QK_DTYPE)  # [BLOCK_D, BLOCK_N]
         s = tl.dot(q, k_t, input_precision=QK_PRECISION) * qk_scale
         attend = key_ok
         if HAS_MASK:
             attend &= tl.load(mask_ptr + b * smb + keys * smt, mask=key_ok, other=0) != 0
         s = tl.where(attend[None, :], s, float("-inf"))
-        # m_new = max(m, max_t s); a row with no key yet keeps m = -inf, measured from 0 so nothing is NaN
+        # m_new = max(m, max_t s); a row with no key yet keeps m = -inf, measured from 0 so nothing
+        # is NaN
         m_new = tl.maximum(m, tl.max(s, 1))
         base = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - base[:, None])  # [BLOCK_M, BLOCK_N], 0 at masked keys
         rescale = tl.exp2(m - base)
         l = l * rescale + tl.sum(p, 1)  # noqa: E741
-        v = tl.load(v_head + keys[:, None] * svt + dims[None, :] * svd, mask=key_ok[:, None] & dim_ok[None, :],
-                    other=0.0).to(PV_DTYPE)  # [BLOCK_N, BLOCK_D]
+        v = tl.load(
+            v_head + keys[:, None] * svt + dims[None, :] * svd,
+            mask=key_ok[:, None] & dim_ok[None, :],
+            other=0.0,
+        ).to(PV_DTYPE)  # [BLOCK_N, BLOCK_D]
         acc = acc * rescale[:, None] + tl.dot(p.to(PV_DTYPE), v, input_precision=PV_PRECISION)
         m = m_new
 
@@ -90,21 +140,51 @@ def _attention_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, lse_ptr,
     attended = l > 0
     out = tl.where(attended[:, None], acc / tl.where(attended, l, 1.0)[:, None], 0.0)
     out_rows = out_ptr + b * sob + head * soh + query * son
-    tl.store(out_rows[:, None] + dims[None, :] * sod, out.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & dim_ok[None, :])
+    tl.store(
+        out_rows[:, None] + dims[None, :] * sod,
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & dim_ok[None, :],
+    )
     if STORE_LSE:  # lse [r, Hq, n] contiguous, base 2
         lse = tl.where(attended, m + tl.log2(tl.where(attended, l, 1.0)), float("inf"))
         tl.store(lse_ptr + (b * n_heads + head) * n + query, lse, mask=row_ok)
 
 
 @triton.jit
-def _attention_mass(q_ptr, k_ptr, mask_ptr, lse_ptr, w_ptr, mass_ptr,
-                    sqb, sqh, sqn, sqd, skb, skh, skt, skd, smb, smt, swb, swn,
-                    n_kv_heads, n, length, head_dim, qk_scale,
-                    GROUP: tl.constexpr, HAS_MASK: tl.constexpr, QK_DTYPE: tl.constexpr,
-                    QK_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
-    """One program owns mass[b, t-tile]: mass[t] = sum over heads h and queries i of w[i] * p[h, i, t], with
+def _attention_mass(
+    q_ptr,
+    k_ptr,
+    mask_ptr,
+    lse_ptr,
+    w_ptr,
+    mass_ptr,
+    sqb,
+    sqh,
+    sqn,
+    sqd,
+    skb,
+    skh,
+    skt,
+    skd,
+    smb,
+    smt,
+    swb,
+    swn,
+    n_kv_heads,
+    n,
+    length,
+    head_dim,
+    qk_scale,
+    GROUP: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    QK_DTYPE: tl.constexpr,
+    QK_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One program owns mass[b, t-tile]: mass[t] = sum over heads h and queries i of w[i] * p[h, i,
+    t], with
     p = exp2(s - lse) recomputed from the scores and pass 1's log-sum-exp (base 2)."""
     tile, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,16 +197,27 @@ def _attention_mass(q_ptr, k_ptr, mask_ptr, lse_ptr, w_ptr, mass_ptr,
 
     mass = tl.zeros([BLOCK_N], tl.float32)
     for kv_head in range(n_kv_heads):
-        k_t = tl.load(k_ptr + b * skb + kv_head * skh + keys[None, :] * skt + dims[:, None] * skd,
-                      mask=key_ok[None, :] & dim_ok[:, None], other=0.0).to(QK_DTYPE)  # [BLOCK_D, BLOCK_N]
+        k_t = tl.load(
+            k_ptr + b * skb + kv_head * skh + keys[None, :] * skt + dims[:, None] * skd,
+            mask=key_ok[None, :] & dim_ok[:, None],
+            other=0.0,
+        ).to(QK_DTYPE)  # [BLOCK_D, BLOCK_N]
         for start in range(0, GROUP * n, BLOCK_M):  # the G * n query rows reading this kv head
             rows = start + tl.arange(0, BLOCK_M)
             row_ok = rows < GROUP * n
             head = kv_head * GROUP + rows // n
             query = rows % n
             q_rows = q_ptr + b * sqb + head * sqh + query * sqn
-            q = tl.load(q_rows[:, None] + dims[None, :] * sqd, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-            lse = tl.load(lse_ptr + (b * n_kv_heads * GROUP + head) * n + query, mask=row_ok, other=float("inf"))
+            q = tl.load(
+                q_rows[:, None] + dims[None, :] * sqd,
+                mask=row_ok[:, None] & dim_ok[None, :],
+                other=0.0,
+            )
+            lse = tl.load(
+                lse_ptr + (b * n_kv_heads * GROUP + head) * n + query,
+                mask=row_ok,
+                other=float("inf"),
+            )
             w = tl.load(w_ptr + b * swb + query * swn, mask=row_ok, other=0.0).to(tl.float32)
             # p = exp2(s - lse): the row's softmax probability of each key in the tile
             s = tl.dot(q.to(QK_DTYPE), k_t, input_precision=QK_PRECISION) * qk_scale
@@ -137,11 +228,14 @@ def _attention_mass(q_ptr, k_ptr, mask_ptr, lse_ptr, w_ptr, mass_ptr,
 
 
 def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
-    """-> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 or None); arguments checked by dllm_accel.ops."""
+    """-> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 or None); arguments checked by
+    dllm_accel.ops."""
     r, n_heads, n, head_dim = q.shape
     n_kv_heads, length = k.shape[1], k.shape[2]
     if not 1 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"the partial_attention kernel supports head dims 1..{MAX_HEAD_DIM}, got {head_dim}")
+        raise ValueError(
+            f"the partial_attention kernel supports head dims 1..{MAX_HEAD_DIM}, got {head_dim}"
+        )
     group = n_heads // n_kv_heads
     config = _config(group * n, head_dim)
     qk_dtype = torch.promote_types(q.dtype, k.dtype)
@@ -154,39 +248,85 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
     out = _empty((r, n_heads, n, head_dim), v.dtype, q.device)
     lse = _empty((r, n_heads, n), torch.float32, q.device) if mass_weights is not None else out
     grid = (triton.cdiv(group * n, config["BLOCK_M"]), n_kv_heads, r)
-    _attention_fwd[grid](q, k, v, mask, out, lse, *q.stride(), *k.stride(), *v.stride(), *mask_strides,
-                         *out.stride(), n_heads, n, length, head_dim, scale, GROUP=group, HAS_MASK=has_mask,
-                         STORE_LSE=mass_weights is not None, QK_DTYPE=TL_DTYPES[qk_dtype],
-                         QK_PRECISION=_precision(qk_dtype), PV_DTYPE=TL_DTYPES[pv_dtype],
-                         PV_PRECISION=_precision(pv_dtype), **config)
+    _attention_fwd[grid](
+        q,
+        k,
+        v,
+        mask,
+        out,
+        lse,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *mask_strides,
+        *out.stride(),
+        n_heads,
+        n,
+        length,
+        head_dim,
+        scale,
+        GROUP=group,
+        HAS_MASK=has_mask,
+        STORE_LSE=mass_weights is not None,
+        QK_DTYPE=TL_DTYPES[qk_dtype],
+        QK_PRECISION=_precision(qk_dtype),
+        PV_DTYPE=TL_DTYPES[pv_dtype],
+        PV_PRECISION=_precision(pv_dtype),
+        **config,
+    )
     if mass_weights is None:
         return out, None
 
     mass = _empty((r, length), torch.float32, q.device)
     if length:
         grid = (triton.cdiv(length, config["BLOCK_N"]), r)
-        _attention_mass[grid](q, k, mask, lse, mass_weights, mass, *q.stride(), *k.stride(), *mask_strides,
-                              *mass_weights.stride(), n_kv_heads, n, length, head_dim, scale, GROUP=group,
-                              HAS_MASK=has_mask, QK_DTYPE=TL_DTYPES[qk_dtype], QK_PRECISION=_precision(qk_dtype),
-                              **config)
+        _attention_mass[grid](
+            q,
+            k,
+            mask,
+            lse,
+            mass_weights,
+            mass,
+            *q.stride(),
+            *k.stride(),
+            *mask_strides,
+            *mass_weights.stride(),
+            n_kv_heads,
+            n,
+            length,
+            head_dim,
+            scale,
+            GROUP=group,
+            HAS_MASK=has_mask,
+            QK_DTYPE=TL_DTYPES[qk_dtype],
+            QK_PRECISION=_precision(qk_dtype),
+            **config,
+        )
     return out, mass
 
 
 def _config(rows: int, head_dim: int) -> dict:
-    """Tile sizes: every tl.dot dimension >= 16; a row tile no wider than the G * n rows need (up to 64);
+    """Tile sizes: every tl.dot dimension >= 16; a row tile no wider than the G * n rows need (up to
+    64);
     narrower key tiles for wide heads, so acc [BLOCK_M, BLOCK_D] and a K/V tile fit in registers."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     block_n = 64 if block_d <= 64 else 32
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": block_d, "num_warps": 4 if block_d <= 64 else 8}
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "BLOCK_D": block_d,
+        "num_warps": 4 if block_d <= 64 else 8,
+    }
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """fp32 products in full precision (TF32 would err ~1e3 x more than the fp32 twin); 16-bit ones are exact."""
+    """fp32 products in full precision (TF32 would err ~1e3 x more than the fp32 twin); 16-bit ones
+    are exact."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _empty(shape, dtype, device) -> torch.Tensor:
-    """Every buffer the launcher allocates (tests swap in a NaN-filled one to catch an unwritten element)."""
+    """Every buffer the launcher allocates (tests swap in a NaN-filled one to catch an unwritten
+    element)."""
     return torch.empty(shape, dtype=dtype, device=device)
-

@@ -1,4 +1,5 @@
-"""rope_write: rotate the fresh q/k rows at their true positions and scatter k, v (and the layer inputs
+"""rope_write: rotate the fresh q/k rows at their true positions and scatter k, v (and the layer
+inputs
 ElasticCache keeps) into one layer's cache in place, in one launch.
 
 One program per fresh row (i, j) of the r x n block, every head at once, with t = index[i, j]:
@@ -12,9 +13,12 @@ Rotate-half RoPE with the tables' row (i, or 0 when shared) at j: splitting x an
 
     rotate(x1, x2) = (x1 cos1 - x2 sin1,  x2 cos2 + x1 sin2)
 
-in the tables' dtype as apply_rotary: x is cast to that dtype, the products are taken in fp32, and the
-result is rounded to the tables' dtype, then to x's. Repeated (rows[i], t) carry identical values, so
-the order of those writes does not matter. The caches are contiguous; every other tensor may be strided.
+in the tables' dtype as apply_rotary: x is cast to that dtype, the products are taken in fp32, and
+the
+result is rounded to the tables' dtype, then to x's. Repeated (rows[i], t) carry identical values,
+so
+the order of those writes does not matter. The caches are contiguous; every other tensor may be
+strided.
 """
 
 from __future__ import annotations
@@ -29,8 +33,23 @@ MAX_BLOCK_MODEL = 1024  # hidden is copied in chunks of this many features
 
 
 @triton.jit
-def _rotate_heads(src, src_stride_h, src_stride_d, dst, dst_stride_h, dst_stride_d, n_heads, half, row_ok,
-                  cos1, cos2, sin1, sin2, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+def _rotate_heads(
+    src,
+    src_stride_h,
+    src_stride_d,
+    dst,
+    dst_stride_h,
+    dst_stride_d,
+    n_heads,
+    half,
+    row_ok,
+    cos1,
+    cos2,
+    sin1,
+    sin2,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
     """dst[h, :] = rotate(src[h, :]) for h < n_heads; src and dst point at head 0 of one row."""
     heads = tl.arange(0, BLOCK_H)[:, None]
     cols = tl.arange(0, BLOCK_HALF)[None, :]
@@ -48,8 +67,18 @@ def _rotate_heads(src, src_stride_h, src_stride_d, dst, dst_stride_h, dst_stride
 
 
 @triton.jit
-def _copy_heads(src, src_stride_h, src_stride_d, dst, dst_stride_h, n_heads, head_dim, row_ok,
-                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+def _copy_heads(
+    src,
+    src_stride_h,
+    src_stride_d,
+    dst,
+    dst_stride_h,
+    n_heads,
+    head_dim,
+    row_ok,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dst[h, :] = src[h, :] for h < n_heads; dst rows are contiguous."""
     heads = tl.arange(0, BLOCK_H)[:, None]
     cols = tl.arange(0, BLOCK_D)[None, :]
@@ -60,17 +89,53 @@ def _copy_heads(src, src_stride_h, src_stride_d, dst, dst_stride_h, n_heads, hea
 
 @triton.jit
 def _rope_write_kernel(
-    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, out_ptr, keys_ptr, values_ptr, rows_ptr, index_ptr,
-    inputs_ptr, hidden_ptr,
-    n, n_heads, n_kv_heads, half, n_cache_rows, length, d_model,
-    q_stride_r, q_stride_h, q_stride_n, q_stride_d,
-    k_stride_r, k_stride_h, k_stride_n, k_stride_d,
-    v_stride_r, v_stride_h, v_stride_n, v_stride_d,
-    cos_stride_r, cos_stride_n, cos_stride_d,
-    sin_stride_r, sin_stride_n, sin_stride_d,
-    rows_stride, index_stride_r, index_stride_n,
-    hidden_stride_r, hidden_stride_n, hidden_stride_d,
-    HAS_INPUTS: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    keys_ptr,
+    values_ptr,
+    rows_ptr,
+    index_ptr,
+    inputs_ptr,
+    hidden_ptr,
+    n,
+    n_heads,
+    n_kv_heads,
+    half,
+    n_cache_rows,
+    length,
+    d_model,
+    q_stride_r,
+    q_stride_h,
+    q_stride_n,
+    q_stride_d,
+    k_stride_r,
+    k_stride_h,
+    k_stride_n,
+    k_stride_d,
+    v_stride_r,
+    v_stride_h,
+    v_stride_n,
+    v_stride_d,
+    cos_stride_r,
+    cos_stride_n,
+    cos_stride_d,
+    sin_stride_r,
+    sin_stride_n,
+    sin_stride_d,
+    rows_stride,
+    index_stride_r,
+    index_stride_n,
+    hidden_stride_r,
+    hidden_stride_n,
+    hidden_stride_d,
+    HAS_INPUTS: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HKV: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
     BLOCK_MODEL: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -78,7 +143,8 @@ def _rope_write_kernel(
     j = (pid % n).to(tl.int64)
     head_dim = 2 * half
 
-    # where this row goes: model row rows[i], canvas position t; a position outside the cache writes nothing
+    # where this row goes: model row rows[i], canvas position t; a position outside the cache writes
+    # nothing
     row = tl.load(rows_ptr + i * rows_stride)
     t = tl.load(index_ptr + i * index_stride_r + j * index_stride_n)
     row_ok = (row >= 0) & (row < n_cache_rows) & (t >= 0) & (t < length)
@@ -96,17 +162,57 @@ def _rope_write_kernel(
     # q: rotated into the contiguous output [r, Hq, n, D]
     q_row = q_ptr + i * q_stride_r + j * q_stride_n
     out_row = out_ptr + (i * n_heads * n + j) * head_dim
-    _rotate_heads(q_row, q_stride_h, q_stride_d, out_row, n * head_dim, 1, n_heads, half, True,
-                  cos1, cos2, sin1, sin2, BLOCK_HQ, BLOCK_HALF)
+    _rotate_heads(
+        q_row,
+        q_stride_h,
+        q_stride_d,
+        out_row,
+        n * head_dim,
+        1,
+        n_heads,
+        half,
+        True,
+        cos1,
+        cos2,
+        sin1,
+        sin2,
+        BLOCK_HQ,
+        BLOCK_HALF,
+    )
 
     # k rotated and v as is, into the caches [R, Hkv, T, D] at (row, :, t)
     cache_row = (row * n_kv_heads * length + t) * head_dim
     k_row = k_ptr + i * k_stride_r + j * k_stride_n
-    _rotate_heads(k_row, k_stride_h, k_stride_d, keys_ptr + cache_row, length * head_dim, 1, n_kv_heads, half,
-                  row_ok, cos1, cos2, sin1, sin2, BLOCK_HKV, BLOCK_HALF)
+    _rotate_heads(
+        k_row,
+        k_stride_h,
+        k_stride_d,
+        keys_ptr + cache_row,
+        length * head_dim,
+        1,
+        n_kv_heads,
+        half,
+        row_ok,
+        cos1,
+        cos2,
+        sin1,
+        sin2,
+        BLOCK_HKV,
+        BLOCK_HALF,
+    )
     v_row = v_ptr + i * v_stride_r + j * v_stride_n
-    _copy_heads(v_row, v_stride_h, v_stride_d, values_ptr + cache_row, length * head_dim, n_kv_heads, head_dim,
-                row_ok, BLOCK_HKV, 2 * BLOCK_HALF)
+    _copy_heads(
+        v_row,
+        v_stride_h,
+        v_stride_d,
+        values_ptr + cache_row,
+        length * head_dim,
+        n_kv_heads,
+        head_dim,
+        row_ok,
+        BLOCK_HKV,
+        2 * BLOCK_HALF,
+    )
 
     # hidden [r, n, d] -> inputs [R, T, d] at (row, t), BLOCK_MODEL features at a time
     if HAS_INPUTS:
@@ -125,8 +231,11 @@ def _table_strides(table: torch.Tensor) -> tuple[int, int, int]:
     return (table.stride(0) if table.shape[0] != 1 else 0), table.stride(-2), table.stride(-1)
 
 
-def rope_write(q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, hidden=None) -> torch.Tensor:
-    """q [r, Hq, n, D], k, v [r, Hkv, n, D], rope tables [r or 1, 1, n, D]; keys, values [R, Hkv, T, D]
+def rope_write(
+    q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, hidden=None
+) -> torch.Tensor:
+    """q [r, Hq, n, D], k, v [r, Hkv, n, D], rope tables [r or 1, 1, n, D]; keys, values [R, Hkv, T,
+    D]
     and inputs [R, T, d] contiguous, written in place at rows [r], index [r, n]; hidden [r, n, d].
     -> q rotated [r, Hq, n, D] (contiguous, q's dtype). Checked by dllm_accel.ops."""
     r, n_heads, n, head_dim = q.shape
@@ -142,13 +251,36 @@ def rope_write(q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, h
     half = head_dim // 2
     cos, sin = rope
     _rope_write_kernel[(r * n,)](
-        q, k, v, cos, sin, out, keys, values, rows, index,
-        inputs if has_inputs else keys, hidden if has_inputs else keys,
-        n, n_heads, n_kv_heads, half, n_cache_rows, length, d_model,
-        *q.stride(), *k.stride(), *v.stride(), *_table_strides(cos), *_table_strides(sin),
-        rows.stride(0), *index.stride(), *hidden_strides,
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        out,
+        keys,
+        values,
+        rows,
+        index,
+        inputs if has_inputs else keys,
+        hidden if has_inputs else keys,
+        n,
+        n_heads,
+        n_kv_heads,
+        half,
+        n_cache_rows,
+        length,
+        d_model,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *_table_strides(cos),
+        *_table_strides(sin),
+        rows.stride(0),
+        *index.stride(),
+        *hidden_strides,
         HAS_INPUTS=has_inputs,
-        BLOCK_HQ=triton.next_power_of_2(n_heads), BLOCK_HKV=triton.next_power_of_2(n_kv_heads),
+        BLOCK_HQ=triton.next_power_of_2(n_heads),
+        BLOCK_HKV=triton.next_power_of_2(n_kv_heads),
         BLOCK_HALF=triton.next_power_of_2(half),
         BLOCK_MODEL=min(MAX_BLOCK_MODEL, triton.next_power_of_2(max(d_model, 1))),
         num_warps=4,

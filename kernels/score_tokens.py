@@ -1,4 +1,5 @@
-"""score_tokens: the most likely token of each logits row, its probability, its margin over the runner-up,
+"""score_tokens: the most likely token of each logits row, its probability, its margin over the
+runner-up,
 and the row's entropy, in one streaming pass over the vocabulary in fp32.
 
 One program per row reads the vocabulary in tiles of BLOCK_V logits x and keeps, in fp32 scalars,
@@ -6,14 +7,16 @@ One program per row reads the vocabulary in tiles of BLOCK_V logits x and keeps,
     m = max x                       the running maximum
     s = sum e^(x - m)               the softmax denominator, rescaled by e^(m_old - m) when m grows
     w = sum e^(x - m) (x - m)       rescaled the same way, plus (m_old - m) s for the shifted offset
-    (x1, i1), x2                    the largest logit and its id, the runner-up logit, never `exclude`
+    (x1, i1), x2                    the largest logit and its id, the runner-up logit, never
+    `exclude`
 
 so that, with lse = m + log s,
 
     probability = e^(x1 - lse),   margin = e^(x1 - lse) - e^(x2 - lse),
     entropy     = lse - E[x] = log s - w / s     (no cancellation of m: both terms are O(log V)).
 
-Ties go to the lowest id (torch.argmax's rule; the twin's torch.topk leaves their order unspecified).
+Ties go to the lowest id (torch.argmax's rule; the twin's torch.topk leaves their order
+unspecified).
 Only one tile of the row is ever held, in registers: no full-vocabulary copy in any dtype.
 """
 
@@ -23,14 +26,17 @@ import torch
 import triton
 import triton.language as tl
 
-LOWEST: tl.constexpr = tl.constexpr(-3.4028234663852886e38)  # the smallest fp32, a finite start for m
+LOWEST: tl.constexpr = tl.constexpr(
+    -3.4028234663852886e38
+)  # the smallest fp32, a finite start for m
 MAX_BLOCK_V = 4096
 
 
 @triton.jit
 def _top2_of_tile(x, ids, candidate, vocab):
     """The largest x among the candidate lanes of one tile with its id (the lowest on ties), and the
-    next largest value -> (x1, i1, x2); -inf (and id `vocab`) where the tile has too few candidates."""
+    next largest value -> (x1, i1, x2); -inf (and id `vocab`) where the tile has too few
+    candidates."""
     ranked = tl.where(candidate, x, float("-inf"))
     x1 = tl.max(ranked, 0)
     i1 = tl.min(tl.where(candidate & (ranked == x1), ids, vocab), 0)
@@ -39,9 +45,18 @@ def _top2_of_tile(x, ids, candidate, vocab):
 
 
 @triton.jit
-def _score_tokens_kernel(logits_ptr, token_ptr, probability_ptr, margin_ptr, entropy_ptr,
-                         vocab, stride_m, stride_v, exclude,
-                         BLOCK_V: tl.constexpr):
+def _score_tokens_kernel(
+    logits_ptr,
+    token_ptr,
+    probability_ptr,
+    margin_ptr,
+    entropy_ptr,
+    vocab,
+    stride_m,
+    stride_v,
+    exclude,
+    BLOCK_V: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_m
     lanes = tl.arange(0, BLOCK_V)
@@ -61,7 +76,9 @@ def _score_tokens_kernel(logits_ptr, token_ptr, probability_ptr, margin_ptr, ent
         m_new = tl.maximum(m, tl.max(x, 0))
         alpha = tl.exp(m - m_new)
         shifted = x - m_new
-        e = tl.exp(shifted)  # 0 outside the vocabulary and for -inf logits, where e * shifted would be NaN
+        e = tl.exp(
+            shifted
+        )  # 0 outside the vocabulary and for -inf logits, where e * shifted would be NaN
         w = alpha * (w + (m - m_new) * s) + tl.sum(e * tl.where(e > 0, shifted, 0.0), 0)
         s = alpha * s + tl.sum(e, 0)
         m = m_new
@@ -87,11 +104,21 @@ def score_tokens(logits: torch.Tensor, *, exclude: int | None = None):
     probability [M], margin [M], entropy [M] fp32), `exclude` never chosen."""
     rows, vocab = logits.shape
     token = torch.empty(rows, dtype=torch.long, device=logits.device)
-    probability, margin, entropy = (torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3))
+    probability, margin, entropy = (
+        torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3)
+    )
     block = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
     _score_tokens_kernel[(rows,)](
-        logits, token, probability, margin, entropy,
-        vocab, logits.stride(0), logits.stride(1), -1 if exclude is None else exclude,
-        BLOCK_V=block, num_warps=8 if block >= 2048 else 4,
+        logits,
+        token,
+        probability,
+        margin,
+        entropy,
+        vocab,
+        logits.stride(0),
+        logits.stride(1),
+        -1 if exclude is None else exclude,
+        BLOCK_V=block,
+        num_warps=8 if block >= 2048 else 4,
     )
     return token, probability, margin, entropy

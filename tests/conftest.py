@@ -18,10 +18,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 # The experiment scripts' modules (run, bench, report, reference_samplers) import as the scripts do.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 # Kernel tests run in Triton's interpreter on the CPU, natively on a GPU when TRITON_INTERPRET=0
-# (experiments/gpu_check.sh). The interpreter mis-computes native bf16, so bf16 is tested on a GPU only.
+# (experiments/gpu_check.sh). The interpreter mis-computes native bf16, so bf16 is tested on a GPU
+# only.
 NATIVE = os.environ["TRITON_INTERPRET"] == "0" and torch.cuda.is_available()
 KERNEL_DEVICE = torch.device("cuda" if NATIVE else "cpu")
-KERNEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16} | ({"bf16": torch.bfloat16} if NATIVE else {})
+KERNEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16} | (
+    {"bf16": torch.bfloat16} if NATIVE else {}
+)
 MODEL_CONFIGS = SHARED / "data" / "model-configs"
 MODEL_TYPES = ["llada", "Dream"]
 
@@ -34,9 +37,13 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
-def tiny_model(model_type: str, *, n_kv_heads: int | None = None, dtype=torch.float32, seed: int = 0, **fields):
+def tiny_model(
+    model_type: str, *, n_kv_heads: int | None = None, dtype=torch.float32, seed: int = 0, **fields
+):
     """A tiny model whose norm weights and biases are random too, so a misplaced one shows."""
-    model = build_model(tiny_config(model_type, n_kv_heads=n_kv_heads, **fields), dtype=dtype, seed=seed)
+    model = build_model(
+        tiny_config(model_type, n_kv_heads=n_kv_heads, **fields), dtype=dtype, seed=seed
+    )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -77,11 +84,23 @@ class StandIn(nn.Module):
 
 
 class DreamGenerationConfig:
-    """Stand-in for the remote DreamGenerationConfig: its fields and defaults (generation_utils.py)."""
+    """Stand-in for the remote DreamGenerationConfig: its fields and defaults
+    (generation_utils.py)."""
 
-    DEFAULTS = dict(temperature=0.0, top_p=None, top_k=None, max_length=20, max_new_tokens=None, eps=1e-3, steps=512,
-                    alg="origin", alg_temp=None, num_return_sequences=1, return_dict_in_generate=False,
-                    output_history=False)
+    DEFAULTS = dict(
+        temperature=0.0,
+        top_p=None,
+        top_k=None,
+        max_length=20,
+        max_new_tokens=None,
+        eps=1e-3,
+        steps=512,
+        alg="origin",
+        alg_temp=None,
+        num_return_sequences=1,
+        return_dict_in_generate=False,
+        output_history=False,
+    )
 
     def __init__(self, **values):
         for name, default in self.DEFAULTS.items():
@@ -97,13 +116,17 @@ class DreamGenerationConfig:
         return {name: value for name, value in values.items() if name not in self.DEFAULTS}
 
 
-# what transformers 4.x keeps on every PretrainedConfig (and so passes to from_model_config); 5.x keeps none
-LEGACY_GENERATION_DEFAULTS = dict(max_length=20, temperature=1.0, top_k=50, top_p=1.0, num_return_sequences=1)
+# what transformers 4.x keeps on every PretrainedConfig (and so passes to from_model_config); 5.x
+# keeps none
+LEGACY_GENERATION_DEFAULTS = dict(
+    max_length=20, temperature=1.0, top_k=50, top_p=1.0, num_return_sequences=1
+)
 
 
 class DreamRemote(StandIn):
     """A remote-code Dream model as its DreamGenerationMixin resolves a diffusion_generate call: the
-    keyword arguments over `generation_config` over DreamGenerationConfig.from_model_config(config)."""
+    keyword arguments over `generation_config` over
+    DreamGenerationConfig.from_model_config(config)."""
 
     def __init__(self, native, *, legacy_defaults: bool):
         values = dict(native.config) | (LEGACY_GENERATION_DEFAULTS if legacy_defaults else {})
@@ -117,12 +140,19 @@ class DreamRemote(StandIn):
         generation_config.update(**kwargs)
         return generation_config
 
-    def _prepare_generated_length(self, generation_config, has_default_max_length, input_ids_length):
+    def _prepare_generated_length(
+        self, generation_config, has_default_max_length, input_ids_length
+    ):
         if generation_config.max_new_tokens is not None:
             generation_config.max_length = generation_config.max_new_tokens + input_ids_length
-        elif has_default_max_length and generation_config.max_length == DreamGenerationConfig().max_length:
+        elif (
+            has_default_max_length
+            and generation_config.max_length == DreamGenerationConfig().max_length
+        ):
             limit = self.config.to_dict().get("max_position_embeddings") or math.inf
-            generation_config.max_length = min(generation_config.max_length + input_ids_length, limit)
+            generation_config.max_length = min(
+                generation_config.max_length + input_ids_length, limit
+            )
         return generation_config
 
 
@@ -132,7 +162,8 @@ MASK, EOS, EOT = 127, 126, 125  # the tiny configs' special ids
 def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
     """A tiny random model with varied predictions and a realistic spread of confidences.
 
-    Dimension 0 of its residual stream is a constant feature (set in the embedding; no layer reads or
+    Dimension 0 of its residual stream is a constant feature (set in the embedding; no layer reads
+    or
     writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about that
     logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
     predicted, unless `favour` says otherwise."""
@@ -148,7 +179,9 @@ def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
                 if module.bias is not None:
                     module.bias[0] = 0
         model.final_norm.weight[0] = 1.0
-        ids = torch.randint(0, model.spec.vocab_size - 3, (4, 32), generator=torch.Generator().manual_seed(seed))
+        ids = torch.randint(
+            0, model.spec.vocab_size - 3, (4, 32), generator=torch.Generator().manual_seed(seed)
+        )
         normed = model.final_norm(model.hidden_states(ids))
         head = model.head_weight.mul_(sharpness)
         common = normed[..., 1:].mean((0, 1))
@@ -167,8 +200,10 @@ def prompts(model, lengths, seed=0):
     ids = torch.full((len(lengths), width), model.spec.pad_id, dtype=torch.long)
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for row, n in enumerate(lengths):
-        ids[row, width - n:] = torch.randint(0, model.spec.vocab_size - 3, (n,), generator=generator)
-        mask[row, width - n:] = 1
+        ids[row, width - n :] = torch.randint(
+            0, model.spec.vocab_size - 3, (n,), generator=generator
+        )
+        mask[row, width - n :] = 1
     return ids, mask
 
 
@@ -177,20 +212,30 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-def assert_as_close_as_twin(kernel: torch.Tensor, twin: torch.Tensor, exact: torch.Tensor, *, floor: float = 1e-5,
-                            what: str = "") -> None:
-    """A kernel's error against an fp64 reference is at most about twice its torch twin's error in the
+def assert_as_close_as_twin(
+    kernel: torch.Tensor,
+    twin: torch.Tensor,
+    exact: torch.Tensor,
+    *,
+    floor: float = 1e-5,
+    what: str = "",
+) -> None:
+    """A kernel's error against an fp64 reference is at most about twice its torch twin's error in
+    the
     same dtype, plus a small floor (ARCHITECTURE.md §4); NaN anywhere fails."""
     exact = exact.double()
     kernel_error = (kernel.double() - exact).abs().max().item()
     twin_error = (twin.double() - exact).abs().max().item()
     assert kernel_error == kernel_error, f"{what}: the kernel's output holds NaN"
-    assert kernel_error <= 2 * twin_error + floor, f"{what}: kernel error {kernel_error:.3g}, twin {twin_error:.3g}"
+    assert kernel_error <= 2 * twin_error + floor, (
+        f"{what}: kernel error {kernel_error:.3g}, twin {twin_error:.3g}"
+    )
 
 
 @pytest.fixture
 def impl(monkeypatch):
-    """impl('torch' | 'triton' | None) sets DLLM_ACCEL_IMPL for this test (None: unset); the once-per-op
+    """impl('torch' | 'triton' | None) sets DLLM_ACCEL_IMPL for this test (None: unset); the
+    once-per-op
     choice is cleared on every change and after the test."""
     from dllm_accel import ops
 
@@ -207,7 +252,8 @@ def impl(monkeypatch):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """kernel_calls(module, name) replaces a kernel launcher with a spy and returns the list of its calls."""
+    """kernel_calls(module, name) replaces a kernel launcher with a spy and returns the list of its
+    calls."""
 
     def spy_on(module, name):
         calls, launcher = [], getattr(module, name)
@@ -220,4 +266,3 @@ def kernel_calls(monkeypatch):
         return calls
 
     return spy_on
-

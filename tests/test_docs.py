@@ -27,8 +27,10 @@ FENCE = re.compile(r"^```(\S*)")
 MAX_LINE = 100
 README_MAX_LINES = 250
 # generated regions (experiments/results.py), whose lines are not ours to wrap
-GENERATED = [("<!-- results: generated", "<!-- end of results -->"),
-             ("<!-- headline: generated", "<!-- end of headline -->")]
+GENERATED = [
+    ("<!-- results: generated", "<!-- end of results -->"),
+    ("<!-- headline: generated", "<!-- end of headline -->"),
+]
 
 
 @dataclass
@@ -57,8 +59,15 @@ def blocks(page: Path) -> list[Block]:
             i += 1
         before = lines[start - 1].strip() if start else ""
         skip = SKIP.match(before)
-        found.append(Block(page, start + 1, match.group(1), "\n".join(lines[start + 1:i]) + "\n",
-                           skip.group(1) if skip else None))
+        found.append(
+            Block(
+                page,
+                start + 1,
+                match.group(1),
+                "\n".join(lines[start + 1 : i]) + "\n",
+                skip.group(1) if skip else None,
+            )
+        )
         i += 1
     return found
 
@@ -117,11 +126,21 @@ def test_code_blocks_name_a_language_or_are_output():
 @pytest.fixture(scope="module")
 def python_failures() -> dict:
     """{page: traceback} for the pages whose Python examples failed, from one interpreter."""
-    code = {str(page.relative_to(ROOT)): [(b.line, b.code) for b in blocks(page)
-                                          if b.language == "python" and b.skip is None]
-            for page in PYTHON_PAGES}
-    done = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(code), cwd=ROOT,
-                          env=env(), capture_output=True, text=True, timeout=300)
+    code = {
+        str(page.relative_to(ROOT)): [
+            (b.line, b.code) for b in blocks(page) if b.language == "python" and b.skip is None
+        ]
+        for page in PYTHON_PAGES
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER],
+        input=json.dumps(code),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = done.stdout.strip().splitlines()[-1:] or [""]
     assert done.returncode == 0 and last[0].startswith("FAILURES "), done.stderr[-4000:]
     return json.loads(last[0].removeprefix("FAILURES "))
@@ -135,8 +154,14 @@ def test_python_examples_run(page, python_failures):
 
 @pytest.mark.parametrize("block", BASH, ids=str)
 def test_bash_examples_run(block):
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block.code],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, f"{block}: {done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
@@ -180,7 +205,8 @@ def test_relative_links_point_to_files_and_anchors_that_exist():
                 assert file.exists(), f"{page.name}:{number}: {target} does not exist"
                 if anchor:
                     assert file.suffix == ".md" and anchor in anchors(file), (
-                        f"{page.name}:{number}: no heading for #{anchor} in {file.name}")
+                        f"{page.name}:{number}: no heading for #{anchor} in {file.name}"
+                    )
 
 
 def test_readme_is_a_front_page_linking_every_docs_page():
@@ -200,7 +226,11 @@ def test_lines_fit_100_characters_except_tables_urls_and_generated_regions():
                 generated = True
             elif any(line.startswith(end) for _, end in GENERATED):
                 generated = False
-            elif (not generated and len(line) > MAX_LINE and not line.startswith("|")
-                  and "://" not in line):
+            elif (
+                not generated
+                and len(line) > MAX_LINE
+                and not line.startswith("|")
+                and "://" not in line
+            ):
                 long.append(f"{page.name}:{number} has {len(line)} characters")
     assert not long, "\n".join(long)

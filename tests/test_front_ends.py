@@ -1,7 +1,10 @@
-"""One method on the same problems through run.py, bench.py and lm_eval: the same counts from all three.
+"""One method on the same problems through run.py, bench.py and lm_eval: the same counts from all
+three.
 
-ElasticCache + Threshold(0.9) + StopAtEOS in blocks of 24 on the bundled tiny LLaDA, four held-out arith
-problems decoded one at a time (the recompute fraction of a batch depends on its padding), 48 tokens.
+ElasticCache + Threshold(0.9) + StopAtEOS in blocks of 24 on the bundled tiny LLaDA, four held-out
+arith
+problems decoded one at a time (the recompute fraction of a batch depends on its padding), 48
+tokens.
 """
 
 import sys

@@ -1,5 +1,6 @@
 """ARGuide: the acceptance rules on hand-built distributions, the AR cache against a fresh prefill,
-always/never agreeing AR models, batching, exactness under every cache and unmask policy, accounting,
+always/never agreeing AR models, batching, exactness under every cache and unmask policy,
+accounting,
 bad input."""
 
 import pytest
@@ -31,11 +32,20 @@ VOCAB = 128
 
 
 def ar_model(seed=0, sharpness=1.0, ends=(EOS, EOT)):
-    """A random Llama causal LM over the test decoders' vocabulary; `sharpness` scales its logits."""
+    """A random Llama causal LM over the test decoders' vocabulary; `sharpness` scales its
+    logits."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         eos_token_id=list(ends), pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        eos_token_id=list(ends),
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpness)
@@ -44,6 +54,7 @@ def ar_model(seed=0, sharpness=1.0, ends=(EOS, EOT)):
 
 def always_favouring(model, token):
     """The AR model's argmax becomes `token` at every position."""
+
     def favour(module, inputs, output):
         output[..., token] += 1e4
         return output
@@ -53,7 +64,8 @@ def always_favouring(model, token):
 
 
 class CommitNothing(UnmaskPolicy):
-    """An unmask policy that commits nothing on its own: what a step commits is the guide's alone."""
+    """An unmask policy that commits nothing on its own: what a step commits is the guide's
+    alone."""
 
     def select(self, ctx, logits, quota):
         return torch.zeros(logits.shape[0], dtype=torch.bool), logits.argmax(-1)
@@ -68,21 +80,33 @@ def hand_built(probabilities):
     return torch.tensor(probabilities).log()
 
 
-# -- acceptance rules --------------------------------------------------------------------------------
+# -- acceptance rules
+# --------------------------------------------------------------------------------
 def test_exact_accepts_only_the_argmax():
     check = verification(ARGuide(ar_model(), acceptance="exact"))
     logits = hand_built([[0.1, 0.6, 0.3] + [0.0] * (VOCAB - 3)] * 3)
-    assert check._accept(logits, torch.tensor([1, 2, 0]), None, None, None).tolist() == [True, False, False]
+    assert check._accept(logits, torch.tensor([1, 2, 0]), None, None, None).tolist() == [
+        True,
+        False,
+        False,
+    ]
 
 
-@pytest.mark.parametrize("k, ratio, expected", [
-    (1, 0.5, [True, False, False, False]),  # only the top-1
-    (2, 0.49, [True, True, False, False]),  # 0.3 >= 0.49 * 0.6
-    (2, 0.51, [True, False, False, False]),  # 0.3 < 0.51 * 0.6 (an exact tie: see the next test)
-    (3, 0.1, [True, True, True, False]),  # third in rank, 0.08 >= 0.06
-    (3, 1.0, [True, False, False, False]),  # ratio 1: only what ties with the top-1
-    (4, 0.01, [True, True, True, True]),
-])
+@pytest.mark.parametrize(
+    "k, ratio, expected",
+    [
+        (1, 0.5, [True, False, False, False]),  # only the top-1
+        (2, 0.49, [True, True, False, False]),  # 0.3 >= 0.49 * 0.6
+        (
+            2,
+            0.51,
+            [True, False, False, False],
+        ),  # 0.3 < 0.51 * 0.6 (an exact tie: see the next test)
+        (3, 0.1, [True, True, True, False]),  # third in rank, 0.08 >= 0.06
+        (3, 1.0, [True, False, False, False]),  # ratio 1: only what ties with the top-1
+        (4, 0.01, [True, True, True, True]),
+    ],
+)
 def test_topk_relative_boundaries(k, ratio, expected):
     check = verification(ARGuide(ar_model(), acceptance="topk_relative", k=k, ratio=ratio))
     row = [0.6, 0.3, 0.08, 0.02] + [0.0] * (VOCAB - 4)
@@ -91,11 +115,16 @@ def test_topk_relative_boundaries(k, ratio, expected):
 
 
 def test_topk_relative_counts_ties_as_one_rank():
-    """Two tokens tied at the top: with k=1 and ratio=1 both are accepted (p_AR(draft) equals the top-1
+    """Two tokens tied at the top: with k=1 and ratio=1 both are accepted (p_AR(draft) equals the
+    top-1
     exactly, and no token is more likely)."""
     check = verification(ARGuide(ar_model(), acceptance="topk_relative", k=1, ratio=1.0))
     logits = hand_built([[0.4, 0.4, 0.2] + [0.0] * (VOCAB - 3)] * 3)
-    assert check._accept(logits, torch.tensor([0, 1, 2]), None, None, None).tolist() == [True, True, False]
+    assert check._accept(logits, torch.tensor([0, 1, 2]), None, None, None).tolist() == [
+        True,
+        True,
+        False,
+    ]
 
 
 def test_speculative_at_temperature_zero_is_exact():
@@ -112,8 +141,13 @@ def test_speculative_accepts_with_probability_p_over_q():
     diffusion = hand_built([[0.25, 0.4, 0.35] + [0.0] * (VOCAB - 3)])
     generator = torch.Generator().manual_seed(0)
     index = torch.zeros(n, dtype=torch.long)
-    rates = [check._accept(ar, torch.full((n,), token), diffusion, index, generator).float().mean().item()
-             for token in (0, 1, 3)]
+    rates = [
+        check._accept(ar, torch.full((n,), token), diffusion, index, generator)
+        .float()
+        .mean()
+        .item()
+        for token in (0, 1, 3)
+    ]
     assert rates[0] == 1.0
     assert abs(rates[1] - 0.25) < 0.02
     assert rates[2] == 0.0
@@ -121,10 +155,14 @@ def test_speculative_accepts_with_probability_p_over_q():
 
 def test_speculative_correction_samples_the_residual():
     """max(0, p_AR - p_diffusion) normalised: only token 2 has p_AR > p_diffusion."""
-    check = verification(ARGuide(ar_model(), acceptance="speculative", correct=True), temperature=1.0)
+    check = verification(
+        ARGuide(ar_model(), acceptance="speculative", correct=True), temperature=1.0
+    )
     ar = hand_built([[0.5, 0.1, 0.4] + [0.0] * (VOCAB - 3)]).expand(200, -1)
     diffusion = hand_built([[0.5, 0.4, 0.1] + [0.0] * (VOCAB - 3)])
-    tokens = check._correction(ar, diffusion, torch.zeros(200, dtype=torch.long), torch.Generator().manual_seed(1))
+    tokens = check._correction(
+        ar, diffusion, torch.zeros(200, dtype=torch.long), torch.Generator().manual_seed(1)
+    )
     assert (tokens == 2).all()
 
 
@@ -135,13 +173,15 @@ def test_an_id_the_ar_model_lacks_is_rejected():
     assert check._accept(logits, torch.tensor([5, 6]), None, None, None).tolist() == [False, True]
 
 
-# -- the decode loop ---------------------------------------------------------------------------------
+# -- the decode loop
+# ---------------------------------------------------------------------------------
 def test_an_agreeing_ar_model_commits_a_whole_block_per_step():
     model = decoder("llada", seed=30)
     ids, mask = prompts(model, [7, 4], seed=30)
     guide = ARGuide(ar_model(seed=30), k=VOCAB, ratio=1e-30)
     out = Sampler(model, unmask=CommitNothing(), guide=guide, trace=True).generate(
-        ids, mask, max_new_tokens=16, block_length=8)
+        ids, mask, max_new_tokens=16, block_length=8
+    )
     assert [r.committed.tolist() for r in out.trace] == [[8, 8], [8, 8]]
     assert not (out.sequences == model.spec.mask_id).any()
 
@@ -150,44 +190,56 @@ def test_an_elastic_window_bounds_what_an_agreeing_ar_model_commits():
     model = decoder("Dream", seed=31)
     ids, _ = prompts(model, [6], seed=31)
     guide = ARGuide(ar_model(seed=31), k=VOCAB, ratio=1e-30)
-    out = Sampler(model, unmask=CommitNothing(), cache=ElasticCache(window=4), guide=guide, trace=True).generate(
-        ids, max_new_tokens=16)
+    out = Sampler(
+        model, unmask=CommitNothing(), cache=ElasticCache(window=4), guide=guide, trace=True
+    ).generate(ids, max_new_tokens=16)
     assert [int(r.committed) for r in out.trace] == [4, 4, 4, 4]
 
 
 @pytest.mark.parametrize("correct", [True, False])
 def test_a_disagreeing_ar_model_commits_one_token_per_step(correct):
-    """The AR model always wants token 9, which the drafts never are: each step commits the run's first
+    """The AR model always wants token 9, which the drafts never are: each step commits the run's
+    first
     position only, as the AR model's token (correct=True) or as drafted."""
     model = decoder("llada", seed=32, favour={9: -50.0})
     ids, mask = prompts(model, [5, 8], seed=32)
     guide = ARGuide(always_favouring(ar_model(seed=32), 9), acceptance="exact", correct=correct)
     canvases = []
     out = Sampler(model, unmask=CommitNothing(), guide=guide, trace=True).generate(
-        ids, mask, max_new_tokens=8, callback=lambda record, x: canvases.append(x[:, -8:].clone()))
+        ids, mask, max_new_tokens=8, callback=lambda record, x: canvases.append(x[:, -8:].clone())
+    )
     assert [r.committed.tolist() for r in out.trace] == [[1, 1]] * 8
     for step, canvas in enumerate(canvases):  # left to right
-        assert not (canvas[:, :step + 1] == model.spec.mask_id).any()
-        assert (canvas[:, step + 1:] == model.spec.mask_id).all()
+        assert not (canvas[:, : step + 1] == model.spec.mask_id).any()
+        assert (canvas[:, step + 1 :] == model.spec.mask_id).all()
     generated = out.sequences[:, -8:]
     assert (generated == 9).all() if correct else not (generated == 9).any()
 
 
 @pytest.mark.parametrize("correct", [True, False])
 def test_a_rejection_inside_the_run_ends_what_the_step_commits(correct, monkeypatch):
-    """The AR model accepts the first two drafts of the run and rejects the third: the step commits the
+    """The AR model accepts the first two drafts of the run and rejects the third: the step commits
+    the
     two, and with correct=True the AR model's token (9) in the third place (speculative decoding's
     correction: the accepted drafts plus one token of the AR model's)."""
     model = decoder("llada", seed=39, favour={9: -50.0})
     ids, _ = prompts(model, [6], seed=39)
     guide = ARGuide(always_favouring(ar_model(seed=39), 9), acceptance="exact", correct=correct)
-    monkeypatch.setattr(Verification, "_accept", lambda self, ar_logits, drafts, *rest: torch.arange(len(drafts)) < 2)
+    monkeypatch.setattr(
+        Verification,
+        "_accept",
+        lambda self, ar_logits, drafts, *rest: torch.arange(len(drafts)) < 2,
+    )
     canvases = []
     Sampler(model, unmask=CommitNothing(), guide=guide).generate(
-        ids, max_new_tokens=8, callback=lambda record, x: canvases.append(x[0, 6:].clone()))
+        ids, max_new_tokens=8, callback=lambda record, x: canvases.append(x[0, 6:].clone())
+    )
     first = canvases[0]
     assert not (first[:2] == model.spec.mask_id).any() and not (first[:2] == 9).any()
-    assert first[2] == (9 if correct else model.spec.mask_id) and (first[3:] == model.spec.mask_id).all()
+    assert (
+        first[2] == (9 if correct else model.spec.mask_id)
+        and (first[3:] == model.spec.mask_id).all()
+    )
 
 
 def test_the_ar_cache_after_each_step_equals_a_fresh_prefill():
@@ -211,18 +263,25 @@ def test_the_ar_cache_after_each_step_equals_a_fresh_prefill():
             first = int(masked[row].int().argmax()) if masked[row].any() else x.shape[1]
             pad, keep = int(state.pads[row]), int(state.keep[row])
             assert keep <= first - 1 and int(state.slot_valid[row].sum()) == keep - pad
-            fresh = ar(input_ids=x[row:row + 1, pad:keep], use_cache=True).past_key_values
+            fresh = ar(input_ids=x[row : row + 1, pad:keep], use_cache=True).past_key_values
             for layer, fresh_layer in zip(state.cache.layers, fresh.layers, strict=True):
                 slots = state.slot_valid[row]
-                torch.testing.assert_close(layer.keys[row][:, slots], fresh_layer.keys[0], rtol=1e-5, atol=1e-5)
-                torch.testing.assert_close(layer.values[row][:, slots], fresh_layer.values[0], rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(
+                    layer.keys[row][:, slots], fresh_layer.keys[0], rtol=1e-5, atol=1e-5
+                )
+                torch.testing.assert_close(
+                    layer.values[row][:, slots], fresh_layer.values[0], rtol=1e-5, atol=1e-5
+                )
             checked += 1
 
     out = Sampler(model, unmask=Threshold(0.95), guide=guide, trace=True).generate(
-        ids, mask, max_new_tokens=16, block_length=8, callback=compare)
+        ids, mask, max_new_tokens=16, block_length=8, callback=compare
+    )
     assert not (out.sequences == model.spec.mask_id).any()
     committed = torch.stack([r.committed for r in out.trace])
-    assert checked == 3 * len(out.trace) and out.steps > 2, "the case needs steps with rejected drafts"
+    assert checked == 3 * len(out.trace) and out.steps > 2, (
+        "the case needs steps with rejected drafts"
+    )
     assert (committed > 1).any(), "the case needs steps with accepted drafts"
 
 
@@ -241,40 +300,69 @@ def test_a_guided_ragged_batch_decodes_each_row_as_alone(name, cache):
     problems = arith.problems(4, seed=34, split="test")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in problems])
     policy = {"elastic": ElasticCache(window=12), "dual": DualCache()}[cache]
-    sampler = Sampler(model, unmask=Threshold(0.9), cache=policy, stop=StopAtEOS(),
-                      guide=ARGuide(ar, verify_chunk=8), trace=True)
-    out = sampler.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=24)
+    sampler = Sampler(
+        model,
+        unmask=Threshold(0.9),
+        cache=policy,
+        stop=StopAtEOS(),
+        guide=ARGuide(ar, verify_chunk=8),
+        trace=True,
+    )
+    out = sampler.generate(
+        batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=24
+    )
     lengths = batch["attention_mask"].sum(1).tolist()
     assert len(set(lengths)) > 1, "the case needs ragged prompts"
     for row, n in enumerate(lengths):
-        alone = sampler.generate(batch["input_ids"][row:row + 1, -n:], max_new_tokens=48, block_length=24)
+        alone = sampler.generate(
+            batch["input_ids"][row : row + 1, -n:], max_new_tokens=48, block_length=24
+        )
         assert torch.equal(out.sequences[row, -48:], alone.sequences[0, -48:])
     assert max(r.committed.max() for r in out.trace) > 1
 
 
-@pytest.mark.parametrize("unmask", ["low-confidence", "low-confidence-cfg", "threshold", "factor",
-                                    "entropy-threshold", "dream-entropy", "threshold-sampled"])
+@pytest.mark.parametrize(
+    "unmask",
+    [
+        "low-confidence",
+        "low-confidence-cfg",
+        "threshold",
+        "factor",
+        "entropy-threshold",
+        "dream-entropy",
+        "threshold-sampled",
+    ],
+)
 @pytest.mark.parametrize("acceptance", ["topk_relative", "speculative"])
 @pytest.mark.parametrize("model_type", ["llada", "Dream"])
 def test_forced_refresh_with_a_guide_equals_nocache_with_it(model_type, acceptance, unmask):
     """ElasticCache refreshing everything every step (its window spanning the generation) + guide
     decodes as NoCache + guide, under every unmask policy, sampling included."""
-    policy = {"low-confidence": lambda: LowConfidence(16),
-              "low-confidence-cfg": lambda: LowConfidence(8, cfg_scale=1.0),
-              "threshold": lambda: Threshold(0.7), "factor": lambda: Factor(1.0),
-              "entropy-threshold": lambda: EntropyThreshold(0.5),
-              "dream-entropy": lambda: DreamAlgorithm("entropy", 8),
-              "threshold-sampled": lambda: Threshold(0.7, temperature=0.8)}[unmask]
+    policy = {
+        "low-confidence": lambda: LowConfidence(16),
+        "low-confidence-cfg": lambda: LowConfidence(8, cfg_scale=1.0),
+        "threshold": lambda: Threshold(0.7),
+        "factor": lambda: Factor(1.0),
+        "entropy-threshold": lambda: EntropyThreshold(0.5),
+        "dream-entropy": lambda: DreamAlgorithm("entropy", 8),
+        "threshold-sampled": lambda: Threshold(0.7, temperature=0.8),
+    }[unmask]
     model = decoder(model_type, seed=35)
     ids, mask = prompts(model, [9, 4, 6], seed=35)
-    guide = ARGuide(ar_model(seed=35, sharpness=8.0), acceptance=acceptance, k=4, ratio=0.05, correct=True)
+    guide = ARGuide(
+        ar_model(seed=35, sharpness=8.0), acceptance=acceptance, k=4, ratio=0.05, correct=True
+    )
 
     def run(cache):
         out = Sampler(model, unmask=policy(), cache=cache, guide=guide).generate(
-            ids, mask, max_new_tokens=16, block_length=8, generator=torch.Generator().manual_seed(5))
+            ids, mask, max_new_tokens=16, block_length=8, generator=torch.Generator().manual_seed(5)
+        )
         return out
 
-    plain, forced = run(NoCache()), run(ElasticCache(gamma=1.01, window=16, refresh_from="drifting"))
+    plain, forced = (
+        run(NoCache()),
+        run(ElasticCache(gamma=1.01, window=16, refresh_from="drifting")),
+    )
     assert torch.equal(forced.sequences, plain.sequences)
     assert (forced.ar_forwards, forced.ar_tokens) == (plain.ar_forwards, plain.ar_tokens)
     assert not (plain.sequences == model.spec.mask_id).any()
@@ -288,35 +376,50 @@ def test_accounting_counts_ar_forwards_and_positions():
     ids, _ = prompts(model, [6], seed=36)
     for chunk, forwards in [(32, 2), (4, 4)]:
         guide = ARGuide(ar_model(seed=36), k=VOCAB, ratio=1e-30, verify_chunk=chunk)
-        out = Sampler(model, unmask=CommitNothing(), guide=guide).generate(ids, max_new_tokens=16, block_length=8)
+        out = Sampler(model, unmask=CommitNothing(), guide=guide).generate(
+            ids, max_new_tokens=16, block_length=8
+        )
         assert (out.ar_forwards, out.ar_tokens, out.nfe) == (forwards, 6 + 8 + 9, 2)
 
 
 @pytest.mark.parametrize("stop", [StopAtEOS(), StopAtEOS(fill="mask")], ids=["eos", "mask"])
-@pytest.mark.parametrize("cache", [PrefixCache, DualCache, lambda: ElasticCache(window=4), FrozenCache],
-                         ids=["prefix", "dual", "elastic", "frozen"])
+@pytest.mark.parametrize(
+    "cache",
+    [PrefixCache, DualCache, lambda: ElasticCache(window=4), FrozenCache],
+    ids=["prefix", "dual", "elastic", "frozen"],
+)
 def test_other_caches_and_stops_compose_with_the_guide(cache, stop):
     model = decoder("Dream", seed=37, favour={EOS: 2.0})
     ids, mask = prompts(model, [9, 4, 6], seed=37)
     guide = ARGuide(ar_model(seed=37, sharpness=8.0), k=4, ratio=0.05)
     out = Sampler(model, unmask=Threshold(0.9), cache=cache(), guide=guide, stop=stop).generate(
-        ids, mask, max_new_tokens=16, block_length=8)
+        ids, mask, max_new_tokens=16, block_length=8
+    )
     generated = out.sequences[:, -16:]
     decoded = generated != model.spec.mask_id
-    assert (decoded.all(1) | (generated == EOS).any(1)).all(), "masks remain only after a stop token"
+    assert (decoded.all(1) | (generated == EOS).any(1)).all(), (
+        "masks remain only after a stop token"
+    )
     assert 0 < out.ar_forwards <= out.steps
 
 
-# -- bad input -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(acceptance="greedy"), r"acceptance must be one of \('exact', 'topk_relative', 'speculative'\), got 'greedy'"),
-    (dict(k=0), r"k must be an integer >= 1, got 0"),
-    (dict(ratio=0.0), r"ratio must be in \(0, 1\], got 0.0"),
-    (dict(ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
-    (dict(verify_chunk=0), r"verify_chunk must be an integer >= 1, got 0"),
-    (dict(correct="yes"), r"correct must be True or False, got 'yes'"),
-    (dict(token_map={1: -2}), r"token_map must be None or a dict"),
-])
+# -- bad input
+# -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            dict(acceptance="greedy"),
+            r"acceptance must be one of \('exact', 'topk_relative', 'speculative'\), got 'greedy'",
+        ),
+        (dict(k=0), r"k must be an integer >= 1, got 0"),
+        (dict(ratio=0.0), r"ratio must be in \(0, 1\], got 0.0"),
+        (dict(ratio=1.5), r"ratio must be in \(0, 1\], got 1.5"),
+        (dict(verify_chunk=0), r"verify_chunk must be an integer >= 1, got 0"),
+        (dict(correct="yes"), r"correct must be True or False, got 'yes'"),
+        (dict(token_map={1: -2}), r"token_map must be None or a dict"),
+    ],
+)
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ARGuide(ar_model(), **kwargs)
@@ -325,9 +428,14 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_a_canvas_past_the_ar_models_positions_is_refused():
     model = decoder("llada")
     ids, mask = prompts(model, [9, 5])
-    sampler = Sampler(model, unmask=Threshold(0.9), guide=ARGuide(ar_model()))  # max_position_embeddings=256
-    with pytest.raises(ValueError, match=r"\+ max_new_tokens \(248\) = 257 positions, more than the guide's AR "
-                                         r"model's maximum of 256 positions"):
+    sampler = Sampler(
+        model, unmask=Threshold(0.9), guide=ARGuide(ar_model())
+    )  # max_position_embeddings=256
+    with pytest.raises(
+        ValueError,
+        match=r"\+ max_new_tokens \(248\) = 257 positions, more than the guide's AR "
+        r"model's maximum of 256 positions",
+    ):
         sampler.generate(ids, mask, max_new_tokens=248, block_length=8)
 
 
@@ -345,15 +453,22 @@ def test_a_diffusion_model_is_not_a_causal_lm():
 def test_mismatched_vocabularies_are_refused_until_token_map_names_the_ends():
     model = decoder("llada")
     other = ar_model(ends=(7,))
-    with pytest.raises(ValueError, match=r"does not match the diffusion model's.*without \[126, 125\].*token_map"):
+    with pytest.raises(
+        ValueError, match=r"does not match the diffusion model's.*without \[126, 125\].*token_map"
+    ):
         Sampler(model, unmask=Threshold(0.9), guide=ARGuide(other))
     Sampler(model, unmask=Threshold(0.9), guide=ARGuide(other, token_map={EOS: 7, EOT: 7}))
-    with pytest.raises(ValueError, match=r"token_map \{126: 500\} names ids outside the vocabularies"):
+    with pytest.raises(
+        ValueError, match=r"token_map \{126: 500\} names ids outside the vocabularies"
+    ):
         Sampler(model, unmask=Threshold(0.9), guide=ARGuide(other, token_map={EOS: 500}))
 
 
 def test_an_ar_model_on_another_device_is_refused():
-    with pytest.raises(ValueError, match=r"the AR model is on meta, the diffusion model on cpu.*ar_model.to\('cpu'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"the AR model is on meta, the diffusion model on cpu.*ar_model.to\('cpu'\)",
+    ):
         Sampler(decoder("llada"), unmask=Threshold(0.9), guide=ARGuide(ar_model().to("meta")))
 
 
@@ -366,6 +481,10 @@ def test_speculative_is_exact_at_temperature_zero_end_to_end():
     model = decoder("llada", seed=38)
     ids, mask = prompts(model, [5, 7], seed=38)
     ar = ar_model(seed=38, sharpness=8.0)
-    outs = [Sampler(model, unmask=Threshold(0.9), guide=ARGuide(ar, acceptance=a)).generate(
-        ids, mask, max_new_tokens=16, block_length=8).sequences for a in ("exact", "speculative")]
+    outs = [
+        Sampler(model, unmask=Threshold(0.9), guide=ARGuide(ar, acceptance=a))
+        .generate(ids, mask, max_new_tokens=16, block_length=8)
+        .sequences
+        for a in ("exact", "speculative")
+    ]
     assert torch.equal(*outs)

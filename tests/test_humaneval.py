@@ -1,4 +1,5 @@
-"""HumanEval: the canonical solutions pass; bad completions fail in time and leave nothing behind; postprocess
+"""HumanEval: the canonical solutions pass; bad completions fail in time and leave nothing behind;
+postprocess
 on realistic outputs; prompts, data loading and the errors for bad settings."""
 
 import contextlib
@@ -26,7 +27,8 @@ ADD = {
     "task_id": "Test/0",
     "prompt": 'def add(a, b):\n    """Return a + b."""\n',
     "canonical_solution": "    return a + b\n",
-    "test": "\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
+    "test": "\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, "
+            "1) == 0\n",
     "entry_point": "add",
 }
 # Like many HumanEval prompts: an import and a helper before the function, which the tests rely on.
@@ -47,14 +49,16 @@ DOUBLED_SUM = {
             """
         '''),
     "canonical_solution": "    return sum(double(n) for n in numbers)\n",
-    "test": "\n\ndef check(candidate):\n    assert candidate([1, 2]) == 6\n    assert candidate([]) == 0\n"
-            "    assert double(4) == 8\n",
+    "test": "\n\ndef check(candidate):\n    assert candidate([1, 2]) == 6\n    assert "
+            "candidate([]) == 0\n"
+    "    assert double(4) == 8\n",
     "entry_point": "doubled_sum",
 }
 CORRECT = ADD["canonical_solution"]
 GUARD_MISSING = humaneval.guard_unavailable()
-guarded = pytest.mark.skipif(GUARD_MISSING is not None,
-                             reason=f"the syscall guard cannot be installed: {GUARD_MISSING}")
+guarded = pytest.mark.skipif(
+    GUARD_MISSING is not None, reason=f"the syscall guard cannot be installed: {GUARD_MISSING}"
+)
 HANG_TIMEOUT = 3.0
 
 
@@ -69,7 +73,8 @@ def after_correct(code: str) -> str:
 
 
 def live_group_members(pgid: int) -> list[int]:
-    """The processes of a process group that are alive (zombies are dead, waiting for their parent)."""
+    """The processes of a process group that are alive (zombies are dead, waiting for their
+    parent)."""
     members = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -125,8 +130,11 @@ def test_every_canonical_solution_passes_as_a_body(problems):
 @guarded
 def test_every_canonical_solution_passes_restated_in_a_chat_answer(problems):
     task = HumanEval(chat=True, timeout=30, workers=4)
-    outputs = [f"Here is the function:\n\n```python\n{s.data['prompt']}{s.target}```\n\nIt passes the examples."
-               for s in problems]
+    outputs = [
+        f"Here is the function:\n\n```python\n{s.data['prompt']}{s.target}```\n\nIt passes the "
+        "examples."
+        for s in problems
+    ]
     records = task.score_many(problems, outputs)
     assert [(s.id, r) for s, r in zip(problems, records, strict=True) if not r["correct"]] == []
 
@@ -134,19 +142,35 @@ def test_every_canonical_solution_passes_restated_in_a_chat_answer(problems):
 @guarded
 def test_execute_follows_the_official_meaning_of_completion():
     assert execute(ADD, CORRECT) == {"passed": True, "result": "passed"}
-    assert execute(DOUBLED_SUM, DOUBLED_SUM["canonical_solution"]) == {"passed": True, "result": "passed"}
+    assert execute(DOUBLED_SUM, DOUBLED_SUM["canonical_solution"]) == {
+        "passed": True,
+        "result": "passed",
+    }
 
 
 # -- failing completions ---------------------------------------------------------------------------
-@pytest.mark.parametrize("completion, result", [
-    pytest.param("    return a - b\n", "failed: AssertionError", id="wrong-answer"),
-    pytest.param("    raise ValueError('boom')\n", "failed: ValueError: boom", id="raises"),
-    pytest.param("    return a +\n", "failed: SyntaxError: invalid syntax (<completion>, line 3)", id="syntax-error"),
-    pytest.param("    return undefined_name\n", "failed: NameError: name 'undefined_name' is not defined",
-                 id="name-error"),
-    pytest.param("    raise ValueError('x' * 10_000)\n", ("failed: ValueError: " + "x" * 300)[:humaneval.RESULT_CHARS],
-                 id="long-message"),
-])
+@pytest.mark.parametrize(
+    "completion, result",
+    [
+        pytest.param("    return a - b\n", "failed: AssertionError", id="wrong-answer"),
+        pytest.param("    raise ValueError('boom')\n", "failed: ValueError: boom", id="raises"),
+        pytest.param(
+            "    return a +\n",
+            "failed: SyntaxError: invalid syntax (<completion>, line 3)",
+            id="syntax-error",
+        ),
+        pytest.param(
+            "    return undefined_name\n",
+            "failed: NameError: name 'undefined_name' is not defined",
+            id="name-error",
+        ),
+        pytest.param(
+            "    raise ValueError('x' * 10_000)\n",
+            ("failed: ValueError: " + "x" * 300)[: humaneval.RESULT_CHARS],
+            id="long-message",
+        ),
+    ],
+)
 @guarded
 def test_failures_are_described(completion, result):
     outcome = execute(ADD, completion)
@@ -154,18 +178,21 @@ def test_failures_are_described(completion, result):
     assert len(outcome["result"]) <= humaneval.RESULT_CHARS
 
 
-@pytest.mark.parametrize("code", [
-    "import sys\nsys.exit(0)",
-    "import os\nos._exit(0)",
-    "exit()",
-    "quit(0)",
-    "raise SystemExit(0)",
-    "raise KeyboardInterrupt",
-    # a stray write of a verdict-like line to every descriptor must not count either
-    "import os\nfor fd in range(3, 64):\n    try:\n"
-    "        os.write(fd, b'\\n{\"passed\": true, \"result\": \"passed\"}\\n')\n"
-    "    except OSError:\n        pass\nimport sys\nsys.exit(0)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import sys\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "exit()",
+        "quit(0)",
+        "raise SystemExit(0)",
+        "raise KeyboardInterrupt",
+        # a stray write of a verdict-like line to every descriptor must not count either
+        "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.write(fd, b'\\n{\"passed\": true, \"result\": \"passed\"}\\n')\n"
+        "    except OSError:\n        pass\nimport sys\nsys.exit(0)",
+    ],
+)
 @guarded
 def test_exiting_before_the_tests_is_not_a_pass(code):
     outcome = execute(ADD, after_correct(code))
@@ -180,8 +207,10 @@ def test_hanging_completions_time_out_and_no_process_survives(started_pids):
         "while True:\n    pass",
         "import time\ntime.sleep(600)",
         "while True:\n    print('x' * 65536)",  # gigabytes of output go nowhere
-        "import ctypes\nctypes.CDLL(None).fork()\nwhile True:\n    pass",  # a grandchild spinning too
-        "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass",
+        # a grandchild spinning too
+        "import ctypes\nctypes.CDLL(None).fork()\nwhile True:\n    pass",
+        "while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n "
+        "       pass",
     ]
 
     def timed(code):
@@ -203,7 +232,8 @@ def test_hanging_completions_time_out_and_no_process_survives(started_pids):
 def test_a_passing_completion_leaves_no_process_or_thread_behind(started_pids):
     code = after_correct("""\
         import ctypes, threading, time
-        threading.Thread(target=time.sleep, args=(600,)).start()  # non-daemon: would hold up a normal exit
+        # non-daemon: would hold up a normal exit
+        threading.Thread(target=time.sleep, args=(600,)).start()
         if ctypes.CDLL(None).fork() == 0:
             time.sleep(600)  # the forked grandchild waits; the child goes on to the tests
         """)
@@ -213,11 +243,14 @@ def test_a_passing_completion_leaves_no_process_or_thread_behind(started_pids):
     assert_gone(started_pids[0])
 
 
-@pytest.mark.parametrize("code", [
-    "x = bytearray(100 * 2**30)",
-    "x = [0] * 10**11",
-    "x = 'x' * (8 * 2**30)",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "x = bytearray(100 * 2**30)",
+        "x = [0] * 10**11",
+        "x = 'x' * (8 * 2**30)",
+    ],
+)
 @guarded
 def test_memory_hogs_fail_with_memory_error(code):
     assert execute(ADD, after_correct(code)) == {"passed": False, "result": "failed: MemoryError"}
@@ -249,7 +282,8 @@ def test_files_cannot_be_written_created_or_truncated(tmp_path):
         f"import shutil\nshutil.copy({str(kept)!r}, {str(new)!r})",
         f"import os\nos.mkdir({str(tmp_path / 'folder')!r})",
         f"import tempfile\ntempfile.NamedTemporaryFile(dir={str(tmp_path)!r})",
-        "import sqlite3\nsqlite3.connect('data.db').execute('create table t (x)')",  # in the child's directory
+        # in the child's directory
+        "import sqlite3\nsqlite3.connect('data.db').execute('create table t (x)')",
     ]
     outcomes = execute_all([after_correct(code) for code in attempts])
     for code, outcome in zip(attempts, outcomes, strict=True):
@@ -301,7 +335,9 @@ def test_the_evaluator_cannot_be_killed():
         "import os\nos.killpg(0, 9)",
         f"import signal\nsignal.pidfd_send_signal(__import__('os').pidfd_open({me}), 9)",
     ]
-    for code, outcome in zip(attempts, execute_all([after_correct(code) for code in attempts]), strict=True):
+    for code, outcome in zip(
+        attempts, execute_all([after_correct(code) for code in attempts]), strict=True
+    ):
         assert outcome["result"].startswith("failed: PermissionError"), (code, outcome)
     os.kill(me, 0)  # still here
 
@@ -322,10 +358,17 @@ def test_processes_cannot_be_started(tmp_path, started_pids):
         "import multiprocessing\nmultiprocessing.Process(target=print).start()",
         "import pty\npty.fork()",
     ]
-    silent = [f"import os\nassert os.system({touch!r}) != 0"]  # system() reports a failed fork as -1
+    silent = [
+        f"import os\nassert os.system({touch!r}) != 0"
+    ]  # system() reports a failed fork as -1
     outcomes = execute_all([after_correct(code) for code in raising + silent])
-    for code, outcome in zip(raising, outcomes, strict=False):  # pty.fork: "OSError: out of pty devices"
-        assert outcome["result"].startswith(("failed: PermissionError", "failed: OSError")), (code, outcome)
+    for code, outcome in zip(
+        raising, outcomes, strict=False
+    ):  # pty.fork: "OSError: out of pty devices"
+        assert outcome["result"].startswith(("failed: PermissionError", "failed: OSError")), (
+            code,
+            outcome,
+        )
     assert outcomes[-1] == {"passed": True, "result": "passed"}
     assert not marker.exists()
     for pid in started_pids:
@@ -341,7 +384,8 @@ def test_the_network_is_off():
         attempts = [
             f"import socket\nsocket.create_connection(('127.0.0.1', {port}))",
             f"import socket\nsocket.socket().connect(('127.0.0.1', {port}))",
-            f"import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {port}))",
+            "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', "
+            f"('127.0.0.1', {port}))",
             "import socket\nsocket.socketpair()",
             f"import urllib.request\nurllib.request.urlopen('http://127.0.0.1:{port}', timeout=1)",
             "import ctypes\nassert ctypes.CDLL(None).socket(2, 1, 0) < 0",
@@ -352,33 +396,47 @@ def test_the_network_is_off():
             listener.accept()
     for code, outcome in zip(attempts[:-1], outcomes, strict=False):
         assert outcome["result"].startswith("failed: ") and not outcome["passed"], code
-        assert "PermissionError" in outcome["result"] or "URLError" in outcome["result"], (code, outcome)
+        assert "PermissionError" in outcome["result"] or "URLError" in outcome["result"], (
+            code,
+            outcome,
+        )
     assert outcomes[-1]["passed"], outcomes[-1]
 
 
-@pytest.mark.parametrize("code, error", [
-    # lowering a limit is always allowed by the kernel; CPython words the filter's EPERM as:
-    ("import resource\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))",
-     "ValueError: not allowed to raise maximum limit"),
-    ("import resource\nresource.prlimit(0, resource.RLIMIT_CPU, (100, 100))", "PermissionError: [Errno 1]"),
-    ("import os\nos.chdir('/')", "PermissionError: [Errno 1] Operation not permitted: '/'"),
-    ("import os\nos.fchdir(os.open('/', os.O_RDONLY))", "PermissionError: [Errno 1]"),
-    ("import os\nos.setsid()", "PermissionError: [Errno 1]"),
-    ("import os\nos.setpgid(0, 0)", "PermissionError: [Errno 1]"),
-    ("import os\nos.kill(os.getppid(), 0)", "PermissionError: [Errno 1]"),
-])
+@pytest.mark.parametrize(
+    "code, error",
+    [
+        # lowering a limit is always allowed by the kernel; CPython words the filter's EPERM as:
+        (
+            "import resource\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))",
+            "ValueError: not allowed to raise maximum limit",
+        ),
+        (
+            "import resource\nresource.prlimit(0, resource.RLIMIT_CPU, (100, 100))",
+            "PermissionError: [Errno 1]",
+        ),
+        ("import os\nos.chdir('/')", "PermissionError: [Errno 1] Operation not permitted: '/'"),
+        ("import os\nos.fchdir(os.open('/', os.O_RDONLY))", "PermissionError: [Errno 1]"),
+        ("import os\nos.setsid()", "PermissionError: [Errno 1]"),
+        ("import os\nos.setpgid(0, 0)", "PermissionError: [Errno 1]"),
+        ("import os\nos.kill(os.getppid(), 0)", "PermissionError: [Errno 1]"),
+    ],
+)
 @guarded
 def test_limits_directory_and_session_cannot_be_changed(code, error):
     assert execute(ADD, after_correct(code))["result"].startswith(f"failed: {error}")
 
 
-@pytest.mark.parametrize("code, name", [
-    ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit"),
-    ("import os\nos.chdir('/')", "os.chdir"),
-    ("import os\nos.setsid()", "os.setsid"),
-    ("import faulthandler\nfaulthandler.enable()", "faulthandler.enable"),
-    ("import posix\nposix.system('true')", "posix.system"),
-])
+@pytest.mark.parametrize(
+    "code, name",
+    [
+        ("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit"),
+        ("import os\nos.chdir('/')", "os.chdir"),
+        ("import os\nos.setsid()", "os.setsid"),
+        ("import faulthandler\nfaulthandler.enable()", "faulthandler.enable"),
+        ("import posix\nposix.system('true')", "posix.system"),
+    ],
+)
 def test_the_unsafe_python_guard_refuses_by_name(code, name):
     result = execute(ADD, after_correct(code), unsafe_python_guard=True)["result"]
     assert result == f"failed: PermissionError: {name} is disabled while a completion is evaluated"
@@ -394,7 +452,9 @@ def test_the_unsafe_python_guard_lets_numpy_import():
 def test_the_working_directory_is_temporary_and_removed():
     result = execute(ADD, "    raise Exception(__import__('os').getcwd())\n")["result"]
     workdir = Path(result.removeprefix("failed: Exception: "))
-    assert workdir.parent == Path(tempfile.gettempdir()).resolve() and workdir.name.startswith("humaneval-")
+    assert workdir.parent == Path(tempfile.gettempdir()).resolve() and workdir.name.startswith(
+        "humaneval-"
+    )
     assert not workdir.exists()
 
 
@@ -406,7 +466,10 @@ def test_score_many_runs_in_parallel_and_keeps_the_order(problem_file):
     start = time.monotonic()
     records = task.score_many(samples, outputs)
     assert time.monotonic() - start < 2.5  # the two sleeps overlap
-    passed, failed = {"correct": True, "result": "passed"}, {"correct": False, "result": "failed: AssertionError"}
+    passed, failed = (
+        {"correct": True, "result": "passed"},
+        {"correct": False, "result": "failed: AssertionError"},
+    )
     assert records == [passed, failed] * 2
     assert task.score_many([], []) == []
 
@@ -414,13 +477,20 @@ def test_score_many_runs_in_parallel_and_keeps_the_order(problem_file):
 @guarded
 def test_execute_is_safe_to_call_from_many_threads():
     with ThreadPoolExecutor(max_workers=8) as pool:
-        outcomes = list(pool.map(lambda completion: execute(ADD, completion), [CORRECT, "    return a - b\n"] * 8))
+        outcomes = list(
+            pool.map(
+                lambda completion: execute(ADD, completion), [CORRECT, "    return a - b\n"] * 8
+            )
+        )
     assert [o["passed"] for o in outcomes] == [True, False] * 8
 
 
 # -- the syscall guard against code written to escape ----------------------------------------------
-REIMPORT_POSIX = "import sys\ndel sys.modules['posix']\nimport posix\n"  # undid the Python-level guard
-SLEEPER = "[sys.executable, '-c', 'import time; time.sleep(600)', 'MARK']"  # a process that would outlive the run
+REIMPORT_POSIX = (
+    "import sys\ndel sys.modules['posix']\nimport posix\n"  # undid the Python-level guard
+)
+# a process that would outlive the run
+SLEEPER = "[sys.executable, '-c', 'import time; time.sleep(600)', 'MARK']"
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 
 
@@ -431,6 +501,7 @@ def file_flags(path: Path) -> int | None:
         return None
     try:
         import fcntl
+
         return int.from_bytes(fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4), sys.byteorder)
     except OSError:
         return None
@@ -439,19 +510,27 @@ def file_flags(path: Path) -> int | None:
 
 
 def snapshot(root: Path) -> dict:
-    """Everything about a tree that a completion could change: names, kinds, modes, owners, sizes, contents,
+    """Everything about a tree that a completion could change: names, kinds, modes, owners, sizes,
+    contents,
     modification times and inode flags (immutable, append-only, ...)."""
     state = {}
     for path in [root, *sorted(root.rglob("*"))]:
         info = path.lstat()
         content = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-        state[str(path.relative_to(root))] = (info.st_mode, info.st_uid, info.st_size, info.st_mtime_ns,
-                                              content, file_flags(path))
+        state[str(path.relative_to(root))] = (
+            info.st_mode,
+            info.st_uid,
+            info.st_size,
+            info.st_mtime_ns,
+            content,
+            file_flags(path),
+        )
     return state
 
 
 def survivors(*needles: str) -> list[int]:
-    """Live processes whose command line holds one of the needles (a zombie's command line is empty)."""
+    """Live processes whose command line holds one of the needles (a zombie's command line is
+    empty)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -465,9 +544,12 @@ def survivors(*needles: str) -> list[int]:
 
 
 class Case:
-    """A sentinel tree that the attacks aim at, and a private temporary folder for the case directories.
-    check() asserts what must hold after any completion: nothing changed outside the case's directory
-    (the sentinel tree as before, the case directories all removed), no process of the case alive, the
+    """A sentinel tree that the attacks aim at, and a private temporary folder for the case
+    directories.
+    check() asserts what must hold after any completion: nothing changed outside the case's
+    directory
+    (the sentinel tree as before, the case directories all removed), no process of the case alive,
+    the
     evaluator alive."""
 
     def __init__(self, tmp_path: Path, started_pids: list[int]):
@@ -478,13 +560,18 @@ class Case:
         (self.root / "folder" / "inner.txt").write_text("inner")
         self.cases = tmp_path / "cases"
         self.cases.mkdir()
-        self.mark = f"escape-{os.getpid()}-{time.monotonic_ns()}"  # in the command line of anything it starts
+        # in the command line of anything it starts
+        self.mark = f"escape-{os.getpid()}-{time.monotonic_ns()}"
         self.started_pids = started_pids
         self.before = snapshot(self.root)
 
     def fill(self, code: str) -> str:
-        return (code.replace("KEPT", repr(str(self.kept))).replace("NEW", repr(str(self.new)))
-                .replace("ROOT", repr(str(self.root))).replace("MARK", self.mark))
+        return (
+            code.replace("KEPT", repr(str(self.kept)))
+            .replace("NEW", repr(str(self.new)))
+            .replace("ROOT", repr(str(self.root)))
+            .replace("MARK", self.mark)
+        )
 
     def run(self, codes: list[str], **options) -> list[dict]:
         with ThreadPoolExecutor(max_workers=4) as pool:
@@ -505,58 +592,70 @@ class Case:
 
 @pytest.fixture
 def case(tmp_path, monkeypatch, started_pids):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cases"))  # where mkdtemp puts the case folders
+    monkeypatch.setattr(
+        tempfile, "tempdir", str(tmp_path / "cases")
+    )  # where mkdtemp puts the case folders
     return Case(tmp_path, started_pids)
 
 
-# Completions that try to change the world outside their directory. Each is a correct body followed by the
-# attack, so a silently ineffective attack passes: what counts is that nothing changed (case.check()).
+# Completions that try to change the world outside their directory. Each is a correct body followed
+# by the
+# attack, so a silently ineffective attack passes: what counts is that nothing changed
+# (case.check()).
 ESCAPES = {
     "posix-reimported-unlink": REIMPORT_POSIX + "posix.unlink(KEPT)",
     "posix-reimported-rename": REIMPORT_POSIX + "posix.rename(KEPT, NEW)",
     "posix-reimported-daemon": REIMPORT_POSIX + "if posix.fork() == 0:\n    posix.setsid()\n"
-                               f"    posix.execv(sys.executable, {SLEEPER})\nimport time\ntime.sleep(0.5)",
-    "posix-reimported-exec": REIMPORT_POSIX + "posix.execv('/bin/sh', ['sh', '-c', 'touch ' + NEW + ' # MARK'])",
+    f"    posix.execv(sys.executable, {SLEEPER})\nimport time\ntime.sleep(0.5)",
+    "posix-reimported-exec": REIMPORT_POSIX
+    + "posix.execv('/bin/sh', ['sh', '-c', 'touch ' + NEW + ' # MARK'])",
     "io-open-truncate": "import _io\n_io.open(KEPT, 'w')",
     "io-open-append": "import _io\n_io.open(KEPT, 'ab').write(b'x')",
     "io-open-create": "import _io\n_io.open(NEW, 'x')",
     "io-fileio-read-write": "import _io\n_io.FileIO(KEPT, 'r+').write(b'X')",
     "os-open-read-write": "import os\nos.write(os.open(KEPT, os.O_RDWR), b'X')",
     "os-open-through-proc-fd": "import os\nfd = os.open(KEPT, os.O_RDONLY)\n"
-                               "os.open(f'/proc/self/fd/{fd}', os.O_WRONLY | os.O_TRUNC)",
+    "os.open(f'/proc/self/fd/{fd}', os.O_WRONLY | os.O_TRUNC)",
     "mmap-shared-write": "import mmap\nf = open(KEPT, 'rb')\n"
-                         "mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)[:1] = b'X'",
-    "mmap-mprotect": "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = ctypes.c_void_p\n"
-                     "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]\n"
-                     "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n"
-                     "address = libc.mmap(None, 4096, 1, 1, os.open(KEPT, os.O_RDONLY), 0)\n"
-                     "if libc.mprotect(address, 4096, 3) == 0:\n    ctypes.memmove(address, b'X', 1)",
+    "mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)[:1] = b'X'",
+    "mmap-mprotect": "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = "
+                     "ctypes.c_void_p\n"
+    "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + "
+    "[ctypes.c_long]\n"
+    "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n"
+    "address = libc.mmap(None, 4096, 1, 1, os.open(KEPT, os.O_RDONLY), 0)\n"
+    "if libc.mprotect(address, 4096, 3) == 0:\n    ctypes.memmove(address, b'X', 1)",
     "sqlite-creates-a-file": "import sqlite3\nsqlite3.connect(NEW).execute('create table t (x)')",
-    "sqlite-opens-for-writing": "import sqlite3\nsqlite3.connect(KEPT).execute('create table t (x)')",
+    "sqlite-opens-for-writing": "import sqlite3\nsqlite3.connect(KEPT).execute('create table t "
+                                "(x)')",
     "ioctl-immutable-directory": "import fcntl, os, struct\n"
-                                 "fcntl.ioctl(os.open('.', os.O_RDONLY), 0x40086602, struct.pack('i', 0x10))",
+    "fcntl.ioctl(os.open('.', os.O_RDONLY), 0x40086602, struct.pack('i', 0x10))",
     "ioctl-immutable-outside": "import fcntl, os, struct\n"
-                               "fcntl.ioctl(os.open(KEPT, os.O_RDONLY), 0x40086602, struct.pack('i', 0x10))",
+    "fcntl.ioctl(os.open(KEPT, os.O_RDONLY), 0x40086602, struct.pack('i', 0x10))",
     "ctypes-unlink": "import ctypes\nctypes.CDLL(None).unlink(KEPT.encode())",
     "ctypes-open-create": "import ctypes\nlibc = ctypes.CDLL(None)\n"
-                          "libc.write(libc.open(NEW.encode(), 0o1101, 0o644), b'x', 1)",
+    "libc.write(libc.open(NEW.encode(), 0o1101, 0o644), b'x', 1)",
     "ctypes-truncate": "import ctypes\nctypes.CDLL(None).truncate(KEPT.encode(), 0)",
     "ctypes-chmod-utime": "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.chmod(KEPT.encode(), 0)\n"
-                          "libc.utime(KEPT.encode(), None)",
-    "ctypes-link-symlink-mkdir": "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.link(KEPT.encode(), NEW.encode())\n"
-                                 "libc.symlink(KEPT.encode(), NEW.encode())\nlibc.mkdir(NEW.encode(), 0o755)",
+    "libc.utime(KEPT.encode(), None)",
+    "ctypes-link-symlink-mkdir": "import ctypes\nlibc = "
+                                 "ctypes.CDLL(None)\nlibc.link(KEPT.encode(), NEW.encode())\n"
+    "libc.symlink(KEPT.encode(), NEW.encode())\nlibc.mkdir(NEW.encode(), 0o755)",
     "ctypes-fork-exec": "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n"
-                        "    libc.execl(b'/bin/sh', b'sh', b'-c', ('touch ' + NEW + ' # MARK').encode(), None)\n"
-                        "time.sleep(0.5)",
-    "ctypes-posix-spawn-shell": "import ctypes\nctypes.CDLL(None).system(('touch ' + NEW + ' # MARK').encode())",
+    "    libc.execl(b'/bin/sh', b'sh', b'-c', ('touch ' + NEW + ' # MARK').encode(), None)\n"
+    "time.sleep(0.5)",
+    "ctypes-posix-spawn-shell": "import ctypes\nctypes.CDLL(None).system(('touch ' + NEW + ' # "
+                                "MARK').encode())",
     "subprocess": f"import subprocess, sys\nsubprocess.Popen({SLEEPER}, start_new_session=True)",
     "os-system": "import os\nos.system('touch ' + NEW + ' # MARK')",
     "shutil-rmtree": "import shutil\nshutil.rmtree(ROOT)",
     "rename-into-case-directory": "import os\nos.rename(KEPT, 'stolen')",
     "xattr": "import os\nos.setxattr(KEPT, 'user.x', b'1')",
-    "x32-abi-open-create": "import ctypes\nctypes.CDLL(None).syscall(0x40000002, NEW.encode(), 0o101, 0o644)",
-    "thread-escapes-the-filter": "import threading, os\nt = threading.Thread(target=os.remove, args=(KEPT,))\n"
-                                 "t.start()\nt.join()",
+    "x32-abi-open-create": "import ctypes\nctypes.CDLL(None).syscall(0x40000002, NEW.encode(), "
+                           "0o101, 0o644)",
+    "thread-escapes-the-filter": "import threading, os\nt = threading.Thread(target=os.remove, "
+                                 "args=(KEPT,))\n"
+    "t.start()\nt.join()",
 }
 
 
@@ -568,7 +667,8 @@ def test_escapes_change_nothing_outside_and_leave_no_process(case, code):
     assert outcome["passed"] or outcome["result"].startswith("failed: "), outcome
 
 
-# Calls that, allowed, would reach outside the process; each must be refused (the completion asserts so,
+# Calls that, allowed, would reach outside the process; each must be refused (the completion asserts
+# so,
 # so a refused call passes and an allowed one fails naming the call).
 DENIED_CALLS = {
     "kill-parent": "libc.kill(os.getppid(), 0)",
@@ -576,7 +676,8 @@ DENIED_CALLS = {
     "kill-own-group": "libc.kill(0, 0)",
     "tgkill-parent": "libc.tgkill(os.getppid(), os.getppid(), 0)",
     "ptrace-parent": "libc.ptrace(0x4206, os.getppid(), 0, 0)",  # PTRACE_SEIZE: would not stop it
-    "setrlimit": "libc.setrlimit(4, (ctypes.c_ulong * 2)(0, 0))",  # RLIMIT_CORE, lowered: allowed it would pass
+    # RLIMIT_CORE, lowered: allowed it would pass
+    "setrlimit": "libc.setrlimit(4, (ctypes.c_ulong * 2)(0, 0))",
     "prlimit": "libc.prlimit(0, 4, (ctypes.c_ulong * 2)(0, 0), None)",
     "chdir": "libc.chdir(b'/')",
     "chroot": "libc.chroot(b'/')",
@@ -601,10 +702,12 @@ DENIED_CALLS = {
     "pidfd-open-parent": "libc.syscall(434, os.getppid(), 0)",
     "clone3": "libc.syscall(435, (ctypes.c_char * 88)(), 88)",
     "fork": "libc.fork()",
-    "fork-through-clone": "libc.syscall(56, 17, 0, 0, 0, 0) if os.uname().machine == 'x86_64' else -1",
+    "fork-through-clone": "libc.syscall(56, 17, 0, 0, 0, 0) if os.uname().machine == 'x86_64' else "
+                          "-1",
     "userfaultfd": "libc.syscall(323, 0) if os.uname().machine == 'x86_64' else -1",
     "keyctl": "libc.syscall(250, 0, -3, 0) if os.uname().machine == 'x86_64' else -1",
-    "ioctl-setflags": "libc.ioctl(os.open(KEPT, os.O_RDONLY), 0x40086602, ctypes.byref(ctypes.c_int(0)))",
+    "ioctl-setflags": "libc.ioctl(os.open(KEPT, os.O_RDONLY), 0x40086602, "
+                      "ctypes.byref(ctypes.c_int(0)))",
     "fcntl-setlease": "libc.fcntl(os.open(KEPT, os.O_RDONLY), 1024, 0)",
 }
 
@@ -628,7 +731,8 @@ def test_calls_that_reach_outside_are_refused(case, call):
 @guarded
 def test_completions_can_compute_read_and_use_threads(case, tmp_path):
     code = after_correct("""\
-        import math, re, collections, itertools, functools, heapq, fractions, decimal, string, hashlib
+        import math, re, collections, itertools, functools, heapq, fractions, decimal, string
+        import hashlib
         import datetime, statistics, random, json, time, sys, threading
         from concurrent.futures import ThreadPoolExecutor
         assert open(KEPT).read() == "precious" and sorted(__import__("os").listdir(ROOT))
@@ -636,12 +740,18 @@ def test_completions_can_compute_read_and_use_threads(case, tmp_path):
         assert collections.Counter("aab").most_common(1) == [("a", 2)]
         assert list(itertools.pairwise([1, 2, 3])) == [(1, 2), (2, 3)]
         assert functools.lru_cache(lambda n: n * 2)(3) == 6 and heapq.nlargest(1, [1, 3]) == [3]
-        assert fractions.Fraction(1, 3) * 3 == 1 and decimal.Decimal("0.1") * 3 == decimal.Decimal("0.3")
+        assert fractions.Fraction(1, 3) * 3 == 1
+        assert decimal.Decimal("0.1") * 3 == decimal.Decimal("0.3")
         assert string.ascii_lowercase[:2] == "ab"
         assert hashlib.sha256(b"").hexdigest().startswith("e3b0c442") and hashlib.md5(b"x").digest()
-        assert datetime.datetime(2024, 1, 1).strftime("%A") == "Monday" and datetime.datetime.now().year > 2000
-        assert statistics.median([1, 3, 2]) == 2 and json.loads(json.dumps({"a": [1]})) == {"a": [1]}
-        random.seed(0); time.sleep(0.01); print("out"); print("err", file=sys.stderr)
+        assert datetime.datetime(2024, 1, 1).strftime("%A") == "Monday"
+        assert datetime.datetime.now().year > 2000
+        assert statistics.median([1, 3, 2]) == 2
+        assert json.loads(json.dumps({"a": [1]})) == {"a": [1]}
+        random.seed(0)
+        time.sleep(0.01)
+        print("out")
+        print("err", file=sys.stderr)
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(lambda x: x * x, range(100))) == [x * x for x in range(100)]
         done = threading.Event(); threading.Timer(0.01, done.set).start(); assert done.wait(5)
@@ -655,29 +765,35 @@ def test_completions_that_import_numpy_pass(case):
     pytest.importorskip("numpy")
     code = after_correct("""\
         import numpy as np
-        assert np.linalg.solve(np.array([[2.0, 0.0], [0.0, 4.0]]), np.array([2.0, 4.0])).tolist() == [1.0, 1.0]
+        solved = np.linalg.solve(np.array([[2.0, 0.0], [0.0, 4.0]]), np.array([2.0, 4.0]))
+        assert solved.tolist() == [1.0, 1.0]
         assert np.sort(np.random.default_rng(0).integers(0, 9, 1000)).shape == (1000,)
         assert float(np.arange(1000.0) @ np.ones(1000)) == 499500.0
         """)
-    assert case.run([code, "    import numpy\n    return int(numpy.int64(a) + b)\n"]) == \
-        [{"passed": True, "result": "passed"}] * 2
+    assert (
+        case.run([code, "    import numpy\n    return int(numpy.int64(a) + b)\n"])
+        == [{"passed": True, "result": "passed"}] * 2
+    )
     case.check()
 
 
 WRONG = "    return a - b\n"
 FAKE_PASSES = {
     "json-encoder": "import json\n"
-                    "json.JSONEncoder.encode = lambda self, o: '{\"passed\": true, \"result\": \"passed\"}'\n"
-                    "json.dumps = lambda *a, **k: '{\"passed\": true, \"result\": \"passed\"}'",
-    "builtins": "import builtins\nfor name in ('print', 'str', 'repr', 'bytes', 'type', 'isinstance', 'len', 'all',"
-                " 'id', 'issubclass', 'compile', 'exec', 'BaseException', 'Exception', 'AssertionError'):\n"
-                "    setattr(builtins, name, lambda *a, **k: 'passed')",
-    "os-write": "import os, posix\nos.write = posix.write = lambda fd, data: len(data)\nos._exit = lambda code: None",
-    "exception-str-exits": "import os\nclass Evil(AssertionError):\n    def __str__(self):\n        os._exit(0)\n"
-                           "import builtins\nbuiltins.AssertionError = Evil",
+    "json.JSONEncoder.encode = lambda self, o: '{\"passed\": true, \"result\": \"passed\"}'\n"
+    "json.dumps = lambda *a, **k: '{\"passed\": true, \"result\": \"passed\"}'",
+    "builtins": "import builtins\nfor name in ('print', 'str', 'repr', 'bytes', 'type', "
+                "'isinstance', 'len', 'all',"
+    " 'id', 'issubclass', 'compile', 'exec', 'BaseException', 'Exception', 'AssertionError'):\n"
+    "    setattr(builtins, name, lambda *a, **k: 'passed')",
+    "os-write": "import os, posix\nos.write = posix.write = lambda fd, data: len(data)\nos._exit = "
+                "lambda code: None",
+    "exception-str-exits": "import os\nclass Evil(AssertionError):\n    def __str__(self):\n       "
+                           " os._exit(0)\n"
+    "import builtins\nbuiltins.AssertionError = Evil",
     "metaclass-name": "class Meta(type):\n    __name__ = property(lambda cls: 1 / 0)\n"
-                      "    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\n"
-                      "class Odd(Exception, metaclass=Meta):\n    pass\nraise Odd(Odd('x'))",
+    "    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\n"
+    "class Odd(Exception, metaclass=Meta):\n    pass\nraise Odd(Odd('x'))",
 }
 
 
@@ -691,30 +807,45 @@ def test_patching_the_interpreter_cannot_fake_a_pass(case, code):
 
 @guarded
 def test_what_the_guard_does_not_stop_is_a_pass_faked_inside_the_process():
-    """As the README says: the completion shares its interpreter with check(), so it can make the test's own
+    """As the README says: the completion shares its interpreter with check(), so it can make the
+    test's own
     assertions hold without solving anything. Only an honest completion is scored honestly."""
-    always_equal = "    class Anything:\n        def __eq__(self, other):\n            return True\n" \
-                   "    return Anything()\n"
+    always_equal = (
+        "    class Anything:\n        def __eq__(self, other):\n            return True\n"
+        "    return Anything()\n"
+    )
     assert execute(ADD, always_equal) == {"passed": True, "result": "passed"}
 
 
 @guarded
 def test_exception_messages_run_none_of_the_completions_code():
-    code = "    class Evil(ValueError):\n        def __str__(self):\n            import os\n            os._exit(0)\n" \
-           "    raise Evil('x')\n"
+    code = (
+        "    class Evil(ValueError):\n        def __str__(self):\n            import os\n          "
+        "  os._exit(0)\n"
+        "    raise Evil('x')\n"
+    )
     assert execute(ADD, code) == {"passed": False, "result": "failed: Evil: x"}
-    code = "    class Loud:\n        def __str__(self):\n            import os\n            os._exit(0)\n" \
-           "    raise ValueError(Loud())\n"
+    code = (
+        "    class Loud:\n        def __str__(self):\n            import os\n            "
+        "os._exit(0)\n"
+        "    raise ValueError(Loud())\n"
+    )
     assert execute(ADD, code) == {"passed": False, "result": "failed: ValueError"}
-    code = "    e = OSError(2, 'gone')\n" \
-           "    e.filename = type('Loud', (), {'__repr__': lambda s: 1 / 0})()\n    raise e\n"
-    assert execute(ADD, code) == {"passed": False, "result": "failed: FileNotFoundError: (2, 'gone')"}
+    code = (
+        "    e = OSError(2, 'gone')\n"
+        "    e.filename = type('Loud', (), {'__repr__': lambda s: 1 / 0})()\n    raise e\n"
+    )
+    assert execute(ADD, code) == {
+        "passed": False,
+        "result": "failed: FileNotFoundError: (2, 'gone')",
+    }
 
 
 @guarded
 def test_the_evaluators_environment_stays_out_of_the_child(tmp_path):
     secret = f"secret-{os.getpid()}-{time.monotonic_ns()}"
-    completion = textwrap.indent(textwrap.dedent("""\
+    completion = textwrap.indent(
+        textwrap.dedent("""\
         import os
         seen, readable = [repr(sorted(os.environ.items()))], 0
         for pid in os.listdir("/proc"):
@@ -727,41 +858,58 @@ def test_the_evaluators_environment_stays_out_of_the_child(tmp_path):
                     except OSError:
                         pass
         raise Exception(f"{readable} {sorted(os.environ)} " + "".join(seen)[-150:])
-        """), "    ")
+        """),
+        "    ",
+    )
     script = textwrap.dedent("""\
         import json, sys
         from dllm_accel.tasks.humaneval import execute
         problem = json.loads(sys.argv[1])
         print(json.dumps(execute(problem, sys.argv[2])))
         """)
-    evaluator = subprocess.run([sys.executable, "-c", script, json.dumps(ADD), completion], capture_output=True,
-                               text=True, env={**os.environ, "HUMANEVAL_TEST_SECRET": secret}, check=True)
+    evaluator = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(ADD), completion],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HUMANEVAL_TEST_SECRET": secret},
+        check=True,
+    )
     result = json.loads(evaluator.stdout)["result"]
     assert secret not in evaluator.stdout and "HUMANEVAL_TEST_SECRET" not in evaluator.stdout
     expected_keys = sorted(humaneval._CHILD_ENV)
     assert result.startswith(f"failed: Exception: 0 {expected_keys} "), result
 
 
-# -- the guard's absence, its failures, and failed cleanups ------------------------------------------
+# -- the guard's absence, its failures, and failed cleanups
+# ------------------------------------------
 def test_without_the_guard_execute_refuses_unless_told(monkeypatch, problem_file):
     monkeypatch.setattr(humaneval, "guard_unavailable", lambda: "no libseccomp here (a test)")
-    with pytest.raises(humaneval.GuardUnavailable, match=r"no libseccomp here \(a test\)\. Pass unsafe_python_guard"):
+    with pytest.raises(
+        humaneval.GuardUnavailable,
+        match=r"no libseccomp here \(a test\)\. Pass unsafe_python_guard",
+    ):
         execute(ADD, CORRECT)
     with pytest.raises(humaneval.GuardUnavailable, match="task.unsafe_python_guard=True"):
         HumanEval(problem_file=problem_file)
     assert execute(ADD, CORRECT, unsafe_python_guard=True) == {"passed": True, "result": "passed"}
     task = HumanEval(problem_file=problem_file, unsafe_python_guard=True)
     assert task.unsafe_python_guard is True
-    assert task.score_many([Sample("Test/0", "", CORRECT, ADD)] * 2, [CORRECT, WRONG]) == \
-        [{"correct": True, "result": "passed"}, {"correct": False, "result": "failed: AssertionError"}]
-    with pytest.raises(ValueError, match=r"unsafe_python_guard must be true .* or false .*got 'yes'"):
+    assert task.score_many([Sample("Test/0", "", CORRECT, ADD)] * 2, [CORRECT, WRONG]) == [
+        {"correct": True, "result": "passed"},
+        {"correct": False, "result": "failed: AssertionError"},
+    ]
+    with pytest.raises(
+        ValueError, match=r"unsafe_python_guard must be true .* or false .*got 'yes'"
+    ):
         execute(ADD, CORRECT, unsafe_python_guard="yes")
 
 
 @guarded
 def test_a_guard_the_child_cannot_install_is_an_error_not_a_result(case, monkeypatch):
     source = humaneval._child_source()
-    broken = source.replace("    seccomp = binding()\n", "    raise OSError('seccomp is off in this test')\n")
+    broken = source.replace(
+        "    seccomp = binding()\n", "    raise OSError('seccomp is off in this test')\n"
+    )
     assert broken != source
     monkeypatch.setattr(humaneval, "_child_source", lambda: broken)
     with pytest.raises(humaneval.GuardUnavailable, match="OSError: seccomp is off in this test"):
@@ -786,7 +934,9 @@ def test_a_cleanup_that_fails_once_is_retried(case, monkeypatch):
 
 
 @guarded
-def test_a_cleanup_that_keeps_failing_fails_the_sample_and_the_run_goes_on(case, monkeypatch, problem_file):
+def test_a_cleanup_that_keeps_failing_fails_the_sample_and_the_run_goes_on(
+    case, monkeypatch, problem_file
+):
     real_rmtree = humaneval.shutil.rmtree
 
     def stuck_rmtree(path, *args, **kwargs):
@@ -818,6 +968,7 @@ def test_a_cleanup_that_keeps_failing_fails_the_sample_and_the_run_goes_on(case,
 
 def test_an_immutable_case_directory_is_unlocked_and_removed(case, tmp_path):
     import fcntl
+
     probe = tmp_path / "probe"
     probe.write_text("x")
     fd = os.open(probe, os.O_RDONLY)
@@ -830,12 +981,15 @@ def test_an_immutable_case_directory_is_unlocked_and_removed(case, tmp_path):
         os.close(fd)
     lock = REIMPORT_POSIX + textwrap.dedent("""\
         import fcntl, struct
-        posix.close(posix.open("locked", posix.O_CREAT | posix.O_WRONLY))  # empty: the size limit is 0
+        # empty: the size limit is 0
+        posix.close(posix.open("locked", posix.O_CREAT | posix.O_WRONLY))
         for path in ("locked", "."):
             fcntl.ioctl(posix.open(path, posix.O_RDONLY), 0x40086602, struct.pack("i", 0x10))
         """)
     # Only the Python-level guard lets a completion do this; the cleanup must still cope.
-    assert case.run([after_correct(lock)], unsafe_python_guard=True) == [{"passed": True, "result": "passed"}]
+    assert case.run([after_correct(lock)], unsafe_python_guard=True) == [
+        {"passed": True, "result": "passed"}
+    ]
     case.check()
 
 
@@ -875,30 +1029,58 @@ print(doubled_sum([4]))
 '''
 
 
-@pytest.mark.parametrize("output", [
-    pytest.param(FENCED_CHAT_ANSWER, id="fenced-full-function-with-explanation"),
-    pytest.param(BASE_MODEL_BODY, id="base-model-body-with-trailing-code"),
-    pytest.param("```python\ndef doubled_sum(numbers):\n    return sum(2 * n for n in numbers)\n", id="unclosed-fence"),
-    pytest.param("Sure! Here's the implementation:\n\ndef doubled_sum(numbers):\n    total = 0\n"
-                 "    for n in numbers:\n        total += double(n)\n    return total\n\n"
-                 "This loops over the numbers and doubles each one.\n", id="unfenced-function-in-prose"),
-    pytest.param("```python\ntotal = 0\nfor n in numbers:\n    total += double(n)\nreturn total\n```",
-                 id="fenced-body-without-indentation"),
-    pytest.param("```\n    return sum(map(double, numbers))\n```", id="fenced-body"),
-    pytest.param("    return sum(map(double, numbers))\n```\n\nThis uses map.", id="body-then-closing-fence"),
-    pytest.param("Usage:\n```python\nprint(doubled_sum([1]))\n```\nCode:\n```py\nimport math\n\n\n"
-                 "def doubled_sum(numbers):\n    return 2 * math.fsum(numbers)\n```", id="second-block-defines-it"),
-    pytest.param("1. The code:\n   ```python\n   def doubled_sum(numbers):\n       return 2 * sum(numbers)\n   ```\n",
-                 id="indented-fence-in-a-list"),
-    pytest.param("    text = '''two\nlines'''\n    return sum(double(n) for n in numbers)\nprint(text)\n",
-                 id="body-with-column-0-string-line"),
-    pytest.param("    # sum the doubles\n    return sum(double(n) for n in numbers)\n# Test\n"
-                 "assert doubled_sum([]) == 1\n",
-                 id="body-then-comment-and-failing-assert"),
-    pytest.param("```python\nimport functools\n\n\n@functools.lru_cache\ndef helper(n):\n    return 2 * n\n\n\n"
-                 "def doubled_sum(numbers):\n    return sum(helper(n) for n in numbers)\n```",
-                 id="imports-and-helpers-of-the-answer"),
-])
+@pytest.mark.parametrize(
+    "output",
+    [
+        pytest.param(FENCED_CHAT_ANSWER, id="fenced-full-function-with-explanation"),
+        pytest.param(BASE_MODEL_BODY, id="base-model-body-with-trailing-code"),
+        pytest.param(
+            "```python\ndef doubled_sum(numbers):\n    return sum(2 * n for n in numbers)\n",
+            id="unclosed-fence",
+        ),
+        pytest.param(
+            "Sure! Here's the implementation:\n\ndef doubled_sum(numbers):\n    total = 0\n"
+            "    for n in numbers:\n        total += double(n)\n    return total\n\n"
+            "This loops over the numbers and doubles each one.\n",
+            id="unfenced-function-in-prose",
+        ),
+        pytest.param(
+            "```python\ntotal = 0\nfor n in numbers:\n    total += double(n)\nreturn total\n```",
+            id="fenced-body-without-indentation",
+        ),
+        pytest.param("```\n    return sum(map(double, numbers))\n```", id="fenced-body"),
+        pytest.param(
+            "    return sum(map(double, numbers))\n```\n\nThis uses map.",
+            id="body-then-closing-fence",
+        ),
+        pytest.param(
+            "Usage:\n```python\nprint(doubled_sum([1]))\n```\nCode:\n```py\nimport math\n\n\n"
+            "def doubled_sum(numbers):\n    return 2 * math.fsum(numbers)\n```",
+            id="second-block-defines-it",
+        ),
+        pytest.param(
+            "1. The code:\n   ```python\n   def doubled_sum(numbers):\n       return 2 * "
+            "sum(numbers)\n   ```\n",
+            id="indented-fence-in-a-list",
+        ),
+        pytest.param(
+            "    text = '''two\nlines'''\n    return sum(double(n) for n in "
+            "numbers)\nprint(text)\n",
+            id="body-with-column-0-string-line",
+        ),
+        pytest.param(
+            "    # sum the doubles\n    return sum(double(n) for n in numbers)\n# Test\n"
+            "assert doubled_sum([]) == 1\n",
+            id="body-then-comment-and-failing-assert",
+        ),
+        pytest.param(
+            "```python\nimport functools\n\n\n@functools.lru_cache\ndef helper(n):\n    return 2 * "
+            "n\n\n\n"
+            "def doubled_sum(numbers):\n    return sum(helper(n) for n in numbers)\n```",
+            id="imports-and-helpers-of-the-answer",
+        ),
+    ],
+)
 @guarded
 def test_postprocess_realistic_outputs_pass(output):
     completion = postprocess(DOUBLED_SUM, output)
@@ -907,10 +1089,20 @@ def test_postprocess_realistic_outputs_pass(output):
 
 def test_postprocess_keeps_the_code_and_drops_what_only_exercises_it():
     completion = postprocess(DOUBLED_SUM, FENCED_CHAT_ANSWER)
-    assert "def doubled_sum(numbers: List[int]) -> int:" in completion and "from typing import List" in completion
-    assert "print(" not in completion and "assert" not in completion and "The function" not in completion
-    assert postprocess(DOUBLED_SUM, BASE_MODEL_BODY) == \
-        "    total = 0\n    for n in numbers:\n        total += double(n)\n    return total\n\n\n"
+    assert (
+        "def doubled_sum(numbers: List[int]) -> int:" in completion
+        and "from typing import List" in completion
+    )
+    assert (
+        "print(" not in completion
+        and "assert" not in completion
+        and "The function" not in completion
+    )
+    assert (
+        postprocess(DOUBLED_SUM, BASE_MODEL_BODY)
+        == "    total = 0\n    for n in numbers:\n        total += double(n)\n    return "
+           "total\n\n\n"
+    )
     assert postprocess(DOUBLED_SUM, "") == ""
 
 
@@ -920,7 +1112,9 @@ def test_postprocess_keeps_wrong_answers_wrong():
     assert not execute(DOUBLED_SUM, postprocess(DOUBLED_SUM, wrong))["passed"]
     assert not execute(DOUBLED_SUM, postprocess(DOUBLED_SUM, "I cannot help with that."))["passed"]
     cut_mid_line = "```python\ndef doubled_sum(numbers):\n    return sum(2 * n for n in"
-    assert execute(DOUBLED_SUM, postprocess(DOUBLED_SUM, cut_mid_line))["result"].startswith("failed: SyntaxError")
+    assert execute(DOUBLED_SUM, postprocess(DOUBLED_SUM, cut_mid_line))["result"].startswith(
+        "failed: SyntaxError"
+    )
 
 
 def test_task_postprocess_is_the_module_function():
@@ -957,14 +1151,24 @@ def test_plain_jsonl_and_missing_fields(tmp_path):
     path.write_text(json.dumps(ADD) + "\n")
     assert HumanEval(problem_file=path).samples()[0].id == "Test/0"
     path.write_text(json.dumps({"task_id": "x", "prompt": "p"}) + "\n")
-    with pytest.raises(ValueError, match=r"problem 1 lacks the HumanEval fields \['canonical_solution', 'test'"):
+    with pytest.raises(
+        ValueError, match=r"problem 1 lacks the HumanEval fields \['canonical_solution', 'test'"
+    ):
         HumanEval(problem_file=path).samples()
 
 
 @guarded
 def test_the_human_eval_problems(problems):
-    assert len(problems) == 164 and problems[0].id == "HumanEval/0" and problems[-1].id == "HumanEval/163"
-    assert [s.id for s in HumanEval(limit=3).samples()] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
+    assert (
+        len(problems) == 164
+        and problems[0].id == "HumanEval/0"
+        and problems[-1].id == "HumanEval/163"
+    )
+    assert [s.id for s in HumanEval(limit=3).samples()] == [
+        "HumanEval/0",
+        "HumanEval/1",
+        "HumanEval/2",
+    ]
 
 
 def test_a_missing_package_says_how_to_install_it(monkeypatch):
@@ -974,26 +1178,34 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch):
         HumanEval()
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"shots": 1}, r"task.shots must be 0 for humaneval .*got 1"),
-    ({"shots": -1}, r"task.shots must be an integer >= 0, got -1"),
-    ({"limit": 0}, r"task.limit must be None \(every sample\) or an integer >= 1, got 0"),
-    ({"timeout": 0}, r"task.timeout must be a number of seconds > 0, got 0"),
-    ({"timeout": -1.5}, r"task.timeout must be a number of seconds > 0, got -1.5"),
-    ({"timeout": "10"}, r"task.timeout must be a number of seconds > 0, got '10'"),
-    ({"timeout": float("inf")}, r"task.timeout must be a number of seconds > 0, got inf"),
-    ({"workers": 0}, r"task.workers must be an integer >= 1, got 0"),
-    ({"workers": 2.0}, r"task.workers must be an integer >= 1, got 2.0"),
-    ({"chat": "yes"}, r"task.chat must be true \(instruct models\) or false \(base models\), got 'yes'"),
-    ({"chat": 1}, r"task.chat must be true .*got 1"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"shots": 1}, r"task.shots must be 0 for humaneval .*got 1"),
+        ({"shots": -1}, r"task.shots must be an integer >= 0, got -1"),
+        ({"limit": 0}, r"task.limit must be None \(every sample\) or an integer >= 1, got 0"),
+        ({"timeout": 0}, r"task.timeout must be a number of seconds > 0, got 0"),
+        ({"timeout": -1.5}, r"task.timeout must be a number of seconds > 0, got -1.5"),
+        ({"timeout": "10"}, r"task.timeout must be a number of seconds > 0, got '10'"),
+        ({"timeout": float("inf")}, r"task.timeout must be a number of seconds > 0, got inf"),
+        ({"workers": 0}, r"task.workers must be an integer >= 1, got 0"),
+        ({"workers": 2.0}, r"task.workers must be an integer >= 1, got 2.0"),
+        (
+            {"chat": "yes"},
+            r"task.chat must be true \(instruct models\) or false \(base models\), got 'yes'",
+        ),
+        ({"chat": 1}, r"task.chat must be true .*got 1"),
+    ],
+)
 def test_bad_settings_are_named(settings, message, problem_file):
     with pytest.raises(ValueError, match=message):
         HumanEval(problem_file=problem_file, **settings)
 
 
 def test_bad_problem_file_and_execute_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="task.problem_file must be None .* got .*nowhere.jsonl"):
+    with pytest.raises(
+        FileNotFoundError, match="task.problem_file must be None .* got .*nowhere.jsonl"
+    ):
         HumanEval(problem_file=tmp_path / "nowhere.jsonl")
     with pytest.raises(ValueError, match="timeout must be a number of seconds > 0, got 0"):
         execute(ADD, CORRECT, timeout=0)

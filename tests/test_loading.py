@@ -1,4 +1,5 @@
-"""Hugging Face layout: save -> load round trips, from_hf sharing storage, and every bad checkpoint."""
+"""Hugging Face layout: save -> load round trips, from_hf sharing storage, and every bad
+checkpoint."""
 
 import json
 
@@ -27,8 +28,12 @@ def test_save_load_round_trip(tmp_path, model_type, shard_bytes):
         assert len(set(index["weight_map"].values())) > 2
         assert not (tmp_path / SINGLE_FILE).exists()
     loaded = dllm_accel.load_model(tmp_path)
-    assert type(loaded) is type(model) and loaded.spec == model.spec and loaded.dtype == torch.float32
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+    assert (
+        type(loaded) is type(model) and loaded.spec == model.spec and loaded.dtype == torch.float32
+    )
+    for (name, a), (_, b) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), name
     ids = random_ids(model, 2, 10)
     assert torch.equal(logits(model, ids), logits(loaded, ids))
@@ -40,14 +45,18 @@ def test_dtype_and_device_arguments(tmp_path):
     assert dllm_accel.load_model(tmp_path).dtype == torch.bfloat16  # None keeps what is stored
     model = dllm_accel.load_model(tmp_path, dtype="float32", device="cpu")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    assert dllm_accel.load_model(tmp_path, device=torch.device("cpu", 0)).device.type == "cpu"  # accelerate's
+    assert (
+        dllm_accel.load_model(tmp_path, device=torch.device("cpu", 0)).device.type == "cpu"
+    )  # accelerate's
     assert dllm_accel.load_model(tmp_path, dtype=torch.float16).dtype == torch.float16
     with pytest.raises(ValueError, match=r"dtype must be .* got 'int8'"):
         dllm_accel.load_model(tmp_path, dtype="int8")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a machine without CUDA")
-@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda")], ids=["cuda", "cuda:1", "torch.device"])
+@pytest.mark.parametrize(
+    "device", ["cuda", "cuda:1", torch.device("cuda")], ids=["cuda", "cuda:1", "torch.device"]
+)
 def test_a_cuda_device_without_cuda_is_refused_before_loading(device, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a checkpoint was read before the device was checked")
@@ -58,7 +67,9 @@ def test_a_cuda_device_without_cuda_is_refused_before_loading(device, monkeypatc
 
 
 def test_a_device_that_is_no_device_is_named():
-    with pytest.raises(ValueError, match=r"device must be None, a torch.device or its name .*got 'gpu'"):
+    with pytest.raises(
+        ValueError, match=r"device must be None, a torch.device or its name .*got 'gpu'"
+    ):
         dllm_accel.load_model("tiny-llada", device="gpu")
 
 
@@ -75,7 +86,9 @@ def test_end_of_turn_id_comes_from_the_tokenizer_files(tmp_path):
     model = tiny_model("llada")
     model.config.pop("eot_token_id")
     dllm_accel.save_model(model, tmp_path)
-    assert dllm_accel.load_model(tmp_path).spec.eot_id is None  # 126348 lies outside this vocabulary
+    assert (
+        dllm_accel.load_model(tmp_path).spec.eot_id is None
+    )  # 126348 lies outside this vocabulary
     decoder = {"120": {"content": "<|eot_id|>", "special": True}, "121": {"content": "<|other|>"}}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
     assert dllm_accel.load_model(tmp_path).spec.eot_id == 120
@@ -120,7 +133,9 @@ def test_a_failed_save_leaves_the_earlier_checkpoint_whole(tmp_path, monkeypatch
     monkeypatch.setattr(dllm_accel.models.loading, "save_file", failing_save)
     with pytest.raises(OSError, match="disk full"):
         dllm_accel.save_model(tiny_model("llada", seed=3), tmp_path, max_shard_bytes=20_000)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no staging folder left either
+    assert {
+        p.name: p.read_bytes() for p in tmp_path.iterdir()
+    } == before  # no staging folder left either
 
 
 def test_from_hf_rejects_what_is_not_a_transformers_model():
@@ -136,7 +151,8 @@ def test_from_hf_names_a_missing_parameter():
         dllm_accel.from_hf(StandIn(state, source.config))
 
 
-# -- bad checkpoints --------------------------------------------------------------------------------
+# -- bad checkpoints
+# --------------------------------------------------------------------------------
 @pytest.fixture
 def saved(tmp_path):
     dllm_accel.save_model(tiny_model("llada"), tmp_path)
@@ -165,13 +181,17 @@ def edit_weights(directory, edit):
 
 def test_unsupported_model_type(saved):
     edit_config(saved, model_type="llama")
-    with pytest.raises(ValueError, match=r"unsupported model_type 'llama'; supported: \['Dream', 'llada'\]"):
+    with pytest.raises(
+        ValueError, match=r"unsupported model_type 'llama'; supported: \['Dream', 'llada'\]"
+    ):
         dllm_accel.load_model(saved)
 
 
 def test_unsupported_architecture_option(saved):
     edit_config(saved, alibi=True)
-    with pytest.raises(ValueError, match=r"alibi=True is not supported; supported values: \(False, None\)"):
+    with pytest.raises(
+        ValueError, match=r"alibi=True is not supported; supported values: \(False, None\)"
+    ):
         dllm_accel.load_model(saved)
 
 
@@ -193,7 +213,9 @@ def test_rope_theta_default_and_rope_parameters(saved):
 
 def test_multi_query_attention_contradicting_n_kv_heads(saved):
     edit_config(saved, multi_query_attention=True, n_kv_heads=2)
-    with pytest.raises(ValueError, match=r"n_kv_heads=2 is not supported; supported values: \(None, 1\)"):
+    with pytest.raises(
+        ValueError, match=r"n_kv_heads=2 is not supported; supported values: \(None, 1\)"
+    ):
         dllm_accel.load_model(saved)
 
 
@@ -216,7 +238,9 @@ def test_mixed_dtype_checkpoint_loads_in_one_dtype(saved):
 
 def test_special_id_outside_the_vocabulary(saved):
     edit_config(saved, mask_token_id=126336)
-    with pytest.raises(ValueError, match=r"mask_token_id=126336 lies outside the vocabulary \[0, 128\)"):
+    with pytest.raises(
+        ValueError, match=r"mask_token_id=126336 lies outside the vocabulary \[0, 128\)"
+    ):
         dllm_accel.load_model(saved)
 
 
@@ -233,7 +257,9 @@ def test_missing_directory_config_and_weights(tmp_path):
 def test_missing_shard(sharded):
     shard = sorted(sharded.glob("model-*.safetensors"))[1]
     shard.unlink()
-    with pytest.raises(FileNotFoundError, match=rf"shard\(s\) \['{shard.name}'\] listed in .* are missing"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"shard\(s\) \['{shard.name}'\] listed in .* are missing"
+    ):
         dllm_accel.load_model(sharded)
 
 
@@ -251,19 +277,29 @@ def test_shard_lacking_a_key_its_index_promises(sharded):
 
 def test_missing_key(saved):
     edit_weights(saved, lambda s: s.pop("model.transformer.blocks.1.up_proj.weight"))
-    with pytest.raises(ValueError, match=r"1 missing key\(s\), e.g. \['model.transformer.blocks.1.up_proj.weight'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 missing key\(s\), e.g. \['model.transformer.blocks.1.up_proj.weight'\]",
+    ):
         dllm_accel.load_model(saved)
 
 
 def test_unexpected_key(saved):
-    edit_weights(saved, lambda s: s.update({"model.transformer.blocks.0.q_proj.bias": torch.zeros(64)}))
-    with pytest.raises(ValueError, match=r"1 unexpected key\(s\), e.g. \['model.transformer.blocks.0.q_proj.bias'\]"):
+    edit_weights(
+        saved, lambda s: s.update({"model.transformer.blocks.0.q_proj.bias": torch.zeros(64)})
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"1 unexpected key\(s\), e.g. \['model.transformer.blocks.0.q_proj.bias'\]",
+    ):
         dllm_accel.load_model(saved)
 
 
 def test_shape_mismatch(saved):
     edit_weights(saved, lambda s: s.update({"model.transformer.ln_f.weight": torch.ones(63)}))
-    with pytest.raises(ValueError, match=r"model.transformer.ln_f.weight: expected \(64,\), found \(63,\)"):
+    with pytest.raises(
+        ValueError, match=r"model.transformer.ln_f.weight: expected \(64,\), found \(63,\)"
+    ):
         dllm_accel.load_model(saved)
 
 
@@ -276,7 +312,10 @@ def test_weight_tying_loads_with_or_without_a_stored_head(tmp_path):
     ids = random_ids(tied, 1, 5)
     assert torch.equal(logits(loaded, ids), logits(tied, ids))
     # a checkpoint that also stores the tied head's copy loads the same (as Hugging Face ties it)
-    edit_weights(tmp_path, lambda s: s.update({"lm_head.weight": torch.zeros_like(s["model.embed_tokens.weight"])}))
+    edit_weights(
+        tmp_path,
+        lambda s: s.update({"lm_head.weight": torch.zeros_like(s["model.embed_tokens.weight"])}),
+    )
     assert torch.equal(logits(dllm_accel.load_model(tmp_path), ids), logits(tied, ids))
 
 

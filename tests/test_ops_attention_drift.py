@@ -1,6 +1,7 @@
 """kernels/attention_drift.py against its torch twin and a float64 version of the same math.
 
-The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16 only there:
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
+only there:
 the interpreter mis-computes it; see tests/conftest.py).
 """
 
@@ -34,16 +35,22 @@ class Shape:
 
 
 SHAPES = [
-    Shape(r=2, T=300, Hq=4, Hkv=2, D=64, m=3, n=19),  # several key tiles, the first ones all padding
+    Shape(
+        r=2, T=300, Hq=4, Hkv=2, D=64, m=3, n=19
+    ),  # several key tiles, the first ones all padding
     Shape(r=1, T=77, Hq=7, Hkv=1, D=128, m=2, n=5),  # GQA 7, a single partial tile
     Shape(r=2, T=150, Hq=14, Hkv=2, D=64, m=1, n=9),  # GQA 7 over two key/value heads
     Shape(r=3, T=45, Hq=2, Hkv=2, D=128, m=4, n=3),
 ]
 
 
-# -- inputs --------------------------------------------------------------------------------------------------------
-def make_inputs(shape: Shape, dtype, *, padded: bool, seed: int = 0, drift: float = 0.3, sharpness: float = 2.0):
-    """Inputs as ElasticCache passes them: k a strided view of a longer cache, queries a transposed view,
+# -- inputs ----------------------------------------------------------------------------------------
+# ----------------
+def make_inputs(
+    shape: Shape, dtype, *, padded: bool, seed: int = 0, drift: float = 0.3, sharpness: float = 2.0
+):
+    """Inputs as ElasticCache passes them: k a strided view of a longer cache, queries a transposed
+    view,
     written positions with repeats (and identical keys_before), left padding plus a few holes."""
     g = torch.Generator().manual_seed(seed)
     s = shape
@@ -60,13 +67,19 @@ def make_inputs(shape: Shape, dtype, *, padded: bool, seed: int = 0, drift: floa
         for row in range(s.r):
             key_mask[row, : (row * 137) % (s.T // 2 + 1)] = False
     as_dtype = lambda x: x.to(device=DEVICE, dtype=dtype)  # noqa: E731
-    return dict(q_before=as_dtype(q_before).transpose(1, 2), q_now=as_dtype(q_now).transpose(1, 2),
-                k=as_dtype(cache)[:, :, : s.T], key_mask=None if key_mask is None else key_mask.to(DEVICE),
-                written=written.to(DEVICE), keys_before=as_dtype(keys_before))
+    return dict(
+        q_before=as_dtype(q_before).transpose(1, 2),
+        q_now=as_dtype(q_now).transpose(1, 2),
+        k=as_dtype(cache)[:, :, : s.T],
+        key_mask=None if key_mask is None else key_mask.to(DEVICE),
+        written=written.to(DEVICE),
+        keys_before=as_dtype(keys_before),
+    )
 
 
 def exact_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis):
-    """The twin's math in float64, written independently: restore the written keys, softmax both, cosines."""
+    """The twin's math in float64, written independently: restore the written keys, softmax both,
+    cosines."""
     r, n_heads, _, head_dim = q_now.shape
     k_before = k.double().clone()
     for row in range(r):
@@ -89,21 +102,30 @@ def _exact_probs(q, keys, key_mask, n_heads):
 
 
 def _exact_cosine(a, b, dim):
-    norms = a.norm(dim=dim).clamp_min(reference.COSINE_EPS) * b.norm(dim=dim).clamp_min(reference.COSINE_EPS)
+    norms = a.norm(dim=dim).clamp_min(reference.COSINE_EPS) * b.norm(dim=dim).clamp_min(
+        reference.COSINE_EPS
+    )
     return (a * b).sum(dim) / norms
 
 
-FLOOR = 1e-6  # both err by ~1e-7 here (fp32 accumulation); conftest's default 1e-5 would hide a small bug
+# both err by ~1e-7 here (fp32 accumulation); conftest's default 1e-5 would hide a small bug
+FLOOR = 1e-6
 
 
 def run_all(inputs, axis):
     """-> (kernel, twin, exact) similarities."""
-    args = [inputs[name] for name in ("q_before", "q_now", "k", "key_mask", "written", "keys_before")]
-    return (kernel.attention_drift(*args, axis=axis), reference.attention_drift(*args, axis=axis),
-            exact_drift(*args, axis=axis))
+    args = [
+        inputs[name] for name in ("q_before", "q_now", "k", "key_mask", "written", "keys_before")
+    ]
+    return (
+        kernel.attention_drift(*args, axis=axis),
+        reference.attention_drift(*args, axis=axis),
+        exact_drift(*args, axis=axis),
+    )
 
 
-# -- the kernel against the twin -----------------------------------------------------------------------------------
+# -- the kernel against the twin
+# -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("padded", [False, True], ids=["all-keys", "padded"])
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES.values(), ids=KERNEL_DTYPES.keys())
 @pytest.mark.parametrize("axis", AXES)
@@ -117,7 +139,8 @@ def test_kernel_matches_twin(shape, axis, dtype, padded):
 
 @pytest.mark.parametrize("axis", AXES)
 def test_nothing_moved_is_one(axis):
-    """Same queries, and the writes put back the keys that were there: the attention did not move."""
+    """Same queries, and the writes put back the keys that were there: the attention did not
+    move."""
     inputs = make_inputs(SHAPES[0], torch.float32, padded=True, drift=0.0)
     written = inputs["written"]
     index = written[:, None, :, None].expand(-1, SHAPES[0].Hkv, -1, SHAPES[0].D)
@@ -146,17 +169,22 @@ def test_only_the_written_keys_moved(axis):
     assert (got < 0.999).all(), got
 
 
-# -- through dllm_accel.ops ------------------------------------------------------------------------------------------
+# -- through dllm_accel.ops
+# ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("axis", AXES)
 def test_public_op_runs_the_kernel(impl, monkeypatch, axis):
     impl("triton")
     calls = []
     launch = kernel.attention_drift
-    monkeypatch.setattr(kernel, "attention_drift", lambda *a, **kw: calls.append(kw["axis"]) or launch(*a, **kw))
+    monkeypatch.setattr(
+        kernel, "attention_drift", lambda *a, **kw: calls.append(kw["axis"]) or launch(*a, **kw)
+    )
     inputs = make_inputs(SHAPES[3], torch.float16, padded=True)
     got = ops.attention_drift(**inputs, axis=axis)
     assert calls == [axis]
-    assert ops.implementation("attention_drift", DEVICE.type) == "triton"  # a device type: "cuda", not device("cuda")
+    assert (
+        ops.implementation("attention_drift", DEVICE.type) == "triton"
+    )  # a device type: "cuda", not device("cuda")
     _, twin, exact = run_all(inputs, axis)
     assert_as_close_as_twin(got, twin, exact, floor=FLOOR, what=axis)
 

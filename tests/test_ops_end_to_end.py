@@ -1,4 +1,5 @@
-"""Generation through the kernels (Triton's interpreter here, the GPU in gpu_check.sh) gives the torch
+"""Generation through the kernels (Triton's interpreter here, the GPU in gpu_check.sh) gives the
+torch
 path's tokens on the bundled trained models."""
 
 import pytest
@@ -17,16 +18,22 @@ def generate(name, cache, lengths):
     conversations = [arith.messages(p, shots) for p, shots in zip(problems, lengths, strict=True)]
     batch = dllm_accel.encode_chat(tokenizer, conversations, device=KERNEL_DEVICE)
     out = Sampler(model, unmask=Threshold(0.9), cache=cache, stop=StopAtEOS()).generate(
-        batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=24)
+        batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=24
+    )
     return out.sequences, out.recompute_fraction
 
 
 @pytest.mark.parametrize("cache", ["elastic", "elastic-drifting-keys", "dual"])
-@pytest.mark.parametrize("lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"])  # shots per row: ragged prompts
+@pytest.mark.parametrize(
+    "lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"]
+)  # shots per row: ragged prompts
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_kernel_path_gives_the_torch_path_tokens(name, lengths, cache, impl):
-    policy = {"elastic": ElasticCache(), "dual": DualCache(),
-              "elastic-drifting-keys": ElasticCache(refresh_from="drifting", drift="keys")}[cache]
+    policy = {
+        "elastic": ElasticCache(),
+        "dual": DualCache(),
+        "elastic-drifting-keys": ElasticCache(refresh_from="drifting", drift="keys"),
+    }[cache]
     impl("torch")
     twin, twin_fraction = generate(name, policy, lengths)
     impl("triton")

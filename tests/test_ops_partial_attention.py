@@ -1,9 +1,12 @@
 """kernels/partial_attention.py against its torch twin and an fp64 reference.
 
-The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16 only there:
-the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded generators,
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
+only there:
+the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded
+generators,
 then moved to KERNEL_DEVICE, so both runs see the same values.
-Every buffer the launcher allocates is NaN-poisoned first, so an element the kernel never writes fails.
+Every buffer the launcher allocates is NaN-poisoned first, so an element the kernel never writes
+fails.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class Case:
     Hkv: int
     D: int
     n: int
-    keys: str = "left-pad"  # 'left-pad' (the engine's prompts), 'holes' (random False entries) or 'all' (no mask)
+    # 'left-pad' (the engine's prompts), 'holes' (random False entries) or 'all' (no mask)
+    keys: str = "left-pad"
 
     def __str__(self) -> str:
         return f"r{self.r}-T{self.T}-Hq{self.Hq}-Hkv{self.Hkv}-D{self.D}-n{self.n}-{self.keys}"
@@ -47,12 +51,16 @@ CASES = [
 @pytest.fixture
 def poisoned(monkeypatch):
     """The launcher's allocations come back full of NaN."""
-    monkeypatch.setattr(kernel, "_empty", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
-                                                                                   device=device))
+    monkeypatch.setattr(
+        kernel,
+        "_empty",
+        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device),
+    )
 
 
 def make_inputs(case: Case, dtype: torch.dtype, seed: int = 0):
-    """q, k, v (scaled so some rows attend sharply), key_mask and mass_weights for a case, on DEVICE."""
+    """q, k, v (scaled so some rows attend sharply), key_mask and mass_weights for a case, on
+    DEVICE."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape, scale=1.0):
@@ -111,11 +119,15 @@ def test_without_mass(poisoned):
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES.values(), ids=KERNEL_DTYPES.keys())
 def test_strided_views(dtype, poisoned):
-    """As the engine passes them: q transposed out of [r, n, Hq, D]; k, v one layer of a [L, R, Hkv, T_max, D]
-    cache at every other model row and the first T positions; key_mask and weights non-contiguous too."""
+    """As the engine passes them: q transposed out of [r, n, Hq, D]; k, v one layer of a [L, R, Hkv,
+    T_max, D]
+    cache at every other model row and the first T positions; key_mask and weights non-contiguous
+    too."""
     case = Case(3, 90, 8, 2, 64, 7)
     q, k, v, key_mask, weights = make_inputs(case, dtype)
-    cache = torch.full((2, 2, 2 * case.r, case.Hkv, 128, case.D), float("nan"), dtype=dtype, device=DEVICE)
+    cache = torch.full(
+        (2, 2, 2 * case.r, case.Hkv, 128, case.D), float("nan"), dtype=dtype, device=DEVICE
+    )
     cache[1, 0, ::2, :, : case.T], cache[1, 1, ::2, :, : case.T] = k, v
     k_view, v_view = cache[1, 0, ::2, :, : case.T], cache[1, 1, ::2, :, : case.T]
     q_view = q.transpose(1, 2).contiguous().transpose(1, 2)
@@ -146,14 +158,17 @@ def test_mixed_query_dtype(poisoned):
 
 
 def test_rows_without_keys_give_zero(poisoned):
-    """A row whose keys are all masked: out = 0 and no mass (the twin gives NaN there); other rows unchanged."""
+    """A row whose keys are all masked: out = 0 and no mass (the twin gives NaN there); other rows
+    unchanged."""
     case = Case(3, 70, 4, 2, 64, 5)
     q, k, v, key_mask, weights = make_inputs(case, torch.float32)
     key_mask[1] = False
     out, mass = kernel.partial_attention(q, k, v, key_mask, mass_weights=weights)
     assert out[1].eq(0).all() and mass[1].eq(0).all()
     keep = [0, 2]
-    check_against_twin((out[keep], mass[keep]), q[keep], k[keep], v[keep], key_mask[keep], weights[keep], "kept")
+    check_against_twin(
+        (out[keep], mass[keep]), q[keep], k[keep], v[keep], key_mask[keep], weights[keep], "kept"
+    )
 
 
 def test_no_keys_at_all(poisoned):
@@ -179,13 +194,23 @@ def test_dispatch_reaches_kernel(impl, kernel_calls):
 
 
 def bad_inputs():
-    def tensors(q_shape, kv_shape, dtype=torch.float32):  # on DEVICE: the head-dim check is the kernel's own
-        return tuple(torch.randn(shape).to(DEVICE, dtype) for shape in (q_shape, kv_shape, kv_shape))
+    def tensors(
+        q_shape, kv_shape, dtype=torch.float32
+    ):  # on DEVICE: the head-dim check is the kernel's own
+        return tuple(
+            torch.randn(shape).to(DEVICE, dtype) for shape in (q_shape, kv_shape, kv_shape)
+        )
 
     return {
         "head-dims": (tensors((1, 4, 3, 64), (1, 4, 9, 32)), "must be"),
-        "heads-not-multiple": (tensors((1, 6, 3, 64), (1, 4, 9, 64)), "multiple of key/value heads"),
-        "int-dtype": (tensors((1, 4, 3, 64), (1, 4, 9, 64), torch.int32), "float32, float16 or bfloat16"),
+        "heads-not-multiple": (
+            tensors((1, 6, 3, 64), (1, 4, 9, 64)),
+            "multiple of key/value heads",
+        ),
+        "int-dtype": (
+            tensors((1, 4, 3, 64), (1, 4, 9, 64), torch.int32),
+            "float32, float16 or bfloat16",
+        ),
         "no-queries": (tensors((1, 4, 0, 64), (1, 4, 9, 64)), "no query rows"),
         "no-rows": (tensors((0, 4, 3, 64), (0, 4, 9, 64)), "no query rows"),
         "head-dim-512": (tensors((1, 1, 1, 512), (1, 1, 2, 512)), "head dims 1..256"),

@@ -1,12 +1,16 @@
 """rope_write's Triton kernel against its torch twin (dllm_accel.ops.reference.rope_write).
 
-The caches start NaN-poisoned: the positions the op writes must equal the twin's, every other one must
+The caches start NaN-poisoned: the positions the op writes must equal the twin's, every other one
+must
 still be NaN. Fresh rows are gathered from one source tensor per model row and position, so repeated
 (row, position) pairs carry identical values, as the op requires.
 
-The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16 only there:
-the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded generators,
-then moved to KERNEL_DEVICE; strided and expanded views are taken there, so they keep their strides."""
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
+only there:
+the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded
+generators,
+then moved to KERNEL_DEVICE; strided and expanded views are taken there, so they keep their
+strides."""
 
 from dataclasses import dataclass
 
@@ -33,13 +37,16 @@ class Case:
     length: int  # T, the canvas
     cache_rows: int  # R
     d_model: int
-    tables: str  # "per-row" [r, 1, n, D], "shared" [1, 1, n, D], "expanded" [1] expanded to r (row stride 0)
+    # "per-row" [r, 1, n, D], "shared" [1, 1, n, D], "expanded" [1] expanded to r (row stride 0)
+    tables: str
     repeats: bool  # a repeated model row and a repeated position within a row
 
     @property
     def id(self) -> str:
-        return (f"r{self.r}-n{self.n}-Hq{self.n_heads}-Hkv{self.n_kv_heads}-D{self.head_dim}-T{self.length}"
-                f"-R{self.cache_rows}-d{self.d_model}-{self.tables}{'-repeats' if self.repeats else ''}")
+        return (
+            f"r{self.r}-n{self.n}-Hq{self.n_heads}-Hkv{self.n_kv_heads}-D{self.head_dim}-T{self.length}"
+            f"-R{self.cache_rows}-d{self.d_model}-{self.tables}{'-repeats' if self.repeats else ''}"
+        )
 
 
 CASES = [
@@ -52,13 +59,18 @@ DTYPES = {  # x's dtype, the tables' dtype (the dtype RoPE is applied in)
     "fp32": (torch.float32, torch.float32),
     "fp16-tables-fp32": (torch.float16, torch.float32),  # as LLaDA
     "fp16": (torch.float16, torch.float16),  # as Dream
-} | ({"bf16-tables-fp32": (torch.bfloat16, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16)}
-     if "bf16" in KERNEL_DTYPES else {})  # natively only (tests/conftest.py)
+} | (
+    {"bf16-tables-fp32": (torch.bfloat16, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16)}
+    if "bf16" in KERNEL_DTYPES
+    else {}
+)  # natively only (tests/conftest.py)
 
 
 def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
-    """Fresh rows for `case` on DEVICE: q (last-dim stride 2), k, v ([r, n, H, D] transposed, as project_qkv
-    makes them) and hidden (strided) gathered from per-(row, position) sources; RoPE tables at the rows' true
+    """Fresh rows for `case` on DEVICE: q (last-dim stride 2), k, v ([r, n, H, D] transposed, as
+    project_qkv
+    makes them) and hidden (strided) gathered from per-(row, position) sources; RoPE tables at the
+    rows' true
     positions (canvas position + a per-row shift)."""
     g = torch.Generator().manual_seed(seed)
     c = case
@@ -76,7 +88,9 @@ def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
     if c.repeats:
         index[:, -1] = index[:, 0]
         positions[:, -1] = positions[:, 0]
-    cos, sin = (table.to(DEVICE) for table in rotary_tables(positions, c.head_dim, THETA, table_dtype))
+    cos, sin = (
+        table.to(DEVICE) for table in rotary_tables(positions, c.head_dim, THETA, table_dtype)
+    )
     rows, index = rows.to(DEVICE), index.to(DEVICE)
     if c.tables == "expanded":
         cos, sin = cos.expand(c.r, -1, -1, -1), sin.expand(c.r, -1, -1, -1)
@@ -85,19 +99,33 @@ def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
         source = torch.randn(c.cache_rows, c.length, *shape, generator=g).to(DEVICE, dtype)
         return source[rows[:, None], index]
 
-    q = torch.randn(c.r, c.n, c.n_heads, c.head_dim, 2, generator=g).to(DEVICE, dtype)[..., 0].transpose(1, 2)
+    q = (
+        torch.randn(c.r, c.n, c.n_heads, c.head_dim, 2, generator=g)
+        .to(DEVICE, dtype)[..., 0]
+        .transpose(1, 2)
+    )
     hidden = torch.empty(c.r, c.n, 2 * c.d_model, dtype=dtype, device=DEVICE)[..., ::2]
     hidden.copy_(gathered(c.d_model))
-    return dict(q=q, k=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2),
-                v=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2), rope=Rope(cos, sin), rows=rows,
-                index=index, hidden=hidden)
+    return dict(
+        q=q,
+        k=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2),
+        v=gathered(c.n_kv_heads, c.head_dim).transpose(1, 2),
+        rope=Rope(cos, sin),
+        rows=rows,
+        index=index,
+        hidden=hidden,
+    )
 
 
 def poisoned_caches(case: Case, dtype, with_inputs: bool) -> dict:
     shape = (case.cache_rows, case.n_kv_heads, case.length, case.head_dim)
     inputs = (case.cache_rows, case.length, case.d_model)
     poisoned = lambda size: torch.full(size, float("nan"), dtype=dtype, device=DEVICE)  # noqa: E731
-    return dict(keys=poisoned(shape), values=poisoned(shape), inputs=poisoned(inputs) if with_inputs else None)
+    return dict(
+        keys=poisoned(shape),
+        values=poisoned(shape),
+        inputs=poisoned(inputs) if with_inputs else None,
+    )
 
 
 def exact_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
@@ -116,8 +144,18 @@ def written_mask(case: Case, rows, index) -> torch.Tensor:
 
 def call(op, fresh: dict, caches: dict):
     inputs = caches["inputs"]
-    return op(fresh["q"], fresh["k"], fresh["v"], fresh["rope"], caches["keys"], caches["values"], fresh["rows"],
-              fresh["index"], inputs=inputs, hidden=None if inputs is None else fresh["hidden"])
+    return op(
+        fresh["q"],
+        fresh["k"],
+        fresh["v"],
+        fresh["rope"],
+        caches["keys"],
+        caches["values"],
+        fresh["rows"],
+        fresh["index"],
+        inputs=inputs,
+        hidden=None if inputs is None else fresh["hidden"],
+    )
 
 
 @pytest.mark.parametrize("with_inputs", [True, False], ids=["inputs", "no-inputs"])
@@ -126,7 +164,10 @@ def call(op, fresh: dict, caches: dict):
 def test_rope_write_matches_twin(case, dtypes, with_inputs):
     dtype, table_dtype = dtypes
     fresh = make_rows(case, dtype, table_dtype)
-    caches, twin_caches = poisoned_caches(case, dtype, with_inputs), poisoned_caches(case, dtype, with_inputs)
+    caches, twin_caches = (
+        poisoned_caches(case, dtype, with_inputs),
+        poisoned_caches(case, dtype, with_inputs),
+    )
 
     q_rotated = call(kernel_module.rope_write, fresh, caches)
     twin_q = call(reference.rope_write, fresh, twin_caches)
@@ -139,16 +180,21 @@ def test_rope_write_matches_twin(case, dtypes, with_inputs):
     heads = torch.arange(case.n_kv_heads, device=DEVICE)[None, :, None]
     where = (fresh["rows"][:, None, None], heads, fresh["index"][:, None, :])
     exact_keys[where] = exact_rotary(fresh["k"], fresh["rope"])
-    per_position = lambda cache: cache.transpose(1, 2)  # noqa: E731  [R, T, Hkv, D], indexable by `written`
+    # [R, T, Hkv, D], indexable by `written`
+    per_position = lambda cache: cache.transpose(1, 2)  # noqa: E731
     keys, twin_keys = per_position(caches["keys"]), per_position(twin_caches["keys"])
     assert keys[~written].isnan().all(), "keys outside the written positions changed"
-    assert_as_close_as_twin(keys[written], twin_keys[written], per_position(exact_keys)[written], what="keys")
+    assert_as_close_as_twin(
+        keys[written], twin_keys[written], per_position(exact_keys)[written], what="keys"
+    )
 
     values, twin_values = per_position(caches["values"]), per_position(twin_caches["values"])
     assert values[~written].isnan().all(), "values outside the written positions changed"
     assert torch.equal(values[written], twin_values[written])
     if with_inputs:
-        assert caches["inputs"][~written].isnan().all(), "inputs outside the written positions changed"
+        assert caches["inputs"][~written].isnan().all(), (
+            "inputs outside the written positions changed"
+        )
         assert torch.equal(caches["inputs"][written], twin_caches["inputs"][written])
 
 
@@ -163,7 +209,10 @@ def triton_impl(impl, kernel_calls):
 def test_public_op_runs_the_kernel(triton_impl):
     case = CASES[0]
     fresh = make_rows(case, torch.float32, torch.float32)
-    caches, twin_caches = poisoned_caches(case, torch.float32, True), poisoned_caches(case, torch.float32, True)
+    caches, twin_caches = (
+        poisoned_caches(case, torch.float32, True),
+        poisoned_caches(case, torch.float32, True),
+    )
     q_rotated = call(ops.rope_write, fresh, caches)
     assert len(triton_impl) == 1
     twin_q = call(reference.rope_write, fresh, twin_caches)
@@ -225,7 +274,17 @@ def test_bad_input_raises_before_launch(triton_impl, breaker, message):
     breaker(fresh, caches)
     hidden = fresh["hidden"] if caches["inputs"] is not None or fresh.get("hidden_alone") else None
     with pytest.raises(ValueError, match=message):
-        ops.rope_write(fresh["q"], fresh["k"], fresh["v"], fresh["rope"], caches["keys"], caches["values"],
-                       fresh["rows"], fresh["index"], inputs=caches["inputs"], hidden=hidden)
+        ops.rope_write(
+            fresh["q"],
+            fresh["k"],
+            fresh["v"],
+            fresh["rope"],
+            caches["keys"],
+            caches["values"],
+            fresh["rows"],
+            fresh["index"],
+            inputs=caches["inputs"],
+            hidden=hidden,
+        )
     assert not triton_impl, "the kernel launched on bad input"
     assert caches["values"].isnan().all(), "the cache was written on bad input"

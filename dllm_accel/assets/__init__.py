@@ -8,12 +8,15 @@ BUNDLED = ("tiny-llada", "tiny-dream", "tiny-ar")
 
 
 def path(name: str) -> Path:
-    """The directory of a bundled model (Hugging Face layout: config.json, safetensors, tokenizer)."""
+    """The directory of a bundled model (Hugging Face layout: config.json, safetensors,
+    tokenizer)."""
     if name not in BUNDLED:
         raise ValueError(f"no bundled model named {name!r}; bundled: {BUNDLED}")
     directory = Path(__file__).resolve().parent / name
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"the bundled model {name!r} is missing from {directory}; reinstall dllm_accel")
+        raise FileNotFoundError(
+            f"the bundled model {name!r} is missing from {directory}; reinstall dllm_accel"
+        )
     return directory
 
 

@@ -8,6 +8,18 @@ from .tiny import tiny_config
 from .tokenizer import encode_chat, encode_texts, load_tokenizer
 
 __all__ = [
-    "DiffusionLM", "DreamModel", "LLaDAModel", "ModelOutput", "ModelSpec", "attend", "build_model",
-    "encode_chat", "encode_texts", "from_hf", "load_model", "load_tokenizer", "save_model", "tiny_config",
+    "DiffusionLM",
+    "DreamModel",
+    "LLaDAModel",
+    "ModelOutput",
+    "ModelSpec",
+    "attend",
+    "build_model",
+    "encode_chat",
+    "encode_texts",
+    "from_hf",
+    "load_model",
+    "load_tokenizer",
+    "save_model",
+    "tiny_config",
 ]

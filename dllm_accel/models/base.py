@@ -4,7 +4,8 @@ A backbone exposes the pieces of one bidirectional transformer forward (ARCHITEC
 
     h      = model.embed(ids)                    # [B, n] -> [B, n, d]
     rope   = model.rotary(positions)             # RoPE tables for those rows' true positions
-    q,k,v  = model.layer(i).qkv(h, rope)         # post-norm, post-RoPE; q [B,Hq,n,D], k,v [B,Hkv,n,D]
+    q,k,v  = model.layer(i).qkv(h, rope)         # post-norm, post-RoPE; q [B,Hq,n,D], k,v
+    [B,Hkv,n,D]
     a      = attend(q, k, v, key_mask)           # [B, Hq, n, D]
     h      = model.layer(i).finish(h, a)         # output projection, residual, MLP, residual
     logits = model.head(h)                       # final norm + LM head, for the rows given
@@ -42,14 +43,20 @@ class ModelSpec:
     n_kv_heads: int
     head_dim: int
     d_model: int
-    # positions the model was trained for (config.json's max_sequence_length / max_position_embeddings);
+    # positions the model was trained for (config.json's max_sequence_length /
+    # max_position_embeddings);
     # None when the config gives none. A canvas of prompt + new tokens must fit in it.
     max_positions: int | None = None
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end an answer: EOS, and the chat template's end-of-turn where there is one."""
-        return (self.eos_id,) if self.eot_id is None or self.eot_id == self.eos_id else (self.eos_id, self.eot_id)
+        """Tokens that end an answer: EOS, and the chat template's end-of-turn where there is
+        one."""
+        return (
+            (self.eos_id,)
+            if self.eot_id is None or self.eot_id == self.eos_id
+            else (self.eos_id, self.eot_id)
+        )
 
 
 @dataclass
@@ -65,7 +72,8 @@ class Rope(NamedTuple):
 
 
 def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> Rope:
-    """Rotate-half RoPE tables for `positions` [B, n] (or [n]), computed in fp32, returned in `dtype`."""
+    """Rotate-half RoPE tables for `positions` [B, n] (or [n]), computed in fp32, returned in
+    `dtype`."""
     exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
     inv_freq = 1.0 / (theta**exponent)  # [D/2]
     angles = positions.reshape(-1, positions.shape[-1]).float()[..., None] * inv_freq  # [B, n, D/2]
@@ -103,7 +111,8 @@ class HeadShape:
 
 
 def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope | None):
-    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k (rope None: not yet,
+    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k (rope None: not
+    yet,
     the caller rotates them, e.g. while writing the cache)."""
     b, n, _ = x_normed.shape
     q = q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim).transpose(1, 2)
@@ -129,7 +138,9 @@ def attend(q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     Query head h reads key/value head h // (Hq / Hkv), as both released models group them.
     """
     mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
+    )
 
 
 class DiffusionLM(nn.Module):
@@ -179,7 +190,9 @@ class DiffusionLM(nn.Module):
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(self.final_norm(h), self.head_weight)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> ModelOutput:
         """Logits [B, T, V] of a full bidirectional pass. Rows where attention_mask is 0 (left
         padding) are hidden as keys; their own logits are unspecified."""
         self.check_inputs(input_ids, attention_mask)
@@ -187,8 +200,11 @@ class DiffusionLM(nn.Module):
             attention_mask = None  # no padding: attention without a mask
         return ModelOutput(logits=self.head(self.hidden_states(input_ids, attention_mask)))
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Last layer's output [B, T, d], before the final norm; the inputs are trusted (no checks, no
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last layer's output [B, T, d], before the final norm; the inputs are trusted (no checks,
+        no
         host sync), so callers that loop validate once up front."""
         key_mask = None if attention_mask is None else attention_mask.bool()
         rope = self.rotary(self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device))
@@ -199,9 +215,19 @@ class DiffusionLM(nn.Module):
         return h
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
-            got = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
-            raise ValueError(f"input_ids must be an integer tensor of shape [batch, length], got {got}")
+        if (
+            not isinstance(input_ids, torch.Tensor)
+            or input_ids.dim() != 2
+            or input_ids.is_floating_point()
+        ):
+            got = (
+                tuple(input_ids.shape)
+                if isinstance(input_ids, torch.Tensor)
+                else type(input_ids).__name__
+            )
+            raise ValueError(
+                f"input_ids must be an integer tensor of shape [batch, length], got {got}"
+            )
         if input_ids.numel() == 0:
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)})")
         low, high = int(input_ids.min()), int(input_ids.max())
@@ -213,14 +239,21 @@ class DiffusionLM(nn.Module):
         if attention_mask is None:
             return
         if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            got = (
+                tuple(attention_mask.shape)
+                if isinstance(attention_mask, torch.Tensor)
+                else type(attention_mask)
+            )
             raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {got}"
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{got}"
             )
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
         if not bool(attention_mask.any(dim=1).all()):
-            raise ValueError("attention_mask has a row with no token (all 0); every row needs at least one")
+            raise ValueError(
+                "attention_mask has a row with no token (all 0); every row needs at least one"
+            )
 
 
 # -- reading config.json ---------------------------------------------------------------------
@@ -238,11 +271,14 @@ def config_value(config: dict, name: str, default=_REQUIRED):
 
 
 def rope_theta(config: dict, default: float = 10000.0) -> float:
-    """RoPE base (default: both remote configs' own); transformers 5 may nest it in `rope_parameters`."""
+    """RoPE base (default: both remote configs' own); transformers 5 may nest it in
+    `rope_parameters`."""
     parameters = config.get("rope_parameters") or {}
     if parameters.get("rope_type", "default") != "default":
-        raise ValueError(f"config.json: rope_parameters.rope_type={parameters['rope_type']!r} is not supported; "
-                         "supported values: ('default',)")
+        raise ValueError(
+            f"config.json: rope_parameters.rope_type={parameters['rope_type']!r} is not supported; "
+            "supported values: ('default',)"
+        )
     return float(config.get("rope_theta") or parameters.get("rope_theta") or default)
 
 
@@ -250,37 +286,68 @@ def require_supported(config: dict, name: str, supported: tuple, default=None) -
     """Refuse an architecture option this implementation does not compute."""
     value = config.get(name, default)
     if value not in supported:
-        raise ValueError(f"config.json: {name}={value!r} is not supported; supported values: {supported}")
+        raise ValueError(
+            f"config.json: {name}={value!r} is not supported; supported values: {supported}"
+        )
 
 
 def token_id(config: dict, name: str, released: int | None, vocab_size: int) -> int | None:
-    """A special token id from config.json; else the released model's id when it fits the vocabulary."""
+    """A special token id from config.json; else the released model's id when it fits the
+    vocabulary."""
     value = config.get(name)
     if value is None and released is not None and released < vocab_size:
         value = released
     if value is not None and not 0 <= value < vocab_size:
-        raise ValueError(f"config.json: {name}={value} lies outside the vocabulary [0, {vocab_size})")
+        raise ValueError(
+            f"config.json: {name}={value} lies outside the vocabulary [0, {vocab_size})"
+        )
     return value
 
 
-def build_spec(config: dict, model_type: str, *, vocab: int, shape: HeadShape, n_layers: int, d_model: int,
-               logit_shift: int, released_mask: int, released_eot: int, eot_id: int | None,
-               positions_field: str) -> ModelSpec:
+def build_spec(
+    config: dict,
+    model_type: str,
+    *,
+    vocab: int,
+    shape: HeadShape,
+    n_layers: int,
+    d_model: int,
+    logit_shift: int,
+    released_mask: int,
+    released_eot: int,
+    eot_id: int | None,
+    positions_field: str,
+) -> ModelSpec:
     """`positions_field`: the config field that gives the model's maximum positions."""
     mask = token_id(config, "mask_token_id", released_mask, vocab)
     eos = token_id(config, "eos_token_id", None, vocab)
     if mask is None or eos is None:
-        raise ValueError(f"config.json must give mask_token_id and eos_token_id inside the vocabulary [0, {vocab})")
+        raise ValueError(
+            "config.json must give mask_token_id and eos_token_id inside the vocabulary [0, "
+            f"{vocab})"
+        )
     pad = token_id(config, "pad_token_id", None, vocab)
     if eot_id is None:
         eot_id = token_id(config, "eot_token_id", released_eot, vocab)
     elif not 0 <= eot_id < vocab:
-        raise ValueError(f"the tokenizer's end-of-turn id {eot_id} lies outside the vocabulary [0, {vocab})")
+        raise ValueError(
+            f"the tokenizer's end-of-turn id {eot_id} lies outside the vocabulary [0, {vocab})"
+        )
     return ModelSpec(
-        model_type=model_type, mask_id=mask, eos_id=eos, pad_id=eos if pad is None else pad, eot_id=eot_id,
-        bos_id=token_id(config, "bos_token_id", None, vocab), logit_shift=logit_shift, vocab_size=vocab,
-        n_layers=n_layers, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim,
-        d_model=d_model, max_positions=_max_positions(config, positions_field),
+        model_type=model_type,
+        mask_id=mask,
+        eos_id=eos,
+        pad_id=eos if pad is None else pad,
+        eot_id=eot_id,
+        bos_id=token_id(config, "bos_token_id", None, vocab),
+        logit_shift=logit_shift,
+        vocab_size=vocab,
+        n_layers=n_layers,
+        n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads,
+        head_dim=shape.head_dim,
+        d_model=d_model,
+        max_positions=_max_positions(config, positions_field),
     )
 
 

@@ -62,7 +62,13 @@ class DreamLayer(nn.Module):
     def finish(self, h, attn):
         m = self.mlp
         return finish_layer(
-            h, attn, self.self_attn.o_proj, self.post_attention_layernorm, m.gate_proj, m.up_proj, m.down_proj
+            h,
+            attn,
+            self.self_attn.o_proj,
+            self.post_attention_layernorm,
+            m.gate_proj,
+            m.up_proj,
+            m.down_proj,
         )
 
 
@@ -79,7 +85,9 @@ class DreamModel(DiffusionLM):
         _check_supported(config)
         hidden = config_value(config, "hidden_size")
         n_heads = config_value(config, "num_attention_heads")
-        shape = HeadShape(n_heads, config_value(config, "num_key_value_heads", n_heads), hidden // n_heads)
+        shape = HeadShape(
+            n_heads, config_value(config, "num_key_value_heads", n_heads), hidden // n_heads
+        )
         vocab = config_value(config, "vocab_size")
         eps = config_value(config, "rms_norm_eps", 1e-6)
         intermediate = config_value(config, "intermediate_size")
@@ -90,15 +98,24 @@ class DreamModel(DiffusionLM):
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(vocab, hidden)
         self.model.layers = nn.ModuleList(
-            DreamLayer(hidden, intermediate, shape, eps) for _ in range(config_value(config, "num_hidden_layers"))
+            DreamLayer(hidden, intermediate, shape, eps)
+            for _ in range(config_value(config, "num_hidden_layers"))
         )
         self.model.norm = RMSNorm(hidden, eps)
         if not self.weight_tying:
             self.lm_head = nn.Linear(hidden, vocab, bias=False)
 
         self.spec = build_spec(
-            config, self.model_type, vocab=vocab, shape=shape, n_layers=len(self.model.layers), d_model=hidden,
-            logit_shift=1, released_mask=MASK_ID, released_eot=EOT_ID, eot_id=eot_id,
+            config,
+            self.model_type,
+            vocab=vocab,
+            shape=shape,
+            n_layers=len(self.model.layers),
+            d_model=hidden,
+            logit_shift=1,
+            released_mask=MASK_ID,
+            released_eot=EOT_ID,
+            eot_id=eot_id,
             positions_field="max_position_embeddings",
         )
 
@@ -122,7 +139,9 @@ class DreamModel(DiffusionLM):
         if attention_mask is None:
             return torch.arange(length, device=self.device)[None]
         positions = attention_mask.long().cumsum(-1) - 1
-        return positions.masked_fill(attention_mask == 0, 1)  # padding's positions, as Dream sets them
+        return positions.masked_fill(
+            attention_mask == 0, 1
+        )  # padding's positions, as Dream sets them
 
     def rope_dtype(self):
         return self.dtype
@@ -133,7 +152,11 @@ def _check_supported(config: dict) -> None:
     require_supported(config, "rope_scaling", (None,))
     require_supported(config, "use_sliding_window", (False, None))
     require_supported(config, "use_mrope", (False, None))
-    hidden, heads, head_dim = (config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim"))
+    hidden, heads, head_dim = (
+        config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim")
+    )
     if head_dim is not None and heads and hidden and head_dim != hidden // heads:
-        raise ValueError(f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
-                         f"num_attention_heads = {hidden // heads}")
+        raise ValueError(
+            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
+            f"num_attention_heads = {hidden // heads}"
+        )

@@ -43,10 +43,14 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(mlp_hidden, d_model, bias=False)  # down projection
 
     def qkv(self, h, rope):
-        return project_qkv(self.attn_norm(h), self.q_proj, self.k_proj, self.v_proj, self.shape, rope)
+        return project_qkv(
+            self.attn_norm(h), self.q_proj, self.k_proj, self.v_proj, self.shape, rope
+        )
 
     def finish(self, h, attn):
-        return finish_layer(h, attn, self.attn_out, self.ff_norm, self.ff_proj, self.up_proj, self.ff_out)
+        return finish_layer(
+            h, attn, self.attn_out, self.ff_norm, self.ff_proj, self.up_proj, self.ff_out
+        )
 
 
 class LLaDAModel(DiffusionLM):
@@ -64,9 +68,13 @@ class LLaDAModel(DiffusionLM):
         n_heads = config_value(config, "n_heads")
         n_kv_heads = config_value(config, "n_kv_heads", n_heads)
         if config.get("multi_query_attention"):
-            require_supported(config, "n_kv_heads", (None, 1))  # the remote code refuses the contradiction
+            require_supported(
+                config, "n_kv_heads", (None, 1)
+            )  # the remote code refuses the contradiction
             n_kv_heads = 1
-        mlp_hidden = config_value(config, "mlp_hidden_size", config_value(config, "mlp_ratio", 4) * d_model)
+        mlp_hidden = config_value(
+            config, "mlp_hidden_size", config_value(config, "mlp_ratio", 4) * d_model
+        )
         vocab = config_value(config, "embedding_size", config_value(config, "vocab_size"))
         eps = config_value(config, "rms_norm_eps", 1e-5)
         shape = HeadShape(n_heads, n_kv_heads, d_model // n_heads)
@@ -78,7 +86,8 @@ class LLaDAModel(DiffusionLM):
         modules = dict(
             wte=nn.Embedding(vocab, d_model),
             blocks=nn.ModuleList(
-                LLaDABlock(d_model, mlp_hidden, shape, eps) for _ in range(config_value(config, "n_layers"))
+                LLaDABlock(d_model, mlp_hidden, shape, eps)
+                for _ in range(config_value(config, "n_layers"))
             ),
             ln_f=RMSNorm(d_model, eps),
         )
@@ -88,8 +97,16 @@ class LLaDAModel(DiffusionLM):
         self.model.transformer = nn.ModuleDict(modules)
 
         self.spec = build_spec(
-            config, self.model_type, vocab=vocab, shape=shape, n_layers=len(modules["blocks"]),
-            d_model=d_model, logit_shift=0, released_mask=MASK_ID, released_eot=EOT_ID, eot_id=eot_id,
+            config,
+            self.model_type,
+            vocab=vocab,
+            shape=shape,
+            n_layers=len(modules["blocks"]),
+            d_model=d_model,
+            logit_shift=0,
+            released_mask=MASK_ID,
+            released_eot=EOT_ID,
+            eot_id=eot_id,
             positions_field="max_sequence_length",
         )
 
@@ -124,7 +141,14 @@ def _check_supported(config: dict) -> None:
     require_supported(config, "rope", (True,))
     require_supported(config, "block_group_size", (1,), default=1)
     require_supported(config, "layer_norm_with_affine", (True,), default=True)
-    for flag in ("alibi", "include_bias", "include_qkv_bias", "bias_for_layer_norm", "attention_layer_norm",
-                 "input_emb_norm", "scale_logits"):
+    for flag in (
+        "alibi",
+        "include_bias",
+        "include_qkv_bias",
+        "bias_for_layer_norm",
+        "attention_layer_norm",
+        "input_emb_norm",
+        "scale_logits",
+    ):
         require_supported(config, flag, (False, None))
     require_supported(config, "clip_qkv", (None,))

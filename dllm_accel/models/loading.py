@@ -1,7 +1,8 @@
 """Hugging Face checkpoint directories <-> native models. No remote code, no network.
 
 A checkpoint directory holds config.json (model_type `llada` or `Dream`) and either one
-`model.safetensors` or shards listed by `model.safetensors.index.json`. Every key, shard and shape is
+`model.safetensors` or shards listed by `model.safetensors.index.json`. Every key, shard and shape
+is
 checked against the native model before a single tensor is read, so a bad checkpoint fails whole.
 """
 
@@ -30,7 +31,9 @@ INDEX_FILE = "model.safetensors.index.json"
 
 def model_class(model_type) -> type[DiffusionLM]:
     if model_type not in MODEL_CLASSES:
-        raise ValueError(f"unsupported model_type {model_type!r}; supported: {sorted(MODEL_CLASSES)}")
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {sorted(MODEL_CLASSES)}"
+        )
     return MODEL_CLASSES[model_type]
 
 
@@ -40,21 +43,27 @@ def read_config(path) -> dict:
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist")
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found: a checkpoint directory needs its config.json")
+        raise FileNotFoundError(
+            f"{config_file} not found: a checkpoint directory needs its config.json"
+        )
     return json.loads(config_file.read_text())
 
 
 def load_model(path, dtype=None, device=None) -> DiffusionLM:
-    """Native model from a Hugging Face checkpoint directory, or a bundled model by name ("tiny-llada").
+    """Native model from a Hugging Face checkpoint directory, or a bundled model by name
+    ("tiny-llada").
 
-    dtype: a torch.dtype or its name ("bfloat16", ...); None (or "auto") takes config.json's torch_dtype,
+    dtype: a torch.dtype or its name ("bfloat16", ...); None (or "auto") takes config.json's
+    torch_dtype,
         else the stored dtype, as transformers' "auto" does.
     device: where the tensors are loaded (default CPU).
     """
     device = check_device(device)
     directory = checkpoint_directory(path)
     config = read_config(directory)
-    target = _resolve_dtype(dtype) or _resolve_dtype(config.get("torch_dtype") or config.get("dtype"))  # "auto"
+    target = _resolve_dtype(dtype) or _resolve_dtype(
+        config.get("torch_dtype") or config.get("dtype")
+    )  # "auto"
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
@@ -95,8 +104,13 @@ def from_hf(hf_model: nn.Module) -> DiffusionLM:
     params = dict(hf_model.named_parameters())
     if model.weight_tying:
         params.pop(model.head_key, None)
-    check_keys(model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__)
-    for name, param in model.named_parameters():  # assign copies this flag onto the shared parameter
+    check_keys(
+        model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__
+    )
+    for (
+        name,
+        param,
+    ) in model.named_parameters():  # assign copies this flag onto the shared parameter
         param.requires_grad_(params[name].requires_grad)
     model.load_state_dict(params, strict=True, assign=True)
     return model.eval()
@@ -157,12 +171,16 @@ def save_model(model: DiffusionLM, path, *, max_shard_bytes: int | None = None) 
 
 
 def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
-    """Raise unless `found` (name -> shape) holds exactly the model's parameters with their shapes."""
+    """Raise unless `found` (name -> shape) holds exactly the model's parameters with their
+    shapes."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(expected.keys() - found.keys())
     unexpected = sorted(found.keys() - expected.keys())
-    wrong = [f"{k}: expected {expected[k]}, found {found[k]}" for k in sorted(expected.keys() & found.keys())
-             if expected[k] != found[k]]
+    wrong = [
+        f"{k}: expected {expected[k]}, found {found[k]}"
+        for k in sorted(expected.keys() & found.keys())
+        if expected[k] != found[k]
+    ]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s), e.g. {missing[:5]}")
@@ -171,17 +189,22 @@ def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
     if wrong:
         problems.append(f"{len(wrong)} shape mismatch(es): " + "; ".join(wrong[:5]))
     if problems:
-        raise ValueError(f"weights of {source} do not fit {type(model).__name__}: " + " | ".join(problems))
+        raise ValueError(
+            f"weights of {source} do not fit {type(model).__name__}: " + " | ".join(problems)
+        )
 
 
 def eot_from_tokenizer_files(directory: Path, text: str) -> int | None:
     """The id of the end-of-turn token `text` as the checkpoint's tokenizer files declare it
-    (tokenizer.json's added tokens, tokenizer_config.json's added_tokens_decoder, added_tokens.json)."""
+    (tokenizer.json's added tokens, tokenizer_config.json's added_tokens_decoder,
+    added_tokens.json)."""
     ids: dict[str, int] = {}
     for name, read in [
         ("tokenizer.json", lambda d: {t["content"]: t["id"] for t in d.get("added_tokens", [])}),
-        ("tokenizer_config.json",
-         lambda d: {t["content"]: int(i) for i, t in d.get("added_tokens_decoder", {}).items()}),
+        (
+            "tokenizer_config.json",
+            lambda d: {t["content"]: int(i) for i, t in d.get("added_tokens_decoder", {}).items()},
+        ),
         ("added_tokens.json", lambda d: d),
     ]:
         if (directory / name).is_file():
@@ -200,7 +223,9 @@ def _weight_files(directory: Path, skip: str | None) -> dict[Path, list[str]]:
             raise ValueError(f"{index_file} has no weight_map")
         absent = sorted({name for name in weight_map.values() if not (directory / name).is_file()})
         if absent:
-            raise FileNotFoundError(f"shard(s) {absent} listed in {index_file} are missing from {directory}")
+            raise FileNotFoundError(
+                f"shard(s) {absent} listed in {index_file} are missing from {directory}"
+            )
     elif single.is_file():
         with safe_open(single, framework="pt") as f:
             weight_map = dict.fromkeys(f.keys(), SINGLE_FILE)
@@ -227,20 +252,27 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
 
 
 def check_device(device) -> torch.device:
-    """None (CPU), a torch.device or its name -> torch.device, refused before anything is loaded when this
+    """None (CPU), a torch.device or its name -> torch.device, refused before anything is loaded
+    when this
     machine lacks it."""
     try:
         resolved = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be None, a torch.device or its name (e.g. 'cpu', 'cuda', 'cuda:1'), "
-                         f"got {device!r}") from None
+        raise ValueError(
+            f"device must be None, a torch.device or its name (e.g. 'cpu', 'cuda', 'cuda:1'), "
+            f"got {device!r}"
+        ) from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}: CUDA is not available on this machine "
-                             f"(torch.cuda.is_available() is False); use device='cpu'")
+            raise ValueError(
+                f"device={device!r}: CUDA is not available on this machine "
+                f"(torch.cuda.is_available() is False); use device='cpu'"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                             f"numbered from 0")
+            raise ValueError(
+                f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"numbered from 0"
+            )
     return resolved
 
 
@@ -251,4 +283,7 @@ def _resolve_dtype(dtype) -> torch.dtype | None:
     resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
     if isinstance(resolved, torch.dtype) and resolved.is_floating_point:
         return resolved
-    raise ValueError(f"dtype must be None, 'auto', a floating torch.dtype or its name (e.g. 'bfloat16'), got {dtype!r}")
+    raise ValueError(
+        "dtype must be None, 'auto', a floating torch.dtype or its name (e.g. 'bfloat16'), got "
+        f"{dtype!r}"
+    )

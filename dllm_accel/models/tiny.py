@@ -15,10 +15,22 @@ RELEASED = {"llada": "llada-8b-instruct", "Dream": "dream-v0-instruct-7b"}
 
 # our size knobs -> each model's own field names
 _FIELDS = {
-    "llada": dict(d_model="d_model", n_layers="n_layers", n_heads="n_heads", n_kv_heads="n_kv_heads",
-                  mlp_hidden="mlp_hidden_size", vocab=("vocab_size", "embedding_size")),
-    "Dream": dict(d_model="hidden_size", n_layers="num_hidden_layers", n_heads="num_attention_heads",
-                  n_kv_heads="num_key_value_heads", mlp_hidden="intermediate_size", vocab=("vocab_size",)),
+    "llada": dict(
+        d_model="d_model",
+        n_layers="n_layers",
+        n_heads="n_heads",
+        n_kv_heads="n_kv_heads",
+        mlp_hidden="mlp_hidden_size",
+        vocab=("vocab_size", "embedding_size"),
+    ),
+    "Dream": dict(
+        d_model="hidden_size",
+        n_layers="num_hidden_layers",
+        n_heads="num_attention_heads",
+        n_kv_heads="num_key_value_heads",
+        mlp_hidden="intermediate_size",
+        vocab=("vocab_size",),
+    ),
 }
 
 
@@ -26,22 +38,46 @@ def released_config(model_type: str) -> dict:
     """The released checkpoint's config.json."""
     if model_type not in RELEASED:
         raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(RELEASED)}")
-    text = resources.files("dllm_accel.assets").joinpath("configs", f"{RELEASED[model_type]}.json").read_text()
+    text = (
+        resources.files("dllm_accel.assets")
+        .joinpath("configs", f"{RELEASED[model_type]}.json")
+        .read_text()
+    )
     return json.loads(text)
 
 
-def tiny_config(model_type: str, *, d_model: int = 64, n_layers: int = 2, n_heads: int = 4,
-                n_kv_heads: int | None = None, mlp_hidden: int = 96, vocab: int = 128, **fields) -> dict:
-    """The released config of `model_type` with the given sizes; extra `fields` override verbatim."""
+def tiny_config(
+    model_type: str,
+    *,
+    d_model: int = 64,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    n_kv_heads: int | None = None,
+    mlp_hidden: int = 96,
+    vocab: int = 128,
+    **fields,
+) -> dict:
+    """The released config of `model_type` with the given sizes; extra `fields` override
+    verbatim."""
     config = released_config(model_type)
-    sizes = dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
-                 mlp_hidden=mlp_hidden)
+    sizes = dict(
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads or n_heads,
+        mlp_hidden=mlp_hidden,
+    )
     names = _FIELDS[model_type]
     for knob, value in sizes.items():
         config[names[knob]] = value
     for name in names["vocab"]:
         config[name] = vocab
-    config.update(mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2, eot_token_id=vocab - 3)
+    config.update(
+        mask_token_id=vocab - 1,
+        eos_token_id=vocab - 2,
+        pad_token_id=vocab - 2,
+        eot_token_id=vocab - 3,
+    )
     if "bos_token_id" in config:
         config["bos_token_id"] = vocab - 2
     config.update(fields)

@@ -27,21 +27,32 @@ def load_tokenizer(path):
     return getattr(transformers, name).from_pretrained(directory, local_files_only=True)
 
 
-def encode_chat(tokenizer, conversations, *, add_generation_prompt: bool = True, device=None) -> dict:
+def encode_chat(
+    tokenizer, conversations, *, add_generation_prompt: bool = True, device=None
+) -> dict:
     """Chat-formatted, left-padded prompts: {"input_ids": [B, P], "attention_mask": [B, P]}.
 
     conversations: a user message (str), one conversation (list of {"role", "content"} dicts), or a
     list of either.
     """
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("this tokenizer has no chat_template; tokenise plain text with encode_texts instead")
-    texts = [tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False)
-             for conversation in _as_batch(conversations)]
+        raise ValueError(
+            "this tokenizer has no chat_template; tokenise plain text with encode_texts instead"
+        )
+    texts = [
+        tokenizer.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+        for conversation in _as_batch(conversations)
+    ]
     return encode_texts(tokenizer, texts, add_special_tokens=False, device=device)
 
 
-def encode_texts(tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None) -> dict:
-    """Plain-text prompts (base models; or chat text already rendered, with add_special_tokens=False),
+def encode_texts(
+    tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None
+) -> dict:
+    """Plain-text prompts (base models; or chat text already rendered, with
+    add_special_tokens=False),
     left-padded: {"input_ids": [B, P], "attention_mask": [B, P]}."""
     if tokenizer.pad_token_id is None:
         raise ValueError("this tokenizer has no pad token, which left padding needs")
@@ -52,8 +63,8 @@ def encode_texts(tokenizer, texts: list[str], *, add_special_tokens: bool = True
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, width - len(row):] = 1
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, width - len(row) :] = 1
     return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
 
 
@@ -61,7 +72,11 @@ def _as_batch(conversations) -> list[list[dict]]:
     if isinstance(conversations, str):
         return [[{"role": "user", "content": conversations}]]
     if not isinstance(conversations, (list, tuple)) or not conversations:
-        raise ValueError("conversations must be a str, a list of messages, or a non-empty list of those")
+        raise ValueError(
+            "conversations must be a str, a list of messages, or a non-empty list of those"
+        )
     if isinstance(conversations[0], dict):
         return [list(conversations)]
-    return [[{"role": "user", "content": c}] if isinstance(c, str) else list(c) for c in conversations]
+    return [
+        [{"role": "user", "content": c}] if isinstance(c, str) else list(c) for c in conversations
+    ]

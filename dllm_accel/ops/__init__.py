@@ -1,16 +1,20 @@
 """The ops the engine and the policies call: a Triton kernel where it can run, else its torch twin.
 
-    out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)    # query rows against cached K/V
+    out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)    # query rows against cached
+    K/V
     similarity = attention_drift(q_before, q_now, k, key_mask, written, keys_before, axis="heads")
-    out, mass, similarity = monitored_attention(q, k, v, key_mask, mass_weights=w, q_before=..., written=...,
-                                                keys_before=..., axis="heads")   # both: ElasticCache's layer
+    out, mass, similarity = monitored_attention(q, k, v, key_mask, mass_weights=w, q_before=...,
+    written=...,
+                                                keys_before=..., axis="heads")   # both:
+                                                ElasticCache's layer
     mass = attention_mass(q, k, key_mask, w)                              # the mass alone
     q = rope_write(q, k, v, rope, keys, values, rows, index, inputs=..., hidden=...)
     token, probability, margin, entropy = score_tokens(logits, exclude=mask_id)
 
 Which implementation runs is decided once per op and device type: DLLM_ACCEL_IMPL=torch or triton
 forces one (a triton request that cannot be met raises, saying why; on CPU tensors it needs
-TRITON_INTERPRET=1, the tests' interpreter); unset, CUDA tensors go to the kernel when triton imports
+TRITON_INTERPRET=1, the tests' interpreter); unset, CUDA tensors go to the kernel when triton
+imports
 and anything else to the twin (a CUDA fallback warns once). The kernels (kernels/<op>.py, importable
 only as dllm_accel.kernels.<op>: each module holds its @triton.jit kernels and one launcher with the
 signature of its op; the twins in reference.py are the specification) are imported only when first
@@ -57,7 +61,10 @@ def implementation(op: str, device_type: str) -> str:
 def _why_no_kernel(device_type: str) -> str | None:
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
     if device_type != "cuda" and not interpreted:
-        return f"the tensors are on {device_type}, and Triton kernels need CUDA (or TRITON_INTERPRET=1)"
+        return (
+            f"the tensors are on {device_type}, and Triton kernels need CUDA "
+            "(or TRITON_INTERPRET=1)"
+        )
     try:
         importlib.import_module("triton")
     except ImportError as error:
@@ -83,17 +90,24 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
     if mass_weights is not None:
         _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
     if _uses_kernel("partial_attention", q):
-        return _kernel("partial_attention").partial_attention(q, k, v, key_mask, mass_weights=mass_weights)
+        return _kernel("partial_attention").partial_attention(
+            q, k, v, key_mask, mass_weights=mass_weights
+        )
     return reference.partial_attention(q, k, v, key_mask, mass_weights=mass_weights)
 
 
 def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
-    """The tracked rows' attention before this step's cache writes against now -> similarity [r, m] fp32
-    (see reference.attention_drift), without materialising either probability tensor on the kernel path."""
-    kernel = _check_drift(q_before, q_now, k, key_mask, written, keys_before, axis, op="attention_drift")
+    """The tracked rows' attention before this step's cache writes against now -> similarity [r, m]
+    fp32
+    (see reference.attention_drift), without materialising either probability tensor on the kernel
+    path."""
+    kernel = _check_drift(
+        q_before, q_now, k, key_mask, written, keys_before, axis, op="attention_drift"
+    )
     if kernel:
-        return _kernel("attention_drift").attention_drift(q_before, q_now, k, key_mask, written, keys_before,
-                                                          axis=axis)
+        return _kernel("attention_drift").attention_drift(
+            q_before, q_now, k, key_mask, written, keys_before, axis=axis
+        )
     return reference.attention_drift(q_before, q_now, k, key_mask, written, keys_before, axis=axis)
 
 
@@ -102,30 +116,57 @@ def attention_mass(q, k, key_mask, mass_weights):
     _check_attention(q, k, k, key_mask)
     _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
     if _uses_kernel("partial_attention", q):
-        return _kernel("partial_attention").partial_attention(q, k, k, key_mask, mass_weights=mass_weights)[1]
+        return _kernel("partial_attention").partial_attention(
+            q, k, k, key_mask, mass_weights=mass_weights
+        )[1]
     return reference.attention_mass(q, k, key_mask, mass_weights)
 
 
-def monitored_attention(q, k, v, key_mask, *, mass_weights, q_before, written, keys_before, axis: str):
-    """partial_attention with mass_weights, and attention_drift of its first m = q_before.shape[2] query
-    rows, in one call -> (out, mass, similarity [r, m]). The twin computes the probabilities once for
+def monitored_attention(
+    q, k, v, key_mask, *, mass_weights, q_before, written, keys_before, axis: str
+):
+    """partial_attention with mass_weights, and attention_drift of its first m = q_before.shape[2]
+    query
+    rows, in one call -> (out, mass, similarity [r, m]). The twin computes the probabilities once
+    for
     both; the kernel path runs the two kernels."""
     _check_attention(q, k, v, key_mask)
     _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
     m = q_before.shape[2] if q_before.dim() == 4 else 0
     if not 0 < m <= q.shape[2]:
-        raise ValueError(f"q_before must be [r, Hq, m, D] with 0 < m <= {q.shape[2]} tracked rows, "
-                         f"got {tuple(q_before.shape)}")
-    if _check_drift(q_before, q[:, :, :m], k, key_mask, written, keys_before, axis, op="monitored_attention"):
-        out, mass = _kernel("partial_attention").partial_attention(q, k, v, key_mask, mass_weights=mass_weights)
-        return out, mass, _kernel("attention_drift").attention_drift(q_before, q[:, :, :m], k, key_mask, written,
-                                                                     keys_before, axis=axis)
-    return reference.monitored_attention(q, k, v, key_mask, mass_weights=mass_weights, q_before=q_before,
-                                         written=written, keys_before=keys_before, axis=axis)
+        raise ValueError(
+            f"q_before must be [r, Hq, m, D] with 0 < m <= {q.shape[2]} tracked rows, "
+            f"got {tuple(q_before.shape)}"
+        )
+    if _check_drift(
+        q_before, q[:, :, :m], k, key_mask, written, keys_before, axis, op="monitored_attention"
+    ):
+        out, mass = _kernel("partial_attention").partial_attention(
+            q, k, v, key_mask, mass_weights=mass_weights
+        )
+        return (
+            out,
+            mass,
+            _kernel("attention_drift").attention_drift(
+                q_before, q[:, :, :m], k, key_mask, written, keys_before, axis=axis
+            ),
+        )
+    return reference.monitored_attention(
+        q,
+        k,
+        v,
+        key_mask,
+        mass_weights=mass_weights,
+        q_before=q_before,
+        written=written,
+        keys_before=keys_before,
+        axis=axis,
+    )
 
 
 def rope_write(q, k, v, rope, keys, values, rows, index, *, inputs=None, hidden=None):
-    """Rotate fresh q/k rows at their true positions and write k, v (and ElasticCache's layer inputs)
+    """Rotate fresh q/k rows at their true positions and write k, v (and ElasticCache's layer
+    inputs)
     into one layer's cache in place -> rotated q (see reference.rope_write)."""
     r, n_heads, n, head_dim = q.shape
     _check_shape("k", k, (r, k.shape[1], n, head_dim), q.device)
@@ -135,28 +176,44 @@ def rope_write(q, k, v, rope, keys, values, rows, index, *, inputs=None, hidden=
     _check_shape("keys", keys, (keys.shape[0], k.shape[1], length, head_dim), q.device)
     _check_shape("values", values, keys.shape, q.device)
     if keys.dtype != k.dtype or values.dtype != v.dtype:
-        raise ValueError(f"the cache ({keys.dtype}) and the fresh rows ({k.dtype}) must share a dtype")
+        raise ValueError(
+            f"the cache ({keys.dtype}) and the fresh rows ({k.dtype}) must share a dtype"
+        )
     kernel = _uses_kernel("rope_write", q)
     _check_index("rows", rows[:, None], r, keys.shape[0], q.device, bounds=kernel)
     _check_index("index", index, r, length, q.device, bounds=kernel)
     if index.shape[1] != n:
-        raise ValueError(f"index must have one position per query row ({n}), got {tuple(index.shape)}")
+        raise ValueError(
+            f"index must have one position per query row ({n}), got {tuple(index.shape)}"
+        )
     for name, table in zip(("rope.cos", "rope.sin"), rope, strict=True):
-        if table.dim() != 4 or table.shape[1] != 1 or table.shape[-2:] != (n, head_dim) or table.shape[0] not in (1, r):
-            raise ValueError(f"{name} must be [1 or {r}, 1, {n}, {head_dim}], got {tuple(table.shape)}")
+        if (
+            table.dim() != 4
+            or table.shape[1] != 1
+            or table.shape[-2:] != (n, head_dim)
+            or table.shape[0] not in (1, r)
+        ):
+            raise ValueError(
+                f"{name} must be [1 or {r}, 1, {n}, {head_dim}], got {tuple(table.shape)}"
+            )
         if table.dtype not in KERNEL_DTYPES:
             raise ValueError(f"{name} must be float32, float16 or bfloat16, got {table.dtype}")
     if (inputs is None) != (hidden is None):
-        raise ValueError("inputs and hidden go together: pass both (ElasticCache's layer inputs) or neither")
+        raise ValueError(
+            "inputs and hidden go together: pass both (ElasticCache's layer inputs) or neither"
+        )
     if inputs is not None:
         _check_shape("hidden", hidden, (r, n, inputs.shape[-1]), q.device)
     if kernel:
         for name, buffer in (("keys", keys), ("values", values), ("inputs", inputs)):
             if buffer is not None and not buffer.is_contiguous():
                 raise ValueError(f"{name} must be contiguous for the rope_write kernel")
-        return _kernel("rope_write").rope_write(q, k, v, rope, keys, values, rows, index, inputs=inputs,
-                                                hidden=hidden)
-    return reference.rope_write(q, k, v, rope, keys, values, rows, index, inputs=inputs, hidden=hidden)
+        return _kernel("rope_write").rope_write(
+            q, k, v, rope, keys, values, rows, index, inputs=inputs, hidden=hidden
+        )
+    return reference.rope_write(
+        q, k, v, rope, keys, values, rows, index, inputs=inputs, hidden=hidden
+    )
 
 
 def score_tokens(logits, *, exclude: int | None = None):
@@ -177,16 +234,22 @@ def score_tokens(logits, *, exclude: int | None = None):
 def _check_attention(q, k, v, key_mask) -> None:
     for name, tensor in (("q", q), ("k", k), ("v", v)):
         if tensor.dim() != 4:
-            raise ValueError(f"{name} must be [r, heads, rows, head_dim], got {tuple(tensor.shape)}")
+            raise ValueError(
+                f"{name} must be [r, heads, rows, head_dim], got {tuple(tensor.shape)}"
+            )
         if tensor.dtype not in KERNEL_DTYPES:
             raise ValueError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
         if tensor.device != q.device:
-            raise ValueError(f"{name} is on {tensor.device}, q on {q.device}: all must share a device")
+            raise ValueError(
+                f"{name} is on {tensor.device}, q on {q.device}: all must share a device"
+            )
     r, n_heads, n, head_dim = q.shape
     if n == 0 or r == 0:
         raise ValueError(f"q has no query rows: {tuple(q.shape)}")
     if k.shape[0] != r or k.shape[3] != head_dim:
-        raise ValueError(f"k {tuple(k.shape)} must be [{r}, Hkv, T, {head_dim}] for q {tuple(q.shape)}")
+        raise ValueError(
+            f"k {tuple(k.shape)} must be [{r}, Hkv, T, {head_dim}] for q {tuple(q.shape)}"
+        )
     _check_heads(n_heads, k.shape[1])
     _check_same("v", v, "k", k)
     if key_mask is not None:
@@ -203,21 +266,29 @@ def _check_drift(q_before, q_now, k, key_mask, written, keys_before, axis, *, op
     _check_same("q_before", q_before, "q_now", q_now)
     kernel = _uses_kernel(op, q_now)
     _check_index("written", written, q_now.shape[0], k.shape[2], q_now.device, bounds=kernel)
-    _check_shape("keys_before", keys_before, (k.shape[0], k.shape[1], written.shape[1], k.shape[3]), k.device)
+    _check_shape(
+        "keys_before", keys_before, (k.shape[0], k.shape[1], written.shape[1], k.shape[3]), k.device
+    )
     if keys_before.dtype != k.dtype:
-        raise ValueError(f"keys_before must have the cache's dtype {k.dtype}, got {keys_before.dtype}")
+        raise ValueError(
+            f"keys_before must have the cache's dtype {k.dtype}, got {keys_before.dtype}"
+        )
     return kernel
 
 
 def _check_heads(n_heads: int, n_kv_heads: int) -> None:
     if n_kv_heads == 0 or n_heads % n_kv_heads:
-        raise ValueError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv_heads})")
+        raise ValueError(
+            f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv_heads})"
+        )
 
 
 def _check_same(name, tensor, other_name, other) -> None:
     if tensor.shape != other.shape or tensor.dtype != other.dtype or tensor.device != other.device:
-        raise ValueError(f"{name} {tuple(tensor.shape)} {tensor.dtype} must match {other_name} "
-                         f"{tuple(other.shape)} {other.dtype} on {other.device}")
+        raise ValueError(
+            f"{name} {tuple(tensor.shape)} {tensor.dtype} must match {other_name} "
+            f"{tuple(other.shape)} {other.dtype} on {other.device}"
+        )
 
 
 def _check_shape(name, tensor, shape, device) -> None:
@@ -231,7 +302,9 @@ def _check_index(name, index, rows, limit, device, *, bounds: bool) -> None:
     """Shape, dtype and device always; the range only before a kernel (a host sync; torch's own
     indexing raises on its own)."""
     if index.dim() != 2 or index.shape[0] != rows or index.dtype != torch.long:
-        raise ValueError(f"{name} must be a long tensor [{rows}, ...], got {tuple(index.shape)} {index.dtype}")
+        raise ValueError(
+            f"{name} must be a long tensor [{rows}, ...], got {tuple(index.shape)} {index.dtype}"
+        )
     if index.device != device:
         raise ValueError(f"{name} is on {index.device}, expected {device}")
     if bounds and index.numel() and bool(((index < 0) | (index >= limit)).any()):  # one host sync

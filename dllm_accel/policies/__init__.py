@@ -14,7 +14,23 @@ from .unmask import (
 )
 
 __all__ = [
-    "ACCEPTANCE", "ARGuide", "DreamAlgorithm", "DualCache", "ElasticCache", "EntropyThreshold", "Factor",
-    "FrozenCache", "FullLength", "LowConfidence", "NoCache", "PrefixCache", "RefreshPolicy", "StepContext",
-    "StopAtEOS", "StopPolicy", "Threshold", "UnmaskPolicy", "load_ar_model",
+    "ACCEPTANCE",
+    "ARGuide",
+    "DreamAlgorithm",
+    "DualCache",
+    "ElasticCache",
+    "EntropyThreshold",
+    "Factor",
+    "FrozenCache",
+    "FullLength",
+    "LowConfidence",
+    "NoCache",
+    "PrefixCache",
+    "RefreshPolicy",
+    "StepContext",
+    "StopAtEOS",
+    "StopPolicy",
+    "Threshold",
+    "UnmaskPolicy",
+    "load_ar_model",
 ]

@@ -19,7 +19,8 @@ import torch
 
 @dataclass(frozen=True)
 class CFGRows:
-    """The model rows of a batch of `batch` rows under classifier-free guidance of `scale` (0: none)."""
+    """The model rows of a batch of `batch` rows under classifier-free guidance of `scale` (0:
+    none)."""
 
     batch: int
     scale: float = 0.0
@@ -35,11 +36,13 @@ class CFGRows:
         return self.batch * self.copies
 
     def repeat(self, per_row: torch.Tensor) -> torch.Tensor:
-        """[B, ...] -> [R, ...]: a batch row's value for each of its copies (always a new tensor)."""
+        """[B, ...] -> [R, ...]: a batch row's value for each of its copies (always a new
+        tensor)."""
         return per_row.repeat(self.copies, *([1] * (per_row.dim() - 1)))
 
     def model_ids(self, x: torch.Tensor, prompt_length: int, mask_id: int) -> torch.Tensor:
-        """The canvas x [B, T] -> the model rows' ids [R, T]: the unconditional copy has its prompt masked."""
+        """The canvas x [B, T] -> the model rows' ids [R, T]: the unconditional copy has its prompt
+        masked."""
         if self.copies == 1:
             return x
         unconditional = x.clone()
@@ -47,11 +50,13 @@ class CFGRows:
         return torch.cat([x, unconditional])
 
     def copy_rows(self, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Batch row ids [M] -> per copy, the model row ids [M] of those rows (conditional copy first)."""
+        """Batch row ids [M] -> per copy, the model row ids [M] of those rows (conditional copy
+        first)."""
         return [rows + copy * self.batch for copy in range(self.copies)]
 
     def mix(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        """Per copy, the logits [M, V] of the same candidates (as copy_rows orders them) -> the guided
+        """Per copy, the logits [M, V] of the same candidates (as copy_rows orders them) -> the
+        guided
         logits [M, V]."""
         if self.copies == 1:
             return logits[0]

@@ -1,8 +1,11 @@
-"""AR-guided unmasking (FlashDLM): a small autoregressive model verifies the diffusion model's drafts.
+"""AR-guided unmasking (FlashDLM): a small autoregressive model verifies the diffusion model's
+drafts.
 
 Each step the diffusion model drafts every candidate (the unmask policy's tokens: the argmax at
-temperature 0, a sample otherwise). A row's run starts at its first masked position f and ends at its
-last candidate; committed tokens inside it are fed to the AR model as they are, masks as their drafts.
+temperature 0, a sample otherwise). A row's run starts at its first masked position f and ends at
+its
+last candidate; committed tokens inside it are fed to the AR model as they are, masks as their
+drafts.
 Acceptance walks the run left to right and stops at the first rejected draft:
 
     exact           draft == AR argmax
@@ -10,10 +13,12 @@ Acceptance walks the run left to right and stops at the first rejected draft:
     speculative     accepted with probability min(1, p_AR(draft) / p_diffusion(draft)) at the unmask
                     policy's temperature (at temperature 0: exact)
 
-The step commits the accepted drafts and whatever the unmask policy commits on its own. Position f is
+The step commits the accepted drafts and whatever the unmask policy commits on its own. Position f
+is
 always committed, so a step commits at least one token: with correct=False (FlashDLM's rule) a
 rejected first draft is committed as drafted; with correct=True (speculative decoding's correction)
-the first rejected draft, wherever it is, is replaced by the AR model's token (its argmax, a sample at
+the first rejected draft, wherever it is, is replaced by the AR model's token (its argmax, a sample
+at
 temperature > 0, for `speculative` a sample of the residual max(0, p_AR - p_diffusion)).
 
 The AR cache is one transformers DynamicCache for the whole batch, addressed by slot: every forward
@@ -42,10 +47,15 @@ ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
 
 def _is_causal_lm(model) -> bool:
-    from transformers import PreTrainedModel  # here, not at the top: it imports triton (tests/test_ops_dispatch)
+    from transformers import (
+        PreTrainedModel,
+    )  # here, not at the top: it imports triton (tests/test_ops_dispatch)
 
-    return (isinstance(model, PreTrainedModel) and model.can_generate()
-            and not getattr(model.config, "is_encoder_decoder", False))
+    return (
+        isinstance(model, PreTrainedModel)
+        and model.can_generate()
+        and not getattr(model.config, "is_encoder_decoder", False)
+    )
 
 
 def _ids(value) -> set[int]:
@@ -55,7 +65,8 @@ def _ids(value) -> set[int]:
 
 
 def load_ar_model(path: str, *, device=None, dtype=None):
-    """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled model's
+    """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled
+    model's
     name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
     from transformers import AutoModelForCausalLM  # imports triton: see _is_causal_lm
 
@@ -67,68 +78,117 @@ def load_ar_model(path: str, *, device=None, dtype=None):
 
 
 class ARGuide:
-    """Verifies the diffusion model's drafts with an autoregressive model; pass as Sampler(guide=...).
+    """Verifies the diffusion model's drafts with an autoregressive model; pass as
+    Sampler(guide=...).
 
-    `ar_model`: a transformers causal LM (AutoModelForCausalLM) on the diffusion model's device whose
-    vocabulary matches the diffusion model's id for id; `token_map` {diffusion id: AR id} names special
+    `ar_model`: a transformers causal LM (AutoModelForCausalLM) on the diffusion model's device
+    whose
+    vocabulary matches the diffusion model's id for id; `token_map` {diffusion id: AR id} names
+    special
     tokens that differ (e.g. Dream's <|endoftext|> scored as Qwen's <|im_end|>). `verify_chunk`: run
-    positions scored per AR forward (the AR model stops reading a run once every row has rejected)."""
+    positions scored per AR forward (the AR model stops reading a run once every row has
+    rejected)."""
 
-    def __init__(self, ar_model, *, acceptance: str = "topk_relative", k: int = 2, ratio: float = 0.5,
-                 verify_chunk: int = 32, correct: bool = False, token_map: Mapping[int, int] | None = None):
+    def __init__(
+        self,
+        ar_model,
+        *,
+        acceptance: str = "topk_relative",
+        k: int = 2,
+        ratio: float = 0.5,
+        verify_chunk: int = 32,
+        correct: bool = False,
+        token_map: Mapping[int, int] | None = None,
+    ):
         if not _is_causal_lm(ar_model):
-            raise TypeError(f"ar_model must be a transformers causal language model (AutoModelForCausalLM, "
-                            f"which reads past_key_values), got {type(ar_model).__name__}")
+            raise TypeError(
+                f"ar_model must be a transformers causal language model (AutoModelForCausalLM, "
+                f"which reads past_key_values), got {type(ar_model).__name__}"
+            )
         check_choice(acceptance, "acceptance", ACCEPTANCE)
         check_int(k, "k", 1)
         check_number(ratio, "ratio", 0, 1, open_low=True)
         check_int(verify_chunk, "verify_chunk", 1)
         check_bool(correct, "correct")
         token_map = {} if token_map is None else token_map
-        require(isinstance(token_map, Mapping) and all(is_int(a) and is_int(b) and a >= 0 and b >= 0
-                                                       for a, b in token_map.items()),
-                "token_map",
-                "None or a dict {diffusion token id: AR token id} of non-negative integers", token_map)
+        require(
+            isinstance(token_map, Mapping)
+            and all(is_int(a) and is_int(b) and a >= 0 and b >= 0 for a, b in token_map.items()),
+            "token_map",
+            "None or a dict {diffusion token id: AR token id} of non-negative integers",
+            token_map,
+        )
         self.ar_model, self.acceptance, self.k, self.ratio = ar_model, acceptance, k, float(ratio)
         self.verify_chunk, self.correct, self.token_map = verify_chunk, correct, dict(token_map)
         self.ar_vocab = int(ar_model.config.vocab_size)
-        self.max_positions = getattr(ar_model.config, "max_position_embeddings", None)  # the Sampler checks
-        # transformers >= 5.24 names it `cache` (`past_key_values` is deprecated there); remote code and 4.x don't
+        self.max_positions = getattr(
+            ar_model.config, "max_position_embeddings", None
+        )  # the Sampler checks
+        # transformers >= 5.24 names it `cache` (`past_key_values` is deprecated there); remote code
+        # and 4.x don't
         parameters = inspect.signature(ar_model.forward).parameters
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self.keeps_logits = "logits_to_keep" in parameters
 
     def __repr__(self):
-        return (f"ARGuide({type(self.ar_model).__name__}, acceptance={self.acceptance!r}, k={self.k}, "
-                f"ratio={self.ratio}, verify_chunk={self.verify_chunk}, correct={self.correct}"
-                + (f", token_map={self.token_map}" if self.token_map else "") + ")")
+        return (
+            f"ARGuide({type(self.ar_model).__name__}, acceptance={self.acceptance!r}, k={self.k}, "
+            f"ratio={self.ratio}, verify_chunk={self.verify_chunk}, correct={self.correct}"
+            + (f", token_map={self.token_map}" if self.token_map else "")
+            + ")"
+        )
 
     def check(self, spec: ModelSpec, device: torch.device) -> None:
-        """Refuse a diffusion model this AR model cannot verify (the Sampler calls this when built)."""
+        """Refuse a diffusion model this AR model cannot verify (the Sampler calls this when
+        built)."""
         ar_device = self.ar_model.device
         if ar_device != device:
-            raise ValueError(f"the AR model is on {ar_device}, the diffusion model on {device}; "
-                             f"move it with ar_model.to({str(device)!r})")
-        bad = {a: b for a, b in self.token_map.items() if a >= spec.vocab_size or b >= self.ar_vocab}
+            raise ValueError(
+                f"the AR model is on {ar_device}, the diffusion model on {device}; "
+                f"move it with ar_model.to({str(device)!r})"
+            )
+        bad = {
+            a: b for a, b in self.token_map.items() if a >= spec.vocab_size or b >= self.ar_vocab
+        }
         if bad:
-            raise ValueError(f"token_map {bad} names ids outside the vocabularies (diffusion: {spec.vocab_size} ids, "
-                             f"AR: {self.ar_vocab} ids)")
+            raise ValueError(
+                f"token_map {bad} names ids outside the vocabularies (diffusion: {spec.vocab_size} "
+                "ids, "
+                f"AR: {self.ar_vocab} ids)"
+            )
         config, generation = self.ar_model.config, getattr(self.ar_model, "generation_config", None)
-        ends = (_ids(config.eos_token_id) | _ids(getattr(config, "eot_token_id", None))
-                | _ids(getattr(generation, "eos_token_id", None)))
-        unmatched = [token for token in spec.stop_ids if self.token_map.get(token, token) not in ends]
+        ends = (
+            _ids(config.eos_token_id)
+            | _ids(getattr(config, "eot_token_id", None))
+            | _ids(getattr(generation, "eos_token_id", None))
+        )
+        unmatched = [
+            token for token in spec.stop_ids if self.token_map.get(token, token) not in ends
+        ]
         if unmatched:
             raise ValueError(
-                f"the AR model's vocabulary does not match the diffusion model's: the diffusion model ends "
-                f"answers with ids {list(spec.stop_ids)}, and the AR model's end-of-sequence ids are "
-                f"{sorted(ends)}, without {unmatched}. Models built on one tokenizer agree on these; where only "
-                f"special tokens differ, name the AR model's equivalents with token_map={{diffusion id: AR id}}, "
-                f"e.g. token_map={{{unmatched[0]}: <AR end id>}}. A vocabulary that differs beyond special tokens "
-                f"(LLaDA's against any public AR model's) cannot be mapped: use an AR model trained on the "
-                f"diffusion model's tokenizer")
+                "the AR model's vocabulary does not match the diffusion model's: the diffusion "
+                "model ends "
+                f"answers with ids {list(spec.stop_ids)}, and the AR model's end-of-sequence ids "
+                "are "
+                f"{sorted(ends)}, without {unmatched}. Models built on one tokenizer agree on "
+                "these; where only "
+                "special tokens differ, name the AR model's equivalents with "
+                "token_map={diffusion id: AR id}, "
+                f"e.g. token_map={{{unmatched[0]}: <AR end id>}}. A vocabulary that differs beyond "
+                "special tokens "
+                "(LLaDA's against any public AR model's) cannot be mapped: use an AR model "
+                "trained on the "
+                f"diffusion model's tokenizer"
+            )
 
-    def begin(self, x: torch.Tensor, attention_mask: torch.Tensor | None, spec: ModelSpec,
-              temperature: float) -> Verification:
+    def begin(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        spec: ModelSpec,
+        temperature: float,
+    ) -> Verification:
         return Verification(self, x, attention_mask, spec, temperature)
 
 
@@ -139,23 +199,33 @@ class Verification:
         self.guide, self.spec, self.temperature = guide, spec, temperature
         batch, length = x.shape
         device = x.device
-        self.pads = (torch.zeros(batch, dtype=torch.long, device=device) if attention_mask is None
-                     else (attention_mask == 0).sum(1).to(device))  # [B] left padding
+        self.pads = (
+            torch.zeros(batch, dtype=torch.long, device=device)
+            if attention_mask is None
+            else (attention_mask == 0).sum(1).to(device)
+        )  # [B] left padding
         self.arange = torch.arange(length, device=device)
         # [B, T] the token whose K/V the cache holds at each position (left padding: none is needed)
         self.fed = torch.where(self.arange < self.pads[:, None], x, -1)
-        self.slot = torch.full((batch, length), -1, dtype=torch.long, device=device)  # [B, T] its slot
-        self.slot_valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)  # [B, S] the slots a row attends
+        self.slot = torch.full(
+            (batch, length), -1, dtype=torch.long, device=device
+        )  # [B, T] its slot
+        self.slot_valid = torch.zeros(
+            batch, 0, dtype=torch.bool, device=device
+        )  # [B, S] the slots a row attends
         self.keep = self.pads.clone()  # [B] the cache holds positions [0, keep) of the canvas
         self.cache = DynamicCache()
         self.forwards = self.tokens = 0
         self.to_ar = self._lookup(spec.vocab_size, guide.ar_vocab, guide.token_map, device)
-        self.to_diffusion = self._lookup(guide.ar_vocab, spec.vocab_size,
-                                         {b: a for a, b in guide.token_map.items()}, device)
+        self.to_diffusion = self._lookup(
+            guide.ar_vocab, spec.vocab_size, {b: a for a, b in guide.token_map.items()}, device
+        )
         self.never_written = torch.zeros(guide.ar_vocab, dtype=torch.bool, device=device)
         if self.to_ar[spec.mask_id] >= 0:
             self.never_written[self.to_ar[spec.mask_id]] = True
-        self.fill = getattr(guide.ar_model.config, "pad_token_id", None) or 0  # fed where nothing is
+        self.fill = (
+            getattr(guide.ar_model.config, "pad_token_id", None) or 0
+        )  # fed where nothing is
 
     @staticmethod
     def _lookup(size, other, mapping, device) -> torch.Tensor:
@@ -165,11 +235,15 @@ class Verification:
             table[a] = b
         return table.masked_fill_(table >= other, -1)
 
-    # -- a step --------------------------------------------------------------------------------------
+    # -- a step
+    # --------------------------------------------------------------------------------------
     def verify(self, x, candidates, rows, positions, drafts, logits, commit, generator=None):
-        """The candidates (rows, positions) [M] with the unmask policy's drafts [M], their diffusion logits
-        [M, V] and its commit [M] -> (commit [M], tokens [M]) with the accepted drafts and each run's first
-        position added (and, with correct=True, the first rejected draft replaced). What the policy commits
+        """The candidates (rows, positions) [M] with the unmask policy's drafts [M], their diffusion
+        logits
+        [M, V] and its commit [M] -> (commit [M], tokens [M]) with the accepted drafts and each
+        run's first
+        position added (and, with correct=True, the first rejected draft replaced). What the policy
+        commits
         this step counts as committed inside the run: fed as it is, never a reason to stop."""
         drafted = x.clone()
         drafted[rows, positions] = drafts
@@ -178,29 +252,49 @@ class Verification:
         pending = x == self.spec.mask_id  # [B, T] drafts the guide decides
         pending[rows[commit], positions[commit]] = False
         first, end = self._runs(x, candidates, pending)
-        accepted_end, rejected_at, correction = first.clone(), torch.full_like(first, -1), torch.zeros_like(first)
+        accepted_end, rejected_at, correction = (
+            first.clone(),
+            torch.full_like(first, -1),
+            torch.zeros_like(first),
+        )
         alive, begin = end > first, self.keep.clone()
-        stop = torch.minimum(first + self.guide.verify_chunk, end)  # the first forward also reads the prefix
+        stop = torch.minimum(
+            first + self.guide.verify_chunk, end
+        )  # the first forward also reads the prefix
         while bool(alive.any()):
-            skip = max(0, int((first - 1 - begin)[alive].min()))  # outputs before every run's first go unread
+            skip = max(
+                0, int((first - 1 - begin)[alive].min())
+            )  # outputs before every run's first go unread
             ar_logits = self._forward(drafted, begin, torch.where(alive, stop - begin, 0), skip)
-            target = begin[:, None] + 1 + skip + torch.arange(ar_logits.shape[1], device=x.device)  # what they predict
+            target = (
+                begin[:, None] + 1 + skip + torch.arange(ar_logits.shape[1], device=x.device)
+            )  # what they predict
             read_to = torch.minimum(stop + 1, end)
             window = alive[:, None] & (target >= first[:, None]) & (target < read_to[:, None])
             clamped = target.clamp(max=x.shape[1] - 1)
             is_draft = window & pending.gather(1, clamped)
             ok = torch.ones_like(window)
-            ok[is_draft] = self._accept(ar_logits[is_draft], drafted.gather(1, clamped)[is_draft],
-                                        logits, index.gather(1, clamped)[is_draft], generator, is_draft.sum(1))
+            ok[is_draft] = self._accept(
+                ar_logits[is_draft],
+                drafted.gather(1, clamped)[is_draft],
+                logits,
+                index.gather(1, clamped)[is_draft],
+                generator,
+                is_draft.sum(1),
+            )
             failed = window & ~ok
             failing = failed.any(1)
             at = target.gather(1, failed.int().argmax(1, keepdim=True)).squeeze(1)
             accepted_end = torch.where(alive, torch.where(failing, at, read_to), accepted_end)
             rejecting = alive & failing
             if self.guide.correct and bool(rejecting.any()):
-                correction[rejecting] = self._correction(ar_logits[failed & (target == at[:, None])], logits,
-                                                         index[rejecting, at[rejecting]], generator,
-                                                         rejecting.long())
+                correction[rejecting] = self._correction(
+                    ar_logits[failed & (target == at[:, None])],
+                    logits,
+                    index[rejecting, at[rejecting]],
+                    generator,
+                    rejecting.long(),
+                )
             rejected_at = torch.where(rejecting, at, rejected_at)
             alive &= ~failing & (stop < end)
             begin = torch.where(alive, stop, begin)
@@ -220,13 +314,16 @@ class Verification:
         first = masked.int().argmax(1)
         after = self.arange >= first[:, None]
         blocked = after & masked & ~candidates
-        end = torch.where(blocked.any(1), blocked.int().argmax(1), x.shape[1])  # a mask the step may not decode
+        end = torch.where(
+            blocked.any(1), blocked.int().argmax(1), x.shape[1]
+        )  # a mask the step may not decode
         decided = after & pending & (self.arange < end[:, None])
         last = x.shape[1] - 1 - decided.flip(1).int().argmax(1)
         return first, torch.where(decided.any(1), last + 1, first)
 
     def after_step(self, x: torch.Tensor) -> None:
-        """Crop each row's cache to its committed prefix (minus its last token, whose output predicts the
+        """Crop each row's cache to its committed prefix (minus its last token, whose output
+        predicts the
         next run's first position)."""
         masked = x == self.spec.mask_id
         first = torch.where(masked.any(1), masked.int().argmax(1), x.shape[1])
@@ -243,12 +340,16 @@ class Verification:
             if width == 0:
                 self.cache = DynamicCache()
             else:
-                self.cache.crop(width - self.slot_valid.shape[1])  # negative: tokens to drop (transformers 4 and 5)
+                self.cache.crop(
+                    width - self.slot_valid.shape[1]
+                )  # negative: tokens to drop (transformers 4 and 5)
             self.slot_valid = self.slot_valid[:, :width]
 
-    # -- pieces --------------------------------------------------------------------------------------
+    # -- pieces
+    # --------------------------------------------------------------------------------------
     def _forward(self, drafted, begin, count, skip) -> torch.Tensor:
-        """Feed positions [begin, begin + count) of each row (drafts at the masks) -> AR logits [B, n - skip, V]
+        """Feed positions [begin, begin + count) of each row (drafts at the masks) -> AR logits [B,
+        n - skip, V]
         of the outputs from the skip-th on."""
         width = int(count.max())
         offsets = torch.arange(width, device=drafted.device)
@@ -258,46 +359,67 @@ class Verification:
         ar_tokens = self.to_ar[tokens]
         ar_tokens = torch.where(valid & (ar_tokens >= 0), ar_tokens, self.fill)
         attend = valid.clone()
-        attend[count == 0, 0] = True  # a row with nothing to read attends one throwaway slot, never nothing
-        out = self.guide.ar_model(input_ids=ar_tokens, attention_mask=torch.cat([self.slot_valid, attend], 1).long(),
-                                  position_ids=(positions - self.pads[:, None]).clamp(min=0),
-                                  use_cache=True, **{self.guide.cache_argument: self.cache},
-                                  **self._keep_logits(skip, width))
+        attend[count == 0, 0] = (
+            True  # a row with nothing to read attends one throwaway slot, never nothing
+        )
+        out = self.guide.ar_model(
+            input_ids=ar_tokens,
+            attention_mask=torch.cat([self.slot_valid, attend], 1).long(),
+            position_ids=(positions - self.pads[:, None]).clamp(min=0),
+            use_cache=True,
+            **{self.guide.cache_argument: self.cache},
+            **self._keep_logits(skip, width),
+        )
         rows, columns = valid.nonzero(as_tuple=True)
         self.fed[rows, positions[rows, columns]] = tokens[rows, columns]
         self.slot[rows, positions[rows, columns]] = self.slot_valid.shape[1] + columns
         self.slot_valid = torch.cat([self.slot_valid, valid], 1)
         self.forwards += 1
         self.tokens += int(count.sum())
-        return out.logits[:, -(width - skip):]
+        return out.logits[:, -(width - skip) :]
 
     def _keep_logits(self, skip, width) -> dict:
-        """The LM head on the outputs read only (the prompt's would be a [B, P, V] tensor), where the model
+        """The LM head on the outputs read only (the prompt's would be a [B, P, V] tensor), where
+        the model
         takes logits_to_keep."""
         return {"logits_to_keep": width - skip} if skip > 0 and self.guide.keeps_logits else {}
 
     def _accept(self, ar_logits, drafts, logits, index, generator, counts=None) -> torch.Tensor:
-        """ar_logits [K, V_ar] predicting positions whose drafts [K] (diffusion ids) have diffusion logits
-        logits[index] -> [K] bool. With generators per row, counts [B]: the drafts of each row, in order."""
+        """ar_logits [K, V_ar] predicting positions whose drafts [K] (diffusion ids) have diffusion
+        logits
+        logits[index] -> [K] bool. With generators per row, counts [B]: the drafts of each row, in
+        order."""
         guide = self.guide
         ids = self.to_ar[drafts]
         scorable = ids >= 0
         ids = ids.clamp(min=0)
-        if guide.acceptance == "exact" or (guide.acceptance == "speculative" and self.temperature == 0):
+        if guide.acceptance == "exact" or (
+            guide.acceptance == "speculative" and self.temperature == 0
+        ):
             return scorable & (ar_logits.argmax(-1) == ids)
         if guide.acceptance == "topk_relative":
             probs = torch.softmax(ar_logits.float(), -1)
             chosen = probs.gather(1, ids[:, None])
             in_top_k = (probs > chosen).sum(-1) < guide.k
             return scorable & in_top_k & (chosen.squeeze(1) >= guide.ratio * probs.max(-1).values)
-        p = torch.softmax(ar_logits.float() / self.temperature, -1).gather(1, ids[:, None]).squeeze(1)
-        q = torch.softmax(logits[index].float() / self.temperature, -1).gather(1, drafts[:, None]).squeeze(1)
+        p = (
+            torch.softmax(ar_logits.float() / self.temperature, -1)
+            .gather(1, ids[:, None])
+            .squeeze(1)
+        )
+        q = (
+            torch.softmax(logits[index].float() / self.temperature, -1)
+            .gather(1, drafts[:, None])
+            .squeeze(1)
+        )
         u = uniform(p.shape, p.device, generator, counts)
         return scorable & (u * q < p)
 
     def _correction(self, ar_logits, logits, index, generator, counts=None) -> torch.Tensor:
-        """The AR model's token (a diffusion id; -1 where it has none) at the first rejected drafts; never
-        the diffusion model's mask token, which would leave the position undecoded. With generators per
+        """The AR model's token (a diffusion id; -1 where it has none) at the first rejected drafts;
+        never
+        the diffusion model's mask token, which would leave the position undecoded. With generators
+        per
         row, counts [B]: 1 for the rows that rejected, in order."""
         ar_logits = ar_logits.masked_fill(self.never_written, -math.inf)
         if self.temperature == 0:

@@ -1,11 +1,13 @@
-"""KV-cache refresh policies: which rows a step computes, and from which layer everything is recomputed.
+"""KV-cache refresh policies: which rows a step computes, and from which layer everything is
+recomputed.
 
 A policy validates its settings when built; `begin` returns the mutable state of one generation,
 which the Sampler drives:
 
     state = policy.begin(canvas)                       # once per generation
     state.begin_block(start, end)                      # once per block (canvas positions)
-    candidates = state.restrict(masks, candidates, quota)  # ElasticCache decodes only inside its window
+    candidates = state.restrict(masks, candidates, quota)  # ElasticCache decodes only inside its
+    window
     plan = state.plan(model_ids, live, head_reads)     # engine.ForwardPlan for this step
     state.after_step(rows, result, committed)          # what was computed and committed
 
@@ -16,10 +18,13 @@ which the Sampler drives:
 - FrozenCache: a probe, not a method: one full forward at the first step, then only the current
   block's masks, so the cache never sees a committed token (how much a stale cache costs a model).
 - ElasticCache ("Attention Is All You Need for KV Cache in Diffusion LLMs"): computes the tracked
-  (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks; at
+  (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks;
+  at
   each layer still reusing its cache it compares the tracked tokens' attention before and after this
-  step; when a layer's similarity falls below gamma, every position is recomputed from the next layer
-  (refresh_from='next', the paper's and the released code's boundary) or from that layer ('drifting').
+  step; when a layer's similarity falls below gamma, every position is recomputed from the next
+  layer
+  (refresh_from='next', the paper's and the released code's boundary) or from that layer
+  ('drifting').
 
 `head_reads` [R, T] marks the positions whose last-layer output the head reads (a candidate's own
 position, or the one before it under Dream's logit shift): every query must include them.
@@ -45,7 +50,8 @@ REFRESH_BOUNDARIES = ("next", "drifting")
 
 @dataclass(frozen=True)
 class Canvas:
-    """Facts of one generation: the model rows (R: twice the batch under classifier-free guidance) of T
+    """Facts of one generation: the model rows (R: twice the batch under classifier-free guidance)
+    of T
     positions, of which the first `prompt_length` are the (left-padded) prompt."""
 
     model_rows: CFGRows
@@ -75,20 +81,29 @@ class RefreshState:
     def begin_block(self, start: int, end: int) -> None:
         pass
 
-    def restrict(self, masks: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor | None) -> torch.Tensor:
-        """masks [B, T]: the masked positions still to be decoded (a stop policy may have closed some)."""
+    def restrict(
+        self, masks: torch.Tensor, candidates: torch.Tensor, quota: torch.Tensor | None
+    ) -> torch.Tensor:
+        """masks [B, T]: the masked positions still to be decoded (a stop policy may have closed
+        some)."""
         return candidates
 
-    def plan(self, model_ids: torch.Tensor, live: torch.Tensor, head_reads: torch.Tensor) -> ForwardPlan:
-        """model_ids [R, T]; live [R]: the rows computed; head_reads [R, T]: positions the query must
+    def plan(
+        self, model_ids: torch.Tensor, live: torch.Tensor, head_reads: torch.Tensor
+    ) -> ForwardPlan:
+        """model_ids [R, T]; live [R]: the rows computed; head_reads [R, T]: positions the query
+        must
         include (see the module notes)."""
         raise NotImplementedError
 
-    def after_step(self, rows: torch.Tensor | None, result: ForwardResult, committed: torch.Tensor) -> None:
+    def after_step(
+        self, rows: torch.Tensor | None, result: ForwardResult, committed: torch.Tensor
+    ) -> None:
         pass
 
 
-# -- NoCache -----------------------------------------------------------------------------------------
+# -- NoCache
+# -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoCache(RefreshPolicy):
     """Every position through every layer, every step."""
@@ -104,10 +119,12 @@ class _Full(RefreshState):
         return ForwardPlan(None, self.canvas.n_layers)
 
 
-# -- Fast-dLLM ---------------------------------------------------------------------------------------
+# -- Fast-dLLM
+# ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PrefixCache(RefreshPolicy):
-    """Full forward at each block's first step; then the block and all after it against the cached prefix."""
+    """Full forward at each block's first step; then the block and all after it against the cached
+    prefix."""
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _BlockCache(canvas, to_end=True)
@@ -115,7 +132,8 @@ class PrefixCache(RefreshPolicy):
 
 @dataclass(frozen=True)
 class DualCache(RefreshPolicy):
-    """Full forward at each block's first step; then only the block, its rows overwriting the cached ones."""
+    """Full forward at each block's first step; then only the block, its rows overwriting the cached
+    ones."""
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _BlockCache(canvas, to_end=False)
@@ -123,8 +141,10 @@ class DualCache(RefreshPolicy):
 
 @dataclass(frozen=True)
 class FrozenCache(RefreshPolicy):
-    """A probe of how much a stale cache costs, not a method: a full forward at the first step only; then
-    only the current block's still-masked positions. A committed token's K/V stay those computed while
+    """A probe of how much a stale cache costs, not a method: a full forward at the first step only;
+    then
+    only the current block's still-masked positions. A committed token's K/V stay those computed
+    while
     it was a mask: the cache never sees a committed token."""
 
     def begin(self, canvas: Canvas) -> RefreshState:
@@ -136,7 +156,9 @@ class _BlockCache(RefreshState):
         super().__init__(canvas)
         self.to_end = to_end
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
-        self.changed = torch.zeros_like(canvas.key_valid)  # tokens changed outside the query (a stop rewrite)
+        self.changed = torch.zeros_like(
+            canvas.key_valid
+        )  # tokens changed outside the query (a stop rewrite)
 
     def begin_block(self, start, end):
         self.fresh.zero_()  # every row refreshes at its first step in the block
@@ -159,7 +181,8 @@ class _BlockCache(RefreshState):
 
 
 class _Frozen(_BlockCache):
-    """DualCache's query without its refreshes: the first step is the only full forward, and of the block
+    """DualCache's query without its refreshes: the first step is the only full forward, and of the
+    block
     only the masks are computed, so no committed (or rewritten) token is ever recomputed."""
 
     def begin_block(self, start, end):
@@ -172,7 +195,8 @@ class _Frozen(_BlockCache):
         return ForwardPlan(masks | head_reads, self.canvas.n_layers)
 
 
-# -- ElasticCache ------------------------------------------------------------------------------------
+# -- ElasticCache
+# ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ElasticCache(RefreshPolicy):
     """Attention-drift refresh with a depth schedule and a sliding window of masks.
@@ -180,18 +204,24 @@ class ElasticCache(RefreshPolicy):
     gamma: similarity bar; when a layer's tracked-token attention similarity (before vs after this
         step's writes) is below it, a refresh starts there (see refresh_from; gamma > 1: every step;
         gamma 0: never after the first forward, the committed tokens' own rows still recomputed).
-    window: the first `window` still-masked positions of a row form its active window (at least as many
+    window: the first `window` still-masked positions of a row form its active window (at least as
+    many
         as the unmask policy must commit this step); decoding happens only inside it.
     track: most-attended decoded tokens tracked per layer (the next step's tracked set is the union
         over layers).
-    cache_distant_masks: masks beyond the window are served from the cache (False: queried every step).
+    cache_distant_masks: masks beyond the window are served from the cache (False: queried every
+    step).
     drift: 'heads' — cosine over the head axis per key, averaged over keys and tracked tokens (the
-        released code's statistic; the default: on the testbed it refreshed less at the same accuracy);
-        'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the paper's).
-    refresh_from: where a refresh starts when layer l drifts. 'next' (the paper's l* and the released
+        released code's statistic; the default: on the testbed it refreshed less at the same
+        accuracy);
+        'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the
+        paper's).
+    refresh_from: where a refresh starts when layer l drifts. 'next' (the paper's l* and the
+    released
         code's boundary; the default): layer l keeps its query rows' output and every position is
         recomputed from layer l + 1. 'drifting': from layer l itself, so that gamma > 1 recomputes
-        every layer every step and equals NoCache exactly ('next' then still runs layer 0 on the query
+        every layer every step and equals NoCache exactly ('next' then still runs layer 0 on the
+        query
         rows only).
     Each row of a batch refreshes from its own drifting layer, so a row decodes as it would alone.
     """
@@ -223,34 +253,46 @@ class _Elastic(RefreshState):
         device = canvas.key_valid.device
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=device)
         self.tracked = torch.zeros(canvas.rows, canvas.length, dtype=torch.bool, device=device)
-        # per layer and row, the attention mass the window's masks paid each key this step (-1: not observed);
+        # per layer and row, the attention mass the window's masks paid each key this step (-1: not
+        # observed);
         # the next tracked set is chosen from it once per step, not once per layer
         self.mass = torch.empty(canvas.n_layers, canvas.rows, canvas.length, device=device)
         self.changed = torch.zeros_like(self.tracked)  # committed since the row was last computed
         self.generated = torch.arange(canvas.length, device=device) >= canvas.prompt_length
 
     def restrict(self, masks, candidates, quota):
-        masked = masks & self.generated  # masks a stop policy closed are outside the window, as decoded ones
+        masked = (
+            masks & self.generated
+        )  # masks a stop policy closed are outside the window, as decoded ones
         size = torch.full((masks.shape[0], 1), self.policy.window, device=masks.device)
         if quota is not None:
             size = torch.maximum(size, quota[:, None])
         window = masked & (masked.cumsum(1) <= size)
         model_rows = self.canvas.model_rows
         self.window = model_rows.repeat(window)  # [R, T]
-        self.distant = None if self.policy.cache_distant_masks else model_rows.repeat(masked & ~window)
+        self.distant = (
+            None if self.policy.cache_distant_masks else model_rows.repeat(masked & ~window)
+        )
         return candidates & window
 
     def plan(self, model_ids, live, head_reads):
-        self.decoded = ~((model_ids == self.canvas.mask_id) & self.generated) & self.canvas.key_valid
+        self.decoded = (
+            ~((model_ids == self.canvas.mask_id) & self.generated) & self.canvas.key_valid
+        )
         query = self.tracked | self.changed | self.window | head_reads
         if self.distant is not None:
             query |= self.distant
         first_full_layer = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
-        if self.policy.gamma == 0:  # never refreshes: nothing to track (a cosine below 0 would refresh)
+        if (
+            self.policy.gamma == 0
+        ):  # never refreshes: nothing to track (a cosine below 0 would refresh)
             return ForwardPlan(query, first_full_layer)
         self.mass.fill_(-1.0)
-        return ForwardPlan(query, first_full_layer,
-                           AttentionDrift(self.tracked, self, leave_after=self.policy.refresh_from == "next"))
+        return ForwardPlan(
+            query,
+            first_full_layer,
+            AttentionDrift(self.tracked, self, leave_after=self.policy.refresh_from == "next"),
+        )
 
     def after_step(self, rows, result, committed):
         rows = slice(None) if rows is None else rows
@@ -278,7 +320,8 @@ class _Elastic(RefreshState):
         self.mass[layer, rows] = mass
 
     def _most_attended(self, rows) -> torch.Tensor:
-        """The next tracked set of `rows`: per layer the top `track` decoded tokens by the mass observed
+        """The next tracked set of `rows`: per layer the top `track` decoded tokens by the mass
+        observed
         there, united over layers."""
         mass = self.mass[:, rows].masked_fill(~self.decoded[rows], -1.0)
         top = mass.topk(min(self.policy.track, mass.shape[-1]), dim=-1)
@@ -292,75 +335,101 @@ class DriftJudge(Protocol):
 
     drift_axis: str  # 'heads' or 'keys': the axis ops.attention_drift compares along
 
-    def drifted(self, layer: int, similarity: torch.Tensor, valid: torch.Tensor,
-                rows: torch.Tensor) -> torch.Tensor:
+    def drifted(
+        self, layer: int, similarity: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
         """similarity [p, m]: how alike the tracked rows' attention is before and after this step's
         writes, for model rows `rows` [p]; valid [p, m] -> [p] bool: the rows that drifted."""
 
-    def mass_weights(self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the attention
+    def mass_weights(
+        self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the
+        attention
         mass observed."""
 
     def observe(self, layer: int, mass: torch.Tensor, rows: torch.Tensor) -> None:
-        """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows `rows`."""
+        """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows
+        `rows`."""
 
 
 class AttentionDrift:
     """ElasticCache's drift test for one forward, as the engine's LayerMonitor (engine.py).
 
     The tracked positions come first among a row's query positions. At each layer still reusing the
-    cache, the tracked rows' attention as the cache stood before this step (their cached layer input,
+    cache, the tracked rows' attention as the cache stood before this step (their cached layer
+    input,
     projected in the same call as the fresh rows; the keys at the query positions read before this
     layer's writes, so no second copy of the cache is needed) is compared with their attention after
     it; `judge` decides which rows drifted and records the query rows' attention mass."""
 
     def __init__(self, tracked: torch.Tensor, judge: DriftJudge, *, leave_after: bool):
-        self.tracked, self.judge, self.leave_after = tracked, judge, leave_after  # tracked [R, T] bool
+        self.tracked, self.judge, self.leave_after = (
+            tracked,
+            judge,
+            leave_after,
+        )  # tracked [R, T] bool
         self.n_tracked = 0  # leading query columns that are tracked (set by query_positions)
 
     def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
-        """-> (positions [r, n]: the tracked ones first, then the other query positions; valid [r, n]).
-        Padding entries repeat the row's first non-tracked query position, so computing them rewrites
+        """-> (positions [r, n]: the tracked ones first, then the other query positions; valid [r,
+        n]).
+        Padding entries repeat the row's first non-tracked query position, so computing them
+        rewrites
         that row with the same values."""
         tracked = self.tracked if rows is None else self.tracked[rows]
         index, valid = mask_index(query & ~tracked)
         tracked_index, tracked_valid = mask_index(tracked)
         self.n_tracked = n = tracked_index.shape[1]
         index, valid = torch.cat([tracked_index, index], 1), torch.cat([tracked_valid, valid], 1)
-        return torch.where(valid, index, index[:, n:n + 1]), valid
+        return torch.where(valid, index, index[:, n : n + 1]), valid
 
     def mass_weights(self, rows, index, valid):
         return self.judge.mass_weights(rows, index, valid)
 
     def stale_inputs(self, layer: int, cache: KVCache, group: RowGroup) -> torch.Tensor | None:
-        """The tracked rows' cached input of this layer [g, n_tracked, d]; None when nothing is tracked."""
+        """The tracked rows' cached input of this layer [g, n_tracked, d]; None when nothing is
+        tracked."""
         if self.n_tracked == 0:
             return None
-        return cache.inputs[layer][group.ids[:, None], group.index[:, :self.n_tracked]]
+        return cache.inputs[layer][group.ids[:, None], group.index[:, : self.n_tracked]]
 
     def before_writes(self, layer: int, cache: KVCache, group: RowGroup, q_stale: torch.Tensor):
-        """-> (the tracked rows' queries before this step [g, Hq, n_tracked, D], RoPE applied; the keys
+        """-> (the tracked rows' queries before this step [g, Hq, n_tracked, D], RoPE applied; the
+        keys
         at the query positions before this layer's writes [g, Hkv, n, D])."""
-        tracked_rope = Rope(*(table[:, :, :self.n_tracked] for table in group.rope))
+        tracked_rope = Rope(*(table[:, :, : self.n_tracked] for table in group.rope))
         q_before = apply_rotary(q_stale, tracked_rope)
-        keys_before = cache.keys[layer][group.ids[:, None, None], cache.heads, group.index[:, None, :]]
+        keys_before = cache.keys[layer][
+            group.ids[:, None, None], cache.heads, group.index[:, None, :]
+        ]
         return q_before, keys_before
 
     def attend(self, layer, q, keys, values, group: RowGroup, before):
-        """The query rows' attention; the rows whose tracked rows drifted (None: none did). The mass of a
+        """The query rows' attention; the rows whose tracked rows drifted (None: none did). The mass
+        of a
         drifting row is observed here only under leave_after (otherwise its layer is recomputed, and
         observed then)."""
         judge = self.judge
         if before is None:
-            attn, mass = ops.partial_attention(q, keys, values, group.key_mask,
-                                               mass_weights=group.mass_weights)
+            attn, mass = ops.partial_attention(
+                q, keys, values, group.key_mask, mass_weights=group.mass_weights
+            )
             judge.observe(layer, mass, group.ids)
             return attn, None
         q_before, keys_before = before
         attn, mass, similarity = ops.monitored_attention(
-            q, keys, values, group.key_mask, mass_weights=group.mass_weights, q_before=q_before,
-            written=group.index, keys_before=keys_before, axis=judge.drift_axis)
-        drifted = judge.drifted(layer, similarity, group.valid[:, :self.n_tracked], group.ids)
+            q,
+            keys,
+            values,
+            group.key_mask,
+            mass_weights=group.mass_weights,
+            q_before=q_before,
+            written=group.index,
+            keys_before=keys_before,
+            axis=judge.drift_axis,
+        )
+        drifted = judge.drifted(layer, similarity, group.valid[:, : self.n_tracked], group.ids)
         drifted = drifted if bool(drifted.any()) else None
         if drifted is None or self.leave_after:
             judge.observe(layer, mass, group.ids)

@@ -2,17 +2,23 @@
 
 A policy validates its arguments when built and is a pure function of what the Sampler hands it:
 
-    steps = policy.steps_per_block(n_blocks)        # once per generation; None: until the block is done
-    plan = policy.begin_block(n_masked, steps)      # once per block; n_masked [B]: masks in the block
-    quota = policy.quota(ctx)                       # before the forward: tokens per row [B], or None
-                                                    # when the scores decide; rows at 0 are not computed
+    steps = policy.steps_per_block(n_blocks)        # once per generation; None: until the block is
+    done
+    plan = policy.begin_block(n_masked, steps)      # once per block; n_masked [B]: masks in the
+    block
+    quota = policy.quota(ctx)                       # before the forward: tokens per row [B], or
+    None
+                                                    # when the scores decide; rows at 0 are not
+                                                    computed
     commit, tokens = policy.select(ctx, logits, quota)   # logits [M, V]: one row per candidate
 
-The candidates (`ctx.candidates` [B, L]) are the masked positions the step may commit; `logits` holds
+The candidates (`ctx.candidates` [B, L]) are the masked positions the step may commit; `logits`
+holds
 their rows in row-major order, the model's logit shift already applied by the Sampler.
 
 Numerics — the dtype each score is computed in, and why:
-- LowConfidence and DreamAlgorithm take probabilities from a softmax in the logits' own dtype, as the
+- LowConfidence and DreamAlgorithm take probabilities from a softmax in the logits' own dtype, as
+the
   official LLaDA and Dream samplers do, so their ranking (on a bf16 model, its ties too) is theirs.
 - Threshold and Factor compare a probability with a fixed bar. bf16 rounding (steps of 2^-8 near 1)
   would move the bar, so they compute in fp32, on the candidate rows only. Fast-dLLM uses float64;
@@ -20,7 +26,8 @@ Numerics — the dtype each score is computed in, and why:
 - EntropyThreshold computes entropy in fp32 (log-sum-exp form).
 - Sampling at temperature > 0 is Gumbel-max with float64 noise, LLaDA's choice (low-precision Gumbel
   noise hurts generation quality, arXiv:2409.02908), on the candidate rows only, never the canvas.
-Policies without a fixed number of steps (Threshold, Factor, EntropyThreshold) never predict the mask
+Policies without a fixed number of steps (Threshold, Factor, EntropyThreshold) never predict the
+mask
 token: a committed MASK makes no progress, and their loop would not end. The official samplers do
 not exclude it, so LowConfidence and DreamAlgorithm do not either.
 """
@@ -50,7 +57,9 @@ class StepContext:
 
 class UnmaskPolicy:
     cfg_scale: float = 0.0  # > 0: the Sampler adds an unconditional pass (prompt masked) and mixes
-    temperature: float = 0.0  # the sampling temperature (an ARGuide's speculative acceptance reads it)
+    temperature: float = (
+        0.0  # the sampling temperature (an ARGuide's speculative acceptance reads it)
+    )
 
     def steps_per_block(self, n_blocks: int) -> int | None:
         return None
@@ -77,7 +86,8 @@ def _check_temperature(temperature) -> None:
 def _split_steps(steps: int, n_blocks: int) -> int:
     if steps % n_blocks:
         raise ValueError(
-            f"steps ({steps}) must be divisible by the number of blocks ({n_blocks} = generation length / "
+            f"steps ({steps}) must be divisible by the number of blocks ({n_blocks} = generation "
+            "length / "
             "block_length)"
         )
     return steps // n_blocks
@@ -91,7 +101,8 @@ def dense(values: torch.Tensor, candidates: torch.Tensor, fill: float = -math.in
 
 
 def top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """[B, L] bool: the `counts[b]` highest finite scores of each row (-inf marks non-candidates)."""
+    """[B, L] bool: the `counts[b]` highest finite scores of each row (-inf marks
+    non-candidates)."""
     k = int(counts.max())
     chosen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     if k == 0:
@@ -101,8 +112,11 @@ def top_per_row(scores: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     return chosen.scatter_(1, top.indices, keep)
 
 
-def gumbel_argmax(logits: torch.Tensor, temperature: float, generator=None, counts=None) -> torch.Tensor:
-    """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in float64.
+def gumbel_argmax(
+    logits: torch.Tensor, temperature: float, generator=None, counts=None
+) -> torch.Tensor:
+    """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in
+    float64.
     With generators per row, counts [B]: how many consecutive rows of logits are each row's."""
     if temperature == 0:
         return logits.argmax(-1)
@@ -130,12 +144,15 @@ def _tokens_without_mask(logits, temperature, mask_id, generator, counts) -> tor
 
 
 def _tokens_and_confidence(logits, temperature, ctx) -> tuple[torch.Tensor, torch.Tensor]:
-    """The chosen tokens (never the mask) and their fp32 probability over the full vocabulary: one pass
+    """The chosen tokens (never the mask) and their fp32 probability over the full vocabulary: one
+    pass
     of ops.score_tokens at temperature 0; a sample and its probability otherwise."""
     if temperature == 0:
         tokens, probability, _, _ = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
         return tokens, probability
-    tokens = _tokens_without_mask(logits, temperature, ctx.spec.mask_id, ctx.generator, ctx.candidates.sum(1))
+    tokens = _tokens_without_mask(
+        logits, temperature, ctx.spec.mask_id, ctx.generator, ctx.candidates.sum(1)
+    )
     return tokens, _probability_fp32(logits, tokens)
 
 
@@ -163,10 +180,12 @@ class LowConfidence(UnmaskPolicy):
     number of tokens (masks ÷ steps, the remainder to the first steps) with the highest confidence
     (`low_confidence`: probability of the chosen token; `random`: uniform scores).
 
-    `cfg_scale` > 0 adds classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), u from a pass
+    `cfg_scale` > 0 adds classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), u from a
+    pass
     with the prompt masked. `logits_eos_inf` forbids EOS. `confidence_eos_eot_inf` drops EOS and
     end-of-turn from the softmax that scores the chosen token, so a chosen EOS/EOT scores 0 (the
-    official sampler's effect at temperature 0; at temperature > 0 its code drops end-of-turn only)."""
+    official sampler's effect at temperature 0; at temperature > 0 its code drops end-of-turn
+    only)."""
 
     steps: int
     remasking: str = "low_confidence"
@@ -188,7 +207,9 @@ class LowConfidence(UnmaskPolicy):
 
     def begin_block(self, n_masked, steps):
         base, remainder = n_masked // steps, n_masked % steps
-        return base[:, None] + (torch.arange(steps, device=n_masked.device) < remainder[:, None])  # [B, steps]
+        return base[:, None] + (
+            torch.arange(steps, device=n_masked.device) < remainder[:, None]
+        )  # [B, steps]
 
     def quota(self, ctx):
         return ctx.plan[:, ctx.step]
@@ -213,7 +234,8 @@ class LowConfidence(UnmaskPolicy):
 # -- Fast-dLLM and dParallel -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Threshold(UnmaskPolicy):
-    """Fast-dLLM's parallel decoding: commit every candidate whose chosen token has probability >= tau,
+    """Fast-dLLM's parallel decoding: commit every candidate whose chosen token has probability >=
+    tau,
     and always each row's most confident one."""
 
     tau: float
@@ -231,7 +253,8 @@ class Threshold(UnmaskPolicy):
 
 @dataclass(frozen=True)
 class Factor(UnmaskPolicy):
-    """Fast-dLLM's factor rule: with the candidates' confidences sorted, c_1 >= c_2 >= ..., commit the
+    """Fast-dLLM's factor rule: with the candidates' confidences sorted, c_1 >= c_2 >= ..., commit
+    the
     longest prefix with c_n >= 1 - f / (n + 1) (the first always). As in Fast-dLLM's released code,
     when only the last candidate fails its bar, it is committed with the others."""
 
@@ -257,7 +280,8 @@ class Factor(UnmaskPolicy):
 
 @dataclass(frozen=True)
 class EntropyThreshold(UnmaskPolicy):
-    """dParallel's rule: commit each row's lowest-entropy candidate and every candidate whose predictive
+    """dParallel's rule: commit each row's lowest-entropy candidate and every candidate whose
+    predictive
     entropy (nats) is <= h."""
 
     h: float
@@ -270,8 +294,9 @@ class EntropyThreshold(UnmaskPolicy):
     def select(self, ctx, logits, quota):
         tokens, _, _, entropy = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
         if self.temperature > 0:
-            tokens = _tokens_without_mask(logits, self.temperature, ctx.spec.mask_id, ctx.generator,
-                                          ctx.candidates.sum(1))
+            tokens = _tokens_without_mask(
+                logits, self.temperature, ctx.spec.mask_id, ctx.generator, ctx.candidates.sum(1)
+            )
         scores = dense(-entropy, ctx.candidates)
         return _above_bar(scores, -self.h, ctx.candidates)[ctx.candidates], tokens
 
@@ -285,13 +310,19 @@ MIN_ALG_TEMP = 64 / torch.finfo(torch.float32).max
 
 @dataclass(frozen=True)
 class DreamAlgorithm(UnmaskPolicy):
-    """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i, t_i+1)
+    """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i,
+    t_i+1)
     `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at the last
-    step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin` (top-1 minus
-    top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled in proportion
-    to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a sample after `top_p`
-    / `top_k` filtering. Without blocks `steps` covers the whole generation; with blocks each block gets
+    per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at the
+    last
+    step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin` (top-1
+    minus
+    top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled in
+    proportion
+    to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a sample after
+    `top_p`
+    / `top_k` filtering. Without blocks `steps` covers the whole generation; with blocks each block
+    gets
     steps / n_blocks and its own time grid."""
 
     alg: str = "origin"
@@ -307,9 +338,14 @@ class DreamAlgorithm(UnmaskPolicy):
         _check_steps(self.steps)
         check_number(self.eps, "eps", 0, 1, open_low=True, open_high=True)
         usable = is_number(self.alg_temp) and (self.alg_temp == 0 or self.alg_temp >= MIN_ALG_TEMP)
-        require(self.alg_temp is None or usable, "alg_temp",
-                 f"None, 0 or a number >= {MIN_ALG_TEMP:.3g} (a smaller one overflows the float32 scores it divides, "
-                 "and every score becomes -inf or NaN)", self.alg_temp)
+        require(
+            self.alg_temp is None or usable,
+            "alg_temp",
+            f"None, 0 or a number >= {MIN_ALG_TEMP:.3g} (a smaller one overflows the float32 "
+            "scores it divides, "
+            "and every score becomes -inf or NaN)",
+            self.alg_temp,
+        )
         _check_temperature(self.temperature)
         check_number(self.top_p, "top_p", 0, 1, open_low=True, optional=True)
         check_int(self.top_k, "top_k", 1, optional=True)
@@ -327,9 +363,12 @@ class DreamAlgorithm(UnmaskPolicy):
         if self.alg == "origin":
             drawn = uniform_canvas(ctx.candidates, ctx.generator) < 1 - s / t
             return ctx.candidates.sum(1) if last else (drawn & ctx.candidates).sum(1)
-        # Dream's count is one number for the batch, int(m · (1 - s/t)) from the mean number of masks m in
-        # its float32 arithmetic. Its rows always hold equally many masks, so m is each row's own count: a
-        # row counts its own masks here, so that rows a guide or EOS set apart decode as they would alone.
+        # Dream's count is one number for the batch, int(m · (1 - s/t)) from the mean number of
+        # masks m in
+        # its float32 arithmetic. Its rows always hold equally many masks, so m is each row's own
+        # count: a
+        # row counts its own masks here, so that rows a guide or EOS set apart decode as they would
+        # alone.
         n_masked = ctx.candidates.sum(1)
         if last:  # every row's masks (Dream's int(m) when rows are alike)
             return n_masked
@@ -338,7 +377,9 @@ class DreamAlgorithm(UnmaskPolicy):
     def select(self, ctx, logits, quota):
         probs, tokens = self._sample(logits, ctx.generator, ctx.candidates.sum(1))
         if self.alg == "origin":  # which masks move is independent of the scores
-            return top_per_row(_random_scores(ctx.candidates, ctx.generator), quota)[ctx.candidates], tokens
+            return top_per_row(_random_scores(ctx.candidates, ctx.generator), quota)[
+                ctx.candidates
+            ], tokens
         if self.alg == "maskgit_plus":
             confidence = probs.gather(1, tokens[:, None]).squeeze(1)
         elif self.alg == "topk_margin":
@@ -347,13 +388,16 @@ class DreamAlgorithm(UnmaskPolicy):
         else:
             confidence = (probs * torch.log(probs + 1e-10)).sum(-1)
         scores = dense(confidence, ctx.candidates)
-        if self.alg_temp:  # k positions without replacement ∝ softmax(score / alg_temp): Gumbel top-k
+        if (
+            self.alg_temp
+        ):  # k positions without replacement ∝ softmax(score / alg_temp): Gumbel top-k
             u = uniform_canvas(ctx.candidates, ctx.generator)
             scores = scores.float() / self.alg_temp - torch.log(-torch.log(u))
         return top_per_row(scores, quota)[ctx.candidates], tokens
 
     def _sample(self, logits, generator, counts):
-        """Dream's token choice: probabilities in the logits' dtype after temperature, top-p, top-k."""
+        """Dream's token choice: probabilities in the logits' dtype after temperature, top-p,
+        top-k."""
         if self.temperature > 0:
             logits = logits / self.temperature
         if self.top_p is not None and self.top_p < 1:
@@ -367,7 +411,8 @@ class DreamAlgorithm(UnmaskPolicy):
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches top_p (always the first)."""
+    """Keep the smallest set of most likely tokens whose probability reaches top_p (always the
+    first)."""
     ordered, order = logits.sort(-1, descending=True)
     cumulative = torch.softmax(ordered, -1).cumsum(-1)
     drop_sorted = cumulative > top_p

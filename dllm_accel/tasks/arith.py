@@ -1,4 +1,5 @@
-"""A GSM8K-shaped synthetic task: a chain of variable definitions to trace, a short chain of thought.
+"""A GSM8K-shaped synthetic task: a chain of variable definitions to trace, a short chain of
+thought.
 
     question: "k=3. b=k+2. x=b-4. What is x?"
     solution: "b=3+2=5. x=5-4=1. #### 1"
@@ -79,17 +80,23 @@ def _operation(rng: random.Random, value: int) -> tuple[str, int]:
 
 # -- prompts and scoring ---------------------------------------------------------------------------
 def messages(problem: Problem, shots: int = 0, seed: int = 0) -> list[dict]:
-    """The conversation: `shots` solved training problems as earlier turns, then the question (a batch of
+    """The conversation: `shots` solved training problems as earlier turns, then the question (a
+    batch of
     these is what dllm_accel.encode_chat takes)."""
     turns = []
     for example in problems(shots, seed=seed + 10_000, split="train"):
-        turns += [{"role": "user", "content": example.question}, {"role": "assistant", "content": example.solution}]
+        turns += [
+            {"role": "user", "content": example.question},
+            {"role": "assistant", "content": example.solution},
+        ]
     return [*turns, {"role": "user", "content": problem.question}]
 
 
 def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0) -> str:
     """The chat-formatted prompt text of `messages(problem, shots, seed)`."""
-    return tokenizer.apply_chat_template(messages(problem, shots, seed), add_generation_prompt=True, tokenize=False)
+    return tokenizer.apply_chat_template(
+        messages(problem, shots, seed), add_generation_prompt=True, tokenize=False
+    )
 
 
 def extract_answer(text: str) -> str | None:
@@ -108,12 +115,20 @@ def is_exact(text: str, problem: Problem) -> bool:
 
 
 class Arith(Task):
-    """The first `size` problems of a split (the held-out test split by default), `limit` of them."""
+    """The first `size` problems of a split (the held-out test split by default), `limit` of
+    them."""
 
     name = "arith"
 
-    def __init__(self, *, limit: int | None = None, shots: int = 0, seed: int = 0, split: str = "test",
-                 size: int = 500):
+    def __init__(
+        self,
+        *,
+        limit: int | None = None,
+        shots: int = 0,
+        seed: int = 0,
+        split: str = "test",
+        size: int = 500,
+    ):
         super().__init__(limit=limit, shots=shots)
         check_choice(split, "task.split", SPLITS)
         check_int(seed, "task.seed")
@@ -123,10 +138,19 @@ class Arith(Task):
     def samples(self) -> list[Sample]:
         # problems(n) is a prefix of problems(size), so limiting keeps every id's problem.
         n = self.size if self.limit is None else min(self.limit, self.size)
-        return [Sample(f"{self.split}-{self.seed}-{i}", messages(problem, self.shots, self.seed), problem.answer,
-                       problem)
-                for i, problem in enumerate(problems(n, self.seed, self.split))]
+        return [
+            Sample(
+                f"{self.split}-{self.seed}-{i}",
+                messages(problem, self.shots, self.seed),
+                problem.answer,
+                problem,
+            )
+            for i, problem in enumerate(problems(n, self.seed, self.split))
+        ]
 
     def score(self, sample: Sample, output: str) -> dict:
-        return {"correct": is_correct(output, sample.data), "answer": extract_answer(output),
-                "exact_match": is_exact(output, sample.data)}
+        return {
+            "correct": is_correct(output, sample.data),
+            "answer": extract_answer(output),
+            "exact_match": is_exact(output, sample.data),
+        }

@@ -16,14 +16,18 @@ from typing import Any
 
 from dllm_accel.checks import check_int
 
-Prompt = str | list[dict]  # plain text (base models), or a conversation of {"role", "content"} messages
+Prompt = (
+    str | list[dict]
+)  # plain text (base models), or a conversation of {"role", "content"} messages
 
 
 @dataclass(frozen=True)
 class Sample:
     id: str  # unique and stable within the task: a resumed run skips the ids it already has
     prompt: Prompt
-    target: str  # what a correct output gives (GSM8K: the number; HumanEval: the canonical solution)
+    target: (
+        str  # what a correct output gives (GSM8K: the number; HumanEval: the canonical solution)
+    )
     data: Any = None  # the task's own record of the sample
 
 
@@ -48,4 +52,4 @@ class Task:
         return [self.score(s, o) for s, o in zip(samples, outputs, strict=True)]
 
     def _first(self, items: list) -> list:
-        return items if self.limit is None else items[:self.limit]
+        return items if self.limit is None else items[: self.limit]

@@ -2,14 +2,20 @@
 
     python -I -B -c <the text of this file> GUARD VERDICT_FD PAYLOAD
 
-It is never imported: humaneval.py reads this file as text, so the child runs exactly this code whatever
-sys.path holds. GUARD is "syscall" (the Landlock ruleset and the seccomp filter below) or "python" (the old
+It is never imported: humaneval.py reads this file as text, so the child runs exactly this code
+whatever
+sys.path holds. GUARD is "syscall" (the Landlock ruleset and the seccomp filter below) or "python"
+(the old
 Python-level guard, only on the caller's explicit unsafe_python_guard=True).
 
-Protocol on VERDICT_FD, one line each, every line starting with the run's nonce: "<nonce> guarded" once the
-limits and the guard are in place (or "<nonce> unguarded <reason>" when they cannot be), then, after the
-program ran, "<nonce> passed" or "<nonce> failed <description>". Everything used after the program ran was
-captured before it started (functions of builtin types, which no Python code can patch), and no json or
+Protocol on VERDICT_FD, one line each, every line starting with the run's nonce: "<nonce> guarded"
+once the
+limits and the guard are in place (or "<nonce> unguarded <reason>" when they cannot be), then, after
+the
+program ran, "<nonce> passed" or "<nonce> failed <description>". Everything used after the program
+ran was
+captured before it started (functions of builtin types, which no Python code can patch), and no json
+or
 other patchable module is called then.
 """
 
@@ -40,18 +46,33 @@ def limit(payload):
     lower_limit(resource.RLIMIT_CPU, payload["cpu_seconds"], payload["cpu_seconds"] + 1)
 
 
-# -- Landlock: reads anywhere but in other processes' /proc entries; no filesystem change -------------
-LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = 444, 445, 446  # the same on every arch
+# -- Landlock: reads anywhere but in other processes' /proc entries; no filesystem change
+# -------------
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = (
+    444,
+    445,
+    446,
+)  # the same on every arch
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 READ_FILE, READ_DIR = 1 << 2, 1 << 3
 PR_SET_NO_NEW_PRIVS = 38
-PROC_FILES = ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version")  # nothing about other processes
+PROC_FILES = (
+    "cpuinfo",
+    "meminfo",
+    "stat",
+    "loadavg",
+    "uptime",
+    "version",
+)  # nothing about other processes
 
 
 def handled_fs_rights(abi):
-    """Every filesystem right of this Landlock ABI: all of them are denied unless a rule grants them."""
-    rights = (1 << 13) - 1  # ABI 1: execute, write, read, read dir, remove, make char/dir/reg/sock/fifo/block/sym
+    """Every filesystem right of this Landlock ABI: all of them are denied unless a rule grants
+    them."""
+    rights = (
+        1 << 13
+    ) - 1  # ABI 1: execute, write, read, read dir, remove, make char/dir/reg/sock/fifo/block/sym
     if abi >= 2:
         rights |= 1 << 13  # refer (link or rename across directories)
     if abi >= 3:
@@ -67,22 +88,37 @@ class PathBeneath(ctypes.Structure):
 
 
 def landlock(libc):
-    """Restricts this process (and the threads it starts) to reading: files anywhere but in /proc, and of
-    /proc only its own entry and a few system-wide files; folders anywhere. No right to change anything."""
-    abi = libc.syscall(LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0),
-                       ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    """Restricts this process (and the threads it starts) to reading: files anywhere but in /proc,
+    and of
+    /proc only its own entry and a few system-wide files; folders anywhere. No right to change
+    anything."""
+    abi = libc.syscall(
+        LANDLOCK_CREATE_RULESET,
+        None,
+        ctypes.c_size_t(0),
+        ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION),
+    )
     if abi < 1:
-        raise OSError(ctypes.get_errno(), "the kernel offers no Landlock (Linux 5.13+, with landlock among its LSMs)")
+        raise OSError(
+            ctypes.get_errno(),
+            "the kernel offers no Landlock (Linux 5.13+, with landlock among its LSMs)",
+        )
     handled = handled_fs_rights(abi)
     # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4), scoped (ABI 6)
-    attr = (ctypes.c_uint64 * 3)(handled, 0, 3 if abi >= 6 else 0)  # scoped: abstract unix sockets, signals
+    attr = (ctypes.c_uint64 * 3)(
+        handled, 0, 3 if abi >= 6 else 0
+    )  # scoped: abstract unix sockets, signals
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = libc.syscall(LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
-        allow(libc, ruleset, "/", READ_DIR)  # listing any folder, /proc's included; no file in /proc
-        for path in [os.path.join("/", name) for name in os.listdir("/") if name != "proc"] + ["/proc/self"]:
+        allow(
+            libc, ruleset, "/", READ_DIR
+        )  # listing any folder, /proc's included; no file in /proc
+        for path in [os.path.join("/", name) for name in os.listdir("/") if name != "proc"] + [
+            "/proc/self"
+        ]:
             allow(libc, ruleset, path, READ_FILE | READ_DIR)
         for name in PROC_FILES:
             allow(libc, ruleset, f"/proc/{name}", READ_FILE)
@@ -104,48 +140,184 @@ def allow(libc, ruleset, path, rights):
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             rights &= ~READ_DIR
         rule = PathBeneath(rights, fd)
-        if libc.syscall(LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0) != 0:
+        if (
+            libc.syscall(
+                LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0
+            )
+            != 0
+        ):
             raise OSError(ctypes.get_errno(), f"landlock_add_rule({path}) failed")
     finally:
         os.close(fd)
 
 
-# -- seccomp: an allow-list of system calls; everything else fails with EPERM -------------------------
+# -- seccomp: an allow-list of system calls; everything else fails with EPERM
+# -------------------------
 ALLOWED = (
     # reading files and directories, and metadata
-    "read", "readv", "pread64", "preadv", "preadv2", "lseek", "_llseek", "fstat", "fstat64", "stat", "stat64",
-    "lstat", "lstat64", "newfstatat", "fstatat64", "statx", "statfs", "fstatfs", "statfs64", "fstatfs64",
-    "access", "faccessat", "faccessat2", "readlink", "readlinkat", "getdents", "getdents64", "getcwd",
-    "fadvise64", "getxattr", "lgetxattr", "fgetxattr", "listxattr", "llistxattr", "flistxattr",
-    # descriptors it already has or makes in memory (no file can be opened for writing, see open below)
-    "write", "writev", "pwrite64", "pwritev", "pwritev2", "close", "close_range", "dup", "dup2", "dup3",
-    "pipe", "pipe2", "eventfd", "eventfd2", "poll", "ppoll", "select", "_newselect", "pselect6",
-    "epoll_create", "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2",
-    "timerfd_create", "timerfd_settime", "timerfd_gettime",
+    "read",
+    "readv",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "lseek",
+    "_llseek",
+    "fstat",
+    "fstat64",
+    "stat",
+    "stat64",
+    "lstat",
+    "lstat64",
+    "newfstatat",
+    "fstatat64",
+    "statx",
+    "statfs",
+    "fstatfs",
+    "statfs64",
+    "fstatfs64",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+    "getdents",
+    "getdents64",
+    "getcwd",
+    "fadvise64",
+    "getxattr",
+    "lgetxattr",
+    "fgetxattr",
+    "listxattr",
+    "llistxattr",
+    "flistxattr",
+    # descriptors it already has or makes in memory (no file can be opened for writing, see open
+    # below)
+    "write",
+    "writev",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "close",
+    "close_range",
+    "dup",
+    "dup2",
+    "dup3",
+    "pipe",
+    "pipe2",
+    "eventfd",
+    "eventfd2",
+    "poll",
+    "ppoll",
+    "select",
+    "_newselect",
+    "pselect6",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_wait",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "timerfd_create",
+    "timerfd_settime",
+    "timerfd_gettime",
     # memory
-    "brk", "mmap", "mmap2", "munmap", "mremap", "mprotect", "mincore", "membarrier",
+    "brk",
+    "mmap",
+    "mmap2",
+    "munmap",
+    "mremap",
+    "mprotect",
+    "mincore",
+    "membarrier",
     # threads, time, signals to itself, identity
-    "futex", "futex_waitv", "set_robust_list", "get_robust_list", "set_tid_address", "rseq", "sched_yield",
-    "sched_getaffinity", "sched_getparam", "sched_getscheduler", "sched_get_priority_max",
-    "sched_get_priority_min", "getcpu", "arch_prctl",
-    "clock_gettime", "clock_getres", "clock_nanosleep", "nanosleep", "gettimeofday", "time", "times",
-    "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigreturn", "sigaltstack", "rt_sigpending",
-    "rt_sigsuspend", "rt_sigtimedwait", "pause", "alarm", "getitimer", "setitimer", "restart_syscall",
-    "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getgroups", "getresuid",
-    "getresgid", "getpgid", "getpgrp", "getsid", "getrlimit", "ugetrlimit", "getrusage", "getpriority",
-    "uname", "sysinfo", "getrandom", "exit", "exit_group",
+    "futex",
+    "futex_waitv",
+    "set_robust_list",
+    "get_robust_list",
+    "set_tid_address",
+    "rseq",
+    "sched_yield",
+    "sched_getaffinity",
+    "sched_getparam",
+    "sched_getscheduler",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "getcpu",
+    "arch_prctl",
+    "clock_gettime",
+    "clock_getres",
+    "clock_nanosleep",
+    "nanosleep",
+    "gettimeofday",
+    "time",
+    "times",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sigreturn",
+    "sigaltstack",
+    "rt_sigpending",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "pause",
+    "alarm",
+    "getitimer",
+    "setitimer",
+    "restart_syscall",
+    "getpid",
+    "getppid",
+    "gettid",
+    "getuid",
+    "geteuid",
+    "getgid",
+    "getegid",
+    "getgroups",
+    "getresuid",
+    "getresgid",
+    "getpgid",
+    "getpgrp",
+    "getsid",
+    "getrlimit",
+    "ugetrlimit",
+    "getrusage",
+    "getpriority",
+    "uname",
+    "sysinfo",
+    "getrandom",
+    "exit",
+    "exit_group",
 )
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND  # O_TMPFILE needs a write mode
-SAFE_IOCTLS = (0x5401, 0x5413, 0x541B, 0x5450, 0x5451)  # TCGETS (isatty), TIOCGWINSZ, FIONREAD, FIONCLEX, FIOCLEX
+WRITE_FLAGS = (
+    os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+)  # O_TMPFILE needs a write mode
+SAFE_IOCTLS = (
+    0x5401,
+    0x5413,
+    0x541B,
+    0x5450,
+    0x5451,
+)  # TCGETS (isatty), TIOCGWINSZ, FIONREAD, FIONCLEX, FIOCLEX
 SAFE_FCNTLS = (0, 1, 2, 3, 4, 1030)  # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
-SAFE_MADVICE = (0, 1, 2, 3, 4, 8, 14, 15, 16, 17)  # normal, random, sequential, willneed, dontneed, free,
-#                                                  (no)hugepage, (do)dump: none reaches beyond this process
+SAFE_MADVICE = (
+    0,
+    1,
+    2,
+    3,
+    4,
+    8,
+    14,
+    15,
+    16,
+    17,
+)  # normal, random, sequential, willneed, dontneed, free,
+# (no)hugepage, (do)dump: none reaches beyond this process
 SAFE_PRCTLS = (15, 16)  # PR_SET_NAME, PR_GET_NAME (a thread's name)
 CLONE_THREAD = 0x00010000
 
 
 def binding():
-    """A libseccomp binding: pyseccomp (PyPI, ctypes over libseccomp.so.2) or the distribution's seccomp."""
+    """A libseccomp binding: pyseccomp (PyPI, ctypes over libseccomp.so.2) or the distribution's
+    seccomp."""
     try:
         import pyseccomp as seccomp
     except ImportError:
@@ -156,12 +328,16 @@ def binding():
 def seccomp_filter(seccomp):
     pid = os.getpid()
     rules = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
-    rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)  # e.g. int 0x80 (i386 calls) on x86_64
+    rules.set_attr(
+        seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS
+    )  # e.g. int 0x80 (i386 calls) on x86_64
     allow, arg = seccomp.ALLOW, seccomp.Arg
 
     def add(action, name, *conditions):
         try:
-            known = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1  # -1: a name libseccomp lacks
+            known = (
+                seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1
+            )  # -1: a name libseccomp lacks
         except ValueError:
             known = False
         if known:
@@ -171,8 +347,12 @@ def seccomp_filter(seccomp):
         add(allow, name)
     add(allow, "open", arg(1, seccomp.MASKED_EQ, WRITE_FLAGS, 0))  # read-only opens only
     add(allow, "openat", arg(2, seccomp.MASKED_EQ, WRITE_FLAGS, 0))
-    add(seccomp.ERRNO(errno.ENOSYS), "openat2")  # flags in a struct the filter cannot see; libc falls back
-    add(allow, "clone", arg(0, seccomp.MASKED_EQ, CLONE_THREAD, CLONE_THREAD))  # threads, never processes
+    add(
+        seccomp.ERRNO(errno.ENOSYS), "openat2"
+    )  # flags in a struct the filter cannot see; libc falls back
+    add(
+        allow, "clone", arg(0, seccomp.MASKED_EQ, CLONE_THREAD, CLONE_THREAD)
+    )  # threads, never processes
     add(seccomp.ERRNO(errno.ENOSYS), "clone3")  # flags in a struct again: glibc falls back to clone
     add(allow, "kill", arg(0, seccomp.EQ, pid))  # signals to itself only (raise, abort)
     add(allow, "tgkill", arg(0, seccomp.EQ, pid))
@@ -198,7 +378,8 @@ def guard_syscalls():
     rules.load()  # sets no_new_privs too; the filter holds for every thread the child starts
 
 
-# -- the Python-level guard (unsafe_python_guard=True): functions disabled, undone by re-importing posix --
+# -- the Python-level guard (unsafe_python_guard=True): functions disabled, undone by re-importing
+# posix --
 def guard_python():
     import _posixsubprocess
     import _socket
@@ -210,33 +391,127 @@ def guard_python():
     import socket
     import subprocess
 
-    processes = ("kill", "killpg", "system", "popen", "fork", "forkpty", "execl", "execle", "execlp", "execlpe",
-                 "execv", "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
-                 "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "_exit", "abort", "setsid",
-                 "setpgid", "setpgrp", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid",
-                 "setresuid", "setresgid", "setgroups", "chdir", "fchdir", "chroot")
-    files = ("remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace", "truncate", "ftruncate",
-             "posix_fallocate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chflags", "lchflags",
-             "link", "symlink", "mkdir", "makedirs", "mkfifo", "mknod", "utime", "setxattr", "removexattr")
+    processes = (
+        "kill",
+        "killpg",
+        "system",
+        "popen",
+        "fork",
+        "forkpty",
+        "execl",
+        "execle",
+        "execlp",
+        "execlpe",
+        "execv",
+        "execve",
+        "execvp",
+        "execvpe",
+        "spawnl",
+        "spawnle",
+        "spawnlp",
+        "spawnlpe",
+        "spawnv",
+        "spawnve",
+        "spawnvp",
+        "spawnvpe",
+        "posix_spawn",
+        "posix_spawnp",
+        "_exit",
+        "abort",
+        "setsid",
+        "setpgid",
+        "setpgrp",
+        "setuid",
+        "setgid",
+        "seteuid",
+        "setegid",
+        "setreuid",
+        "setregid",
+        "setresuid",
+        "setresgid",
+        "setgroups",
+        "chdir",
+        "fchdir",
+        "chroot",
+    )
+    files = (
+        "remove",
+        "unlink",
+        "rmdir",
+        "removedirs",
+        "rename",
+        "renames",
+        "replace",
+        "truncate",
+        "ftruncate",
+        "posix_fallocate",
+        "chmod",
+        "fchmod",
+        "lchmod",
+        "chown",
+        "fchown",
+        "lchown",
+        "chflags",
+        "lchflags",
+        "link",
+        "symlink",
+        "mkdir",
+        "makedirs",
+        "mkfifo",
+        "mknod",
+        "utime",
+        "setxattr",
+        "removexattr",
+    )
     disabled = {
         os: processes + files,
         posix: processes + files,
-        shutil: ("rmtree", "move", "copy", "copy2", "copyfile", "copytree", "copymode", "copystat",
-                 "chown", "make_archive", "unpack_archive"),
-        subprocess: ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput",
-                     "_fork_exec"),
+        shutil: (
+            "rmtree",
+            "move",
+            "copy",
+            "copy2",
+            "copyfile",
+            "copytree",
+            "copymode",
+            "copystat",
+            "chown",
+            "make_archive",
+            "unpack_archive",
+        ),
+        subprocess: (
+            "Popen",
+            "run",
+            "call",
+            "check_call",
+            "check_output",
+            "getoutput",
+            "getstatusoutput",
+            "_fork_exec",
+        ),
         _posixsubprocess: ("fork_exec",),
         signal: ("pthread_kill", "pidfd_send_signal"),
         faulthandler: ("enable", "register", "dump_traceback_later"),
         resource: ("setrlimit", "prlimit"),
-        socket: ("socketpair", "fromfd", "getaddrinfo", "gethostbyname", "gethostbyname_ex", "gethostbyaddr",
-                 "getnameinfo", "create_connection", "create_server"),
+        socket: (
+            "socketpair",
+            "fromfd",
+            "getaddrinfo",
+            "gethostbyname",
+            "gethostbyname_ex",
+            "gethostbyaddr",
+            "getnameinfo",
+            "create_connection",
+            "create_server",
+        ),
     }
     real_open, real_os_open = builtins.open, os.open
 
     def read_only_open(file, mode="r", *args, **kwargs):
         if isinstance(mode, str) and set(mode) & set("wax+"):
-            raise PermissionError(f"open(..., {mode!r}) is disabled while a completion is evaluated")
+            raise PermissionError(
+                f"open(..., {mode!r}) is disabled while a completion is evaluated"
+            )
         return real_open(file, mode, *args, **kwargs)
 
     def read_only_os_open(path, flags, mode=0o777, *, dir_fd=None):
@@ -247,7 +522,9 @@ def guard_python():
     class ReadOnlyFileIO(io.FileIO):
         def __init__(self, file, mode="r", *args, **kwargs):
             if isinstance(mode, str) and set(mode) & set("wax+"):
-                raise PermissionError(f"io.FileIO(..., {mode!r}) is disabled while a completion is evaluated")
+                raise PermissionError(
+                    f"io.FileIO(..., {mode!r}) is disabled while a completion is evaluated"
+                )
             super().__init__(file, mode, *args, **kwargs)
 
     class NoSocket(socket.socket):
@@ -267,30 +544,43 @@ def guard_python():
 def refused(name):
     def refuse(*args, **kwargs):
         raise PermissionError(f"{name} is disabled while a completion is evaluated")
+
     return refuse
 
 
 # -- the verdict -----------------------------------------------------------------------------------
 def verdict_writer(fd, nonce, chars):
-    """say(kind, text) writes one protocol line. It and describe(error) use only objects captured here:
+    """say(kind, text) writes one protocol line. It and describe(error) use only objects captured
+    here:
     builtin functions and methods of builtin types, which the program cannot replace."""
     write, id_, all_, str_, type_, tuple_ = os.write, id, all, str, type, tuple
     encode, replace, join = str.encode, str.replace, bytes.join
-    type_name = type.__dict__["__name__"].__get__  # the class's own name, whatever its metaclass says
+    type_name = type.__dict__[
+        "__name__"
+    ].__get__  # the class's own name, whatever its metaclass says
     args_of, base_str = BaseException.__dict__["args"].__get__, BaseException.__str__
-    os_error_fields = [OSError.__dict__[name].__get__ for name in ("errno", "strerror", "filename", "filename2")]
-    plain_types = {id(kind) for kind in (str, int, float, bool, type(None))}  # by identity: no __eq__ runs
-    builtin_errors = {id(value): value for value in vars(builtins).values()
-                      if type(value) is type and issubclass(value, BaseException)}
+    os_error_fields = [
+        OSError.__dict__[name].__get__ for name in ("errno", "strerror", "filename", "filename2")
+    ]
+    plain_types = {
+        id(kind) for kind in (str, int, float, bool, type(None))
+    }  # by identity: no __eq__ runs
+    builtin_errors = {
+        id(value): value
+        for value in vars(builtins).values()
+        if type(value) is type and issubclass(value, BaseException)
+    }
     own_str = {key for key, kind in builtin_errors.items() if not issubclass(kind, UnicodeError)}
     os_errors = {key for key, kind in builtin_errors.items() if issubclass(kind, OSError)}
     prefix = encode(nonce, "ascii")
 
     def say(kind, text=""):
-        line = join(b" ", [prefix, kind] + ([encode(text, "utf-8", "backslashreplace")] if text else []))
+        line = join(
+            b" ", [prefix, kind] + ([encode(text, "utf-8", "backslashreplace")] if text else [])
+        )
         data = b"\n" + line + b"\n"
         while data:
-            data = data[write(fd, data):]
+            data = data[write(fd, data) :]
 
     def plain(value, depth=0):
         if type_(value) is tuple_ and depth < 2:
@@ -298,8 +588,10 @@ def verdict_writer(fd, nonce, chars):
         return id_(type_(value)) in plain_types
 
     def describe(error):
-        """'Name: message' of an exception without running any of the program's code: the message is only
-        taken where the exception's class is builtin (or from BaseException's own __str__) and every value
+        """'Name: message' of an exception without running any of the program's code: the message is
+        only
+        taken where the exception's class is builtin (or from BaseException's own __str__) and every
+        value
         the message is made of is plain (str, int, float, bool, None)."""
         kind = type_(error)
         name = type_name(kind)
@@ -324,13 +616,15 @@ def main():
         payload = json.load(file)
     os.remove(payload_path)
     del sys.argv[1:]
-    say, describe = verdict_writer(verdict_fd, payload["nonce"], payload["result_chars"] - len("failed: "))
+    say, describe = verdict_writer(
+        verdict_fd, payload["nonce"], payload["result_chars"] - len("failed: ")
+    )
     exit_now, compile_, exec_, base_exception = os._exit, compile, exec, BaseException
     try:
         try:
             limit(payload)
             guard_syscalls() if guard == "syscall" else guard_python()
-        except Exception as error:  # noqa: BLE001 (reported to the evaluator, which refuses to go on)
+        except Exception as error:  # reported to the evaluator, which refuses to go on
             say(b"unguarded", f"{type(error).__name__}: {error}")
             return
         say(b"guarded")
@@ -347,7 +641,9 @@ def main():
         else:
             say(b"passed")
     finally:
-        exit_now(0)  # at once: no atexit handlers, no waiting for threads the completion left running
+        exit_now(
+            0
+        )  # at once: no atexit handlers, no waiting for threads the completion left running
 
 
 if __name__ == "__main__":
