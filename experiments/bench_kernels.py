@@ -153,7 +153,7 @@ def bench_attention(batch, model, n, length, device, do_bench) -> list[dict]:
 
 def bench_small_ops(batch, model, n, device, do_bench) -> list[dict]:
     from dllm_accel import ops
-    from dllm_accel.models.base import rotary_tables
+    from dllm_accel.models import rotary_tables
 
     shape, g = SHAPES[model], torch.Generator(device).manual_seed(1)
     length, head_dim = 2048, shape["head_dim"]
@@ -214,11 +214,10 @@ def end_to_end(device, prompt: int = 512, gen: int = 256) -> dict:
     """ElasticCache + Threshold(0.9) generation of an 8B-shaped random-weight LLaDA, bf16, on both
     paths."""
     from dllm_accel import ElasticCache, Method, StopAtEOS, Threshold, measure
-    from dllm_accel.models.tiny import released_config
+    from dllm_accel.models import released_config
 
-    model = _random_model(
-        released_config("llada"), device
-    )  # LLaDA-8B-Instruct's config.json, random weights
+    # LLaDA-8B-Instruct's config.json, random weights
+    model = _random_model(released_config("llada"), device)
     ids = torch.randint(
         0, 126000, (1, prompt), device=device, generator=torch.Generator(device).manual_seed(0)
     )
@@ -241,7 +240,7 @@ def end_to_end(device, prompt: int = 512, gen: int = 256) -> dict:
 def _random_model(config: dict, device):
     """An 8B-shaped model initialised on the GPU (build_model draws on the CPU, too slow at this
     size)."""
-    from dllm_accel.models.loading import model_class
+    from dllm_accel.models import model_class
 
     with torch.device("meta"):
         model = model_class("llada")(config)

@@ -37,7 +37,7 @@ from threads import set_threads
 
 from dllm_accel.engine import Engine, ForwardPlan
 from dllm_accel.models import build_model, tiny_config
-from dllm_accel.policies.refresh import AttentionDrift
+from dllm_accel.policies import AttentionDrift
 
 SHAPES = {  # LLaDA-8B-Instruct's layer shape (vocab shrunk: the head is not part of the engine)
     "llada-8b": dict(d_model=4096, layers=32, heads=32, mlp=12288),

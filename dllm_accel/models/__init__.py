@@ -1,10 +1,10 @@
 """Everything model-specific: native backbones, their specs, loading and tokenizers."""
 
-from .base import DiffusionLM, ModelOutput, ModelSpec, attend
+from .base import DiffusionLM, ModelOutput, ModelSpec, attend, rotary_tables
 from .dream import DreamModel
 from .llada import LLaDAModel
-from .loading import build_model, from_hf, load_model, save_model
-from .tiny import tiny_config
+from .loading import build_model, from_hf, load_model, model_class, save_model
+from .tiny import released_config, tiny_config
 from .tokenizer import encode_chat, encode_texts, load_tokenizer
 
 __all__ = [
@@ -20,6 +20,9 @@ __all__ = [
     "from_hf",
     "load_model",
     "load_tokenizer",
+    "model_class",
+    "released_config",
+    "rotary_tables",
     "save_model",
     "tiny_config",
 ]

@@ -1,7 +1,15 @@
 """Small policy objects, one job each, composed by the Sampler."""
 
 from .guide import ACCEPTANCE, ARGuide, load_ar_model
-from .refresh import DualCache, ElasticCache, FrozenCache, NoCache, PrefixCache, RefreshPolicy
+from .refresh import (
+    AttentionDrift,
+    DualCache,
+    ElasticCache,
+    FrozenCache,
+    NoCache,
+    PrefixCache,
+    RefreshPolicy,
+)
 from .stop import FullLength, StopAtEOS, StopPolicy
 from .unmask import (
     DreamAlgorithm,
@@ -16,6 +24,7 @@ from .unmask import (
 __all__ = [
     "ACCEPTANCE",
     "ARGuide",
+    "AttentionDrift",
     "DreamAlgorithm",
     "DualCache",
     "ElasticCache",
