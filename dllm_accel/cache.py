@@ -36,9 +36,8 @@ class KVCache:
             if inputs
             else None
         )
-        self.heads = torch.arange(n_kv_heads, device=device)[
-            None, :, None
-        ]  # [rows, heads, positions] indexing
+        # [rows, heads, positions] indexing
+        self.heads = torch.arange(n_kv_heads, device=device)[None, :, None]
 
     def write_all(
         self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor

@@ -3,22 +3,19 @@ Sampler.
 
 `llada_generate` is LLaDA's `generate(model, prompt, ...)` from its repository's generate.py;
 `dream_generate` is Dream's `model.diffusion_generate(input_ids, ...)`. Both accept a native model
-or
-one loaded with trust_remote_code (converted with from_hf, sharing its weights), and take two extra
-keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache, ElasticCache) and
-`unmask=` (an unmask policy replacing the one the official arguments describe).
+or one loaded with trust_remote_code (converted with from_hf, sharing its weights), and take two
+extra keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache, ElasticCache)
+and `unmask=` (an unmask policy replacing the one the official arguments describe).
 
 `patch(hf_model, cache=..., unmask=...)` makes a model loaded with trust_remote_code decode through
 Sampler with the user's code unchanged: Dream's `model.diffusion_generate(...)` is replaced (its
 settings still resolved by the model's own methods, so the transformers-4.x legacy defaults of the
 model config apply as they would unpatched), and `llada_generate(model, ...)` (the drop-in for
 LLaDA's repository function) takes the patched settings as its defaults. `unpatch(hf_model)`
-restores
-the model.
+restores the model.
 
 Where they differ from the official code (tokens are the same): a step whose schedule commits
-nothing
-(e.g. LLaDA with more steps than tokens per block, Dream's early steps) runs no forward.
+nothing (e.g. LLaDA with more steps than tokens per block, Dream's early steps) runs no forward.
 """
 
 from __future__ import annotations
@@ -158,11 +155,10 @@ def dream_generate(
     unmask=None,
 ):
     """Dream's diffusion_generate: LongTensor [B, P + max_new_tokens], or
-    DreamModelOutput(sequences,
-    history) with return_dict_in_generate (history: the canvas after each step, when
-    output_history).
-    max_new_tokens=None generates 20 tokens, as Dream's default generation config. `unmask` replaces
-    the policy of alg/steps/eps/...; `cache` picks the refresh policy."""
+    DreamModelOutput(sequences, history) with return_dict_in_generate (history: the canvas after
+    each step, when output_history). max_new_tokens=None generates 20 tokens, as Dream's default
+    generation config. `unmask` replaces the policy of alg/steps/eps/...; `cache` picks the refresh
+    policy."""
     check_bool(return_dict_in_generate, "return_dict_in_generate")
     check_bool(output_history, "output_history")
     cache, unmask = _patched_settings(model, cache, unmask)
@@ -194,8 +190,7 @@ def dream_generate(
 
 def patch(hf_model, *, cache=None, unmask=None):
     """Route a trust_remote_code model's decoding through Sampler (see the module docstring);
-    returns
-    the model. Patching a patched model replaces its settings."""
+    returns the model. Patching a patched model replaces its settings."""
     if isinstance(hf_model, DiffusionLM):
         raise TypeError(
             "patch() is for models loaded with transformers' trust_remote_code; a native model "
@@ -204,9 +199,8 @@ def patch(hf_model, *, cache=None, unmask=None):
     if getattr(hf_model, PATCH_ATTRIBUTE, None) is not None:
         unpatch(hf_model)
     state = Patch(from_hf(hf_model), cache, unmask)
-    Sampler(
-        state.model, unmask=LowConfidence(1) if unmask is None else unmask, cache=cache
-    )  # validates both
+    # validates both
+    Sampler(state.model, unmask=LowConfidence(1) if unmask is None else unmask, cache=cache)
     if state.model.spec.model_type == "Dream":
         _check_dream_resolution(hf_model)
         state.replaced["diffusion_generate"] = hf_model.__dict__.get("diffusion_generate")

@@ -1,30 +1,26 @@
 """The layer-wise forward over a KV cache (ARCHITECTURE.md §2): chosen query rows per layer against
-the
-cached K/V of every position, switching to a full recompute from a layer the refresh policy decides.
+the cached K/V of every position, switching to a full recompute from a layer the refresh policy
+decides.
 
 One forward (`Engine.forward`) for the model rows being computed (`rows`; None: all of them):
 
     plan.query None          every position through every layer (a full forward; fills the cache)
     plan.query [R, T] bool   only those positions ("query rows") go through the layers before
                              plan.first_full_layer: at layer i their q, k, v are computed at their
-                             true
-                             positions, their k, v written into the cache, and they attend to all
-                             cached keys;
-                             layers >= first_full_layer recompute every position, starting from the
-                             cached input of that layer with the fresh query rows substituted.
+                             true positions, their k, v written into the cache, and they attend to
+                             all cached keys; layers >= first_full_layer recompute every position,
+                             starting from the cached input of that layer with the fresh query rows
+                             substituted.
     plan.monitor             a LayerMonitor (ElasticCache's drift test, policies/refresh.py) orders
     the
                              query positions and, at each layer still reusing the cache, takes over
-                             the
-                             query rows' attention and may send a batch row to the full recompute
-                             from
-                             that layer on, or with monitor.leave_after from the next one (each row
-                             at
-                             its own layer); it sees the query rows' attention at every layer.
+                             the query rows' attention and may send a batch row to the full
+                             recompute from that layer on, or with monitor.leave_after from the next
+                             one (each row at its own layer); it sees the query rows' attention at
+                             every layer.
 
 The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward
-here
-is the plain forward, and a plan that recomputes everything reproduces it exactly.
+here is the plain forward, and a plan that recomputes everything reproduces it exactly.
 """
 
 from __future__ import annotations
@@ -61,8 +57,7 @@ class LayerMonitor(Protocol):
         self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
         """The weight [r, n] of each query row (positions index [r, n], valid [r, n]) in the
-        attention
-        mass the monitor observes."""
+        attention mass the monitor observes."""
 
     def stale_inputs(self, layer: int, cache: KVCache, group: RowGroup) -> torch.Tensor | None:
         """Hidden states [g, m, d] the layer projects together with the query rows, or None."""
@@ -91,15 +86,12 @@ class ForwardPlan:
 
 @dataclass
 class ForwardResult:
-    hidden: (
-        torch.Tensor
-    )  # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
-    columns: (
-        torch.Tensor | None
-    )  # [r, T]: column of `hidden` holding each query position; None: identity
-    first_full_layer: (
-        torch.Tensor
-    )  # [r] per computed row: the first layer that recomputed every position
+    # [r, n, d] last layer's output at the query positions ([r, T, d] without a query)
+    hidden: torch.Tensor
+    # [r, T]: column of `hidden` holding each query position; None: identity
+    columns: torch.Tensor | None
+    # [r] per computed row: the first layer that recomputed every position
+    first_full_layer: torch.Tensor
     # (0: a full forward; n_layers: every layer reused the cache)
     units: int  # token x layer units computed
 
@@ -136,9 +128,8 @@ class RowGroup:
 
 class _Split:
     """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d])
-    and
-    those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the computed
-    rows."""
+    and those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the
+    computed rows."""
 
     def __init__(self, queried: RowGroup, h: torch.Tensor):
         self.queried, self.partial, self.h = queried, queried, h
@@ -191,9 +182,8 @@ class Engine:
         inputs: bool,
     ):
         self.model = model
-        self.rope = model.rotary(
-            model.positions(canvas_mask, length).to(model.device)
-        )  # once per generation
+        # once per generation
+        self.rope = model.rotary(model.positions(canvas_mask, length).to(model.device))
         self.key_mask = None if canvas_mask is None else canvas_mask.bool()
         self.all_rows = torch.arange(rows, device=model.device)
         spec = model.spec
@@ -217,8 +207,8 @@ class Engine:
         self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan
     ) -> ForwardResult:
         """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row
-        leaves the
-        query-rows path at its own layer: where the plan says, or where the monitor sent it."""
+        leaves the query-rows path at its own layer: where the plan says, or where the monitor sent
+        it."""
         n_layers, device = self.model.n_layers, ids.device
         ids = ids if rows is None else ids[rows]
         r, length = ids.shape
@@ -248,9 +238,8 @@ class Engine:
         )
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
         first_full = torch.full((r,), n_layers, dtype=torch.long, device=device)
-        partial_layers = torch.zeros(
-            r, dtype=torch.long, device=device
-        )  # layers that computed a row's query rows
+        # layers that computed a row's query rows
+        partial_layers = torch.zeros(r, dtype=torch.long, device=device)
         leave_after = monitor is not None and monitor.leave_after
         left_before = None  # rows the monitor sent at the previous layer, under leave_after
         for i in range(n_layers):
@@ -288,8 +277,7 @@ class Engine:
         self, i, split: _Split, leaving, layer_input, ids, index, first_full
     ) -> None:
         """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its
-        cached
-        input with their fresh query rows `layer_input` [p, n, d] substituted."""
+        cached input with their fresh query rows `layer_input` [p, n, d] substituted."""
         joining = split.partial_at[leaving]
         rows = split.queried.ids[joining]
         fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][rows]
@@ -301,13 +289,11 @@ class Engine:
 
     def _partial_layer(self, i, split: _Split, monitor: LayerMonitor | None):
         """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows
-        the
-        monitor sends to the full recompute [g] or None)."""
+        the monitor sends to the full recompute [g] or None)."""
         layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
         n = h.shape[1]
-        stale = (
-            None if monitor is None else monitor.stale_inputs(i, cache, group)
-        )  # [g, m, d] or None
+        # [g, m, d] or None
+        stale = None if monitor is None else monitor.stale_inputs(i, cache, group)
         # projected in one call with the query rows; RoPE is applied by rope_write
         q, k, v = layer.qkv(h if stale is None else torch.cat([h, stale], 1), None)
         before = None

@@ -1,15 +1,12 @@
 """lm-evaluation-harness model "dllm_accel": generation tasks decoded with Sampler.
 
 lm_eval (0.4.13) finds models only in its own registry: its built-in table plus classes registered
-with
-@register_model by modules already imported. It loads no plugins (no entry-point group), so the
-plain
-`lm_eval` command cannot see this model; run the harness through this module, which registers it and
-then hands the same arguments to lm_eval's own CLI:
+with @register_model by modules already imported. It loads no plugins (no entry-point group), so the
+plain `lm_eval` command cannot see this model; run the harness through this module, which registers
+it and then hands the same arguments to lm_eval's own CLI:
 
     python -m dllm_accel.lm_eval --model dllm_accel \\
-        --model_args
-        pretrained=/models/LLaDA-8B-Instruct,cache=elastic_cache,unmask=threshold,tau=0.9 \\
+        --model_args pretrained=/models/LLaDA-8B-Instruct,cache=elastic_cache,unmask=threshold \\
         --tasks gsm8k --apply_chat_template --batch_size 8 --device cuda
     dllm-accel-lm-eval ...                       # the same, as a console script
 
@@ -18,28 +15,25 @@ In Python, `import dllm_accel.lm_eval` before `lm_eval.simple_evaluate(model="dl
 model_args
     pretrained       a checkpoint directory or a bundled model ("tiny-llada"); required
     dtype, device    as load_model (lm_eval's CLI passes device cuda:0 unless told: without CUDA,
-    cpu)
+                     cpu)
     batch_size       prompts decoded together, left-padded (an integer; "auto" is not supported)
     unmask, cache, stop, guide
                      names of dllm_accel.POLICIES, the option names of the Hydra groups
-                     conf/unmask/,
-                     conf/cache/, conf/stop/, conf/guide/: unmask low_confidence (default),
-                     threshold,
-                     factor, entropy_threshold, dream; cache no_cache (default), prefix_cache,
-                     dual_cache, elastic_cache, frozen_cache; stop stop_at_eos (default),
-                     full_length;
-                     guide none (default) or ar (with ar_model=PATH: the AR model's checkpoint or a
-                     bundled name such as tiny-ar, loaded on the model's device in ar_dtype)
+                     conf/unmask/, conf/cache/, conf/stop/, conf/guide/: unmask low_confidence
+                     (default), threshold, factor, entropy_threshold, dream; cache no_cache
+                     (default), prefix_cache, dual_cache, elastic_cache, frozen_cache; stop
+                     stop_at_eos (default), full_length; guide none (default) or ar (with
+                     ar_model=PATH: the AR model's checkpoint or a bundled name such as tiny-ar,
+                     loaded on the model's device in ar_dtype)
     any other key    an argument of the chosen policies, given to the one that takes it: e.g. tau,
                      temperature, cfg_scale, steps (default: the generation length: one token per
-                     step),
-                     alg, eps, top_p, top_k, alg_temp; gamma, window, track, cache_distant_masks,
-                     drift,
-                     refresh_from; fill; acceptance, k, ratio, verify_chunk, correct
+                     step), alg, eps, top_p, top_k, alg_temp; gamma, window, track,
+                     cache_distant_masks, drift, refresh_from; fill; acceptance, k, ratio,
+                     verify_chunk, correct
     max_new_tokens   generation length when a request gives no max_gen_toks (default 256)
     block_length     default 32; 0 or None: the whole generation is one block
     seed             each request draws from its own generator, seeded by (seed, request id)
-    (default 0)
+                     (default 0)
 
 Generation length: a request's max_gen_toks (else max_new_tokens), rounded up to a multiple of
 block_length; the text is then cut to max_gen_toks tokens, at the first EOS / end-of-turn and at the
@@ -47,8 +41,7 @@ first of the request's `until` strings. The figures recorded in lm_eval's result
 dllm_accel.Measurement's (see measure), whose generated tokens are those returned: at most
 max_gen_toks per request, up to and including the first EOS / end-of-turn. Sampling is set by the
 unmask policy (`temperature`), not by the task's generation kwargs. Only generation tasks run: a
-masked
-diffusion LM has no exact log-likelihood.
+masked diffusion LM has no exact log-likelihood.
 
 Sampling (temperature > 0) is reproducible request by request: a request's id is its task name,
 document id and index in the document (lm_eval's Instance fields; its context text where they are
@@ -87,10 +80,8 @@ from .seeding import sample_generators
 
 MODEL_NAME = "dllm_accel"
 logger = logging.getLogger(__name__)
-STEPS_DEFAULT_TO_LENGTH = (
-    "low_confidence",
-    "dream",
-)  # unmask policies whose `steps` defaults to it
+# unmask policies whose `steps` defaults to it
+STEPS_DEFAULT_TO_LENGTH = ("low_confidence", "dream")
 GREEDY_KWARGS = {"do_sample": False, "temperature": 0}  # task kwargs that change nothing
 
 
@@ -132,9 +123,8 @@ class DllmAccelLM(LM):
                 f"got guide={guide!r}, ar_model={ar_model!r}"
             )
         self.policy_args = dict(policy_args)
-        self.method(
-            self.generation_length(self.max_new_tokens)
-        )  # bad values fail now, not after loading
+        # bad values fail now, not after loading
+        self.method(self.generation_length(self.max_new_tokens))
         seed = _integer("seed", seed)
         self.pretrained = str(pretrained)
         self._device = torch.device(_available_device(device))
@@ -144,9 +134,8 @@ class DllmAccelLM(LM):
             self.policy_args["ar_model"] = load_ar_model(
                 str(ar_model), dtype=ar_dtype, device=self._device
             )
-            self.method(self.generation_length(self.max_new_tokens)).sampler(
-                self.model
-            )  # the guide's checks
+            # the guide's checks
+            self.method(self.generation_length(self.max_new_tokens)).sampler(self.model)
         self.seed = seed
         self.measured = Measurement()
         self._warned_kwargs = False
@@ -241,8 +230,7 @@ class DllmAccelLM(LM):
 
     def get_model_info(self) -> dict:
         """Recorded in lm_eval's results["config"]: the decoding settings and what decoding cost
-        (the
-        sums and ratios of a dllm_accel.Measurement, under its names)."""
+        (the sums and ratios of a dllm_accel.Measurement, under its names)."""
         method = self.method(self.generation_length(self.max_new_tokens))
         return {
             "method": method.name,
@@ -334,8 +322,8 @@ _GENERATION_ONLY = (
 
 def _request_ids(requests) -> list[str]:
     """A stable id per request: task/document/index (the context text where lm_eval gives none),
-    then
-    #k for its k-th occurrence in `requests` (lm_eval repeats a request by listing it again)."""
+    then #k for its k-th occurrence in `requests` (lm_eval repeats a request by listing it
+    again)."""
     seen: dict[str, int] = {}
     ids = []
     for request in requests:

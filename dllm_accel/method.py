@@ -1,12 +1,10 @@
 """A decoding method as one value, and one way to time and count a generation.
 
 `Method` holds everything that decides the tokens besides the model and the prompt: the unmask
-policy,
-the refresh (cache) policy, the stop policy, the optional AR guide and the block length. Its `name`
-is
-derived from those fields (never parsed back). `POLICIES` is the one table of names -> policy
-classes:
-the Hydra groups (conf/<group>/<name>.yaml), lm_eval's model_args and `Method.build` all use it.
+policy, the refresh (cache) policy, the stop policy, the optional AR guide and the block length. Its
+`name` is derived from those fields (never parsed back). `POLICIES` is the one table of names ->
+policy classes: the Hydra groups (conf/<group>/<name>.yaml), lm_eval's model_args and `Method.build`
+all use it.
 
 `measure(method, model, input_ids, ...)` decodes once and returns the GenerationOutput with a
 `Measurement`: sums (tokens, seconds, forwards, ...) that add up across calls, with the ratios as
@@ -107,8 +105,7 @@ class Method:
     @property
     def name(self) -> str:
         """e.g. "ElasticCache(gamma=0.8) + Threshold(tau=0.9) + StopAtEOS + ARGuide(tiny-ar), blocks
-        of
-        32": each policy with the arguments that differ from their defaults."""
+        of 32": each policy with the arguments that differ from their defaults."""
         parts = [compact(self.cache), compact(self.unmask), compact(self.stop)]
         if self.guide is not None:
             parts.append(compact(self.guide))
@@ -132,9 +129,8 @@ class Method:
     @classmethod
     def official(cls, model: DiffusionLM, max_new_tokens: int, block_length: int | None) -> Method:
         """The model family's official sampler, one token per step, NoCache and FullLength as they
-        do:
-        LLaDA's generate in blocks of `block_length`; Dream's diffusion_generate with its entropy
-        algorithm over the whole generation (Dream decodes without blocks: block_length is
+        do: LLaDA's generate in blocks of `block_length`; Dream's diffusion_generate with its
+        entropy algorithm over the whole generation (Dream decodes without blocks: block_length is
         ignored)."""
         if not isinstance(model, DiffusionLM):
             raise TypeError(f"model must be a dllm_accel DiffusionLM, got {type(model).__name__}")
@@ -157,11 +153,9 @@ class Method:
         **options,
     ) -> Method:
         """A Method from POLICIES names; each option goes to the one chosen policy that takes it,
-        e.g.
-        `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8,
-        block_length=32)`.
-        Threshold, Factor and EntropyThreshold default to tau=0.9, f=1.0, h=0.5 (REQUIRED_DEFAULTS).
-        The guide "ar" needs `ar_model` (a loaded causal LM, e.g.
+        e.g. `Method.build("threshold", "elastic_cache", "stop_at_eos", tau=0.9, gamma=0.8,
+        block_length=32)`. Threshold, Factor and EntropyThreshold default to tau=0.9, f=1.0, h=0.5
+        (REQUIRED_DEFAULTS). The guide "ar" needs `ar_model` (a loaded causal LM, e.g.
         dllm_accel.load_ar_model("tiny-ar"))."""
         names = {"unmask": unmask, "cache": cache, "stop": stop, "guide": guide}
         chosen = {group: _lookup(group, name) for group, name in names.items()}
@@ -198,8 +192,7 @@ class Method:
 
 def compact(policy) -> str:
     """A policy's class name with the arguments that differ from their defaults (its ARGuide's model
-    by
-    the last part of its name or path), e.g. "ElasticCache(gamma=0.8)", "StopAtEOS"."""
+    by the last part of its name or path), e.g. "ElasticCache(gamma=0.8)", "StopAtEOS"."""
     parameters = _parameters(type(policy))
     shown = []
     for name, parameter in parameters.items():
@@ -347,11 +340,9 @@ def measure(
     trace: bool = False,
 ) -> tuple[GenerationOutput, Measurement]:
     """Decode left-padded prompts [B, P] with `method` (Sampler.generate with the method's block
-    length)
-    -> (GenerationOutput, Measurement). Only `generate` is timed, synchronised on CUDA before and
-    after;
-    on CUDA the peak memory is max_memory_allocated over the call (its peak statistics are
-    reset)."""
+    length) -> (GenerationOutput, Measurement). Only `generate` is timed, synchronised on CUDA
+    before and after; on CUDA the peak memory is max_memory_allocated over the call (its peak
+    statistics are reset)."""
     if not isinstance(method, Method):
         raise TypeError(f"method must be a dllm_accel.Method, got {type(method).__name__}")
     sampler = method.sampler(model, trace=trace)

@@ -51,15 +51,13 @@ class StepRecord:
 @dataclass
 class GenerationOutput:
     sequences: torch.Tensor  # [B, P+N]: the prompt as given (padding included), then the generation
-    generated_tokens: (
-        torch.Tensor
-    )  # [B]: up to and including the first stop token, and before any MASK (see
+    # [B]: up to and including the first stop token, and before any MASK (see
+    generated_tokens: torch.Tensor
     # count_generated); prompt excluded
     nfe: int  # forward passes of the model; a classifier-free-guidance step counts 2
     steps: int  # decoding steps that ran a forward
-    row_forwards: (
-        torch.Tensor
-    )  # [B]: forward passes that computed each row (rows with nothing to do skip)
+    # [B]: forward passes that computed each row (rows with nothing to do skip)
+    row_forwards: torch.Tensor
     recompute_fraction: float = 1.0  # layer_units / full_units
     layer_units: int = 0  # token x layer units the engine computed
     full_units: int = 0  # those of NoCache over the same forwards (all rows, positions and layers)
@@ -77,8 +75,7 @@ class Sampler:
 
     `cache` is a refresh policy (NoCache — the default —, PrefixCache, DualCache, ElasticCache).
     `trace=True` keeps a StepRecord per step on the output. `guide=ARGuide(...)` has an
-    autoregressive
-    model verify the drafts, so that a step commits every accepted one."""
+    autoregressive model verify the drafts, so that a step commits every accepted one."""
 
     def __init__(
         self,
@@ -138,15 +135,11 @@ class Sampler:
         """Left-padded prompts [B, P] (attention_mask 0 on padding) -> GenerationOutput.
 
         `generator` drives every random draw (sampling, random remasking, the guide's acceptance):
-        one
-        torch.Generator draws for the whole batch at once (the official samplers' random stream, so
-        a row's
-        draws depend on its batch); a sequence of B generators, one per row (e.g.
+        one torch.Generator draws for the whole batch at once (the official samplers' random stream,
+        so a row's draws depend on its batch); a sequence of B generators, one per row (e.g.
         dllm_accel.sample_generators(seed, sample_ids, device)), gives row b the draws it would get
-        decoded
-        alone with generator b, whatever its batch, padding or companions. `callback(record,
-        sequences)`
-        is called after every step, including steps that needed no forward."""
+        decoded alone with generator b, whatever its batch, padding or companions. `callback(record,
+        sequences)` is called after every step, including steps that needed no forward."""
         spec, device = self.model.spec, self.model.device
         attention_mask = self._check_prompt(input_ids, attention_mask)
         generator = row_generators(generator, input_ids.shape[0], device)
@@ -234,8 +227,7 @@ class Sampler:
 
     def _check_positions(self, prompt_len: int, max_new_tokens: int) -> None:
         """The canvas (prompt, padding included, + new tokens) must fit the positions the model (and
-        the
-        guide's AR model) were trained for; past them RoPE decodes silently out of its range."""
+        the guide's AR model) were trained for; past them RoPE decodes silently out of its range."""
         used = prompt_len + max_new_tokens
         limits = [("the model", self.model.spec.max_positions)]
         if self.guide is not None:
@@ -253,8 +245,7 @@ class Sampler:
         self, live: torch.Tensor, committed: torch.Tensor, block: int, step: int
     ) -> None:
         """A row computed this step must have committed a token; one that did not had only NaN or
-        -inf
-        scores, and would leave its masks as MASK (or, without a fixed number of steps, never
+        -inf scores, and would leave its masks as MASK (or, without a fixed number of steps, never
         finish)."""
         stalled = live & (committed == 0)
         if bool(stalled.any()):
@@ -331,10 +322,8 @@ class _Run:
 
     def step(self, ctx: StepContext, masks: torch.Tensor):
         """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates'
-        rows
-        [M], which of them were committed [M]); all None when no row had anything to commit and
-        nothing
-        ran."""
+        rows [M], which of them were committed [M]); all None when no row had anything to commit and
+        nothing ran."""
         sampler, x, spec = self.sampler, self.x, ctx.spec
         quota = sampler.unmask.quota(ctx)
         live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
@@ -350,9 +339,8 @@ class _Run:
                 x, candidates, rows, positions, tokens, logits, commit, ctx.generator
             )
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
-        changed = torch.zeros_like(
-            candidates
-        )  # tokens committed, then those the stop policy rewrote
+        # tokens committed, then those the stop policy rewrote
+        changed = torch.zeros_like(candidates)
         changed[rows[commit], positions[commit]] = True
         rewritten = sampler.stop.after_step(x[:, self.prompt_len :], spec)
         if rewritten is not None:
@@ -365,8 +353,7 @@ class _Run:
 
     def first_full_layer(self) -> torch.Tensor:
         """[B] the last forward's first layer that recomputed every position, per row (-1: the row
-        was not
-        computed)."""
+        was not computed)."""
         model_rows, computed = self.last_forward
         first_full = torch.full((self.cfg.rows,), -1, dtype=torch.long, device=self.x.device)  # [R]
         first_full[slice(None) if model_rows is None else model_rows] = computed
@@ -374,17 +361,15 @@ class _Run:
 
     def _candidate_logits(self, live, rows, positions):
         """Logits [M, V] of the candidates (rows, positions), in that order, from a forward of the
-        live
-        rows (both halves under classifier-free guidance)."""
+        live rows (both halves under classifier-free guidance)."""
         model, x, cfg = self.sampler.model, self.x, self.cfg
         ids = cfg.model_ids(x, self.prompt_len, model.spec.mask_id)  # [R, T]
         model_live = cfg.repeat(live)  # [R]
         model_rows = None if bool(model_live.all()) else model_live.nonzero().squeeze(1)
         sources = positions - model.spec.logit_shift  # the one place the shift is applied
         copy_rows = cfg.copy_rows(rows)  # per copy [M]
-        head_reads = torch.zeros_like(
-            ids, dtype=torch.bool
-        )  # [R, T]: the head reads these: computed
+        # [R, T]: the head reads these: computed
+        head_reads = torch.zeros_like(ids, dtype=torch.bool)
         for model_row in copy_rows:
             head_reads[model_row, sources] = True
         result = self.engine.forward(ids, model_rows, self.state.plan(ids, model_live, head_reads))

@@ -1,20 +1,14 @@
 """Per-sample random streams.
 
 `Sampler.generate(generator=...)` takes one torch.Generator for the whole batch (the official
-samplers'
-random stream: every draw is one tensor over the batch) or a sequence of generators, one per row.
-With
-one per row, every draw of row b comes from generator b alone, in a shape and an order fixed by row
-b
-alone: a row draws only at the steps it is computed, and only for its own candidates, in the order
-of
-their positions in the generated region (which left padding does not move). A row then samples what
-it
-would sample decoded alone, in any batch, after any resume, in any process.
+samplers' random stream: every draw is one tensor over the batch) or a sequence of generators, one
+per row. With one per row, every draw of row b comes from generator b alone, in a shape and an order
+fixed by row b alone: a row draws only at the steps it is computed, and only for its own candidates,
+in the order of their positions in the generated region (which left padding does not move). A row
+then samples what it would sample decoded alone, in any batch, after any resume, in any process.
 
 `sample_generators(seed, ids, device)` builds those generators, each seeded by (seed, sample id)
-through
-a stable hash (the same in every process and every Python session, unlike hash()).
+through a stable hash (the same in every process and every Python session, unlike hash()).
 
 The draw helpers below take either kind of generator: the policies call them instead of torch.rand /
 torch.multinomial.
@@ -89,10 +83,8 @@ def uniform(
     shape: tuple, device, generator, counts: torch.Tensor | None = None, dtype=torch.float32
 ) -> torch.Tensor:
     """Uniform [0, 1) noise of `shape` [K, ...]: one draw from one generator; with generators per
-    row,
-    for each row b in order counts[b] entries [counts[b], ...] from generators[b] (counts [B] sum to
-    K:
-    e.g. row b's candidates, row-major like the logits)."""
+    row, for each row b in order counts[b] entries [counts[b], ...] from generators[b] (counts [B]
+    sum to K: e.g. row b's candidates, row-major like the logits)."""
     if not per_row(generator):
         return torch.rand(shape, dtype=dtype, device=device, generator=generator)
     return _rand_per_row(counts, generator, tuple(shape[1:]), dtype, device)
@@ -100,8 +92,7 @@ def uniform(
 
 def uniform_canvas(candidates: torch.Tensor, generator, dtype=torch.float32) -> torch.Tensor:
     """Uniform noise [B, L] to be read at the candidates only: one draw over the whole canvas from
-    one
-    generator (the official samplers' draw); per row, only at the row's candidates (0.5
+    one generator (the official samplers' draw); per row, only at the row's candidates (0.5
     elsewhere)."""
     if not per_row(generator):
         return torch.rand(
@@ -128,8 +119,7 @@ def _rand_per_row(
 
 def multinomial(probs: torch.Tensor, counts: torch.Tensor, generator) -> torch.Tensor:
     """One sample per row of probs [K, V] -> [K]; with generators per row, counts[b] consecutive
-    rows of
-    probs belong to row b and draw from generators[b] (counts [B] sum to K)."""
+    rows of probs belong to row b and draw from generators[b] (counts [B] sum to K)."""
     if not per_row(generator):
         return torch.multinomial(probs, 1, generator=generator).squeeze(1)
     parts = [

@@ -5,12 +5,9 @@ memory.
         --out results/bench-tiny-llada-long
 
 Every method decodes the same held-out problems greedily, in one process, one after another, after
-an
-untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone
-and
-48 generated tokens; `long`, the papers' shape, solved examples before the question and 256 tokens
-of
-which the answer fills a part and EOS the rest.
+an untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone
+and 48 generated tokens; `long`, the papers' shape, solved examples before the question and 256
+tokens of which the answer fills a part and EOS the rest.
 
 Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md` and `<out>.png` (accuracy against
 tokens/s).
@@ -117,9 +114,8 @@ def methods(
     ar_model=None,
 ) -> dict:
     """label -> dllm_accel.Method: the official baseline, Fast-dLLM as released, the caches with
-    StopAtEOS, and with an
-    `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults, 'exact' acceptance, and
-    correct=True)."""
+    StopAtEOS, and with an `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults,
+    'exact' acceptance, and correct=True)."""
     table = {
         OFFICIAL: Method.official(model, gen_length, block_length),
         FAST_DLLM: Method(Threshold(0.9), DualCache(), FullLength(), None, block_length),
@@ -158,8 +154,7 @@ def decode(
     """Decode `problems` in batches with `method`; the measured figures (see the module docstring):
     accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards per batch, and the
     warm-up batch's peak memory. `trace` adds `refresh_rate`: the share of a row's forwards after
-    its
-    first that recomputed a layer."""
+    its first that recomputed a layer."""
     batches = [
         dllm_accel.encode_chat(
             tokenizer, [arith.messages(p, shots) for p in problems[i : i + batch_size]]
@@ -279,9 +274,8 @@ def _return_large_blocks() -> None:
 # -- reports ---------------------------------------------------------------------------------------
 def with_ratios(results: dict, table: dict) -> dict:
     """Adds each method's tokens/s ratios against the official baseline, Fast-dLLM and DualCache,
-    and to
-    a guided method its unguided twin's label (`unguided`: the row of dataclasses.replace(method,
-    guide=None)) with its tokens/s and NFE ratios against it."""
+    and to a guided method its unguided twin's label (`unguided`: the row of
+    dataclasses.replace(method, guide=None)) with its tokens/s and NFE ratios against it."""
     for reference, key in (
         (OFFICIAL, "speedup"),
         (FAST_DLLM, "vs_fast_dllm"),

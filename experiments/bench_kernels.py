@@ -2,14 +2,11 @@
 shapes.
 
     python experiments/bench_kernels.py                 # every op, bf16, batch 1 and 8
-    python experiments/bench_kernels.py --end-to-end    # also ElasticCache generation, kernel vs
-    twin path
+    python experiments/bench_kernels.py --end-to-end  # also ElasticCache, kernel vs twin path
 
 Times with triton.testing.do_bench (median ms) and prints achieved TFLOP/s and GB/s computed from
-the
-shapes against the device's peak, then one JSON line with every figure. Without a GPU it says so in
-one
-line and exits 0.
+the shapes against the device's peak, then one JSON line with every figure. Without a GPU it says so
+in one line and exits 0.
 """
 
 from __future__ import annotations
@@ -23,11 +20,8 @@ import sys
 import torch
 
 # every op is called through dllm_accel.ops; the implementation is switched with DLLM_ACCEL_IMPL
-PEAKS = {
-    "H200": (989e12, 4.8e12),
-    "H100": (989e12, 3.35e12),
-    "A100": (312e12, 2.0e12),
-}  # bf16 dense, HBM B/s
+# bf16 dense, HBM B/s
+PEAKS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12), "A100": (312e12, 2.0e12)}
 SHAPES = {
     "llada-8b": dict(n_heads=32, n_kv_heads=32, head_dim=128, vocab=126464),
     "dream-7b": dict(n_heads=28, n_kv_heads=4, head_dim=128, vocab=152064),
@@ -133,9 +127,8 @@ def bench_attention(batch, model, n, length, device, do_bench) -> list[dict]:
             times[impl] = do_bench(call)
         if op == "partial_attention+mass":
             times["eager"] = do_bench(lambda: eager_attention_with_weights(q, k, v, key_mask))
-        op_flops = (
-            flops if op != "attention_drift" else flops * 2 / n
-        )  # two tracked rows' attention
+        # two tracked rows' attention
+        op_flops = flops if op != "attention_drift" else flops * 2 / n
         rows.append(
             dict(
                 op=op,

@@ -22,10 +22,7 @@ from dllm_accel import llada_generate
 from dllm_accel.models import build_model, tiny_config
 
 # (vocab, d_model, layers): a head-light model and one whose head dominates, as LLaDA's does
-SIZES = [
-    (128, 64, 2),
-    (32_000, 256, 4),
-]
+SIZES = [(128, 64, 2), (32_000, 256, 4)]
 
 
 def best_of(repeats: int, fn, *args, **kwargs):

@@ -1,15 +1,12 @@
 """Drift sensitivity: how ElasticCache's accuracy and work move with its similarity bar γ.
 
-    python experiments/drift_sweep.py --model tiny-llada --setting long --problems 200 --batch-size
-    8 \
-        --out results/drift-tiny-llada-long
+    python experiments/drift_sweep.py --model tiny-llada --setting long --problems 200 \
+        --batch-size 8 --out results/drift-tiny-llada-long
 
 γ 0 never refreshes after the first forward (only the committed tokens' own rows and the window are
 recomputed); γ 1.01 refreshes at every step. If γ 0 scores as well as γ 0.9, the setting cannot
-judge
-the drift test; `--thresholds` (lower τ commits more tokens per step, so the cache goes stale
-faster)
-and `--windows` look for one where it can. Each row decodes the same held-out problems with
+judge the drift test; `--thresholds` (lower τ commits more tokens per step, so the cache goes stale
+faster) and `--windows` look for one where it can. Each row decodes the same held-out problems with
 ElasticCache(γ) + Threshold(τ) + StopAtEOS; "NoCache" is the same unmask and stop without a cache.
 Writes `<out>.json` and `<out>.md`.
 """

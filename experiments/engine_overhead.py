@@ -1,25 +1,24 @@
-"""Engine overhead: what a query-rows step costs against a full forward, beside what its FLOPs say.
+"""Engine overhead: what a query-rows step costs against a full forward, beside what its FLOPs
+say.
 
     python experiments/engine_overhead.py [--d-model 1024 --layers 8 --heads 16 --mlp 2816 \
         --prompt 512 --gen 256 --query 24 --tracked 2 --threads 2]
     python experiments/engine_overhead.py --shape llada-8b   # LLaDA-8B's layer shape (a GPU's job)
 
 Random weights in the real LLaDA layout. One canvas (prompt + gen, the generation masked) goes
-through
-`Engine.forward` with fixed plans, each timed as the median of `--repeats` after a warm-up:
+through `Engine.forward` with fixed plans, each timed as the median of `--repeats` after a warm-up:
 
     full forward                   every position through every layer (NoCache's step)
-    query rows                     `--query` rows through every layer against the cache (DualCache's
-    step)
+    query rows                     `--query` rows through every layer against the cache
+                                   (DualCache's step)
     query rows + drift monitor     the same with `--tracked` tracked rows and a monitor that
-    computes the
-                                   drift test and attention mass at every layer but never refreshes
-                                   (ElasticCache's step when nothing drifts)
+                                   computes the drift test and attention mass at every layer but
+                                   never refreshes (ElasticCache's step when nothing drifts)
     query rows, refresh from L/2   query rows below the middle layer, every position from it on
 
-Ratios are against the full forward; the FLOP ratio counts matmuls only (projections, MLP, attention
-scores and mixing), so time ratio ÷ FLOP ratio is the engine's overhead factor: 1 when a step costs
-what its arithmetic does, far above 1 when launches, gathers and host syncs dominate.
+Ratios are against the full forward; the FLOP ratio counts matmuls only (projections, MLP,
+attention scores and mixing), so time ratio ÷ FLOP ratio is the engine's overhead factor: 1 when a
+step costs what its arithmetic does, far above 1 when launches, gathers and host syncs dominate.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from dllm_accel.models import build_model, tiny_config
 from dllm_accel.policies import AttentionDrift
 
 SHAPES = {  # LLaDA-8B-Instruct's layer shape (vocab shrunk: the head is not part of the engine)
-    "llada-8b": dict(d_model=4096, layers=32, heads=32, mlp=12288),
+    "llada-8b": dict(d_model=4096, layers=32, heads=32, mlp=12288)
 }
 
 

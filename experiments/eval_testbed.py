@@ -1,9 +1,8 @@
 """Held-out accuracy and exact match of the bundled testbed models, and how much a stale K/V cache
 costs tiny-llada.
 
-    python experiments/eval_testbed.py [--problems 500] [--problems-long 200] [--long-from results]
-    [--write] \
-        [--models tiny-llada tiny-dream tiny-ar]
+    python experiments/eval_testbed.py [--problems 500] [--problems-long 200] \
+        [--long-from results] [--write] [--models tiny-llada tiny-dream tiny-ar]
 
 Greedy decoding on the test split of dllm_accel.tasks.arith with each family's official baseline:
 tiny-llada with LowConfidence (one token per step, semi-autoregressive blocks), tiny-dream with
@@ -12,10 +11,10 @@ greedy generate. Both settings the models were trained for: `held_out` (the ques
 tokens) and, for the diffusion models, `held_out_long` (solved examples before the question, 256
 tokens of which EOS fills the rest; the blocks of the long setting; `--long-from DIR` takes it from
 the official row of DIR/bench-<model>-long.json instead, the same greedy decode of the same
-problems,
-which costs a quarter of an hour per model on 2 CPU cores). Sensitivity: tiny-llada decoded
-the same way with FrozenCache (after the first step only the current block's masks are computed: the
-cache never sees a committed token). `--write` records the figures in each model's metrics.json.
+problems, which costs a quarter of an hour per model on 2 CPU cores). Sensitivity: tiny-llada
+decoded the same way with FrozenCache (after the first step only the current block's masks are
+computed: the cache never sees a committed token). `--write` records the figures in each model's
+metrics.json.
 """
 
 from __future__ import annotations

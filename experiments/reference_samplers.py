@@ -2,9 +2,8 @@
 compare the Sampler with, and the baseline of bench_sampler.py.
 
 They follow the documented behaviour step by step, the slow way: the full logits of every position
-from `model(x, attention_mask)`, every scheduled step run (even those that commit nothing), one
-row at a time. Only temperature 0 and deterministic ranking are covered: these are the settings
-whose
+from `model(x, attention_mask)`, every scheduled step run (even those that commit nothing), one row
+at a time. Only temperature 0 and deterministic ranking are covered: these are the settings whose
 tokens are fully determined, so the Sampler must equal them exactly.
 """
 
@@ -145,9 +144,8 @@ def dream(
 def _nucleus(logits, top_p):
     ordered, order = logits.sort(-1, descending=True)
     beyond = torch.softmax(ordered, -1).cumsum(-1) > top_p
-    beyond = torch.cat(
-        [torch.zeros_like(beyond[:, :1]), beyond[:, :-1]], 1
-    )  # keep the token crossing top_p
+    # keep the token crossing top_p
+    beyond = torch.cat([torch.zeros_like(beyond[:, :1]), beyond[:, :-1]], 1)
     remove = torch.zeros_like(beyond).scatter(-1, order, beyond)
     return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
 
@@ -155,12 +153,9 @@ def _nucleus(logits, top_p):
 @torch.no_grad()
 def parallel(model, prompt, *, gen_length, block_length, rule):
     """Fast-dLLM's block loop: each step, every row with masks in the current block commits the
-    tokens
-    `rule(confidences sorted descending)` admits (a count); repeat until the block has no mask. As
-    the
-    Sampler documents, MASK is never a prediction here (the loop would not end); the confidence is
-    the
-    chosen token's probability under the full softmax."""
+    tokens `rule(confidences sorted descending)` admits (a count); repeat until the block has no
+    mask. As the Sampler documents, MASK is never a prediction here (the loop would not end); the
+    confidence is the chosen token's probability under the full softmax."""
     spec = model.spec
     x, _ = _canvas(model, prompt, None, gen_length)
     prompt_len = prompt.shape[1]

@@ -1,7 +1,6 @@
 """What a run leaves in its directory: samples.jsonl (appended batch by batch, every record stamped
-with
-its settings' fingerprint), run.json (the settings a resumed run must keep), .lock (held while a run
-writes the directory), summary.json, the plots; and the side-by-side table it prints."""
+with its settings' fingerprint), run.json (the settings a resumed run must keep), .lock (held while
+a run writes the directory), summary.json, the plots; and the side-by-side table it prints."""
 
 from __future__ import annotations
 
@@ -31,10 +30,8 @@ class RunDirError(ValueError):
 
 class Records:
     """samples.jsonl: one JSON object per decoded sample, appended and synced after every batch, so
-    an
-    interrupted run loses at most the batch in flight. `settings` (a fingerprint) is stamped on
-    every
-    record appended, so that the settings travel with the samples."""
+    an interrupted run loses at most the batch in flight. `settings` (a fingerprint) is stamped on
+    every record appended, so that the settings travel with the samples."""
 
     def __init__(self, path: Path, settings: str | None = None):
         self.path, self.settings = path, settings
@@ -44,9 +41,8 @@ class Records:
 
     def numbered(self) -> list[tuple[int, dict]]:
         """(line number, record) of each record. A half-written last line is dropped (its sample is
-        decoded
-        again); any other damaged line, and a (method, id) recorded twice, is a RunDirError naming
-        the lines."""
+        decoded again); any other damaged line, and a (method, id) recorded twice, is a RunDirError
+        naming the lines."""
         if not self.path.exists():
             return []
         lines = self.path.read_bytes().split(b"\n")
@@ -127,10 +123,8 @@ def open_run_dir(
     out_dir: Path, identity: dict, records: Records
 ) -> tuple[IO, set[tuple[str, str]]]:
     """Checks and claims a run directory before any model is loaded: writable, locked for this run,
-    every
-    record whole and once, all of it decoded with these settings. -> (the lock, to close when the
-    run is
-    over; the (method, id) of the samples already there). Refusals are RunDirErrors."""
+    every record whole and once, all of it decoded with these settings. -> (the lock, to close when
+    the run is over; the (method, id) of the samples already there). Refusals are RunDirErrors."""
     check_writable(out_dir, records.path)
     lock = take_lock(out_dir)
     try:
@@ -158,9 +152,8 @@ def check_writable(out_dir: Path, samples: Path) -> None:
 
 def take_lock(out_dir: Path) -> IO:
     """The run directory's lock (an flock on .lock, which holds the pid), held while the returned
-    file is
-    open and released by the system when the process ends however it ends; a RunDirError naming the
-    other run's pid when another run holds it."""
+    file is open and released by the system when the process ends however it ends; a RunDirError
+    naming the other run's pid when another run holds it."""
     path = out_dir / LOCK
     try:
         lock = open(path, "a+", encoding="utf-8")
@@ -189,12 +182,10 @@ def fingerprint(identity: dict) -> str:
 
 def check_same_run(path: Path, identity: dict, records: Records) -> set[tuple[str, str]]:
     """Refuses (RunDirError) a directory holding samples decoded with other settings: run.json
-    (path) must
-    hold these settings, and every record their fingerprint, so that deleting run.json disables
-    nothing
-    (a record without a fingerprint is accepted only beside a run.json that matches). Writes
-    run.json when
-    it is absent; -> the (method, id) of the samples already decoded."""
+    (path) must hold these settings, and every record their fingerprint, so that deleting run.json
+    disables nothing (a record without a fingerprint is accepted only beside a run.json that
+    matches). Writes run.json when it is absent; -> the (method, id) of the samples already
+    decoded."""
     if path.exists():
         changed = sorted(_differences(_read_settings(path), identity))
         if changed:
@@ -203,9 +194,8 @@ def check_same_run(path: Path, identity: dict, records: Records) -> set[tuple[st
                 f"resume with the same settings or choose a new hydra.run.dir"
             )
     settings = fingerprint(identity)
-    vouched = (
-        settings if path.exists() else None
-    )  # what a record from before the fingerprints is taken for
+    # what a record from before the fingerprints is taken for
+    vouched = settings if path.exists() else None
     numbered = records.numbered()
     other = [number for number, record in numbered if record.get("settings", vouched) != settings]
     if other:
@@ -266,9 +256,8 @@ def summarize(
     n_layers: int,
 ) -> dict:
     """summary.json: the last method's figures at the top level, every method's under "methods"."""
-    _check_once(
-        list(enumerate(records, 1)), "the records to summarize (numbered from 1)"
-    )  # none counted twice
+    # none counted twice
+    _check_once(list(enumerate(records, 1)), "the records to summarize (numbered from 1)")
     wanted = set(sample_ids)
     per_method = {}
     for name in methods:
@@ -293,8 +282,7 @@ SHARED = ("seconds", "nfe", "layer_units", "full_units", "ar_forwards", "ar_toke
 
 def sample_counts(measured: Measurement, generated_tokens: int, row_forwards: int) -> dict:
     """One sample's counts for samples.jsonl: its own generated tokens and row forwards, and its
-    share
-    of the batch's other sums, so that summing records gives the batch's Measurement."""
+    share of the batch's other sums, so that summing records gives the batch's Measurement."""
     share = {key: getattr(measured, key) / measured.samples for key in SHARED}
     return {
         "samples": 1,

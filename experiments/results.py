@@ -5,10 +5,8 @@
 
 Reads results/bench-*.json and results/guide-*.json (experiments/bench.py --out), results/drift-*.md
 (experiments/drift_sweep.py --out) and results/overhead-*.md (experiments/engine_overhead.py --out).
-Every
-figure of an ElasticCache(γ 0.9) row that misses a bar of the long-testbed issue, and of a guided
-row that
-misses one of the AR-guide issue, is marked in the tables.
+Every figure of an ElasticCache(γ 0.9) row that misses a bar of the long-testbed issue, and of a
+guided row that misses one of the AR-guide issue, is marked in the tables.
 """
 
 from __future__ import annotations
@@ -94,10 +92,8 @@ TESTBED_BARS = {
 
 def misses(report: dict, testbed_bars: bool = True) -> dict:
     """{(batch size, method, column): bar} for every barred figure that misses its bar: the rows
-    bench.py
-    marked `barred` (the long-testbed issue's) and `guided` (the AR-guide issue's); `testbed_bars`
-    False
-    leaves the long-testbed issue's bars out (the AR-guide reports)."""
+    bench.py marked `barred` (the long-testbed issue's) and `guided` (the AR-guide issue's);
+    `testbed_bars` False leaves the long-testbed issue's bars out (the AR-guide reports)."""
     found = {}
     for batch_size, results in report["runs"].items():
         official = results.get(bench.OFFICIAL)

@@ -1,20 +1,16 @@
 """The main job: decode a task's samples with a model and a decoding method (and, with
-baseline=true,
-the model family's official sampler beside it); write samples.jsonl, summary.json and plots into
-Hydra's run directory and print the methods side by side.
+baseline=true, the model family's official sampler beside it); write samples.jsonl, summary.json and
+plots into Hydra's run directory and print the methods side by side.
 
-    python experiments/run.py                                   # bundled tiny LLaDA: official vs
-    accelerated
+    python experiments/run.py            # bundled tiny LLaDA: official vs accelerated
     python experiments/run.py experiment=gsm8k_llada_elastic model.path=/models/LLaDA-8B-Instruct
     python experiments/run.py task=gsm8k task.data_dir=DIR task.limit=50 hydra.run.dir=runs/gsm8k
     accelerate launch --multi_gpu --num_processes 8 experiments/run.py ...   # data-parallel
 
 Rerunning into a directory that holds samples.jsonl resumes: samples already there are skipped. The
 directory is checked (writable, every record whole and once, the same settings) and locked before
-any
-model is loaded (report.open_run_dir). Under accelerate, batches are dealt out to the processes and
-the
-main process reads and writes the directory.
+any model is loaded (report.open_run_dir). Under accelerate, batches are dealt out to the processes
+and the main process reads and writes the directory.
 """
 
 from __future__ import annotations
@@ -161,10 +157,8 @@ class Decoder:
 
     def generate(self, batch, samples, trace: bool = False):
         """-> (GenerationOutput, Measurement). Each sample's random draws from its own generator,
-        seeded
-        by (cfg.seed, sample id): its output depends neither on its batch nor on resuming or the
-        number
-        of processes."""
+        seeded by (cfg.seed, sample id): its output depends neither on its batch nor on resuming or
+        the number of processes."""
         generators = dllm_accel.sample_generators(
             self.job.cfg.seed, [s.id for s in samples], self.model.device
         )
@@ -213,8 +207,7 @@ class Decoder:
 
     def first_full_layer_trace(self, sample) -> list[int]:
         """The first layer that recomputed every position, at each step of one sample (0: a full
-        forward;
-        n_layers: every layer reused the cache)."""
+        forward; n_layers: every layer reused the cache)."""
         out, _ = self.generate(self.encode([sample])[1], [sample], trace=True)
         return [int(r.first_full_layer[0]) for r in out.trace if r.forwarded]
 
@@ -240,9 +233,8 @@ def run(cfg: DictConfig, out_dir: Path, state: PartialState | None = None) -> di
 
 def _claim(out_dir: Path, cfg: DictConfig, records: report.Records, state: PartialState) -> tuple:
     """The main process checks and locks the run directory before any model is loaded
-    (report.open_run_dir)
-    -> (its lock or None, the (method, id) already decoded); a refusal reaches every process, so all
-    stop."""
+    (report.open_run_dir) -> (its lock or None, the (method, id) already decoded); a refusal reaches
+    every process, so all stop."""
     lock, done, refusal = None, set(), None
     if state.is_main_process:
         try:

@@ -2,10 +2,8 @@
 
 Each file of conf/<group>/ starts with `defaults: [/schema/<group>@_here_: <Name>]`, so Hydra checks
 it, and every override of it, against the target's parameters: a misspelt key or a value of the
-wrong
-type is an error when the config is composed, before anything is loaded. (Under schema/, so that
-they
-are not listed among a group's options.)
+wrong type is an error when the config is composed, before anything is loaded. (Under schema/, so
+that they are not listed among a group's options.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Train the bundled testbed models on dllm_accel.tasks.arith, on CPU, deterministic given a seed.
 
-    python experiments/train_tiny.py --model tiny-llada --steps 8000 --minutes 50 --out
-    /tmp/tiny-llada
+    python experiments/train_tiny.py --model tiny-llada --steps 8000 --minutes 50 \
+        --out /tmp/tiny-llada
     python experiments/train_tiny.py --model tiny-llada --init /tmp/tiny-llada --seed 1 --lr 1e-3 \
-        --warmup 100 --steps 4000 --minutes 18 --out /tmp/tiny-llada-2     # continue; minutes add
-        up
+        --warmup 100 --steps 4000 --minutes 18 --out /tmp/tiny-llada-2  # continue; minutes add up
 
 The bundled models' metrics.json record the exact commands that made them.
 
@@ -13,16 +12,15 @@ Models (one character-level tokenizer shared by all three):
   the EOS padding after it are masked with probability t ~ U(eps, 1) per example, cross-entropy on
   the masked tokens weighted 1/t, normalised by the answer length;
 - tiny-dream: the native Dream model (GQA, q/k/v biases), the same objective with Dream's shift;
-- tiny-ar: a transformers Llama causal LM, next-token cross-entropy on the answer.
-Two settings: `short` (`--shots`, `--gen-length`), and with `--long-share` > 0 that share of the
-steps
-in the `long` one (`--long-shots` solved examples before the question, `--long-gen-length` tokens of
-which EOS fills what the answer leaves), the papers' shape. `--copy-share` adds copy drills (see
-diffusion_loss): without them the diffusion models never learnt to copy the variable names.
-Every `--eval-every` steps the model decodes validation problems of each setting greedily (the
-official baseline: one token per step, semi-autoregressive blocks); the checkpoint with the best
-mean of accuracy and exact match so far (or with `--keep last` the last one) is saved in the Hugging
-Face layout (16-bit weights) with a metrics.json recording how it was trained.
+- tiny-ar: a transformers Llama causal LM, next-token cross-entropy on the answer. Two settings:
+  `short` (`--shots`, `--gen-length`), and with `--long-share` > 0 that share of the steps in the
+  `long` one (`--long-shots` solved examples before the question, `--long-gen-length` tokens of
+  which EOS fills what the answer leaves), the papers' shape. `--copy-share` adds copy drills (see
+  diffusion_loss): without them the diffusion models never learnt to copy the variable names. Every
+  `--eval-every` steps the model decodes validation problems of each setting greedily (the official
+  baseline: one token per step, semi-autoregressive blocks); the checkpoint with the best mean of
+  accuracy and exact match so far (or with `--keep last` the last one) is saved in the Hugging Face
+  layout (16-bit weights) with a metrics.json recording how it was trained.
 """
 
 from __future__ import annotations
@@ -181,20 +179,15 @@ def diffusion_loss(
 
     With `block_share` > 0 that share of the examples is shaped like a semi-autoregressive decoding
     state instead: a random block k of `block_length` is masked with probability t, the blocks
-    before
-    it are clean, those after it fully masked, and only block k's masked tokens are scored (the only
-    ones such a decoder commits).
+    before it are clean, those after it fully masked, and only block k's masked tokens are scored
+    (the only ones such a decoder commits).
 
     With `copy_share` > 0 that share of the examples are copy drills: one variable name of the
-    answer
-    is masked, everything else clean, and `copy_weight` x its cross-entropy (mean over drills) is
-    added.
-    Under the SFT loss alone the names stayed at chance for 12,000 steps (the model learnt
-    everything
-    else and wrote fixed letters); the drills give the copying a clean signal, and a weight well
-    above 1
-    keeps it from being clipped away by the SFT loss's 1/t spikes (gradients are clipped to norm
-    1)."""
+    answer is masked, everything else clean, and `copy_weight` x its cross-entropy (mean over
+    drills) is added. Under the SFT loss alone the names stayed at chance for 12,000 steps (the
+    model learnt everything else and wrote fixed letters); the drills give the copying a clean
+    signal, and a weight well above 1 keeps it from being clipped away by the SFT loss's 1/t spikes
+    (gradients are clipped to norm 1)."""
     spec = model.spec
     t = eps + (1 - eps) * torch.rand(ids.shape[0], generator=generator)
     masked = (torch.rand(ids.shape, generator=generator) < t[:, None]) & answer_region
@@ -260,10 +253,8 @@ def scores(
     model, tokenizer, problems, *, shots, gen_length, block_length, decode=None, batch_size=64
 ) -> dict:
     """{"accuracy": the right final number, "exact_match": the whole solution} over greedy decodes;
-    `decode`
-    (default: the official baseline of the model's family) maps (model, tokenizer, batch,
-    gen_length=,
-    block_length=) to the generated texts."""
+    `decode` (default: the official baseline of the model's family) maps (model, tokenizer, batch,
+    gen_length=, block_length=) to the generated texts."""
     decode = decode or generate
     correct = exact = 0
     for start in range(0, len(problems), batch_size):

@@ -1,48 +1,36 @@
 """attention_drift: how far the tracked query rows' attention moved across this step's cache writes.
 
 For each computed row, tracked row i and query head h, with K_now = k (the keys after the writes)
-and K_before
-= k with the written positions restored from keys_before:
+and K_before = k with the written positions restored from keys_before:
 
     p_before[h, t] = softmax_t(q_before[h, i] . K_before[kv(h), t] / sqrt(D))
     p_now[h, t]    = softmax_t(q_now[h, i] . K_now[kv(h), t] / sqrt(D))
 
-axis 'keys':  similarity = mean_h cos_t(p_before[h, :], p_now[h, :])
-axis 'heads': similarity = sum over attended t of cos_h(p_before[:, t], p_now[:, t]) / (number
-attended)
+axis 'keys':  similarity = mean_h cos_t(p_before[h, :], p_now[h, :]) axis 'heads': similarity = sum
+over attended t of cos_h(p_before[:, t], p_now[:, t]) / (number attended)
 
 with each norm of a cosine clamped at COSINE_EPS (the torch twin,
-dllm_accel.ops.reference.attention_drift).
-No probability row ever reaches memory:
+dllm_accel.ops.reference.attention_drift). No probability row ever reaches memory:
 
 - `_head_kernel`, one program per (computed row, tracked row, query head), streams the keys once
-with an online
-  softmax. For 'keys' it carries, beside the running max and sum of each softmax, the rescaled sums
-  sum p_b^2, sum p_n^2 and sum p_b p_n, so one pass gives that head's cosine; the launcher averages
-  the heads.
-  For 'heads' it stores the two log-sum-exps, which the second kernel needs before it can see any
-  probability.
+  with an online softmax. For 'keys' it carries, beside the running max and sum of each softmax, the
+  rescaled sums sum p_b^2, sum p_n^2 and sum p_b p_n, so one pass gives that head's cosine; the
+  launcher averages the heads. For 'heads' it stores the two log-sum-exps, which the second kernel
+  needs before it can see any probability.
 - `_key_tile_kernel`, one program per (computed row, tracked row, key tile), recomputes both
-probabilities of
-  its keys head by head from those log-sum-exps, takes the cosine over heads of each key, and stores
-  the sum
-  over its attended keys; the launcher adds the tiles and divides by the count.
+  probabilities of its keys head by head from those log-sum-exps, takes the cosine over heads of
+  each key, and stores the sum over its attended keys; the launcher adds the tiles and divides by
+  the count.
 
 Every program holds a single query row, so scores are a matrix-vector product: a broadcast multiply
-of the
-[BLOCK_T, BLOCK_D] key tile by the query and a sum over D, in fp32. tl.dot would need at least 16
-query rows;
-padding one row to 16 would waste 15/16 of it, and this loop is bound by reading the keys anyway.
-Splitting the
-work by head (and by key tile for 'heads') rather than packing the tracked rows together keeps the
-GPU busy at
-batch 1; the programs of one key/value head re-read the same keys, which the L2 cache mostly
-absorbs.
-Each output is summed in a fixed order (no atomics), so results are deterministic. A row with no
-attended key
-gives NaN, as in the twin. Compiled for sm_90 with head dims 64 and 128: no register spills when the
-head dim
-is contiguous (stride 1, as in the caches); a strided head dim stays correct but spills.
+of the [BLOCK_T, BLOCK_D] key tile by the query and a sum over D, in fp32. tl.dot would need at
+least 16 query rows; padding one row to 16 would waste 15/16 of it, and this loop is bound by
+reading the keys anyway. Splitting the work by head (and by key tile for 'heads') rather than
+packing the tracked rows together keeps the GPU busy at batch 1; the programs of one key/value head
+re-read the same keys, which the L2 cache mostly absorbs. Each output is summed in a fixed order (no
+atomics), so results are deterministic. A row with no attended key gives NaN, as in the twin.
+Compiled for sm_90 with head dims 64 and 128: no register spills when the head dim is contiguous
+(stride 1, as in the caches); a strided head dim stays correct but spills.
 """
 
 from __future__ import annotations
@@ -64,8 +52,7 @@ def _load_keys(
     k_head, kb_head, slot_row, t, d, length, head_dim, k_st, k_sd, kb_sn, kb_sd, slot_st
 ):
     """The key tile at positions t, after this step's writes and before them, in fp32: a position
-    whose slot is
-    >= 0 was written this step, and its key before the write is keys_before[slot]."""
+    whose slot is >= 0 was written this step, and its key before the write is keys_before[slot]."""
     t_in = t < length
     tile = t_in[:, None] & (d < head_dim)[None, :]
     now = tl.load(k_head + t[:, None] * k_st + d[None, :] * k_sd, mask=tile, other=0.0).to(
@@ -149,8 +136,7 @@ def _head_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """Program (row * m + i, h). KEYS: out[row, i, h] = cos_t(p_before[h], p_now[h]); else out[row,
-    i, h, :] =
-    the log2-sum-exp2 of the before and now scores."""
+    i, h, :] = the log2-sum-exp2 of the before and now scores."""
     pid = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     row, i = pid // n_tracked, pid % n_tracked
@@ -305,10 +291,8 @@ def attention_drift(
     q_before, q_now, k, key_mask, written, keys_before, *, axis: str
 ) -> torch.Tensor:
     """q_before, q_now [r, Hq, m, D]; k [r, Hkv, T, D] (any strides); key_mask [r, T] bool or None;
-    written [r, n]
-    long (repeats carry identical keys); keys_before [r, Hkv, n, D] -> similarity [r, m] fp32 (see
-    the module
-    docstring). Arguments are checked by dllm_accel.ops.attention_drift."""
+    written [r, n] long (repeats carry identical keys); keys_before [r, Hkv, n, D] -> similarity [r,
+    m] fp32 (see the module docstring). Arguments are checked by dllm_accel.ops.attention_drift."""
     r, n_heads, n_tracked, head_dim = q_now.shape
     n_kv, length = k.shape[1], k.shape[2]
     block_d = triton.next_power_of_2(head_dim)
@@ -318,9 +302,8 @@ def attention_drift(
         keys_before.numel() == 0
     ):  # nothing written: keys_before is never read, but its pointer must be valid
         keys_before = k
-    mask = (
-        slot if key_mask is None else key_mask.view(torch.uint8)
-    )  # a placeholder pointer without a mask
+    # a placeholder pointer without a mask
+    mask = slot if key_mask is None else key_mask.view(torch.uint8)
     strides = (
         _strides("qb", q_before, "rhmd")
         | _strides("qn", q_now, "rhmd")
@@ -361,8 +344,7 @@ def attention_drift(
 
 def _written_slots(written: torch.Tensor, length: int) -> torch.Tensor:
     """[r, T] int32: the slot j of written[row] that wrote position t this step, or -1 where none
-    did. Repeated
-    positions carry identical keys, so whichever slot the scatter keeps is right."""
+    did. Repeated positions carry identical keys, so whichever slot the scatter keeps is right."""
     rows, n_written = written.shape
     slot = torch.full((rows, length), -1, dtype=torch.int32, device=written.device)
     slots = torch.arange(n_written, dtype=torch.int32, device=written.device).expand(rows, -1)

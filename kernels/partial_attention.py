@@ -8,12 +8,10 @@ q [r, Hq, n, D]; k, v [r, Hkv, T, D] (query head h reads key head h // G, G = Hq
 
 Two passes, neither writes the [r, Hq, n, T] probabilities:
   1. _attention_fwd, grid (row tiles, Hkv, r): flash-attention style online softmax over key tiles
-  in
-     fp32 -> out, and (when mass is asked for) the log-sum-exp of each query row.
+     in fp32 -> out, and (when mass is asked for) the log-sum-exp of each query row.
   2. _attention_mass, grid (key tiles, r): one program owns mass[r, t-tile] and loops over every
-  query
-     row; it recomputes the scores and turns them into probabilities with the saved log-sum-exp, so
-     the sum is deterministic (no atomics).
+     query row; it recomputes the scores and turns them into probabilities with the saved
+     log-sum-exp, so the sum is deterministic (no atomics).
 
 Rows are grouped per (r, kv head): the G query heads that share a key head and their n queries form
 one axis of G * n rows, tiled by BLOCK_M, so each K/V tile a program loads serves all of them (GQA
@@ -21,8 +19,7 @@ reads K/V once per group, never a repeated copy) and a small n still fills a til
 
 Supported: fp32, fp16, bf16 (q may differ from k/v: the scores use the promoted dtype); any T, n;
 head dims 1..256 (padded to a power of two >= 16 with masked loads); any strides. Rows whose keys
-are
-all masked get out = 0 and add nothing to mass (the twin gives NaN there).
+are all masked get out = 0 and add nothing to mass (the twin gives NaN there).
 """
 
 from __future__ import annotations
@@ -83,11 +80,9 @@ def _attention_fwd(
     """One program: BLOCK_M of the G * n query rows of (batch row b, kv head) against all T keys.
 
     Scores live in base 2: s = q.k * scale * log2(e), so exp2(s - m) = exp(q.k * scale - m'). Per
-    row
-    it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v,
-    both
-    rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l, lse = m +
-    log2(l)."""
+    row it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v,
+    both rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l,
+    lse = m + log2(l)."""
     tile, kv_head, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # index into the G * n rows of this kv head
     row_ok = rows < GROUP * n
@@ -183,9 +178,9 @@ def _attention_mass(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """One program owns mass[b, t-tile]: mass[t] = sum over heads h and queries i of w[i] * p[h, i,
-    t], with
-    p = exp2(s - lse) recomputed from the scores and pass 1's log-sum-exp (base 2)."""
+    """One program owns mass[b, t-tile]: mass[t] = sum over heads h and queries i of
+    w[i] * p[h, i, t], with p = exp2(s - lse) recomputed from the scores and pass 1's log-sum-exp
+    (base 2)."""
     tile, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < length
@@ -307,8 +302,8 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
 
 def _config(rows: int, head_dim: int) -> dict:
     """Tile sizes: every tl.dot dimension >= 16; a row tile no wider than the G * n rows need (up to
-    64);
-    narrower key tiles for wide heads, so acc [BLOCK_M, BLOCK_D] and a K/V tile fit in registers."""
+    64); narrower key tiles for wide heads, so acc [BLOCK_M, BLOCK_D] and a K/V tile fit in
+    registers."""
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     block_n = 64 if block_d <= 64 else 32

@@ -1,6 +1,5 @@
 """rope_write: rotate the fresh q/k rows at their true positions and scatter k, v (and the layer
-inputs
-ElasticCache keeps) into one layer's cache in place, in one launch.
+inputs ElasticCache keeps) into one layer's cache in place, in one launch.
 
 One program per fresh row (i, j) of the r x n block, every head at once, with t = index[i, j]:
 
@@ -14,11 +13,9 @@ Rotate-half RoPE with the tables' row (i, or 0 when shared) at j: splitting x an
     rotate(x1, x2) = (x1 cos1 - x2 sin1,  x2 cos2 + x1 sin2)
 
 in the tables' dtype as apply_rotary: x is cast to that dtype, the products are taken in fp32, and
-the
-result is rounded to the tables' dtype, then to x's. Repeated (rows[i], t) carry identical values,
-so
-the order of those writes does not matter. The caches are contiguous; every other tensor may be
-strided.
+the result is rounded to the tables' dtype, then to x's. Repeated (rows[i], t) carry identical
+values, so the order of those writes does not matter. The caches are contiguous; every other tensor
+may be strided.
 """
 
 from __future__ import annotations
@@ -235,9 +232,8 @@ def rope_write(
     q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, hidden=None
 ) -> torch.Tensor:
     """q [r, Hq, n, D], k, v [r, Hkv, n, D], rope tables [r or 1, 1, n, D]; keys, values [R, Hkv, T,
-    D]
-    and inputs [R, T, d] contiguous, written in place at rows [r], index [r, n]; hidden [r, n, d].
-    -> q rotated [r, Hq, n, D] (contiguous, q's dtype). Checked by dllm_accel.ops."""
+    D] and inputs [R, T, d] contiguous, written in place at rows [r], index [r, n]; hidden [r, n,
+    d]. -> q rotated [r, Hq, n, D] (contiguous, q's dtype). Checked by dllm_accel.ops."""
     r, n_heads, n, head_dim = q.shape
     if head_dim % 2:
         raise ValueError(f"rotate-half RoPE needs an even head dim, got {head_dim}")

@@ -1,14 +1,12 @@
 """score_tokens: the most likely token of each logits row, its probability, its margin over the
-runner-up,
-and the row's entropy, in one streaming pass over the vocabulary in fp32.
+runner-up, and the row's entropy, in one streaming pass over the vocabulary in fp32.
 
 One program per row reads the vocabulary in tiles of BLOCK_V logits x and keeps, in fp32 scalars,
 
     m = max x                       the running maximum
     s = sum e^(x - m)               the softmax denominator, rescaled by e^(m_old - m) when m grows
     w = sum e^(x - m) (x - m)       rescaled the same way, plus (m_old - m) s for the shifted offset
-    (x1, i1), x2                    the largest logit and its id, the runner-up logit, never
-    `exclude`
+    (x1, i1), x2                the largest logit and its id, the runner-up logit, never `exclude`
 
 so that, with lse = m + log s,
 
@@ -16,8 +14,8 @@ so that, with lse = m + log s,
     entropy     = lse - E[x] = log s - w / s     (no cancellation of m: both terms are O(log V)).
 
 Ties go to the lowest id (torch.argmax's rule; the twin's torch.topk leaves their order
-unspecified).
-Only one tile of the row is ever held, in registers: no full-vocabulary copy in any dtype.
+unspecified). Only one tile of the row is ever held, in registers: no full-vocabulary copy in any
+dtype.
 """
 
 from __future__ import annotations
@@ -26,9 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-LOWEST: tl.constexpr = tl.constexpr(
-    -3.4028234663852886e38
-)  # the smallest fp32, a finite start for m
+# the smallest fp32, a finite start for m
+LOWEST: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
 MAX_BLOCK_V = 4096
 
 
@@ -76,9 +73,8 @@ def _score_tokens_kernel(
         m_new = tl.maximum(m, tl.max(x, 0))
         alpha = tl.exp(m - m_new)
         shifted = x - m_new
-        e = tl.exp(
-            shifted
-        )  # 0 outside the vocabulary and for -inf logits, where e * shifted would be NaN
+        # 0 outside the vocabulary and for -inf logits, where e * shifted would be NaN
+        e = tl.exp(shifted)
         w = alpha * (w + (m - m_new) * s) + tl.sum(e * tl.where(e > 0, shifted, 0.0), 0)
         s = alpha * s + tl.sum(e, 0)
         m = m_new

@@ -163,9 +163,8 @@ def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
     """A tiny random model with varied predictions and a realistic spread of confidences.
 
     Dimension 0 of its residual stream is a constant feature (set in the embedding; no layer reads
-    or
-    writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about that
-    logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
+    or writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about
+    that logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
     predicted, unless `favour` says otherwise."""
     model = tiny_model(model_type, n_kv_heads=2 if model_type == "Dream" else None, seed=seed)
     d = model.spec.d_model
@@ -221,8 +220,7 @@ def assert_as_close_as_twin(
     what: str = "",
 ) -> None:
     """A kernel's error against an fp64 reference is at most about twice its torch twin's error in
-    the
-    same dtype, plus a small floor (ARCHITECTURE.md §4); NaN anywhere fails."""
+    the same dtype, plus a small floor (ARCHITECTURE.md §4); NaN anywhere fails."""
     exact = exact.double()
     kernel_error = (kernel.double() - exact).abs().max().item()
     twin_error = (twin.double() - exact).abs().max().item()
@@ -235,8 +233,7 @@ def assert_as_close_as_twin(
 @pytest.fixture
 def impl(monkeypatch):
     """impl('torch' | 'triton' | None) sets DLLM_ACCEL_IMPL for this test (None: unset); the
-    once-per-op
-    choice is cleared on every change and after the test."""
+    once-per-op choice is cleared on every change and after the test."""
     from dllm_accel import ops
 
     def choose(value):

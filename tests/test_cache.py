@@ -179,11 +179,9 @@ def test_rows_stop_at_eos_with_a_cache(cache):
 @pytest.mark.parametrize("cache", ["prefix", "dual", "elastic", "elastic-drifting"])
 def test_positions_rewritten_after_eos_are_recomputed_at_the_next_forward(cache, monkeypatch):
     """After every forward the layer-0 cache equals a full forward's over the canvas it decoded
-    (layer 0
-    sees only each position's own token), and positions StopAtEOS rewrote at the previous step hold
-    a
-    full forward's K/V in both layers of this 2-layer model (their layer-1 input attends only to
-    layer 0)."""
+    (layer 0 sees only each position's own token), and positions StopAtEOS rewrote at the previous
+    step hold a full forward's K/V in both layers of this 2-layer model (their layer-1 input attends
+    only to layer 0)."""
     policy = {
         "prefix": PrefixCache(),
         "dual": DualCache(),
@@ -250,10 +248,8 @@ def test_positions_rewritten_after_eos_are_recomputed_at_the_next_forward(cache,
 @pytest.mark.parametrize("model_type", ["llada", "Dream"])
 def test_stop_fill_mask_leaves_the_rest_undecided(model_type, monkeypatch):
     """StopAtEOS(fill='mask'), the released code's loop: after the first stop token nothing is
-    decoded,
-    and ElasticCache's window (its query rows) never reaches those masks, as the released window
-    stops
-    at the EOS."""
+    decoded, and ElasticCache's window (its query rows) never reaches those masks, as the released
+    window stops at the EOS."""
     model = decoder(model_type, seed=6, favour={EOS: 16.0})
     ids, mask = prompts(model, [7, 5, 9, 6], seed=6)
     forward, queried_closed = Engine.forward, []
@@ -376,9 +372,8 @@ def test_refresh_depth_and_accounting_by_hand(fires, recompute_drifting):
         assert [layer for layer, _ in monitor.checked] == list(range(fires + 1))
         first = fires if recompute_drifting else fires + 1
         assert result.first_full_layer.tolist() == [first]
-        assert result.units == 4 * (fires + 1) + 16 * (
-            2 - first
-        )  # the drifting layer's rows count too
+        # the drifting layer's rows count too
+        assert result.units == 4 * (fires + 1) + 16 * (2 - first)
     # nothing changed since the full forward: the query rows' outputs are the full forward's
     assert torch.allclose(
         result.hidden[0, result.columns[0, [3, 7, 8, 9]]], full.hidden[0, [3, 7, 8, 9]], atol=1e-5
@@ -388,10 +383,8 @@ def test_refresh_depth_and_accounting_by_hand(fires, recompute_drifting):
 @pytest.mark.parametrize("recompute_drifting", [True, False], ids=["drifting", "next"])
 def test_each_row_refreshes_from_its_own_layer(recompute_drifting):
     """Row 1 drifts at layer 0 and recomputes everything from layer 0 ('drifting') or 1 ('next');
-    row 0
-    keeps reusing: its cache rows outside the query stay untouched, and both rows' outputs equal a
-    full
-    forward's (nothing changed)."""
+    row 0 keeps reusing: its cache rows outside the query stay untouched, and both rows' outputs
+    equal a full forward's (nothing changed)."""
     model, canvas, canvas_mask = engine_case(rows=2, prompt=7, generation=9)
     engine = Engine(model, canvas_mask, 2, 16, cache=True, inputs=True)
     full = engine.forward(canvas, None, ForwardPlan(None, 2))
@@ -422,8 +415,7 @@ def test_each_row_refreshes_from_its_own_layer(recompute_drifting):
 @pytest.mark.parametrize("cache", ["prefix", "dual", "frozen", "elastic", "elastic-gamma-0"])
 def test_a_cached_step_plans_the_positions_the_head_reads(cache):
     """Once every row holds a full forward, each policy's query includes `head_reads` (the Sampler
-    adds
-    nothing to a plan afterwards): here position 2, a prompt token no policy would compute."""
+    adds nothing to a plan afterwards): here position 2, a prompt token no policy would compute."""
     policy = {"elastic-gamma-0": lambda: ElasticCache(gamma=0)}.get(cache, CACHES.get(cache))()
     rows, length, prompt, n_layers, mask_id = 2, 12, 6, 2, 99
     canvas = torch.full((rows, length), 5)
@@ -454,10 +446,8 @@ def test_a_cached_step_plans_the_positions_the_head_reads(cache):
 
 def test_dual_cache_recompute_fraction_by_hand():
     """B1, prompt 6, 8 tokens in blocks of 4, one token per step: per block a full step of 14 rows
-    and
-    3 steps of the 4 block rows; NoCache computes 14 rows in each of the 8 steps. Under Dream's
-    shift
-    the row before the block is computed too while the block's first token is still masked."""
+    and 3 steps of the 4 block rows; NoCache computes 14 rows in each of the 8 steps. Under Dream's
+    shift the row before the block is computed too while the block's first token is still masked."""
     model = decoder("llada", seed=27)
     out = generate(
         model, LowConfidence(8), DualCache(), lengths=(6,), max_new_tokens=8, block_length=4
@@ -494,12 +484,9 @@ def test_frozen_cache_computes_only_the_blocks_masks_after_the_first_step():
 @pytest.mark.parametrize("drift", ["keys", "heads"])
 def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, refresh_from):
     """On the trained tiny-llada (a random model's attention is too flat to drift): after a full
-    first
-    step, a second step over an unchanged canvas reuses every layer; changing the tracked
-    (most-attended)
-    prompt token moves its attention row at once, and the whole stack is recomputed (from layer 1
-    under
-    'next': layer 0 keeps its query rows)."""
+    first step, a second step over an unchanged canvas reuses every layer; changing the tracked
+    (most-attended) prompt token moves its attention row at once, and the whole stack is recomputed
+    (from layer 1 under 'next': layer 0 keeps its query rows)."""
     model, tokenizer = dllm_accel.load_model("tiny-llada"), dllm_accel.load_tokenizer("tiny-llada")
     problem = arith.problems(1, seed=0, split="test")[0]
     ids = dllm_accel.encode_chat(tokenizer, [arith.messages(problem)])["input_ids"]
@@ -526,9 +513,8 @@ def test_drift_fires_when_the_tracked_token_changes_and_not_otherwise(drift, ref
         with torch.no_grad():
             first = engine.forward(x, None, state.plan(x, live, no_reads))
             assert first.first_full_layer.tolist() == [0], "the first step is a full forward"
-            tracked = (
-                state._most_attended(slice(None))[0].nonzero().squeeze(1)
-            )  # what after_step will track
+            # what after_step will track
+            tracked = state._most_attended(slice(None))[0].nonzero().squeeze(1)
             assert len(tracked) and bool((tracked < prompt).all()), (
                 "tracked tokens are decoded (prompt) positions"
             )
@@ -576,9 +562,8 @@ def test_patch_routes_dream_diffusion_generate_and_unpatch_restores():
     )
     config = DreamGenerationConfig(max_new_tokens=8, steps=8, alg="entropy")
     assert torch.equal(remote.diffusion_generate(inputs=ids, generation_config=config), expected)
-    swapped = dllm_accel.patch(
-        remote, cache=DualCache(), unmask=Threshold(0.5)
-    )  # re-patching replaces
+    # re-patching replaces
+    swapped = dllm_accel.patch(remote, cache=DualCache(), unmask=Threshold(0.5))
     with_threshold = Sampler(model, unmask=Threshold(0.5), cache=DualCache()).generate(
         ids, max_new_tokens=8
     )
@@ -657,8 +642,7 @@ def test_bad_cache_use_is_named():
 
 def test_trained_model_rows_refresh_at_their_own_depth_as_alone():
     """On tiny-llada (whose attention does drift), a batch mixes rows that recompute and rows that
-    reuse
-    in the same step, and each row still decodes as it would alone."""
+    reuse in the same step, and each row still decodes as it would alone."""
     model, tokenizer = dllm_accel.load_model("tiny-llada"), dllm_accel.load_tokenizer("tiny-llada")
     problems = arith.problems(6, seed=7, split="test")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in problems])

@@ -1,6 +1,5 @@
 """patch() on remote-code models: with nothing accelerated, a patched entry point decodes as the
-unpatched
-one would, its settings resolved by the model's own methods (legacy generation defaults
+unpatched one would, its settings resolved by the model's own methods (legacy generation defaults
 included)."""
 
 import pytest
@@ -48,9 +47,8 @@ def test_patched_diffusion_generate_decodes_as_unpatched(alg, legacy_defaults, l
     expected = unpatched(remote, native, ids, mask, **call)
     dllm_accel.patch(remote)
     assert torch.equal(remote.diffusion_generate(ids, attention_mask=mask, **call), expected)
-    config = DreamGenerationConfig(
-        max_new_tokens=16, steps=16, alg=alg, top_k=3
-    )  # a config: no legacy defaults
+    # a config: no legacy defaults
+    config = DreamGenerationConfig(max_new_tokens=16, steps=16, alg=alg, top_k=3)
     assert torch.equal(
         remote.diffusion_generate(ids, generation_config=config, attention_mask=mask),
         unpatched(remote, native, ids, mask, generation_config=config),
@@ -63,8 +61,7 @@ def test_patched_diffusion_generate_decodes_as_unpatched(alg, legacy_defaults, l
 
 def test_the_settings_a_dream_user_gets_by_default():
     """Under transformers 4.x the model config's legacy defaults decide what an unconfigured call
-    does:
-    sampling at temperature 1 among the top 50 tokens (Dream's own defaults are greedy, no
+    does: sampling at temperature 1 among the top 50 tokens (Dream's own defaults are greedy, no
     top-k)."""
     native = decoder("Dream", seed=32)
     ids, _ = prompts(native, [5], seed=32)

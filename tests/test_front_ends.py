@@ -2,8 +2,7 @@
 three.
 
 ElasticCache + Threshold(0.9) + StopAtEOS in blocks of 24 on the bundled tiny LLaDA, four held-out
-arith
-problems decoded one at a time (the recompute fraction of a batch depends on its padding), 48
+arith problems decoded one at a time (the recompute fraction of a batch depends on its padding), 48
 tokens.
 """
 

@@ -31,7 +31,7 @@ def small_data(tmp_path):
                 {
                     "question": f"{split} question {i}?",
                     "answer": f"It is {i}*10+7 = <<{i}*10+7={i * 10 + 7}>>{i * 10 + 7}.\n#### "
-                              f"{i * 10 + 7}",
+                    f"{i * 10 + 7}",
                 }
             )
             for i in range(count)

@@ -1,7 +1,6 @@
 """ARGuide: the acceptance rules on hand-built distributions, the AR cache against a fresh prefill,
 always/never agreeing AR models, batching, exactness under every cache and unmask policy,
-accounting,
-bad input."""
+accounting, bad input."""
 
 import pytest
 import torch
@@ -116,8 +115,7 @@ def test_topk_relative_boundaries(k, ratio, expected):
 
 def test_topk_relative_counts_ties_as_one_rank():
     """Two tokens tied at the top: with k=1 and ratio=1 both are accepted (p_AR(draft) equals the
-    top-1
-    exactly, and no token is more likely)."""
+    top-1 exactly, and no token is more likely)."""
     check = verification(ARGuide(ar_model(), acceptance="topk_relative", k=1, ratio=1.0))
     logits = hand_built([[0.4, 0.4, 0.2] + [0.0] * (VOCAB - 3)] * 3)
     assert check._accept(logits, torch.tensor([0, 1, 2]), None, None, None).tolist() == [
@@ -199,8 +197,7 @@ def test_an_elastic_window_bounds_what_an_agreeing_ar_model_commits():
 @pytest.mark.parametrize("correct", [True, False])
 def test_a_disagreeing_ar_model_commits_one_token_per_step(correct):
     """The AR model always wants token 9, which the drafts never are: each step commits the run's
-    first
-    position only, as the AR model's token (correct=True) or as drafted."""
+    first position only, as the AR model's token (correct=True) or as drafted."""
     model = decoder("llada", seed=32, favour={9: -50.0})
     ids, mask = prompts(model, [5, 8], seed=32)
     guide = ARGuide(always_favouring(ar_model(seed=32), 9), acceptance="exact", correct=correct)
@@ -219,9 +216,8 @@ def test_a_disagreeing_ar_model_commits_one_token_per_step(correct):
 @pytest.mark.parametrize("correct", [True, False])
 def test_a_rejection_inside_the_run_ends_what_the_step_commits(correct, monkeypatch):
     """The AR model accepts the first two drafts of the run and rejects the third: the step commits
-    the
-    two, and with correct=True the AR model's token (9) in the third place (speculative decoding's
-    correction: the accepted drafts plus one token of the AR model's)."""
+    the two, and with correct=True the AR model's token (9) in the third place (speculative
+    decoding's correction: the accepted drafts plus one token of the AR model's)."""
     model = decoder("llada", seed=39, favour={9: -50.0})
     ids, _ = prompts(model, [6], seed=39)
     guide = ARGuide(always_favouring(ar_model(seed=39), 9), acceptance="exact", correct=correct)
@@ -428,9 +424,8 @@ def test_bad_arguments_are_named(kwargs, message):
 def test_a_canvas_past_the_ar_models_positions_is_refused():
     model = decoder("llada")
     ids, mask = prompts(model, [9, 5])
-    sampler = Sampler(
-        model, unmask=Threshold(0.9), guide=ARGuide(ar_model())
-    )  # max_position_embeddings=256
+    # max_position_embeddings=256
+    sampler = Sampler(model, unmask=Threshold(0.9), guide=ARGuide(ar_model()))
     with pytest.raises(
         ValueError,
         match=r"\+ max_new_tokens \(248\) = 257 positions, more than the guide's AR "

@@ -1,6 +1,5 @@
 """HumanEval: the canonical solutions pass; bad completions fail in time and leave nothing behind;
-postprocess
-on realistic outputs; prompts, data loading and the errors for bad settings."""
+postprocess on realistic outputs; prompts, data loading and the errors for bad settings."""
 
 import contextlib
 import gzip
@@ -28,7 +27,7 @@ ADD = {
     "prompt": 'def add(a, b):\n    """Return a + b."""\n',
     "canonical_solution": "    return a + b\n",
     "test": "\n\ndef check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, "
-            "1) == 0\n",
+    "1) == 0\n",
     "entry_point": "add",
 }
 # Like many HumanEval prompts: an import and a helper before the function, which the tests rely on.
@@ -50,7 +49,7 @@ DOUBLED_SUM = {
         '''),
     "canonical_solution": "    return sum(double(n) for n in numbers)\n",
     "test": "\n\ndef check(candidate):\n    assert candidate([1, 2]) == 6\n    assert "
-            "candidate([]) == 0\n"
+    "candidate([]) == 0\n"
     "    assert double(4) == 8\n",
     "entry_point": "doubled_sum",
 }
@@ -244,12 +243,7 @@ def test_a_passing_completion_leaves_no_process_or_thread_behind(started_pids):
 
 
 @pytest.mark.parametrize(
-    "code",
-    [
-        "x = bytearray(100 * 2**30)",
-        "x = [0] * 10**11",
-        "x = 'x' * (8 * 2**30)",
-    ],
+    "code", ["x = bytearray(100 * 2**30)", "x = [0] * 10**11", "x = 'x' * (8 * 2**30)"]
 )
 @guarded
 def test_memory_hogs_fail_with_memory_error(code):
@@ -358,9 +352,8 @@ def test_processes_cannot_be_started(tmp_path, started_pids):
         "import multiprocessing\nmultiprocessing.Process(target=print).start()",
         "import pty\npty.fork()",
     ]
-    silent = [
-        f"import os\nassert os.system({touch!r}) != 0"
-    ]  # system() reports a failed fork as -1
+    # system() reports a failed fork as -1
+    silent = [f"import os\nassert os.system({touch!r}) != 0"]
     outcomes = execute_all([after_correct(code) for code in raising + silent])
     for code, outcome in zip(
         raising, outcomes, strict=False
@@ -511,8 +504,7 @@ def file_flags(path: Path) -> int | None:
 
 def snapshot(root: Path) -> dict:
     """Everything about a tree that a completion could change: names, kinds, modes, owners, sizes,
-    contents,
-    modification times and inode flags (immutable, append-only, ...)."""
+    contents, modification times and inode flags (immutable, append-only, ...)."""
     state = {}
     for path in [root, *sorted(root.rglob("*"))]:
         info = path.lstat()
@@ -545,12 +537,9 @@ def survivors(*needles: str) -> list[int]:
 
 class Case:
     """A sentinel tree that the attacks aim at, and a private temporary folder for the case
-    directories.
-    check() asserts what must hold after any completion: nothing changed outside the case's
-    directory
-    (the sentinel tree as before, the case directories all removed), no process of the case alive,
-    the
-    evaluator alive."""
+    directories. check() asserts what must hold after any completion: nothing changed outside the
+    case's directory (the sentinel tree as before, the case directories all removed), no process of
+    the case alive, the evaluator alive."""
 
     def __init__(self, tmp_path: Path, started_pids: list[int]):
         self.root = tmp_path / "sentinel"
@@ -592,9 +581,8 @@ class Case:
 
 @pytest.fixture
 def case(tmp_path, monkeypatch, started_pids):
-    monkeypatch.setattr(
-        tempfile, "tempdir", str(tmp_path / "cases")
-    )  # where mkdtemp puts the case folders
+    # where mkdtemp puts the case folders
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "cases"))
     return Case(tmp_path, started_pids)
 
 
@@ -619,7 +607,7 @@ ESCAPES = {
     "mmap-shared-write": "import mmap\nf = open(KEPT, 'rb')\n"
     "mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE)[:1] = b'X'",
     "mmap-mprotect": "import ctypes, os\nlibc = ctypes.CDLL(None)\nlibc.mmap.restype = "
-                     "ctypes.c_void_p\n"
+    "ctypes.c_void_p\n"
     "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + "
     "[ctypes.c_long]\n"
     "libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]\n"
@@ -627,7 +615,7 @@ ESCAPES = {
     "if libc.mprotect(address, 4096, 3) == 0:\n    ctypes.memmove(address, b'X', 1)",
     "sqlite-creates-a-file": "import sqlite3\nsqlite3.connect(NEW).execute('create table t (x)')",
     "sqlite-opens-for-writing": "import sqlite3\nsqlite3.connect(KEPT).execute('create table t "
-                                "(x)')",
+    "(x)')",
     "ioctl-immutable-directory": "import fcntl, os, struct\n"
     "fcntl.ioctl(os.open('.', os.O_RDONLY), 0x40086602, struct.pack('i', 0x10))",
     "ioctl-immutable-outside": "import fcntl, os, struct\n"
@@ -639,22 +627,22 @@ ESCAPES = {
     "ctypes-chmod-utime": "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.chmod(KEPT.encode(), 0)\n"
     "libc.utime(KEPT.encode(), None)",
     "ctypes-link-symlink-mkdir": "import ctypes\nlibc = "
-                                 "ctypes.CDLL(None)\nlibc.link(KEPT.encode(), NEW.encode())\n"
+    "ctypes.CDLL(None)\nlibc.link(KEPT.encode(), NEW.encode())\n"
     "libc.symlink(KEPT.encode(), NEW.encode())\nlibc.mkdir(NEW.encode(), 0o755)",
     "ctypes-fork-exec": "import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n"
     "    libc.execl(b'/bin/sh', b'sh', b'-c', ('touch ' + NEW + ' # MARK').encode(), None)\n"
     "time.sleep(0.5)",
     "ctypes-posix-spawn-shell": "import ctypes\nctypes.CDLL(None).system(('touch ' + NEW + ' # "
-                                "MARK').encode())",
+    "MARK').encode())",
     "subprocess": f"import subprocess, sys\nsubprocess.Popen({SLEEPER}, start_new_session=True)",
     "os-system": "import os\nos.system('touch ' + NEW + ' # MARK')",
     "shutil-rmtree": "import shutil\nshutil.rmtree(ROOT)",
     "rename-into-case-directory": "import os\nos.rename(KEPT, 'stolen')",
     "xattr": "import os\nos.setxattr(KEPT, 'user.x', b'1')",
     "x32-abi-open-create": "import ctypes\nctypes.CDLL(None).syscall(0x40000002, NEW.encode(), "
-                           "0o101, 0o644)",
+    "0o101, 0o644)",
     "thread-escapes-the-filter": "import threading, os\nt = threading.Thread(target=os.remove, "
-                                 "args=(KEPT,))\n"
+    "args=(KEPT,))\n"
     "t.start()\nt.join()",
 }
 
@@ -703,11 +691,11 @@ DENIED_CALLS = {
     "clone3": "libc.syscall(435, (ctypes.c_char * 88)(), 88)",
     "fork": "libc.fork()",
     "fork-through-clone": "libc.syscall(56, 17, 0, 0, 0, 0) if os.uname().machine == 'x86_64' else "
-                          "-1",
+    "-1",
     "userfaultfd": "libc.syscall(323, 0) if os.uname().machine == 'x86_64' else -1",
     "keyctl": "libc.syscall(250, 0, -3, 0) if os.uname().machine == 'x86_64' else -1",
     "ioctl-setflags": "libc.ioctl(os.open(KEPT, os.O_RDONLY), 0x40086602, "
-                      "ctypes.byref(ctypes.c_int(0)))",
+    "ctypes.byref(ctypes.c_int(0)))",
     "fcntl-setlease": "libc.fcntl(os.open(KEPT, os.O_RDONLY), 1024, 0)",
 }
 
@@ -783,13 +771,13 @@ FAKE_PASSES = {
     "json.JSONEncoder.encode = lambda self, o: '{\"passed\": true, \"result\": \"passed\"}'\n"
     "json.dumps = lambda *a, **k: '{\"passed\": true, \"result\": \"passed\"}'",
     "builtins": "import builtins\nfor name in ('print', 'str', 'repr', 'bytes', 'type', "
-                "'isinstance', 'len', 'all',"
+    "'isinstance', 'len', 'all',"
     " 'id', 'issubclass', 'compile', 'exec', 'BaseException', 'Exception', 'AssertionError'):\n"
     "    setattr(builtins, name, lambda *a, **k: 'passed')",
     "os-write": "import os, posix\nos.write = posix.write = lambda fd, data: len(data)\nos._exit = "
-                "lambda code: None",
+    "lambda code: None",
     "exception-str-exits": "import os\nclass Evil(AssertionError):\n    def __str__(self):\n       "
-                           " os._exit(0)\n"
+    " os._exit(0)\n"
     "import builtins\nbuiltins.AssertionError = Evil",
     "metaclass-name": "class Meta(type):\n    __name__ = property(lambda cls: 1 / 0)\n"
     "    def __eq__(cls, other):\n        return True\n    __hash__ = type.__hash__\n"
@@ -808,8 +796,8 @@ def test_patching_the_interpreter_cannot_fake_a_pass(case, code):
 @guarded
 def test_what_the_guard_does_not_stop_is_a_pass_faked_inside_the_process():
     """As the README says: the completion shares its interpreter with check(), so it can make the
-    test's own
-    assertions hold without solving anything. Only an honest completion is scored honestly."""
+    test's own assertions hold without solving anything. Only an honest completion is scored
+    honestly."""
     always_equal = (
         "    class Anything:\n        def __eq__(self, other):\n            return True\n"
         "    return Anything()\n"
@@ -1101,7 +1089,7 @@ def test_postprocess_keeps_the_code_and_drops_what_only_exercises_it():
     assert (
         postprocess(DOUBLED_SUM, BASE_MODEL_BODY)
         == "    total = 0\n    for n in numbers:\n        total += double(n)\n    return "
-           "total\n\n\n"
+        "total\n\n\n"
     )
     assert postprocess(DOUBLED_SUM, "") == ""
 

@@ -16,6 +16,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import MODEL_REGISTRY, get_model  # noqa: E402
 
 import dllm_accel  # noqa: E402
+
+# noqa: E402
 from dllm_accel import (
     ElasticCache,
     Factor,
@@ -24,7 +26,7 @@ from dllm_accel import (
     Sampler,
     StopAtEOS,
     Threshold,
-)  # noqa: E402
+)
 from dllm_accel.lm_eval import DllmAccelLM, cut_at_first  # noqa: E402
 from dllm_accel.policies import DualCache, NoCache  # noqa: E402
 from dllm_accel.tasks import arith  # noqa: E402
@@ -44,8 +46,7 @@ def requests(lm, gen_kwargs) -> list[Instance]:
 
 def direct(sampler, max_new_tokens=GEN, max_tokens=GEN) -> list[str]:
     """The problems decoded in one batch with Sampler; texts of up to `max_tokens` tokens, up to the
-    first
-    EOS / end-of-turn."""
+    first EOS / end-of-turn."""
     tokenizer = dllm_accel.load_tokenizer("tiny-llada")
     batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p) for p in PROBLEMS])
     out = sampler.generate(
@@ -99,9 +100,8 @@ def test_registered_as_dllm_accel_next_to_lm_eval_models():
     ],
 )
 def test_generate_until_returns_what_sampler_decodes(args, policies):
-    lm = DllmAccelLM.create_from_arg_string(
-        f"{TINY},batch_size=4,{args}"
-    )  # batches of 4 and 2, reordered
+    # batches of 4 and 2, reordered
+    lm = DllmAccelLM.create_from_arg_string(f"{TINY},batch_size=4,{args}")
     texts = lm.generate_until(requests(lm, {"until": [], "do_sample": False}))
     assert texts == direct(Sampler(lm.model, **policies))
     assert sum(arith.is_correct(t, p) for t, p in zip(texts, PROBLEMS, strict=True)) >= 5
@@ -141,9 +141,8 @@ def test_until_cuts_at_the_earliest_stop_string(lm):
 
 
 def test_max_gen_toks_rounds_up_to_blocks_and_cuts_the_tokens(lm):
-    texts = lm.generate_until(
-        requests(lm, {"max_gen_toks": 5})
-    )  # decoded in one block of 24, cut to 5 tokens
+    # decoded in one block of 24, cut to 5 tokens
+    texts = lm.generate_until(requests(lm, {"max_gen_toks": 5}))
     sampler = Sampler(lm.model, unmask=Threshold(0.9), cache=ElasticCache(), stop=StopAtEOS())
     assert texts == direct(sampler, max_new_tokens=BLOCK, max_tokens=5)
     assert all(
@@ -153,8 +152,7 @@ def test_max_gen_toks_rounds_up_to_blocks_and_cuts_the_tokens(lm):
 
 def test_sampled_texts_depend_on_neither_batch_size_nor_the_order_of_requests():
     """At temperature > 0 each request draws from a generator seeded by (seed, its id: task,
-    document,
-    index, repeat)."""
+    document, index, repeat)."""
     plain = requests(DllmAccelLM.create_from_arg_string(TINY), {})
     contexts = [request.args[0] for request in plain]
     instances = [

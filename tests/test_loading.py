@@ -45,9 +45,8 @@ def test_dtype_and_device_arguments(tmp_path):
     assert dllm_accel.load_model(tmp_path).dtype == torch.bfloat16  # None keeps what is stored
     model = dllm_accel.load_model(tmp_path, dtype="float32", device="cpu")
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    assert (
-        dllm_accel.load_model(tmp_path, device=torch.device("cpu", 0)).device.type == "cpu"
-    )  # accelerate's
+    # accelerate's
+    assert dllm_accel.load_model(tmp_path, device=torch.device("cpu", 0)).device.type == "cpu"
     assert dllm_accel.load_model(tmp_path, dtype=torch.float16).dtype == torch.float16
     with pytest.raises(ValueError, match=r"dtype must be .* got 'int8'"):
         dllm_accel.load_model(tmp_path, dtype="int8")
@@ -86,9 +85,8 @@ def test_end_of_turn_id_comes_from_the_tokenizer_files(tmp_path):
     model = tiny_model("llada")
     model.config.pop("eot_token_id")
     dllm_accel.save_model(model, tmp_path)
-    assert (
-        dllm_accel.load_model(tmp_path).spec.eot_id is None
-    )  # 126348 lies outside this vocabulary
+    # 126348 lies outside this vocabulary
+    assert dllm_accel.load_model(tmp_path).spec.eot_id is None
     decoder = {"120": {"content": "<|eot_id|>", "special": True}, "121": {"content": "<|other|>"}}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
     assert dllm_accel.load_model(tmp_path).spec.eot_id == 120

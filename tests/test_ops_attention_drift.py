@@ -1,8 +1,7 @@
 """kernels/attention_drift.py against its torch twin and a float64 version of the same math.
 
 The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
-only there:
-the interpreter mis-computes it; see tests/conftest.py).
+only there: the interpreter mis-computes it; see tests/conftest.py).
 """
 
 import math
@@ -50,8 +49,8 @@ def make_inputs(
     shape: Shape, dtype, *, padded: bool, seed: int = 0, drift: float = 0.3, sharpness: float = 2.0
 ):
     """Inputs as ElasticCache passes them: k a strided view of a longer cache, queries a transposed
-    view,
-    written positions with repeats (and identical keys_before), left padding plus a few holes."""
+    view, written positions with repeats (and identical keys_before), left padding plus a few
+    holes."""
     g = torch.Generator().manual_seed(seed)
     s = shape
     q_before = sharpness * torch.randn(s.r, s.m, s.Hq, s.D, generator=g)
@@ -182,9 +181,8 @@ def test_public_op_runs_the_kernel(impl, monkeypatch, axis):
     inputs = make_inputs(SHAPES[3], torch.float16, padded=True)
     got = ops.attention_drift(**inputs, axis=axis)
     assert calls == [axis]
-    assert (
-        ops.implementation("attention_drift", DEVICE.type) == "triton"
-    )  # a device type: "cuda", not device("cuda")
+    # a device type: "cuda", not device("cuda")
+    assert ops.implementation("attention_drift", DEVICE.type) == "triton"
     _, twin, exact = run_all(inputs, axis)
     assert_as_close_as_twin(got, twin, exact, floor=FLOOR, what=axis)
 

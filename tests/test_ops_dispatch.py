@@ -25,9 +25,8 @@ def test_cpu_tensors_use_the_twin_unless_triton_is_asked_for(impl, interpret):
     impl("torch")
     assert ops.implementation("partial_attention", "cuda") == "torch"
     impl("triton")
-    assert (
-        ops.implementation("partial_attention", "cpu") == "triton"
-    )  # the interpreter, as in the kernel tests
+    # the interpreter, as in the kernel tests
+    assert ops.implementation("partial_attention", "cpu") == "triton"
 
 
 def test_a_request_that_cannot_be_met_says_why(impl, interpret):
@@ -101,9 +100,8 @@ def test_the_combined_ops_equal_the_ops_they_combine(impl, interpret, implementa
     )
     key_mask = torch.ones(2, 11, dtype=torch.bool)
     key_mask[1, :3] = False
-    written = torch.tensor(
-        [[7, 1, 8, 9, 10, 10], [4, 5, 6, 7, 8, 8]]
-    )  # padding repeats carry equal keys
+    # padding repeats carry equal keys
+    written = torch.tensor([[7, 1, 8, 9, 10, 10], [4, 5, 6, 7, 8, 8]])
     keys_before[:, :, 5] = keys_before[:, :, 4]
     weights = torch.rand(2, 6, generator=generator)
     out, mass, similarity = ops.monitored_attention(

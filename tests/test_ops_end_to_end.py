@@ -1,6 +1,5 @@
 """Generation through the kernels (Triton's interpreter here, the GPU in gpu_check.sh) gives the
-torch
-path's tokens on the bundled trained models."""
+torch path's tokens on the bundled trained models."""
 
 import pytest
 import torch
@@ -24,9 +23,8 @@ def generate(name, cache, lengths):
 
 
 @pytest.mark.parametrize("cache", ["elastic", "elastic-drifting-keys", "dual"])
-@pytest.mark.parametrize(
-    "lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"]
-)  # shots per row: ragged prompts
+# lengths: shots per row, so ragged prompts
+@pytest.mark.parametrize("lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"])
 @pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
 def test_kernel_path_gives_the_torch_path_tokens(name, lengths, cache, impl):
     policy = {

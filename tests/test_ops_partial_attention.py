@@ -1,12 +1,9 @@
 """kernels/partial_attention.py against its torch twin and an fp64 reference.
 
 The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
-only there:
-the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded
-generators,
-then moved to KERNEL_DEVICE, so both runs see the same values.
-Every buffer the launcher allocates is NaN-poisoned first, so an element the kernel never writes
-fails.
+only there: the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU
+from seeded generators, then moved to KERNEL_DEVICE, so both runs see the same values. Every buffer
+the launcher allocates is NaN-poisoned first, so an element the kernel never writes fails.
 """
 
 from __future__ import annotations
@@ -120,9 +117,8 @@ def test_without_mass(poisoned):
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES.values(), ids=KERNEL_DTYPES.keys())
 def test_strided_views(dtype, poisoned):
     """As the engine passes them: q transposed out of [r, n, Hq, D]; k, v one layer of a [L, R, Hkv,
-    T_max, D]
-    cache at every other model row and the first T positions; key_mask and weights non-contiguous
-    too."""
+    T_max, D] cache at every other model row and the first T positions; key_mask and weights
+    non-contiguous too."""
     case = Case(3, 90, 8, 2, 64, 7)
     q, k, v, key_mask, weights = make_inputs(case, dtype)
     cache = torch.full(

@@ -1,16 +1,13 @@
 """rope_write's Triton kernel against its torch twin (dllm_accel.ops.reference.rope_write).
 
 The caches start NaN-poisoned: the positions the op writes must equal the twin's, every other one
-must
-still be NaN. Fresh rows are gathered from one source tensor per model row and position, so repeated
-(row, position) pairs carry identical values, as the op requires.
+must still be NaN. Fresh rows are gathered from one source tensor per model row and position, so
+repeated (row, position) pairs carry identical values, as the op requires.
 
 The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0 (bf16
-only there:
-the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU from seeded
-generators,
-then moved to KERNEL_DEVICE; strided and expanded views are taken there, so they keep their
-strides."""
+only there: the interpreter mis-computes it; see tests/conftest.py). Inputs are drawn on the CPU
+from seeded generators, then moved to KERNEL_DEVICE; strided and expanded views are taken there, so
+they keep their strides."""
 
 from dataclasses import dataclass
 
@@ -55,6 +52,7 @@ CASES = [
     Case(2, 17, 28, 4, 128, 97, 4, 100, "expanded", True),  # Dream's head layout
     Case(4, 5, 32, 32, 128, 33, 7, 4096, "shared", True),  # LLaDA's head layout and model dim
 ]
+# natively only (tests/conftest.py)
 DTYPES = {  # x's dtype, the tables' dtype (the dtype RoPE is applied in)
     "fp32": (torch.float32, torch.float32),
     "fp16-tables-fp32": (torch.float16, torch.float32),  # as LLaDA
@@ -63,15 +61,13 @@ DTYPES = {  # x's dtype, the tables' dtype (the dtype RoPE is applied in)
     {"bf16-tables-fp32": (torch.bfloat16, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16)}
     if "bf16" in KERNEL_DTYPES
     else {}
-)  # natively only (tests/conftest.py)
+)
 
 
 def make_rows(case: Case, dtype, table_dtype, seed: int = 0) -> dict:
     """Fresh rows for `case` on DEVICE: q (last-dim stride 2), k, v ([r, n, H, D] transposed, as
-    project_qkv
-    makes them) and hidden (strided) gathered from per-(row, position) sources; RoPE tables at the
-    rows' true
-    positions (canvas position + a per-row shift)."""
+    project_qkv makes them) and hidden (strided) gathered from per-(row, position) sources; RoPE
+    tables at the rows' true positions (canvas position + a per-row shift)."""
     g = torch.Generator().manual_seed(seed)
     c = case
     if c.repeats:

@@ -4,8 +4,8 @@ Test logits have four distinct leading values per row, so the ranking has no tie
 that documents the tie rule.
 
 The kernel runs in Triton's interpreter on the CPU, natively on a GPU with TRITON_INTERPRET=0
-(tests/conftest.py).
-Logits are drawn on the CPU from seeded generators, then moved to KERNEL_DEVICE."""
+(tests/conftest.py). Logits are drawn on the CPU from seeded generators, then moved to
+KERNEL_DEVICE."""
 
 import pytest
 import torch
@@ -16,29 +16,19 @@ from dllm_accel import ops
 from dllm_accel.kernels import score_tokens as kernel_module
 from dllm_accel.ops import reference
 
-SHAPES = [
-    (7, 1000),
-    (3, 128),
-    (4, 3),
-    (5, 4099),
-    (2, 126464),
-    (1, 152064),
-]  # (M, V): LLaDA's and Dream's V last
+# (M, V): LLaDA's and Dream's V last
+SHAPES = [(7, 1000), (3, 128), (4, 3), (5, 4099), (2, 126464), (1, 152064)]
 # bf16 everywhere, unlike conftest's KERNEL_DTYPES: the kernel only loads it (and computes in fp32),
 # which the
 # interpreter gets right
 DTYPES = KERNEL_DTYPES | {"bf16": torch.bfloat16}
-EXCLUDES = [
-    "none",
-    "other",
-    "argmax",
-]  # no exclusion; a token outside the top; the row-0 favourite itself
+# no exclusion; a token outside the top; the row-0 favourite itself
+EXCLUDES = ["none", "other", "argmax"]
 
 
 def untied_logits(rows: int, vocab: int, dtype, seed: int = 0) -> torch.Tensor:
     """Logits on DEVICE of scale 3 (row 0 ten times sharper) whose top four per row are distinct
-    integers above
-    the rest, exact in fp16 and bf16."""
+    integers above the rest, exact in fp16 and bf16."""
     g = torch.Generator().manual_seed(seed)
     logits = 3 * torch.randn(rows, vocab, generator=g)
     logits[0] *= 10
@@ -118,18 +108,15 @@ def test_strided_logits(layout):
 
 def test_ties_go_to_the_lowest_id():
     """Equal maxima: the kernel takes the lowest id (torch.argmax's rule), wherever the tile
-    boundary
-    falls (V 5000 spans two tiles); the twin's torch.topk leaves the order of ties unspecified (on
-    CPU it
-    returns the tied ids in no fixed order), so only the scores are compared with it."""
-    logits = (
-        torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1).to(DEVICE)
-    )  # distinct values, all below 6
+    boundary falls (V 5000 spans two tiles); the twin's torch.topk leaves the order of ties
+    unspecified (on CPU it returns the tied ids in no fixed order), so only the scores are compared
+    with it."""
+    # distinct values, all below 6
+    logits = torch.linspace(-4, 4, 5000).roll(1234).repeat(3, 1).to(DEVICE)
     logits[:, [4097, 5, 900]] = 6.0  # row 0: three-way tie for first
     logits[1, 5] = 7.0  # row 1: 5 first, 900 and 4097 tie for second
-    logits[2, [5, 900, 4097]] = torch.tensor(
-        [5.0, 7.0, 7.0], device=DEVICE
-    )  # row 2: 900 and 4097 tie for first
+    # row 2: 900 and 4097 tie for first
+    logits[2, [5, 900, 4097]] = torch.tensor([5.0, 7.0, 7.0], device=DEVICE)
     token, probability, margin, _ = kernel_module.score_tokens(logits)
     assert token.tolist() == [5, 5, 900] == logits.argmax(-1).tolist()
     assert margin[0] == 0 and margin[2] == 0
@@ -141,8 +128,7 @@ def test_ties_go_to_the_lowest_id():
 
 def test_minus_infinity_logits():
     """Tokens masked to -inf count as probability 0 (0 log 0 = 0 in the entropy); the twin's entropy
-    is NaN
-    there (0 * -inf), so the kernel is compared with the fp64 truth only."""
+    is NaN there (0 * -inf), so the kernel is compared with the fp64 truth only."""
     logits = untied_logits(3, 1000, torch.float32)
     logits[:, 600:] = float("-inf")
     logits[1, :] = float("-inf")

@@ -1,7 +1,6 @@
 """The install layout: kernels/ is importable only as dllm_accel.kernels (from a source checkout, an
 editable install and a wheel), never as a top-level `kernels` that would shadow Hugging Face's
-package,
-which transformers imports; and the whole suite collects from the repository root."""
+package, which transformers imports; and the whole suite collects from the repository root."""
 
 import importlib.metadata
 import os

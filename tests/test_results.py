@@ -76,9 +76,8 @@ def report(elastic_accuracy, elastic_speed, elastic_recompute):
 
 
 def test_misses_mark_exactly_the_figures_below_their_bars():
-    assert (
-        results.misses(report(0.965, 1500.0, 0.2)) == {}
-    )  # 1 point below official is within the bar
+    # 1 point below official is within the bar
+    assert results.misses(report(0.965, 1500.0, 0.2)) == {}
     missed = results.misses(report(0.95, 950.0, 0.3))
     assert missed == {
         ("1", ELASTIC, "accuracy"): "≥ official − 1 pt",

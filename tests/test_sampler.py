@@ -272,9 +272,8 @@ SAMPLED_ALONE = {  # id: (model type, unmask policy, cache, stop, ARGuide accept
 @pytest.mark.parametrize("case", SAMPLED_ALONE)
 def test_with_a_generator_per_row_each_row_samples_what_it_samples_alone(case):
     """Sampling at temperature > 0 with generators from dllm_accel.sample_generators(seed, ids):
-    each
-    row of a batch of 5 (left-padded, rows finishing at different steps) decodes what it decodes
-    alone with its own generator, whatever its companions."""
+    each row of a batch of 5 (left-padded, rows finishing at different steps) decodes what it
+    decodes alone with its own generator, whatever its companions."""
     from test_guide import ar_model
 
     model_type, policy, cache, stop, acceptance = SAMPLED_ALONE[case]
@@ -386,8 +385,7 @@ def test_stop_at_eos_changes_nothing_when_no_eos_is_emitted():
 
 def test_cfg_rows_lay_out_the_unconditional_copy_after_the_batch():
     """Model row c * B + b is copy c of batch row b; copy 1 has its prompt masked; the guided logits
-    are
-    u + (scale + 1)(c - u); a per-row value over the copies is the smaller one."""
+    are u + (scale + 1)(c - u); a per-row value over the copies is the smaller one."""
     guided, plain = CFGRows(batch=2, scale=0.5), CFGRows(batch=2)
     assert (guided.copies, guided.rows, plain.copies, plain.rows) == (2, 4, 1, 2)
     x = torch.tensor([[1, 2, 3], [4, 5, 6]])
@@ -689,8 +687,7 @@ def test_scores_that_overflow_are_an_error_not_mask_counted_as_text():
 
 def test_generated_tokens_never_count_a_mask():
     """LowConfidence commits MASK where the model predicts it (as the official sampler does); the
-    count
-    stops before it."""
+    count stops before it."""
     model = decoder("llada", favour={MASK: 16.0})
     ids, mask = prompts(model, [8, 6])
     out = Sampler(model, unmask=LowConfidence(16)).generate(

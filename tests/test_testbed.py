@@ -84,10 +84,7 @@ def _batch(tokenizer):
 
 @pytest.mark.parametrize(
     "name, unmask, block_length",
-    [
-        ("tiny-llada", LowConfidence(48), 24),
-        ("tiny-dream", DreamAlgorithm("entropy", 48), None),
-    ],
+    [("tiny-llada", LowConfidence(48), 24), ("tiny-dream", DreamAlgorithm("entropy", 48), None)],
 )
 def test_diffusion_models_solve_held_out_problems_with_their_baseline(
     name, unmask, block_length, tokenizer
@@ -244,8 +241,7 @@ def test_wilson_interval():
 
 def test_semi_ar_training_states():
     """--block-share: chosen rows look like a blocked decoder's state (earlier blocks clean, later
-    ones
-    masked, the current one partly) and only the current block's masks are scored."""
+    ones masked, the current one partly) and only the current block's masks are scored."""
     generator = torch.Generator().manual_seed(0)
     answer = torch.zeros(64, 10, dtype=torch.bool)
     answer[:, 4:] = True  # a 6-token answer in blocks of 2 after a 4-token prompt
@@ -273,9 +269,8 @@ def test_copy_drills_mask_one_variable_name_per_chosen_row():
     solved = tokenizer.batch_decode(
         ids.masked_fill(~answer, tokenizer.pad_token_id), skip_special_tokens=True
     )
-    assert names.sum(1).tolist() == [
-        text.split("####")[0].count("=") // 2 for text in solved
-    ]  # one per step
+    # one per step
+    assert names.sum(1).tolist() == [text.split("####")[0].count("=") // 2 for text in solved]
     names[0] = False  # a row without a name is never drilled
     drills = train_tiny.copy_drills(names, 0.5, torch.Generator().manual_seed(0))
     assert not (drills & ~names).any() and not drills[0].any()

@@ -4,8 +4,7 @@ A backbone exposes the pieces of one bidirectional transformer forward (ARCHITEC
 
     h      = model.embed(ids)                    # [B, n] -> [B, n, d]
     rope   = model.rotary(positions)             # RoPE tables for those rows' true positions
-    q,k,v  = model.layer(i).qkv(h, rope)         # post-norm, post-RoPE; q [B,Hq,n,D], k,v
-    [B,Hkv,n,D]
+    q,k,v  = model.layer(i).qkv(h, rope)   # post-norm, post-RoPE; q [B,Hq,n,D], k,v [B,Hkv,n,D]
     a      = attend(q, k, v, key_mask)           # [B, Hq, n, D]
     h      = model.layer(i).finish(h, a)         # output projection, residual, MLP, residual
     logits = model.head(h)                       # final norm + LM head, for the rows given
@@ -112,8 +111,7 @@ class HeadShape:
 
 def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope | None):
     """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k (rope None: not
-    yet,
-    the caller rotates them, e.g. while writing the cache)."""
+    yet, the caller rotates them, e.g. while writing the cache)."""
     b, n, _ = x_normed.shape
     q = q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim).transpose(1, 2)
     k = k_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
@@ -204,8 +202,7 @@ class DiffusionLM(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Last layer's output [B, T, d], before the final norm; the inputs are trusted (no checks,
-        no
-        host sync), so callers that loop validate once up front."""
+        no host sync), so callers that loop validate once up front."""
         key_mask = None if attention_mask is None else attention_mask.bool()
         rope = self.rotary(self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device))
         h = self.embed(input_ids)

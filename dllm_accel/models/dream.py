@@ -139,9 +139,8 @@ class DreamModel(DiffusionLM):
         if attention_mask is None:
             return torch.arange(length, device=self.device)[None]
         positions = attention_mask.long().cumsum(-1) - 1
-        return positions.masked_fill(
-            attention_mask == 0, 1
-        )  # padding's positions, as Dream sets them
+        # padding's positions, as Dream sets them
+        return positions.masked_fill(attention_mask == 0, 1)
 
     def rope_dtype(self):
         return self.dtype

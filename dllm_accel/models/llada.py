@@ -68,9 +68,8 @@ class LLaDAModel(DiffusionLM):
         n_heads = config_value(config, "n_heads")
         n_kv_heads = config_value(config, "n_kv_heads", n_heads)
         if config.get("multi_query_attention"):
-            require_supported(
-                config, "n_kv_heads", (None, 1)
-            )  # the remote code refuses the contradiction
+            # the remote code refuses the contradiction
+            require_supported(config, "n_kv_heads", (None, 1))
             n_kv_heads = 1
         mlp_hidden = config_value(
             config, "mlp_hidden_size", config_value(config, "mlp_ratio", 4) * d_model

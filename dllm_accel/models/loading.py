@@ -2,8 +2,7 @@
 
 A checkpoint directory holds config.json (model_type `llada` or `Dream`) and either one
 `model.safetensors` or shards listed by `model.safetensors.index.json`. Every key, shard and shape
-is
-checked against the native model before a single tensor is read, so a bad checkpoint fails whole.
+is checked against the native model before a single tensor is read, so a bad checkpoint fails whole.
 """
 
 from __future__ import annotations
@@ -61,9 +60,10 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     device = check_device(device)
     directory = checkpoint_directory(path)
     config = read_config(directory)
+    # "auto"
     target = _resolve_dtype(dtype) or _resolve_dtype(
         config.get("torch_dtype") or config.get("dtype")
-    )  # "auto"
+    )
     cls = model_class(config.get("model_type"))
     with torch.device("meta"):
         model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
@@ -253,8 +253,7 @@ def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -
 
 def check_device(device) -> torch.device:
     """None (CPU), a torch.device or its name -> torch.device, refused before anything is loaded
-    when this
-    machine lacks it."""
+    when this machine lacks it."""
     try:
         resolved = torch.device("cpu" if device is None else device)
     except (RuntimeError, TypeError):

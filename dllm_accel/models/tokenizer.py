@@ -52,8 +52,7 @@ def encode_texts(
     tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None
 ) -> dict:
     """Plain-text prompts (base models; or chat text already rendered, with
-    add_special_tokens=False),
-    left-padded: {"input_ids": [B, P], "attention_mask": [B, P]}."""
+    add_special_tokens=False), left-padded: {"input_ids": [B, P], "attention_mask": [B, P]}."""
     if tokenizer.pad_token_id is None:
         raise ValueError("this tokenizer has no pad token, which left padding needs")
     if isinstance(texts, str) or not texts:

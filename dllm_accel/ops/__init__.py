@@ -1,12 +1,10 @@
 """The ops the engine and the policies call: a Triton kernel where it can run, else its torch twin.
 
-    out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)    # query rows against cached
-    K/V
+    out, mass = partial_attention(q, k, v, key_mask, mass_weights=w)  # query rows vs cached K/V
     similarity = attention_drift(q_before, q_now, k, key_mask, written, keys_before, axis="heads")
+    # both: ElasticCache's layer
     out, mass, similarity = monitored_attention(q, k, v, key_mask, mass_weights=w, q_before=...,
-    written=...,
-                                                keys_before=..., axis="heads")   # both:
-                                                ElasticCache's layer
+                                                written=..., keys_before=..., axis="heads")
     mass = attention_mass(q, k, key_mask, w)                              # the mass alone
     q = rope_write(q, k, v, rope, keys, values, rows, index, inputs=..., hidden=...)
     token, probability, margin, entropy = score_tokens(logits, exclude=mask_id)
@@ -14,12 +12,11 @@
 Which implementation runs is decided once per op and device type: DLLM_ACCEL_IMPL=torch or triton
 forces one (a triton request that cannot be met raises, saying why; on CPU tensors it needs
 TRITON_INTERPRET=1, the tests' interpreter); unset, CUDA tensors go to the kernel when triton
-imports
-and anything else to the twin (a CUDA fallback warns once). The kernels (kernels/<op>.py, importable
-only as dllm_accel.kernels.<op>: each module holds its @triton.jit kernels and one launcher with the
-signature of its op; the twins in reference.py are the specification) are imported only when first
-used, so `import dllm_accel` never needs triton.
-Arguments are checked here, before anything launches.
+imports and anything else to the twin (a CUDA fallback warns once). The kernels (kernels/<op>.py,
+importable only as dllm_accel.kernels.<op>: each module holds its @triton.jit kernels and one
+launcher with the signature of its op; the twins in reference.py are the specification) are imported
+only when first used, so `import dllm_accel` never needs triton. Arguments are checked here, before
+anything launches.
 """
 
 from __future__ import annotations
@@ -98,9 +95,8 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
 
 def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
     """The tracked rows' attention before this step's cache writes against now -> similarity [r, m]
-    fp32
-    (see reference.attention_drift), without materialising either probability tensor on the kernel
-    path."""
+    fp32 (see reference.attention_drift), without materialising either probability tensor on the
+    kernel path."""
     kernel = _check_drift(
         q_before, q_now, k, key_mask, written, keys_before, axis, op="attention_drift"
     )
@@ -126,10 +122,8 @@ def monitored_attention(
     q, k, v, key_mask, *, mass_weights, q_before, written, keys_before, axis: str
 ):
     """partial_attention with mass_weights, and attention_drift of its first m = q_before.shape[2]
-    query
-    rows, in one call -> (out, mass, similarity [r, m]). The twin computes the probabilities once
-    for
-    both; the kernel path runs the two kernels."""
+    query rows, in one call -> (out, mass, similarity [r, m]). The twin computes the probabilities
+    once for both; the kernel path runs the two kernels."""
     _check_attention(q, k, v, key_mask)
     _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
     m = q_before.shape[2] if q_before.dim() == 4 else 0
@@ -166,8 +160,7 @@ def monitored_attention(
 
 def rope_write(q, k, v, rope, keys, values, rows, index, *, inputs=None, hidden=None):
     """Rotate fresh q/k rows at their true positions and write k, v (and ElasticCache's layer
-    inputs)
-    into one layer's cache in place -> rotated q (see reference.rope_write)."""
+    inputs) into one layer's cache in place -> rotated q (see reference.rope_write)."""
     r, n_heads, n, head_dim = q.shape
     _check_shape("k", k, (r, k.shape[1], n, head_dim), q.device)
     _check_shape("v", v, k.shape, q.device)

@@ -1,9 +1,8 @@
 """Torch twins of the ops: the CPU path, and the specification every Triton kernel is tested
 against.
 
-Shapes: r computed rows, Hq query heads, Hkv key/value heads (query head h reads key head
-h // (Hq / Hkv)), n query rows, m tracked rows, T canvas positions, D head dim, d model dim, V
-vocabulary.
+Shapes: r computed rows, Hq query heads, Hkv key/value heads (query head h reads key head h // (Hq /
+Hkv)), n query rows, m tracked rows, T canvas positions, D head dim, d model dim, V vocabulary.
 Inputs are already checked by dllm_accel.ops.
 """
 
@@ -28,8 +27,7 @@ def attention_probs(
 
 def _scores(q, k, key_mask) -> torch.Tensor:
     """-> [r * Hkv, (Hq / Hkv) * n, T] fp32 scaled scores, masked keys at -inf. The scale is applied
-    to q
-    and the mask added inside the matmul, so the scores are passed over once before the softmax
+    to q and the mask added inside the matmul, so the scores are passed over once before the softmax
     (measured ~1.5x faster than scaling and masking them afterwards)."""
     r, n_heads, n, head_dim = q.shape
     n_kv, length = k.shape[1], k.shape[2]
@@ -70,9 +68,8 @@ def monitored_attention(
     q, k, v, key_mask, *, mass_weights, q_before, written, keys_before, axis: str
 ):
     """partial_attention with mass_weights and attention_drift of the first m = q_before.shape[2]
-    query
-    rows (q_now = q[:, :, :m]) -> (out, mass, similarity [r, m]): the query rows' probabilities are
-    computed once and serve both."""
+    query rows (q_now = q[:, :, :m]) -> (out, mass, similarity [r, m]): the query rows'
+    probabilities are computed once and serve both."""
     probs = attention_probs(q, k, key_mask)
     before = _probs_before(q_before, k, key_mask, written, keys_before)
     now = probs[:, :, : q_before.shape[2]]
@@ -95,13 +92,10 @@ def _mass(probs: torch.Tensor, mass_weights: torch.Tensor) -> torch.Tensor:
 
 def attention_drift(q_before, q_now, k, key_mask, written, keys_before, *, axis: str):
     """How much the tracked rows' attention moved this step: q_before, q_now [r, Hq, m, D] (the rows
-    as
-    they stood before this step and now); k [r, Hkv, T, D] the keys after this step's writes;
-    written
-    [r, n] the positions written this step and keys_before [r, Hkv, n, D] their keys before the
-    writes.
-    -> similarity [r, m] fp32: axis 'keys', cosine over the key axis per head, averaged over heads;
-    'heads', cosine over the head axis per key, averaged over the attended keys."""
+    as they stood before this step and now); k [r, Hkv, T, D] the keys after this step's writes;
+    written [r, n] the positions written this step and keys_before [r, Hkv, n, D] their keys before
+    the writes. -> similarity [r, m] fp32: axis 'keys', cosine over the key axis per head, averaged
+    over heads; 'heads', cosine over the head axis per key, averaged over the attended keys."""
     before = _probs_before(q_before, k, key_mask, written, keys_before)
     return _similarity(before, attention_probs(q_now, k, key_mask), key_mask, axis)
 
@@ -128,8 +122,7 @@ def _similarity(before, now, key_mask, axis: str) -> torch.Tensor:
 
 def _cosine(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
     """Written out: torch's CPU norm along a middle axis (which F.cosine_similarity uses) measured
-    ~100x
-    slower than these sums for the 'heads' axis."""
+    ~100x slower than these sums for the 'heads' axis."""
     norms = (a * a).sum(dim).sqrt().clamp_min(COSINE_EPS) * (b * b).sum(dim).sqrt().clamp_min(
         COSINE_EPS
     )
@@ -140,11 +133,9 @@ def rope_write(q, k, v, rope: Rope, keys, values, rows, index, *, inputs=None, h
     """Rotate fresh rows at their positions and write them into one layer's cache in place.
 
     q [r, Hq, n, D], k, v [r, Hkv, n, D] before RoPE; rope: tables [r or 1, 1, n, D] at the rows'
-    true
-    positions, in the dtype RoPE is applied in; keys, values [R, Hkv, T, D] the layer's cache; rows
-    [r]
-    model rows; index [r, n] canvas positions (repeats carry identical values); inputs [R, T, d] and
-    hidden [r, n, d]: the layer inputs ElasticCache keeps. -> q rotated [r, Hq, n, D]."""
+    true positions, in the dtype RoPE is applied in; keys, values [R, Hkv, T, D] the layer's cache;
+    rows [r] model rows; index [r, n] canvas positions (repeats carry identical values); inputs [R,
+    T, d] and hidden [r, n, d]: the layer inputs ElasticCache keeps. -> q rotated [r, Hq, n, D]."""
     heads = torch.arange(k.shape[1], device=k.device)[None, :, None]
     where = (rows[:, None, None], heads, index[:, None, :])
     keys[where] = apply_rotary(k, rope)

@@ -56,8 +56,7 @@ class CFGRows:
 
     def mix(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """Per copy, the logits [M, V] of the same candidates (as copy_rows orders them) -> the
-        guided
-        logits [M, V]."""
+        guided logits [M, V]."""
         if self.copies == 1:
             return logits[0]
         conditional, unconditional = logits

@@ -3,10 +3,8 @@ drafts.
 
 Each step the diffusion model drafts every candidate (the unmask policy's tokens: the argmax at
 temperature 0, a sample otherwise). A row's run starts at its first masked position f and ends at
-its
-last candidate; committed tokens inside it are fed to the AR model as they are, masks as their
-drafts.
-Acceptance walks the run left to right and stops at the first rejected draft:
+its last candidate; committed tokens inside it are fed to the AR model as they are, masks as their
+drafts. Acceptance walks the run left to right and stops at the first rejected draft:
 
     exact           draft == AR argmax
     topk_relative   draft among the AR's k most likely tokens and p_AR(draft) >= ratio * p_AR(top-1)
@@ -14,12 +12,10 @@ Acceptance walks the run left to right and stops at the first rejected draft:
                     policy's temperature (at temperature 0: exact)
 
 The step commits the accepted drafts and whatever the unmask policy commits on its own. Position f
-is
-always committed, so a step commits at least one token: with correct=False (FlashDLM's rule) a
+is always committed, so a step commits at least one token: with correct=False (FlashDLM's rule) a
 rejected first draft is committed as drafted; with correct=True (speculative decoding's correction)
 the first rejected draft, wherever it is, is replaced by the AR model's token (its argmax, a sample
-at
-temperature > 0, for `speculative` a sample of the residual max(0, p_AR - p_diffusion)).
+at temperature > 0, for `speculative` a sample of the residual max(0, p_AR - p_diffusion)).
 
 The AR cache is one transformers DynamicCache for the whole batch, addressed by slot: every forward
 appends one slot column per fed position, and each row keeps a slot map and a mask of the slots it
@@ -47,9 +43,8 @@ ACCEPTANCE = ("exact", "topk_relative", "speculative")
 
 
 def _is_causal_lm(model) -> bool:
-    from transformers import (
-        PreTrainedModel,
-    )  # here, not at the top: it imports triton (tests/test_ops_dispatch)
+    # here, not at the top: it imports triton (tests/test_ops_dispatch)
+    from transformers import PreTrainedModel
 
     return (
         isinstance(model, PreTrainedModel)
@@ -66,8 +61,7 @@ def _ids(value) -> set[int]:
 
 def load_ar_model(path: str, *, device=None, dtype=None):
     """AutoModelForCausalLM.from_pretrained(path) in eval mode: a directory, a hub id, or a bundled
-    model's
-    name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
+    model's name ('tiny-ar'); `dtype` a torch dtype or its name (default: the checkpoint's)."""
     from transformers import AutoModelForCausalLM  # imports triton: see _is_causal_lm
 
     device = check_device(device)
@@ -82,12 +76,10 @@ class ARGuide:
     Sampler(guide=...).
 
     `ar_model`: a transformers causal LM (AutoModelForCausalLM) on the diffusion model's device
-    whose
-    vocabulary matches the diffusion model's id for id; `token_map` {diffusion id: AR id} names
-    special
-    tokens that differ (e.g. Dream's <|endoftext|> scored as Qwen's <|im_end|>). `verify_chunk`: run
-    positions scored per AR forward (the AR model stops reading a run once every row has
-    rejected)."""
+    whose vocabulary matches the diffusion model's id for id; `token_map` {diffusion id: AR id}
+    names special tokens that differ (e.g. Dream's <|endoftext|> scored as Qwen's <|im_end|>).
+    `verify_chunk`: run positions scored per AR forward (the AR model stops reading a run once every
+    row has rejected)."""
 
     def __init__(
         self,
@@ -121,9 +113,8 @@ class ARGuide:
         self.ar_model, self.acceptance, self.k, self.ratio = ar_model, acceptance, k, float(ratio)
         self.verify_chunk, self.correct, self.token_map = verify_chunk, correct, dict(token_map)
         self.ar_vocab = int(ar_model.config.vocab_size)
-        self.max_positions = getattr(
-            ar_model.config, "max_position_embeddings", None
-        )  # the Sampler checks
+        # the Sampler checks
+        self.max_positions = getattr(ar_model.config, "max_position_embeddings", None)
         # transformers >= 5.24 names it `cache` (`past_key_values` is deprecated there); remote code
         # and 4.x don't
         parameters = inspect.signature(ar_model.forward).parameters
@@ -199,20 +190,19 @@ class Verification:
         self.guide, self.spec, self.temperature = guide, spec, temperature
         batch, length = x.shape
         device = x.device
+        # [B] left padding
         self.pads = (
             torch.zeros(batch, dtype=torch.long, device=device)
             if attention_mask is None
             else (attention_mask == 0).sum(1).to(device)
-        )  # [B] left padding
+        )
         self.arange = torch.arange(length, device=device)
         # [B, T] the token whose K/V the cache holds at each position (left padding: none is needed)
         self.fed = torch.where(self.arange < self.pads[:, None], x, -1)
-        self.slot = torch.full(
-            (batch, length), -1, dtype=torch.long, device=device
-        )  # [B, T] its slot
-        self.slot_valid = torch.zeros(
-            batch, 0, dtype=torch.bool, device=device
-        )  # [B, S] the slots a row attends
+        # [B, T] its slot
+        self.slot = torch.full((batch, length), -1, dtype=torch.long, device=device)
+        # [B, S] the slots a row attends
+        self.slot_valid = torch.zeros(batch, 0, dtype=torch.bool, device=device)
         self.keep = self.pads.clone()  # [B] the cache holds positions [0, keep) of the canvas
         self.cache = DynamicCache()
         self.forwards = self.tokens = 0
@@ -223,9 +213,8 @@ class Verification:
         self.never_written = torch.zeros(guide.ar_vocab, dtype=torch.bool, device=device)
         if self.to_ar[spec.mask_id] >= 0:
             self.never_written[self.to_ar[spec.mask_id]] = True
-        self.fill = (
-            getattr(guide.ar_model.config, "pad_token_id", None) or 0
-        )  # fed where nothing is
+        # fed where nothing is
+        self.fill = getattr(guide.ar_model.config, "pad_token_id", None) or 0
 
     @staticmethod
     def _lookup(size, other, mapping, device) -> torch.Tensor:
@@ -239,12 +228,10 @@ class Verification:
     # --------------------------------------------------------------------------------------
     def verify(self, x, candidates, rows, positions, drafts, logits, commit, generator=None):
         """The candidates (rows, positions) [M] with the unmask policy's drafts [M], their diffusion
-        logits
-        [M, V] and its commit [M] -> (commit [M], tokens [M]) with the accepted drafts and each
-        run's first
-        position added (and, with correct=True, the first rejected draft replaced). What the policy
-        commits
-        this step counts as committed inside the run: fed as it is, never a reason to stop."""
+        logits [M, V] and its commit [M] -> (commit [M], tokens [M]) with the accepted drafts and
+        each run's first position added (and, with correct=True, the first rejected draft replaced).
+        What the policy commits this step counts as committed inside the run: fed as it is, never a
+        reason to stop."""
         drafted = x.clone()
         drafted[rows, positions] = drafts
         index = torch.full_like(x, -1)  # [B, T] candidate -> its row in logits
@@ -258,17 +245,14 @@ class Verification:
             torch.zeros_like(first),
         )
         alive, begin = end > first, self.keep.clone()
-        stop = torch.minimum(
-            first + self.guide.verify_chunk, end
-        )  # the first forward also reads the prefix
+        # the first forward also reads the prefix
+        stop = torch.minimum(first + self.guide.verify_chunk, end)
         while bool(alive.any()):
-            skip = max(
-                0, int((first - 1 - begin)[alive].min())
-            )  # outputs before every run's first go unread
+            # outputs before every run's first go unread
+            skip = max(0, int((first - 1 - begin)[alive].min()))
             ar_logits = self._forward(drafted, begin, torch.where(alive, stop - begin, 0), skip)
-            target = (
-                begin[:, None] + 1 + skip + torch.arange(ar_logits.shape[1], device=x.device)
-            )  # what they predict
+            # what they predict
+            target = begin[:, None] + 1 + skip + torch.arange(ar_logits.shape[1], device=x.device)
             read_to = torch.minimum(stop + 1, end)
             window = alive[:, None] & (target >= first[:, None]) & (target < read_to[:, None])
             clamped = target.clamp(max=x.shape[1] - 1)
@@ -314,17 +298,15 @@ class Verification:
         first = masked.int().argmax(1)
         after = self.arange >= first[:, None]
         blocked = after & masked & ~candidates
-        end = torch.where(
-            blocked.any(1), blocked.int().argmax(1), x.shape[1]
-        )  # a mask the step may not decode
+        # a mask the step may not decode
+        end = torch.where(blocked.any(1), blocked.int().argmax(1), x.shape[1])
         decided = after & pending & (self.arange < end[:, None])
         last = x.shape[1] - 1 - decided.flip(1).int().argmax(1)
         return first, torch.where(decided.any(1), last + 1, first)
 
     def after_step(self, x: torch.Tensor) -> None:
         """Crop each row's cache to its committed prefix (minus its last token, whose output
-        predicts the
-        next run's first position)."""
+        predicts the next run's first position)."""
         masked = x == self.spec.mask_id
         first = torch.where(masked.any(1), masked.int().argmax(1), x.shape[1])
         prefix = (self.fed == x).int().cumprod(1).sum(1)
@@ -340,17 +322,15 @@ class Verification:
             if width == 0:
                 self.cache = DynamicCache()
             else:
-                self.cache.crop(
-                    width - self.slot_valid.shape[1]
-                )  # negative: tokens to drop (transformers 4 and 5)
+                # negative: tokens to drop (transformers 4 and 5)
+                self.cache.crop(width - self.slot_valid.shape[1])
             self.slot_valid = self.slot_valid[:, :width]
 
     # -- pieces
     # --------------------------------------------------------------------------------------
     def _forward(self, drafted, begin, count, skip) -> torch.Tensor:
         """Feed positions [begin, begin + count) of each row (drafts at the masks) -> AR logits [B,
-        n - skip, V]
-        of the outputs from the skip-th on."""
+        n - skip, V] of the outputs from the skip-th on."""
         width = int(count.max())
         offsets = torch.arange(width, device=drafted.device)
         positions = begin[:, None] + offsets
@@ -380,15 +360,13 @@ class Verification:
 
     def _keep_logits(self, skip, width) -> dict:
         """The LM head on the outputs read only (the prompt's would be a [B, P, V] tensor), where
-        the model
-        takes logits_to_keep."""
+        the model takes logits_to_keep."""
         return {"logits_to_keep": width - skip} if skip > 0 and self.guide.keeps_logits else {}
 
     def _accept(self, ar_logits, drafts, logits, index, generator, counts=None) -> torch.Tensor:
         """ar_logits [K, V_ar] predicting positions whose drafts [K] (diffusion ids) have diffusion
-        logits
-        logits[index] -> [K] bool. With generators per row, counts [B]: the drafts of each row, in
-        order."""
+        logits logits[index] -> [K] bool. With generators per row, counts [B]: the drafts of each
+        row, in order."""
         guide = self.guide
         ids = self.to_ar[drafts]
         scorable = ids >= 0
@@ -417,10 +395,8 @@ class Verification:
 
     def _correction(self, ar_logits, logits, index, generator, counts=None) -> torch.Tensor:
         """The AR model's token (a diffusion id; -1 where it has none) at the first rejected drafts;
-        never
-        the diffusion model's mask token, which would leave the position undecoded. With generators
-        per
-        row, counts [B]: 1 for the rows that rejected, in order."""
+        never the diffusion model's mask token, which would leave the position undecoded. With
+        generators per row, counts [B]: 1 for the rows that rejected, in order."""
         ar_logits = ar_logits.masked_fill(self.never_written, -math.inf)
         if self.temperature == 0:
             return self.to_diffusion[ar_logits.argmax(-1)]

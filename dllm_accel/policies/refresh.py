@@ -6,8 +6,8 @@ which the Sampler drives:
 
     state = policy.begin(canvas)                       # once per generation
     state.begin_block(start, end)                      # once per block (canvas positions)
-    candidates = state.restrict(masks, candidates, quota)  # ElasticCache decodes only inside its
-    window
+    # ElasticCache decodes only inside its window
+    candidates = state.restrict(masks, candidates, quota)
     plan = state.plan(model_ids, live, head_reads)     # engine.ForwardPlan for this step
     state.after_step(rows, result, committed)          # what was computed and committed
 
@@ -19,11 +19,9 @@ which the Sampler drives:
   block's masks, so the cache never sees a committed token (how much a stale cache costs a model).
 - ElasticCache ("Attention Is All You Need for KV Cache in Diffusion LLMs"): computes the tracked
   (most-attended) tokens, the tokens committed at the previous step and a sliding window of masks;
-  at
-  each layer still reusing its cache it compares the tracked tokens' attention before and after this
-  step; when a layer's similarity falls below gamma, every position is recomputed from the next
-  layer
-  (refresh_from='next', the paper's and the released code's boundary) or from that layer
+  at each layer still reusing its cache it compares the tracked tokens' attention before and after
+  this step; when a layer's similarity falls below gamma, every position is recomputed from the next
+  layer (refresh_from='next', the paper's and the released code's boundary) or from that layer
   ('drifting').
 
 `head_reads` [R, T] marks the positions whose last-layer output the head reads (a candidate's own
@@ -51,8 +49,7 @@ REFRESH_BOUNDARIES = ("next", "drifting")
 @dataclass(frozen=True)
 class Canvas:
     """Facts of one generation: the model rows (R: twice the batch under classifier-free guidance)
-    of T
-    positions, of which the first `prompt_length` are the (left-padded) prompt."""
+    of T positions, of which the first `prompt_length` are the (left-padded) prompt."""
 
     model_rows: CFGRows
     length: int
@@ -92,8 +89,7 @@ class RefreshState:
         self, model_ids: torch.Tensor, live: torch.Tensor, head_reads: torch.Tensor
     ) -> ForwardPlan:
         """model_ids [R, T]; live [R]: the rows computed; head_reads [R, T]: positions the query
-        must
-        include (see the module notes)."""
+        must include (see the module notes)."""
         raise NotImplementedError
 
     def after_step(
@@ -142,10 +138,8 @@ class DualCache(RefreshPolicy):
 @dataclass(frozen=True)
 class FrozenCache(RefreshPolicy):
     """A probe of how much a stale cache costs, not a method: a full forward at the first step only;
-    then
-    only the current block's still-masked positions. A committed token's K/V stay those computed
-    while
-    it was a mask: the cache never sees a committed token."""
+    then only the current block's still-masked positions. A committed token's K/V stay those
+    computed while it was a mask: the cache never sees a committed token."""
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _Frozen(canvas, to_end=False)
@@ -156,9 +150,8 @@ class _BlockCache(RefreshState):
         super().__init__(canvas)
         self.to_end = to_end
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=canvas.key_valid.device)
-        self.changed = torch.zeros_like(
-            canvas.key_valid
-        )  # tokens changed outside the query (a stop rewrite)
+        # tokens changed outside the query (a stop rewrite)
+        self.changed = torch.zeros_like(canvas.key_valid)
 
     def begin_block(self, start, end):
         self.fresh.zero_()  # every row refreshes at its first step in the block
@@ -182,8 +175,7 @@ class _BlockCache(RefreshState):
 
 class _Frozen(_BlockCache):
     """DualCache's query without its refreshes: the first step is the only full forward, and of the
-    block
-    only the masks are computed, so no committed (or rewritten) token is ever recomputed."""
+    block only the masks are computed, so no committed (or rewritten) token is ever recomputed."""
 
     def begin_block(self, start, end):
         self._query_block(start, end)  # a new block refreshes nothing
@@ -210,19 +202,17 @@ class ElasticCache(RefreshPolicy):
     track: most-attended decoded tokens tracked per layer (the next step's tracked set is the union
         over layers).
     cache_distant_masks: masks beyond the window are served from the cache (False: queried every
-    step).
-    drift: 'heads' — cosine over the head axis per key, averaged over keys and tracked tokens (the
+    step). drift: 'heads' — cosine over the head axis per key, averaged over keys and tracked tokens
+    (the
         released code's statistic; the default: on the testbed it refreshed less at the same
-        accuracy);
-        'keys' — cosine over the key axis per head, averaged over heads and tracked tokens (the
-        paper's).
+        accuracy); 'keys' — cosine over the key axis per head, averaged over heads and tracked
+        tokens (the paper's).
     refresh_from: where a refresh starts when layer l drifts. 'next' (the paper's l* and the
     released
         code's boundary; the default): layer l keeps its query rows' output and every position is
         recomputed from layer l + 1. 'drifting': from layer l itself, so that gamma > 1 recomputes
         every layer every step and equals NoCache exactly ('next' then still runs layer 0 on the
-        query
-        rows only).
+        query rows only).
     Each row of a batch refreshes from its own drifting layer, so a row decodes as it would alone.
     """
 
@@ -261,9 +251,8 @@ class _Elastic(RefreshState):
         self.generated = torch.arange(canvas.length, device=device) >= canvas.prompt_length
 
     def restrict(self, masks, candidates, quota):
-        masked = (
-            masks & self.generated
-        )  # masks a stop policy closed are outside the window, as decoded ones
+        # masks a stop policy closed are outside the window, as decoded ones
+        masked = masks & self.generated
         size = torch.full((masks.shape[0], 1), self.policy.window, device=masks.device)
         if quota is not None:
             size = torch.maximum(size, quota[:, None])
@@ -321,8 +310,7 @@ class _Elastic(RefreshState):
 
     def _most_attended(self, rows) -> torch.Tensor:
         """The next tracked set of `rows`: per layer the top `track` decoded tokens by the mass
-        observed
-        there, united over layers."""
+        observed there, united over layers."""
         mass = self.mass[:, rows].masked_fill(~self.decoded[rows], -1.0)
         top = mass.topk(min(self.policy.track, mass.shape[-1]), dim=-1)
         chosen = torch.zeros_like(mass, dtype=torch.bool)
@@ -345,8 +333,7 @@ class DriftJudge(Protocol):
         self, rows: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
         """The weight [p, n] of each query row (positions index [p, n], valid [p, n]) in the
-        attention
-        mass observed."""
+        attention mass observed."""
 
     def observe(self, layer: int, mass: torch.Tensor, rows: torch.Tensor) -> None:
         """mass [p, T]: the weighted query rows' attention per key at this layer, for model rows
@@ -358,25 +345,19 @@ class AttentionDrift:
 
     The tracked positions come first among a row's query positions. At each layer still reusing the
     cache, the tracked rows' attention as the cache stood before this step (their cached layer
-    input,
-    projected in the same call as the fresh rows; the keys at the query positions read before this
-    layer's writes, so no second copy of the cache is needed) is compared with their attention after
-    it; `judge` decides which rows drifted and records the query rows' attention mass."""
+    input, projected in the same call as the fresh rows; the keys at the query positions read before
+    this layer's writes, so no second copy of the cache is needed) is compared with their attention
+    after it; `judge` decides which rows drifted and records the query rows' attention mass."""
 
     def __init__(self, tracked: torch.Tensor, judge: DriftJudge, *, leave_after: bool):
-        self.tracked, self.judge, self.leave_after = (
-            tracked,
-            judge,
-            leave_after,
-        )  # tracked [R, T] bool
+        # tracked [R, T] bool
+        self.tracked, self.judge, self.leave_after = (tracked, judge, leave_after)
         self.n_tracked = 0  # leading query columns that are tracked (set by query_positions)
 
     def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
         """-> (positions [r, n]: the tracked ones first, then the other query positions; valid [r,
-        n]).
-        Padding entries repeat the row's first non-tracked query position, so computing them
-        rewrites
-        that row with the same values."""
+        n]). Padding entries repeat the row's first non-tracked query position, so computing them
+        rewrites that row with the same values."""
         tracked = self.tracked if rows is None else self.tracked[rows]
         index, valid = mask_index(query & ~tracked)
         tracked_index, tracked_valid = mask_index(tracked)
@@ -396,8 +377,7 @@ class AttentionDrift:
 
     def before_writes(self, layer: int, cache: KVCache, group: RowGroup, q_stale: torch.Tensor):
         """-> (the tracked rows' queries before this step [g, Hq, n_tracked, D], RoPE applied; the
-        keys
-        at the query positions before this layer's writes [g, Hkv, n, D])."""
+        keys at the query positions before this layer's writes [g, Hkv, n, D])."""
         tracked_rope = Rope(*(table[:, :, : self.n_tracked] for table in group.rope))
         q_before = apply_rotary(q_stale, tracked_rope)
         keys_before = cache.keys[layer][
@@ -407,9 +387,8 @@ class AttentionDrift:
 
     def attend(self, layer, q, keys, values, group: RowGroup, before):
         """The query rows' attention; the rows whose tracked rows drifted (None: none did). The mass
-        of a
-        drifting row is observed here only under leave_after (otherwise its layer is recomputed, and
-        observed then)."""
+        of a drifting row is observed here only under leave_after (otherwise its layer is
+        recomputed, and observed then)."""
         judge = self.judge
         if before is None:
             attn, mass = ops.partial_attention(

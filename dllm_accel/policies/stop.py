@@ -15,8 +15,7 @@ class StopPolicy:
 
     def after_step(self, generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
         """generated [B, N], the canvas after the prompt, may be edited in place after each step;
-        returns
-        the positions whose token it changed [B, N] (None: none), which the cache then
+        returns the positions whose token it changed [B, N] (None: none), which the cache then
         recomputes."""
         return None
 
@@ -36,13 +35,12 @@ class StopAtEOS(StopPolicy):
     before it is masked.
 
     fill='eos' (default): every position after it becomes EOS at once, never decoded and never left
-    as
-    MASK; the cache recomputes those positions at the row's next forward, so that the K/V the other
-    tokens read match the tokens. fill='mask': the released Elastic-Cache loop's behaviour, to
-    compare
-    with it: the masks after the first stop token stay MASK and are never decoded (tokens committed
-    there earlier stay as they are). Either way `generated_tokens` counts up to the first stop token
-    (the released evaluation's tokens/s counts every non-EOS token, leftover MASK included)."""
+    as MASK; the cache recomputes those positions at the row's next forward, so that the K/V the
+    other tokens read match the tokens. fill='mask': the released Elastic-Cache loop's behaviour, to
+    compare with it: the masks after the first stop token stay MASK and are never decoded (tokens
+    committed there earlier stay as they are). Either way `generated_tokens` counts up to the first
+    stop token (the released evaluation's tokens/s counts every non-EOS token, leftover MASK
+    included)."""
 
     def __init__(self, fill: str = "eos"):
         self.fill = check_choice(fill, "fill", FILLS)
@@ -68,10 +66,8 @@ def _after_first_stop(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
 
 def count_generated(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
     """[B] tokens per row up to and including the first stop token (all N when there is none), never
-    a
-    MASK: a row that still holds the mask token before its stop (the official samplers commit it
-    when the
-    model predicts it) counts only the tokens before it."""
+    a MASK: a row that still holds the mask token before its stop (the official samplers commit it
+    when the model predicts it) counts only the tokens before it."""
     length = generated.shape[1]
     stop = is_stop(generated, spec)
     counted = torch.where(stop.any(1), stop.int().argmax(1) + 1, length)

@@ -2,24 +2,20 @@
 
 A policy validates its arguments when built and is a pure function of what the Sampler hands it:
 
-    steps = policy.steps_per_block(n_blocks)        # once per generation; None: until the block is
-    done
-    plan = policy.begin_block(n_masked, steps)      # once per block; n_masked [B]: masks in the
-    block
-    quota = policy.quota(ctx)                       # before the forward: tokens per row [B], or
-    None
+    steps = policy.steps_per_block(n_blocks)    # once per generation; None: until the block is done
+    plan = policy.begin_block(n_masked, steps)  # once per block; n_masked [B]: masks in the block
+    quota = policy.quota(ctx)                   # before the forward: tokens per row [B], or None
                                                     # when the scores decide; rows at 0 are not
                                                     computed
     commit, tokens = policy.select(ctx, logits, quota)   # logits [M, V]: one row per candidate
 
 The candidates (`ctx.candidates` [B, L]) are the masked positions the step may commit; `logits`
-holds
-their rows in row-major order, the model's logit shift already applied by the Sampler.
+holds their rows in row-major order, the model's logit shift already applied by the Sampler.
 
 Numerics — the dtype each score is computed in, and why:
 - LowConfidence and DreamAlgorithm take probabilities from a softmax in the logits' own dtype, as
-the
-  official LLaDA and Dream samplers do, so their ranking (on a bf16 model, its ties too) is theirs.
+  the official LLaDA and Dream samplers do, so their ranking (on a bf16 model, its ties too) is
+  theirs.
 - Threshold and Factor compare a probability with a fixed bar. bf16 rounding (steps of 2^-8 near 1)
   would move the bar, so they compute in fp32, on the candidate rows only. Fast-dLLM uses float64;
   fp32's relative error (~1e-7) matters only for a confidence within 1e-7 of the bar.
@@ -27,9 +23,8 @@ the
 - Sampling at temperature > 0 is Gumbel-max with float64 noise, LLaDA's choice (low-precision Gumbel
   noise hurts generation quality, arXiv:2409.02908), on the candidate rows only, never the canvas.
 Policies without a fixed number of steps (Threshold, Factor, EntropyThreshold) never predict the
-mask
-token: a committed MASK makes no progress, and their loop would not end. The official samplers do
-not exclude it, so LowConfidence and DreamAlgorithm do not either.
+mask token: a committed MASK makes no progress, and their loop would not end. The official samplers
+do not exclude it, so LowConfidence and DreamAlgorithm do not either.
 """
 
 from __future__ import annotations
@@ -116,8 +111,8 @@ def gumbel_argmax(
     logits: torch.Tensor, temperature: float, generator=None, counts=None
 ) -> torch.Tensor:
     """argmax at temperature 0; else a sample of softmax(logits / temperature), Gumbel-max in
-    float64.
-    With generators per row, counts [B]: how many consecutive rows of logits are each row's."""
+    float64. With generators per row, counts [B]: how many consecutive rows of logits are each
+    row's."""
     if temperature == 0:
         return logits.argmax(-1)
     return _gumbel_scores(logits, temperature, generator, counts).argmax(-1)
@@ -145,8 +140,7 @@ def _tokens_without_mask(logits, temperature, mask_id, generator, counts) -> tor
 
 def _tokens_and_confidence(logits, temperature, ctx) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen tokens (never the mask) and their fp32 probability over the full vocabulary: one
-    pass
-    of ops.score_tokens at temperature 0; a sample and its probability otherwise."""
+    pass of ops.score_tokens at temperature 0; a sample and its probability otherwise."""
     if temperature == 0:
         tokens, probability, _, _ = ops.score_tokens(logits, exclude=ctx.spec.mask_id)
         return tokens, probability
@@ -181,9 +175,8 @@ class LowConfidence(UnmaskPolicy):
     (`low_confidence`: probability of the chosen token; `random`: uniform scores).
 
     `cfg_scale` > 0 adds classifier-free guidance: logits = u + (cfg_scale + 1)(c - u), u from a
-    pass
-    with the prompt masked. `logits_eos_inf` forbids EOS. `confidence_eos_eot_inf` drops EOS and
-    end-of-turn from the softmax that scores the chosen token, so a chosen EOS/EOT scores 0 (the
+    pass with the prompt masked. `logits_eos_inf` forbids EOS. `confidence_eos_eot_inf` drops EOS
+    and end-of-turn from the softmax that scores the chosen token, so a chosen EOS/EOT scores 0 (the
     official sampler's effect at temperature 0; at temperature > 0 its code drops end-of-turn
     only)."""
 
@@ -207,9 +200,8 @@ class LowConfidence(UnmaskPolicy):
 
     def begin_block(self, n_masked, steps):
         base, remainder = n_masked // steps, n_masked % steps
-        return base[:, None] + (
-            torch.arange(steps, device=n_masked.device) < remainder[:, None]
-        )  # [B, steps]
+        # [B, steps]
+        return base[:, None] + (torch.arange(steps, device=n_masked.device) < remainder[:, None])
 
     def quota(self, ctx):
         return ctx.plan[:, ctx.step]
@@ -235,8 +227,7 @@ class LowConfidence(UnmaskPolicy):
 @dataclass(frozen=True)
 class Threshold(UnmaskPolicy):
     """Fast-dLLM's parallel decoding: commit every candidate whose chosen token has probability >=
-    tau,
-    and always each row's most confident one."""
+    tau, and always each row's most confident one."""
 
     tau: float
     temperature: float = 0.0
@@ -254,9 +245,8 @@ class Threshold(UnmaskPolicy):
 @dataclass(frozen=True)
 class Factor(UnmaskPolicy):
     """Fast-dLLM's factor rule: with the candidates' confidences sorted, c_1 >= c_2 >= ..., commit
-    the
-    longest prefix with c_n >= 1 - f / (n + 1) (the first always). As in Fast-dLLM's released code,
-    when only the last candidate fails its bar, it is committed with the others."""
+    the longest prefix with c_n >= 1 - f / (n + 1) (the first always). As in Fast-dLLM's released
+    code, when only the last candidate fails its bar, it is committed with the others."""
 
     f: float
     temperature: float = 0.0
@@ -281,8 +271,7 @@ class Factor(UnmaskPolicy):
 @dataclass(frozen=True)
 class EntropyThreshold(UnmaskPolicy):
     """dParallel's rule: commit each row's lowest-entropy candidate and every candidate whose
-    predictive
-    entropy (nats) is <= h."""
+    predictive entropy (nats) is <= h."""
 
     h: float
     temperature: float = 0.0
@@ -311,19 +300,13 @@ MIN_ALG_TEMP = 64 / torch.finfo(torch.float32).max
 @dataclass(frozen=True)
 class DreamAlgorithm(UnmaskPolicy):
     """Dream's official sampler. Time grid t = linspace(1, eps, steps + 1); at step i (t, s = t_i,
-    t_i+1)
-    `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t)) tokens
-    per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at the
-    last
-    step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin` (top-1
-    minus
-    top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled in
-    proportion
-    to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a sample after
-    `top_p`
-    / `top_k` filtering. Without blocks `steps` covers the whole generation; with blocks each block
-    gets
-    steps / n_blocks and its own time grid."""
+    t_i+1) `origin` commits each mask with probability 1 - s/t; the others commit int(m · (1 - s/t))
+    tokens per row, m the row's masks (Dream's batch mean: in its sampler every row has as many; at
+    the last step all of a row's masks), ranked by `maskgit_plus` (top probability), `topk_margin`
+    (top-1 minus top-2 probability) or `entropy` (negative entropy), and with `alg_temp` > 0 sampled
+    in proportion to softmax(score / alg_temp) instead. Tokens: argmax at temperature 0, else a
+    sample after `top_p` / `top_k` filtering. Without blocks `steps` covers the whole generation;
+    with blocks each block gets steps / n_blocks and its own time grid."""
 
     alg: str = "origin"
     steps: int = 512

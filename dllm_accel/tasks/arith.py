@@ -81,8 +81,7 @@ def _operation(rng: random.Random, value: int) -> tuple[str, int]:
 # -- prompts and scoring ---------------------------------------------------------------------------
 def messages(problem: Problem, shots: int = 0, seed: int = 0) -> list[dict]:
     """The conversation: `shots` solved training problems as earlier turns, then the question (a
-    batch of
-    these is what dllm_accel.encode_chat takes)."""
+    batch of these is what dllm_accel.encode_chat takes)."""
     turns = []
     for example in problems(shots, seed=seed + 10_000, split="train"):
         turns += [

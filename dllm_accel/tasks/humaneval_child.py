@@ -3,20 +3,14 @@
     python -I -B -c <the text of this file> GUARD VERDICT_FD PAYLOAD
 
 It is never imported: humaneval.py reads this file as text, so the child runs exactly this code
-whatever
-sys.path holds. GUARD is "syscall" (the Landlock ruleset and the seccomp filter below) or "python"
-(the old
-Python-level guard, only on the caller's explicit unsafe_python_guard=True).
+whatever sys.path holds. GUARD is "syscall" (the Landlock ruleset and the seccomp filter below) or
+"python" (the old Python-level guard, only on the caller's explicit unsafe_python_guard=True).
 
 Protocol on VERDICT_FD, one line each, every line starting with the run's nonce: "<nonce> guarded"
-once the
-limits and the guard are in place (or "<nonce> unguarded <reason>" when they cannot be), then, after
-the
-program ran, "<nonce> passed" or "<nonce> failed <description>". Everything used after the program
-ran was
-captured before it started (functions of builtin types, which no Python code can patch), and no json
-or
-other patchable module is called then.
+once the limits and the guard are in place (or "<nonce> unguarded <reason>" when they cannot be),
+then, after the program ran, "<nonce> passed" or "<nonce> failed <description>". Everything used
+after the program ran was captured before it started (functions of builtin types, which no Python
+code can patch), and no json or other patchable module is called then.
 """
 
 import builtins
@@ -48,23 +42,14 @@ def limit(payload):
 
 # -- Landlock: reads anywhere but in other processes' /proc entries; no filesystem change
 # -------------
-LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = (
-    444,
-    445,
-    446,
-)  # the same on every arch
+# the same on every arch
+LANDLOCK_CREATE_RULESET, LANDLOCK_ADD_RULE, LANDLOCK_RESTRICT_SELF = (444, 445, 446)
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_RULE_PATH_BENEATH = 1
 READ_FILE, READ_DIR = 1 << 2, 1 << 3
 PR_SET_NO_NEW_PRIVS = 38
-PROC_FILES = (
-    "cpuinfo",
-    "meminfo",
-    "stat",
-    "loadavg",
-    "uptime",
-    "version",
-)  # nothing about other processes
+# nothing about other processes
+PROC_FILES = ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version")
 
 
 def handled_fs_rights(abi):
@@ -89,9 +74,8 @@ class PathBeneath(ctypes.Structure):
 
 def landlock(libc):
     """Restricts this process (and the threads it starts) to reading: files anywhere but in /proc,
-    and of
-    /proc only its own entry and a few system-wide files; folders anywhere. No right to change
-    anything."""
+    and of /proc only its own entry and a few system-wide files; folders anywhere. No right to
+    change anything."""
     abi = libc.syscall(
         LANDLOCK_CREATE_RULESET,
         None,
@@ -105,17 +89,15 @@ def landlock(libc):
         )
     handled = handled_fs_rights(abi)
     # struct landlock_ruleset_attr: handled_access_fs, handled_access_net (ABI 4), scoped (ABI 6)
-    attr = (ctypes.c_uint64 * 3)(
-        handled, 0, 3 if abi >= 6 else 0
-    )  # scoped: abstract unix sockets, signals
+    # scoped: abstract unix sockets, signals
+    attr = (ctypes.c_uint64 * 3)(handled, 0, 3 if abi >= 6 else 0)
     size = 24 if abi >= 6 else 16 if abi >= 4 else 8
     ruleset = libc.syscall(LANDLOCK_CREATE_RULESET, attr, ctypes.c_size_t(size), ctypes.c_uint32(0))
     if ruleset < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
     try:
-        allow(
-            libc, ruleset, "/", READ_DIR
-        )  # listing any folder, /proc's included; no file in /proc
+        # listing any folder, /proc's included; no file in /proc
+        allow(libc, ruleset, "/", READ_DIR)
         for path in [os.path.join("/", name) for name in os.listdir("/") if name != "proc"] + [
             "/proc/self"
         ]:
@@ -287,29 +269,13 @@ ALLOWED = (
     "exit",
     "exit_group",
 )
-WRITE_FLAGS = (
-    os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-)  # O_TMPFILE needs a write mode
-SAFE_IOCTLS = (
-    0x5401,
-    0x5413,
-    0x541B,
-    0x5450,
-    0x5451,
-)  # TCGETS (isatty), TIOCGWINSZ, FIONREAD, FIONCLEX, FIOCLEX
+# O_TMPFILE needs a write mode
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+# TCGETS (isatty), TIOCGWINSZ, FIONREAD, FIONCLEX, FIOCLEX
+SAFE_IOCTLS = (0x5401, 0x5413, 0x541B, 0x5450, 0x5451)
 SAFE_FCNTLS = (0, 1, 2, 3, 4, 1030)  # F_DUPFD, F_GETFD, F_SETFD, F_GETFL, F_SETFL, F_DUPFD_CLOEXEC
-SAFE_MADVICE = (
-    0,
-    1,
-    2,
-    3,
-    4,
-    8,
-    14,
-    15,
-    16,
-    17,
-)  # normal, random, sequential, willneed, dontneed, free,
+# normal, random, sequential, willneed, dontneed, free,
+SAFE_MADVICE = (0, 1, 2, 3, 4, 8, 14, 15, 16, 17)
 # (no)hugepage, (do)dump: none reaches beyond this process
 SAFE_PRCTLS = (15, 16)  # PR_SET_NAME, PR_GET_NAME (a thread's name)
 CLONE_THREAD = 0x00010000
@@ -328,16 +294,14 @@ def binding():
 def seccomp_filter(seccomp):
     pid = os.getpid()
     rules = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
-    rules.set_attr(
-        seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS
-    )  # e.g. int 0x80 (i386 calls) on x86_64
+    # e.g. int 0x80 (i386 calls) on x86_64
+    rules.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     allow, arg = seccomp.ALLOW, seccomp.Arg
 
     def add(action, name, *conditions):
         try:
-            known = (
-                seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1
-            )  # -1: a name libseccomp lacks
+            # -1: a name libseccomp lacks
+            known = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) != -1
         except ValueError:
             known = False
         if known:
@@ -347,12 +311,10 @@ def seccomp_filter(seccomp):
         add(allow, name)
     add(allow, "open", arg(1, seccomp.MASKED_EQ, WRITE_FLAGS, 0))  # read-only opens only
     add(allow, "openat", arg(2, seccomp.MASKED_EQ, WRITE_FLAGS, 0))
-    add(
-        seccomp.ERRNO(errno.ENOSYS), "openat2"
-    )  # flags in a struct the filter cannot see; libc falls back
-    add(
-        allow, "clone", arg(0, seccomp.MASKED_EQ, CLONE_THREAD, CLONE_THREAD)
-    )  # threads, never processes
+    # flags in a struct the filter cannot see; libc falls back
+    add(seccomp.ERRNO(errno.ENOSYS), "openat2")
+    # threads, never processes
+    add(allow, "clone", arg(0, seccomp.MASKED_EQ, CLONE_THREAD, CLONE_THREAD))
     add(seccomp.ERRNO(errno.ENOSYS), "clone3")  # flags in a struct again: glibc falls back to clone
     add(allow, "kill", arg(0, seccomp.EQ, pid))  # signals to itself only (raise, abort)
     add(allow, "tgkill", arg(0, seccomp.EQ, pid))
@@ -551,8 +513,7 @@ def refused(name):
 # -- the verdict -----------------------------------------------------------------------------------
 def verdict_writer(fd, nonce, chars):
     """say(kind, text) writes one protocol line. It and describe(error) use only objects captured
-    here:
-    builtin functions and methods of builtin types, which the program cannot replace."""
+    here: builtin functions and methods of builtin types, which the program cannot replace."""
     write, id_, all_, str_, type_, tuple_ = os.write, id, all, str, type, tuple
     encode, replace, join = str.encode, str.replace, bytes.join
     type_name = type.__dict__[
@@ -562,9 +523,8 @@ def verdict_writer(fd, nonce, chars):
     os_error_fields = [
         OSError.__dict__[name].__get__ for name in ("errno", "strerror", "filename", "filename2")
     ]
-    plain_types = {
-        id(kind) for kind in (str, int, float, bool, type(None))
-    }  # by identity: no __eq__ runs
+    # by identity: no __eq__ runs
+    plain_types = {id(kind) for kind in (str, int, float, bool, type(None))}
     builtin_errors = {
         id(value): value
         for value in vars(builtins).values()
@@ -589,10 +549,8 @@ def verdict_writer(fd, nonce, chars):
 
     def describe(error):
         """'Name: message' of an exception without running any of the program's code: the message is
-        only
-        taken where the exception's class is builtin (or from BaseException's own __str__) and every
-        value
-        the message is made of is plain (str, int, float, bool, None)."""
+        only taken where the exception's class is builtin (or from BaseException's own __str__) and
+        every value the message is made of is plain (str, int, float, bool, None)."""
         kind = type_(error)
         name = type_name(kind)
         name = name if type_(name) is str_ else "Exception"
@@ -641,9 +599,8 @@ def main():
         else:
             say(b"passed")
     finally:
-        exit_now(
-            0
-        )  # at once: no atexit handlers, no waiting for threads the completion left running
+        # at once: no atexit handlers, no waiting for threads the completion left running
+        exit_now(0)
 
 
 if __name__ == "__main__":
