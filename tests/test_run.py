@@ -21,6 +21,23 @@ import dllm_accel
 from dllm_accel.tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
+# `accelerate launch --multi_gpu --num_processes 2`: two gloo processes on a CPU machine too
+ACCELERATE_TWO_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "--main_process_port",
+    "0",
+]
 sys.path.insert(0, str(ROOT / "experiments"))
 import report  # noqa: E402
 import run  # noqa: E402
@@ -315,25 +332,9 @@ def test_sampled_outputs_depend_on_neither_batch_size_nor_resuming_nor_processes
     assert outputs("resumed") == outputs("one")
 
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
     double = subprocess.run(
         [
-            *launch,
+            *ACCELERATE_TWO_PROCESSES,
             "experiments/run.py",
             *settings,
             "batch_size=2",
@@ -500,22 +501,6 @@ def test_under_accelerate_a_refusal_stops_every_process(resumable):
     (resumable / "samples.jsonl").write_bytes(
         lines[0] + cut_inside_a_character(lines[1]) + b"\n" + b"".join(lines[2:])
     )
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-    ]
     settings = [
         "max_new_tokens=48",
         "block_length=24",
@@ -524,7 +509,7 @@ def test_under_accelerate_a_refusal_stops_every_process(resumable):
         f"hydra.run.dir={resumable}",
     ]
     double = subprocess.run(
-        [*launch, "experiments/run.py", *settings],
+        [*ACCELERATE_TWO_PROCESSES, "experiments/run.py", *settings],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -43,27 +43,15 @@ def test_llada_greedy_equals_official_algorithm(case, seed):
     model = decoder("llada", seed=seed, favour={EOT: 12.0, EOS: 12.0})
     ids, mask = prompts(model, lengths, seed)
     mask = mask if len(set(lengths)) > 1 else None
-    expected = ref.llada(
-        model,
-        ids,
-        mask,
+    settings = dict(
         steps=steps,
         gen_length=gen_length,
         block_length=block_length,
         cfg_scale=cfg_scale,
         **options,
     )
-    got = dllm_accel.llada_generate(
-        model,
-        ids,
-        mask,
-        steps=steps,
-        gen_length=gen_length,
-        block_length=block_length,
-        cfg_scale=cfg_scale,
-        **options,
-    )
-    assert torch.equal(got, expected)
+    expected = ref.llada(model, ids, mask, **settings)
+    assert torch.equal(dllm_accel.llada_generate(model, ids, mask, **settings), expected)
 
 
 def test_llada_reproduces_official_when_the_model_predicts_mask():
@@ -95,20 +83,9 @@ def test_dream_greedy_equals_official_algorithm(case, seed):
     lengths, steps, new_tokens, alg, top_p, top_k = DREAM_CASES[case]
     model = decoder("Dream", seed=seed)
     ids, mask = prompts(model, lengths, seed)
-    expected = ref.dream(
-        model, ids, mask, max_new_tokens=new_tokens, steps=steps, alg=alg, top_p=top_p, top_k=top_k
-    )
-    got = dllm_accel.dream_generate(
-        model,
-        ids,
-        mask,
-        max_new_tokens=new_tokens,
-        steps=steps,
-        alg=alg,
-        top_p=top_p,
-        top_k=top_k,
-        alg_temp=0.0,
-    )
+    settings = dict(max_new_tokens=new_tokens, steps=steps, alg=alg, top_p=top_p, top_k=top_k)
+    expected = ref.dream(model, ids, mask, **settings)
+    got = dllm_accel.dream_generate(model, ids, mask, **settings, alg_temp=0.0)
     assert torch.equal(got, expected)
 
 
