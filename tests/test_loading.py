@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import dllm_accel
+from dllm_accel.models import LLaDAModel
 from dllm_accel.models.loading import INDEX_FILE, SINGLE_FILE
 
 
@@ -177,12 +178,18 @@ def edit_weights(directory, edit):
     save_file(state, directory / SINGLE_FILE)
 
 
-def test_unsupported_model_type(saved):
-    edit_config(saved, model_type="llama")
-    with pytest.raises(
-        ValueError, match=r"unsupported model_type 'llama'; supported: \['Dream', 'llada'\]"
-    ):
+SUPPORTED = r"supported.*: \['DreamModel', 'LLaDAMoEModelLM', 'LLaDAModelLM'\]"
+
+
+def test_unsupported_architecture(saved):
+    edit_config(saved, architectures=["LlamaForCausalLM"])
+    with pytest.raises(ValueError, match=r"architectures=\['LlamaForCausalLM'\] .*" + SUPPORTED):
         dllm_accel.load_model(saved)
+    edit_config(saved, drop=["architectures"], model_type="llama")
+    with pytest.raises(ValueError, match=r"unsupported model_type 'llama'; .*" + SUPPORTED):
+        dllm_accel.load_model(saved)
+    edit_config(saved, model_type="llada")  # no architectures: the model_type decides
+    assert isinstance(dllm_accel.load_model(saved), LLaDAModel)
 
 
 def test_unsupported_architecture_option(saved):
@@ -322,5 +329,5 @@ def test_released_config_files_build(tmp_path):
     for name in ["llada-8b-instruct", "dream-v0-instruct-7b"]:
         config = json.loads(shared_path(name, "config.json").read_text())
         with torch.device("meta"):
-            model = dllm_accel.models.loading.model_class(config["model_type"])(config)
+            model = dllm_accel.models.loading.model_class(config)(config)
         assert model.spec.vocab_size == config.get("embedding_size", config["vocab_size"])

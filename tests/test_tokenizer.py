@@ -38,17 +38,15 @@ def test_dream_chat_template_from_the_real_tokenizer_files():
     ]
 
 
-def test_dream_checkpoint_spec_takes_end_of_turn_from_its_tokenizer_files():
-    config = json.loads(shared_path("dream-v0-instruct-7b", "config.json").read_text())
+def test_dream_checkpoint_spec_takes_its_special_tokens_from_its_tokenizer_files():
+    directory = shared_path("dream-v0-instruct-7b")
+    config = json.loads((directory / "config.json").read_text())
+    tokens = dllm_accel.models.loading.tokenizer_tokens(directory)
+    assert (tokens["<|im_end|>"], tokens["mask_token"]) == (151645, 151666)
+    del config["mask_token_id"]
     with torch.device("meta"):
-        model = dllm_accel.models.DreamModel(config)
-    assert (
-        model.spec.eot_id
-        == dllm_accel.models.loading.eot_from_tokenizer_files(
-            shared_path("dream-v0-instruct-7b"), "<|im_end|>"
-        )
-        == 151645
-    )
+        model = dllm_accel.models.DreamModel(config, tokens=tokens)
+    assert (model.spec.eot_id, model.spec.mask_id) == (151645, 151666)
 
 
 def small_llada_tokenizer() -> PreTrainedTokenizerFast:

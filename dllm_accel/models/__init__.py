@@ -2,6 +2,7 @@
 
 from .base import DiffusionLM, ModelOutput, ModelSpec, attend, rotary_tables
 from .dream import DreamModel
+from .llada_moe import LLaDAMoEModel
 from .llada import LLaDAModel
 from .loading import build_model, from_hf, load_model, model_class, save_model
 from .tiny import released_config, tiny_config
@@ -11,6 +12,7 @@ __all__ = [
     "DiffusionLM",
     "DreamModel",
     "LLaDAModel",
+    "LLaDAMoEModel",
     "ModelOutput",
     "ModelSpec",
     "attend",

@@ -46,16 +46,16 @@ class ModelSpec:
     # max_position_embeddings);
     # None when the config gives none. A canvas of prompt + new tokens must fit in it.
     max_positions: int | None = None
+    # more tokens that end an answer, e.g. DiffuCoder's <|dlm_pad|>, which fills the tail of the
+    # fixed-length answers it was trained on
+    end_ids: tuple[int, ...] = ()
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
-        """Tokens that end an answer: EOS, and the chat template's end-of-turn where there is
-        one."""
-        return (
-            (self.eos_id,)
-            if self.eot_id is None or self.eot_id == self.eos_id
-            else (self.eos_id, self.eot_id)
-        )
+        """Tokens that end an answer: EOS first, the chat template's end-of-turn where there is
+        one, and the family's other end tokens."""
+        ids = (self.eos_id, self.eot_id, *self.end_ids)
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
 
 
 @dataclass
@@ -288,12 +288,26 @@ def require_supported(config: dict, name: str, supported: tuple, default=None) -
         )
 
 
-def token_id(config: dict, name: str, released: int | None, vocab_size: int) -> int | None:
-    """A special token id from config.json; else the released model's id when it fits the
-    vocabulary."""
+@dataclass(frozen=True)
+class SpecialTokens:
+    """How a family's tokenizer spells its special tokens, and the released model's ids.
+
+    The released ids (from its config or model card) apply only to a checkpoint with the released
+    vocabulary whose own files name no such token; any other checkpoint must name its own.
+    """
+
+    mask_texts: tuple[str, ...]
+    eot_text: str | None = None  # the chat template's end of turn
+    end_texts: tuple[str, ...] = ()  # more tokens that end an answer (DiffuCoder's <|dlm_pad|>)
+    released_vocab: int | None = None
+    released_mask: int | None = None
+    released_eot: int | None = None
+
+
+def token_id(config: dict, name: str, vocab_size: int, fallback: int | None = None) -> int | None:
+    """A special token id from config.json, else `fallback`; checked against the vocabulary."""
     value = config.get(name)
-    if value is None and released is not None and released < vocab_size:
-        value = released
+    value = fallback if value is None else value
     if value is not None and not 0 <= value < vocab_size:
         raise ValueError(
             f"config.json: {name}={value} lies outside the vocabulary [0, {vocab_size})"
@@ -310,33 +324,40 @@ def build_spec(
     n_layers: int,
     d_model: int,
     logit_shift: int,
-    released_mask: int,
-    released_eot: int,
-    eot_id: int | None,
+    special: SpecialTokens,
+    tokens: dict[str, int] | None,
     positions_field: str,
 ) -> ModelSpec:
-    """`positions_field`: the config field that gives the model's maximum positions."""
-    mask = token_id(config, "mask_token_id", released_mask, vocab)
-    eos = token_id(config, "eos_token_id", None, vocab)
-    if mask is None or eos is None:
+    """`tokens`: the tokenizer files' special tokens (text -> id; the declared mask token under
+    "mask_token"), None without tokenizer files. `positions_field`: the config field that gives
+    the model's maximum positions."""
+    tokens = tokens or {}
+    released = vocab == special.released_vocab
+    found_mask = tokens.get("mask_token", next(filter(None, map(tokens.get, special.mask_texts)), None))
+    mask = token_id(config, "mask_token_id", vocab, found_mask)
+    mask = mask if mask is not None or not released else special.released_mask
+    if mask is None:
         raise ValueError(
-            "config.json must give mask_token_id and eos_token_id inside the vocabulary [0, "
-            f"{vocab})"
+            "cannot find the mask token id: config.json has no mask_token_id and the tokenizer "
+            f"files declare no mask token (looked for a mask_token and for {special.mask_texts}); "
+            "add mask_token_id to config.json"
         )
-    pad = token_id(config, "pad_token_id", None, vocab)
-    if eot_id is None:
-        eot_id = token_id(config, "eot_token_id", released_eot, vocab)
-    elif not 0 <= eot_id < vocab:
-        raise ValueError(
-            f"the tokenizer's end-of-turn id {eot_id} lies outside the vocabulary [0, {vocab})"
-        )
+    eos = token_id(config, "eos_token_id", vocab)
+    if eos is None:
+        raise ValueError(f"config.json must give eos_token_id inside the vocabulary [0, {vocab})")
+    pad = token_id(config, "pad_token_id", vocab)
+    eot = tokens.get(special.eot_text) if special.eot_text else None
+    eot = token_id(config, "eot_token_id", vocab, eot)
+    eot = eot if eot is not None or not released else special.released_eot
+    ends = tuple(tokens[t] for t in special.end_texts if t in tokens)
     return ModelSpec(
         model_type=model_type,
         mask_id=mask,
         eos_id=eos,
         pad_id=eos if pad is None else pad,
-        eot_id=eot_id,
-        bos_id=token_id(config, "bos_token_id", None, vocab),
+        eot_id=eot,
+        end_ids=ends,
+        bos_id=token_id(config, "bos_token_id", vocab),
         logit_shift=logit_shift,
         vocab_size=vocab,
         n_layers=n_layers,

@@ -16,6 +16,7 @@ from .base import (
     DiffusionLM,
     HeadShape,
     RMSNorm,
+    SpecialTokens,
     build_spec,
     config_value,
     finish_layer,
@@ -24,9 +25,14 @@ from .base import (
     rope_theta,
 )
 
-MASK_ID = 151666  # <|mask|>
-EOT_ID = 151645  # <|im_end|>
-EOT_TEXT = "<|im_end|>"
+SPECIAL = SpecialTokens(
+    mask_texts=("<|mask|>",),
+    eot_text="<|im_end|>",
+    end_texts=("<|dlm_pad|>",),
+    released_vocab=152064,
+    released_mask=151666,
+    released_eot=151645,
+)
 
 
 class DreamAttention(nn.Module):
@@ -76,11 +82,11 @@ class DreamModel(DiffusionLM):
     """Native Dream; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "Dream"
-    eot_text = EOT_TEXT
+    special = SPECIAL
     head_key = "lm_head.weight"
     tokenizer_class = "Qwen2Tokenizer"  # the remote DreamTokenizer is Qwen2's byte-level BPE
 
-    def __init__(self, config: dict, *, eot_id: int | None = None):
+    def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
         hidden = config_value(config, "hidden_size")
@@ -113,9 +119,8 @@ class DreamModel(DiffusionLM):
             n_layers=len(self.model.layers),
             d_model=hidden,
             logit_shift=1,
-            released_mask=MASK_ID,
-            released_eot=EOT_ID,
-            eot_id=eot_id,
+            special=SPECIAL,
+            tokens=tokens,
             positions_field="max_position_embeddings",
         )
 

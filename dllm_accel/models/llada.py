@@ -15,6 +15,7 @@ from .base import (
     DiffusionLM,
     HeadShape,
     RMSNorm,
+    SpecialTokens,
     build_spec,
     config_value,
     finish_layer,
@@ -23,9 +24,13 @@ from .base import (
     rope_theta,
 )
 
-MASK_ID = 126336  # <|mdm_mask|> of the released tokenizer
-EOT_ID = 126348  # <|eot_id|>, which closes every chat turn
-EOT_TEXT = "<|eot_id|>"
+SPECIAL = SpecialTokens(
+    mask_texts=("<|mdm_mask|>",),
+    eot_text="<|eot_id|>",  # closes every chat turn
+    released_vocab=126464,
+    released_mask=126336,
+    released_eot=126348,
+)
 
 
 class LLaDABlock(nn.Module):
@@ -57,11 +62,11 @@ class LLaDAModel(DiffusionLM):
     """Native LLaDA; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "llada"
-    eot_text = EOT_TEXT
+    special = SPECIAL
     head_key = "model.transformer.ff_out.weight"
     tokenizer_class = "PreTrainedTokenizerFast"  # as the released tokenizer_config.json names it
 
-    def __init__(self, config: dict, *, eot_id: int | None = None):
+    def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
         d_model = config_value(config, "d_model")
@@ -103,9 +108,8 @@ class LLaDAModel(DiffusionLM):
             n_layers=len(modules["blocks"]),
             d_model=d_model,
             logit_shift=0,
-            released_mask=MASK_ID,
-            released_eot=EOT_ID,
-            eot_id=eot_id,
+            special=SPECIAL,
+            tokens=tokens,
             positions_field="max_sequence_length",
         )
 

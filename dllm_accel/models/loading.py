@@ -1,6 +1,6 @@
 """Hugging Face checkpoint directories <-> native models. No remote code, no network.
 
-A checkpoint directory holds config.json (model_type `llada` or `Dream`) and either one
+A checkpoint directory holds config.json (its `architectures` pick the native class) and either one
 `model.safetensors` or shards listed by `model.safetensors.index.json`. Every key, shard and shape
 is checked against the native model before a single tensor is read, so a bad checkpoint fails whole.
 """
@@ -22,18 +22,41 @@ from ..assets import checkpoint_directory
 from .base import DiffusionLM
 from .dream import DreamModel
 from .llada import LLaDAModel
+from .llada_moe import LLaDAMoEModel
 
-MODEL_CLASSES: dict[str, type[DiffusionLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
+# config.json's `architectures` -> the native class. LLaDA-MoE shares model_type "llada" with the
+# dense LLaDA, so the architecture decides; model_type only where a config names no architecture.
+ARCHITECTURES: dict[str, type[DiffusionLM]] = {
+    "LLaDAModelLM": LLaDAModel,
+    "LLaDAMoEModelLM": LLaDAMoEModel,
+    "DreamModel": DreamModel,
+}
+MODEL_TYPES: dict[str, type[DiffusionLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def model_class(model_type) -> type[DiffusionLM]:
-    if model_type not in MODEL_CLASSES:
+def model_class(config) -> type[DiffusionLM]:
+    """The native class of a config.json (dict): by its `architectures`, else by its model_type. A
+    string names an architecture (or a model_type) directly."""
+    if isinstance(config, str):
+        config = {"architectures": [config]} if config in ARCHITECTURES else {"model_type": config}
+    architectures = config.get("architectures") or []
+    if architectures:
+        known = [ARCHITECTURES[a] for a in architectures if a in ARCHITECTURES]
+        if not known:
+            raise ValueError(
+                f"config.json: architectures={architectures} names no supported architecture; "
+                f"supported: {sorted(ARCHITECTURES)}"
+            )
+        return known[0]
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
         raise ValueError(
-            f"unsupported model_type {model_type!r}; supported: {sorted(MODEL_CLASSES)}"
+            f"config.json names no architectures and an unsupported model_type {model_type!r}; "
+            f"supported architectures: {sorted(ARCHITECTURES)}"
         )
-    return MODEL_CLASSES[model_type]
+    return MODEL_TYPES[model_type]
 
 
 def read_config(path) -> dict:
@@ -64,9 +87,9 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
     target = _resolve_dtype(dtype) or _resolve_dtype(
         config.get("torch_dtype") or config.get("dtype")
     )
-    cls = model_class(config.get("model_type"))
+    cls = model_class(config)
     with torch.device("meta"):
-        model = cls(config, eot_id=eot_from_tokenizer_files(directory, cls.eot_text))
+        model = cls(config, tokens=tokenizer_tokens(directory))
     files = _weight_files(directory, skip=model.head_key if model.weight_tying else None)
     found = {}
     for file, keys in files.items():
@@ -77,51 +100,49 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
             found.update({key: tuple(f.get_slice(key).get_shape()) for key in keys})
     check_keys(model, found, source=str(directory))
 
+    # allocate the model once in its dtype, then copy each tensor into place as it is read: the
+    # peak stays about one model (stacked experts are filled expert by expert)
+    target = target or _stored_dtype(files)
+    model = model.to(target).to_empty(device=device)
+    destinations = model.state_dict()
     device = "cpu" if device.type == "cpu" else str(device)  # safetensors refuses "cpu:0"
-    tensors = {}
-    for file, keys in files.items():
-        with safe_open(file, framework="pt", device=device) as f:
-            for key in keys:
-                tensor = f.get_tensor(key)
-                target = target or tensor.dtype  # no dtype anywhere: the first tensor's, for all
-                tensors[key] = tensor.to(target)
-    model.load_state_dict(tensors, strict=True, assign=True)
+    with torch.no_grad():
+        for file, keys in files.items():
+            with safe_open(file, framework="pt", device=device) as f:
+                for key in keys:
+                    destinations[key].copy_(f.get_tensor(key))
     return model.eval()
 
 
 def from_hf(hf_model: nn.Module) -> DiffusionLM:
     """Native model sharing the parameter tensors of a model loaded with trust_remote_code
-    (LLaDAModelLM or DreamModel); nothing is copied."""
+    (LLaDAModelLM, LLaDAMoEModelLM or DreamModel); nothing is copied but LLaDA-MoE's experts,
+    which the native model keeps stacked."""
     config = getattr(hf_model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise TypeError(
-            f"from_hf expects a transformers model (LLaDAModelLM or DreamModel) with a .config, "
+            f"from_hf expects a transformers model (one of {sorted(ARCHITECTURES)}) with a .config, "
             f"got {type(hf_model).__name__}"
         )
     config = config.to_dict()
     with torch.device("meta"):
-        model = model_class(config.get("model_type"))(config)
-    params = dict(hf_model.named_parameters())
+        model = model_class(config)(config)
+    params = hf_model.state_dict(keep_vars=True)  # parameters and persistent buffers, not copies
     if model.weight_tying:
         params.pop(model.head_key, None)
     check_keys(
         model, {k: tuple(p.shape) for k, p in params.items()}, source=type(hf_model).__name__
     )
-    for (
-        name,
-        param,
-    ) in model.named_parameters():  # assign copies this flag onto the shared parameter
-        param.requires_grad_(params[name].requires_grad)
+    requires_grad = any(p.requires_grad for p in params.values())
     model.load_state_dict(params, strict=True, assign=True)
-    return model.eval()
+    return model.requires_grad_(requires_grad).eval()
 
 
 def build_model(config: dict, *, dtype=torch.float32, device=None, seed: int = 0) -> DiffusionLM:
     """A freshly initialised native model (normal(0, init std) weights, zero biases, unit norms)."""
     device = check_device(device)
-    cls = model_class(config.get("model_type"))
     with torch.device("meta"):
-        model = cls(config)
+        model = model_class(config)(config)
     model = model.to_empty(device=device).to(_resolve_dtype(dtype) or torch.float32)
     std = config.get("initializer_range") or config.get("init_std") or 0.02
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -133,6 +154,8 @@ def build_model(config: dict, *, dtype=torch.float32, device=None, seed: int = 0
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * std)
+        for buffer in model.buffers():  # e.g. LLaDA-MoE's expert_bias
+            buffer.zero_()
     return model.eval()
 
 
@@ -170,6 +193,13 @@ def save_model(model: DiffusionLM, path, *, max_shard_bytes: int | None = None) 
     return directory
 
 
+def _stored_dtype(files: dict[Path, list[str]]) -> torch.dtype:
+    """The dtype of the checkpoint's first tensor (no dtype asked for and none in config.json)."""
+    file, keys = next(iter(files.items()))
+    with safe_open(file, framework="pt") as f:
+        return f.get_tensor(keys[0]).dtype
+
+
 def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
     """Raise unless `found` (name -> shape) holds exactly the model's parameters with their
     shapes."""
@@ -194,22 +224,31 @@ def check_keys(model: nn.Module, found: dict[str, tuple], source: str) -> None:
         )
 
 
-def eot_from_tokenizer_files(directory: Path, text: str) -> int | None:
-    """The id of the end-of-turn token `text` as the checkpoint's tokenizer files declare it
-    (tokenizer.json's added tokens, tokenizer_config.json's added_tokens_decoder,
-    added_tokens.json)."""
+def tokenizer_tokens(directory: Path) -> dict[str, int] | None:
+    """The special tokens the checkpoint's tokenizer files declare, text -> id (tokenizer.json's
+    added tokens, tokenizer_config.json's added_tokens_decoder, added_tokens.json), with the
+    declared mask token's id under "mask_token"; None when the directory has no tokenizer files."""
+    readers = {
+        "tokenizer.json": lambda d: {t["content"]: t["id"] for t in d.get("added_tokens", [])},
+        "tokenizer_config.json": lambda d: {
+            t["content"]: int(i) for i, t in d.get("added_tokens_decoder", {}).items()
+        },
+        "added_tokens.json": lambda d: d,
+    }
+    found = [name for name in [*readers, "special_tokens_map.json"] if (directory / name).is_file()]
+    if not found:
+        return None
+    files = {name: json.loads((directory / name).read_text()) for name in found}
     ids: dict[str, int] = {}
-    for name, read in [
-        ("tokenizer.json", lambda d: {t["content"]: t["id"] for t in d.get("added_tokens", [])}),
-        (
-            "tokenizer_config.json",
-            lambda d: {t["content"]: int(i) for i, t in d.get("added_tokens_decoder", {}).items()},
-        ),
-        ("added_tokens.json", lambda d: d),
-    ]:
-        if (directory / name).is_file():
-            ids = read(json.loads((directory / name).read_text())) | ids
-    return ids.get(text)
+    for name, read in readers.items():
+        if name in files:
+            ids = read(files[name]) | ids
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        mask = files.get(name, {}).get("mask_token")
+        mask = mask.get("content") if isinstance(mask, dict) else mask
+        if mask in ids:
+            ids.setdefault("mask_token", ids[mask])
+    return ids
 
 
 def _weight_files(directory: Path, skip: str | None) -> dict[Path, list[str]]:

@@ -1,8 +1,9 @@
 """Tiny configs: the released config.json files with only the sizes shrunk.
 
 The bundled copies in dllm_accel/assets/configs are the real config.json of LLaDA-8B-Instruct and
-Dream-v0-Instruct-7B. A tiny config keeps every field and its meaning; it changes the sizes and
-moves the special token ids to the top of the small vocabulary:
+Dream-v0-Instruct-7B, and LLaDA-MoE-7B-A1B-Instruct's fields with its published sizes (docs/models.md
+says which values are confirmed). A tiny config keeps every field and its meaning; it changes the
+sizes and moves the special token ids to the top of the small vocabulary:
 vocab-1 mask, vocab-2 eos/pad (and Dream's bos), vocab-3 end-of-turn.
 """
 
@@ -11,7 +12,11 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-RELEASED = {"llada": "llada-8b-instruct", "Dream": "dream-v0-instruct-7b"}
+RELEASED = {
+    "llada": "llada-8b-instruct",
+    "Dream": "dream-v0-instruct-7b",
+    "llada_moe": "llada-moe-7b-a1b-instruct",
+}
 
 # our size knobs -> each model's own field names
 _FIELDS = {
@@ -31,11 +36,20 @@ _FIELDS = {
         mlp_hidden="intermediate_size",
         vocab=("vocab_size",),
     ),
+    "llada_moe": dict(
+        d_model="hidden_size",
+        n_layers="num_hidden_layers",
+        n_heads="num_attention_heads",
+        n_kv_heads="num_key_value_heads",
+        mlp_hidden="dense_intermediate_size",
+        vocab=("vocab_size",),
+    ),
 }
 
 
 def released_config(model_type: str) -> dict:
-    """The released checkpoint's config.json."""
+    """The released checkpoint's config.json; `model_type` is a key of RELEASED ("llada", "Dream",
+    "llada_moe")."""
     if model_type not in RELEASED:
         raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(RELEASED)}")
     text = (
@@ -55,10 +69,13 @@ def tiny_config(
     n_kv_heads: int | None = None,
     mlp_hidden: int = 96,
     vocab: int = 128,
+    n_experts: int = 8,
+    top_k: int = 2,
+    expert_hidden: int = 32,
     **fields,
 ) -> dict:
-    """The released config of `model_type` with the given sizes; extra `fields` override
-    verbatim."""
+    """The released config of `model_type` (a key of RELEASED) with the given sizes; the MoE
+    sizes apply to "llada_moe" (every layer MoE). Extra `fields` override verbatim."""
     config = released_config(model_type)
     sizes = dict(
         d_model=d_model,
@@ -80,5 +97,12 @@ def tiny_config(
     )
     if "bos_token_id" in config:
         config["bos_token_id"] = vocab - 2
+    if model_type == "llada_moe":
+        config.update(
+            num_experts=n_experts,
+            num_experts_per_tok=top_k,
+            expert_intermediate_size=expert_hidden,
+            moe_layer_freq=[1] * n_layers,
+        )
     config.update(fields)
     return config

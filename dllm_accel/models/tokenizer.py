@@ -23,7 +23,7 @@ def load_tokenizer(path):
     settings = directory / "tokenizer_config.json"
     name = json.loads(settings.read_text()).get("tokenizer_class") if settings.is_file() else None
     if not hasattr(transformers, name or ""):
-        name = model_class(read_config(directory).get("model_type")).tokenizer_class
+        name = model_class(read_config(directory)).tokenizer_class
     return getattr(transformers, name).from_pretrained(directory, local_files_only=True)
 
 
