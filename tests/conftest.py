@@ -16,6 +16,7 @@ from humaneval_cases import ADD, DOUBLED_SUM  # noqa: E402
 from torch import nn  # noqa: E402
 
 from dllm_accel.models import build_model, tiny_config  # noqa: E402
+from dllm_accel.models.moe import ExpertBank  # noqa: E402
 from dllm_accel.tasks import humaneval  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -170,7 +171,7 @@ def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
     or writes it), which gives the head a real per-token bias: `favour` {token: logit} adds about
     that logit to those tokens everywhere. MASK gets -50, so that, like a trained model, it is never
     predicted, unless `favour` says otherwise."""
-    model = tiny_model(model_type, n_kv_heads=2 if model_type == "Dream" else None, seed=seed)
+    model = tiny_model(model_type, n_kv_heads=2 if model_type != "llada" else None, seed=seed)
     d = model.spec.d_model
     with torch.no_grad():
         model.embedding.weight[:, 0] = model.embedding.weight[:, 1:].std()
@@ -181,6 +182,9 @@ def decoder(model_type, *, seed=0, sharpness=30.0, favour=None):
                 module.weight[0] = 0
                 if module.bias is not None:
                     module.bias[0] = 0
+            if isinstance(module, ExpertBank):
+                module.gate_up[:, :, 0] = 0
+                module.down[:, 0] = 0
         model.final_norm.weight[0] = 1.0
         ids = torch.randint(
             0, model.spec.vocab_size - 3, (4, 32), generator=torch.Generator().manual_seed(seed)

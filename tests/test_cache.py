@@ -69,7 +69,7 @@ def generate(model, unmask, cache, lengths=(9, 5, 7), seed=3, **kwargs):
 @pytest.mark.parametrize(
     "unmask", ["low-confidence", "threshold", "dream-entropy", "low-confidence-cfg"]
 )
-@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+@pytest.mark.parametrize("model_type", ["llada", "Dream", "llada_moe"])
 def test_forced_refresh_equals_nocache(model_type, unmask, lengths):
     """gamma > 1 with refresh_from='drifting' refreshes every layer every step; the window spans the
     generation, so that it does not narrow the candidates."""
@@ -88,7 +88,7 @@ def test_forced_refresh_equals_nocache(model_type, unmask, lengths):
 
 
 @pytest.mark.parametrize("cache", [PrefixCache, DualCache])
-@pytest.mark.parametrize("model_type", ["llada", "Dream"])
+@pytest.mark.parametrize("model_type", ["llada", "Dream", "llada_moe"])
 def test_block_caches_equal_nocache_when_every_step_starts_a_block(model_type, cache):
     """One step per block: every step is a block's first, i.e. a full forward."""
     model = finite_head(decoder(model_type, seed=22))

@@ -167,7 +167,7 @@ def save_model(model: DiffusionLM, path, *, max_shard_bytes: int | None = None) 
     """
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    state = {k: _own_storage(v.detach().to("cpu")) for k, v in model.state_dict().items()}
     config = dict(model.config, torch_dtype=str(model.dtype).removeprefix("torch."))
     shards = _split_shards(state, max_shard_bytes)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".saving-"))
@@ -275,6 +275,13 @@ def _weight_files(directory: Path, skip: str | None) -> dict[Path, list[str]]:
         if key != skip:
             files.setdefault(directory / name, []).append(key)
     return files
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor that does not share its storage (safetensors refuses views, such as an
+    expert's slice of the stacked experts)."""
+    whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    return tensor.contiguous() if whole else tensor.clone()
 
 
 def _split_shards(state: dict[str, torch.Tensor], max_shard_bytes: int | None) -> list[list[str]]:

@@ -14,8 +14,6 @@ saving and `state_dict()` speak the checkpoint's layout.
 
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,8 +52,9 @@ class ExpertBank(nn.Module):
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor):
     """rows [P, in], grouped by expert (group e = rows ends[e-1]:ends[e]) -> each group times its
     expert's weight[e].T, [P, out]. torch's grouped GEMM where it runs (CPU; CUDA in bf16 on
-    sm_80+); elsewhere a loop over the experts that received rows (one host sync)."""
-    if rows.device.type == "cpu" or _cuda_grouped_mm(rows):
+    sm_80+; rows of whole 16-byte multiples); elsewhere a loop over the experts that received rows
+    (one host sync)."""
+    if _grouped_mm_runs(rows, weight):
         return F.grouped_mm(rows, weight.transpose(-2, -1), offs=ends)
     out = rows.new_empty(rows.shape[0], weight.shape[1])
     starts = [0, *ends.tolist()]
@@ -65,8 +64,16 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor)
     return out
 
 
-def _cuda_grouped_mm(rows: torch.Tensor) -> bool:
-    return rows.dtype == torch.bfloat16 and torch.cuda.get_device_capability(rows.device)[0] >= 8
+def _grouped_mm_runs(rows: torch.Tensor, weight: torch.Tensor) -> bool:
+    if any(n * rows.element_size() % 16 for n in weight.shape[1:]):
+        return False
+    if rows.device.type == "cpu":
+        return True
+    return (
+        rows.device.type == "cuda"
+        and rows.dtype == torch.bfloat16
+        and torch.cuda.get_device_capability(rows.device)[0] >= 8
+    )
 
 
 def _per_expert_keys(module: ExpertBank, state: dict, prefix: str, _metadata) -> None:
@@ -95,5 +102,3 @@ def _stacked_keys(module: ExpertBank, state: dict, prefix: str, *_args) -> None:
         [parts[f"{prefix}{e}.down_proj.weight"] for e in range(module.n_experts)]
     )
 
-
-EXPERT_KEY = re.compile(r"\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")

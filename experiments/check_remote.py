@@ -1,0 +1,105 @@
+"""A native model against the checkpoint's own remote modelling code: logits side by side.
+
+    python experiments/check_remote.py DIR [--length 48 --batch 3 --seed 0 --dtype float32]
+    python experiments/check_remote.py --tiny llada_moe --remote-code FILES... [--out DIR]
+
+DIR is a Hugging Face checkpoint directory whose config.json maps `auto_map` to modelling files in
+the directory (what `trust_remote_code=True` runs). `--tiny KIND` first writes a tiny random
+checkpoint of a bundled config (`tiny_config(KIND)`, random norms and router biases too) with the
+given remote-code files copied beside it, so the public code of a released model can be checked
+without its weights. Run it under the transformers version the remote code was written for.
+
+Printed: the max abs difference of the logits at batch 1 (the remote code's own setting: several
+remote implementations ignore the attention mask), and of each left-padded row of a ragged batch
+(native) against the same row alone (native), over the row's real positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+
+from dllm_accel.models import build_model, load_model, save_model, tiny_config
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    torch.manual_seed(args.seed)
+    directory = Path(args.directory) if args.directory else write_tiny(args)
+    native = load_model(directory, dtype=args.dtype)
+    remote = transformers.AutoModel.from_pretrained(
+        directory, trust_remote_code=True, dtype=getattr(torch, args.dtype)
+    ).eval()
+    vocab = native.spec.vocab_size
+    ids = torch.randint(0, min(vocab, native.spec.mask_id), (args.batch, args.length))
+    ids[:, -args.length // 3 :] = native.spec.mask_id  # a decoding canvas: the tail masked
+    with torch.no_grad():
+        ours = native(ids[:1]).logits
+        theirs = remote(input_ids=ids[:1]).logits
+        report = {
+            "remote": type(remote).__name__,
+            "transformers": transformers.__version__,
+            "dtype": args.dtype,
+            "batch1_max_abs_diff": (ours - theirs).abs().max().item(),
+            "padded_rows_max_abs_diff": padded_rows_diff(native, ids),
+        }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def padded_rows_diff(model, ids) -> float:
+    """Row r keeps its last n - r tokens behind r pads; the largest difference of a padded row's
+    logits from the same tokens alone."""
+    mask = torch.ones_like(ids)
+    padded = ids.clone()
+    for r in range(ids.shape[0]):
+        padded[r, :r], mask[r, :r] = model.spec.pad_id, 0
+    logits = model(padded, mask).logits
+    return max(
+        (logits[r, r:] - model(ids[r : r + 1, r:]).logits[0]).abs().max().item()
+        for r in range(ids.shape[0])
+    )
+
+
+def write_tiny(args) -> Path:
+    """A tiny random checkpoint of a bundled config, with the remote-code files beside it."""
+    directory = Path(args.out or tempfile.mkdtemp(prefix=f"tiny-{args.tiny}-"))
+    config = tiny_config(args.tiny, **json.loads(args.fields))
+    model = build_model(config, seed=args.seed)
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    with torch.no_grad():  # random norm weights and router biases too, so a misplaced one shows
+        for name, tensor in model.state_dict().items():
+            if name.endswith("norm.weight") or name.endswith("expert_bias"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    save_model(model, directory)
+    for file in args.remote_code:
+        shutil.copy(file, directory)
+    return directory
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", nargs="?")
+    parser.add_argument("--tiny", help="write a tiny checkpoint of this bundled config first")
+    parser.add_argument("--remote-code", nargs="*", default=[], help="files copied beside it")
+    parser.add_argument("--fields", default="{}", help="JSON of config fields to override")
+    parser.add_argument("--out", help="where the tiny checkpoint goes (default: a temp dir)")
+    parser.add_argument("--length", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    if (args.directory is None) == (args.tiny is None):
+        parser.error("give either a checkpoint DIR or --tiny KIND")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
