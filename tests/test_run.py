@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
 import dllm_accel
+from dllm_accel.models import build_model, model_class, released_config, tiny_config
 from dllm_accel.tasks.base import Task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,14 +100,50 @@ def test_every_group_option_composes_and_instantiates(group, tmp_path):
         assert isinstance(built, expected) and type(built).__name__ != "DictConfig", choice
 
 
+# conf/model/ entry of a released model -> (its tiny_config kind, the environment variable of its
+# directory); the experiments are named task_<family>_official / task_<family>_elastic
+RELEASED_MODELS = {
+    "llada_8b_instruct": ("llada", "LLADA_8B_INSTRUCT_PATH"),
+    "llada_1_5": ("llada", "LLADA_1_5_PATH"),
+    "dream_v0_instruct_7b": ("Dream", "DREAM_V0_INSTRUCT_7B_PATH"),
+    "llada_moe_7b_a1b_instruct": ("llada_moe", "LLADA_MOE_7B_A1B_INSTRUCT_PATH"),
+    "dream_coder_v0_instruct_7b": ("dream_coder", "DREAM_CODER_V0_INSTRUCT_7B_PATH"),
+    "diffucoder_7b_instruct": ("diffucoder", "DIFFUCODER_7B_INSTRUCT_PATH"),
+}
+FAMILY_MODELS = {
+    "llada": "llada_8b_instruct",
+    "dream": "dream_v0_instruct_7b",
+    "llada_moe": "llada_moe_7b_a1b_instruct",
+    "dream_coder": "dream_coder_v0_instruct_7b",
+    "diffucoder": "diffucoder_7b_instruct",
+}
+# the model cards' diffusion_generate settings: (new tokens = steps, temperature)
+DREAM_CODE_OFFICIAL = {"dream_coder": (768, 0.1), "diffucoder": (256, 0.3)}
+
+
+def experiment_family(experiment: str) -> str:
+    """gsm8k_dream_coder_elastic -> dream_coder"""
+    return experiment.split("_", 1)[1].rsplit("_", 1)[0]
+
+
+def test_every_released_model_config_is_in_the_table():
+    bundled = {"tiny_llada", "tiny_dream", "local_checkpoint"}
+    assert sorted(set(choices("model")) - bundled) == sorted(RELEASED_MODELS)
+
+
 @pytest.mark.parametrize("model", choices("model"))
 def test_every_model_config_loads_a_checkpoint_in_the_real_layout(model, tmp_path):
-    """The released-model configs need a directory: here a copy of a bundled model (real layout)."""
-    source = "tiny-dream" if "dream" in model else "tiny-llada"
-    shutil.copytree(dllm_accel.assets.path(source), tmp_path / "checkpoint")
+    """The released-model configs need a directory: a copy of a bundled model (real layout) for
+    LLaDA and Dream, a tiny model of the released config for the others."""
+    kind = RELEASED_MODELS.get(model, ("Dream" if "dream" in model else "llada",))[0]
+    if kind in ("llada", "Dream"):
+        source = "tiny-dream" if kind == "Dream" else "tiny-llada"
+        shutil.copytree(dllm_accel.assets.path(source), tmp_path / "checkpoint")
+    else:
+        dllm_accel.save_model(build_model(tiny_config(kind)), tmp_path / "checkpoint")
     cfg = compose_main([f"model={model}", f"model.path={tmp_path / 'checkpoint'}"])
     loaded = instantiate(cfg.model)
-    assert loaded.spec.model_type == ("Dream" if "dream" in model else "llada")
+    assert type(loaded) is model_class(released_config(kind))
 
 
 RELEASED = [name for name in choices("experiment") if name != "testbed"]
@@ -132,20 +169,28 @@ def test_every_config_group_option_is_its_name_in_the_one_table():
 
 @pytest.mark.parametrize("experiment", RELEASED)
 def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkeypatch):
-    for variable in ("LLADA_8B_INSTRUCT_PATH", "DREAM_V0_INSTRUCT_7B_PATH"):
+    for _, variable in RELEASED_MODELS.values():
         (tmp_path / variable).mkdir()
         monkeypatch.setenv(variable, str(tmp_path / variable))
+    family = experiment_family(experiment)
     extra = task_overrides("gsm8k" if "gsm8k" in experiment else "humaneval", tmp_path)
     cfg = compose_main([f"experiment={experiment}", *extra])
-    assert cfg.max_new_tokens == 256 and cfg.batch_size == 1
-    assert cfg.block_length == (None if "dream_official" in experiment else 32)
+    new_tokens, temperature = DREAM_CODE_OFFICIAL.get(family, (256, 0.0))
+    assert cfg.max_new_tokens == new_tokens and cfg.batch_size == 1
+    dream_official = experiment.endswith("_official") and family in ("dream", *DREAM_CODE_OFFICIAL)
+    assert cfg.block_length == (None if dream_official else 32)
+    if dream_official:
+        assert (cfg.unmask.alg, cfg.unmask.steps, cfg.unmask.temperature) == (
+            "entropy",
+            new_tokens,
+            temperature,
+        )
+        assert cfg.unmask.top_p == (0.95 if family in DREAM_CODE_OFFICIAL else None)
     if "gsm8k" in experiment:
         assert cfg.task.shots == 5 or "task.shots=0" in extra
     if "elastic" in experiment:
         assert (cfg.cache.gamma, cfg.cache.window, cfg.unmask.tau) == (0.9, 16, 0.9)
-    assert cfg.model.path.endswith(
-        "DREAM_V0_INSTRUCT_7B_PATH" if "dream" in experiment else "LLADA_8B_INSTRUCT_PATH"
-    )
+    assert cfg.model.path.endswith(RELEASED_MODELS[FAMILY_MODELS[family]][1])
     # every group instantiated, settings checked
     assert run.Job.check(cfg).method.label != run.OFFICIAL
 

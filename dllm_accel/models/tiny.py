@@ -1,9 +1,10 @@
 """Tiny configs: the released config.json files with only the sizes shrunk.
 
-The bundled copies in dllm_accel/assets/configs are the real config.json of LLaDA-8B-Instruct and
-Dream-v0-Instruct-7B, and LLaDA-MoE-7B-A1B-Instruct's fields with its published sizes (docs/models.md
-says which values are confirmed). A tiny config keeps every field and its meaning; it changes the
-sizes and moves the special token ids to the top of the small vocabulary:
+The bundled copies in dllm_accel/assets/configs are the real config.json of LLaDA-8B-Instruct,
+Dream-v0-Instruct-7B and DiffuCoder-7B-Instruct; Dream-Coder-v0-Instruct-7B's is Dream-v0's (the
+same Qwen2.5-7B sizes), and LLaDA-MoE-7B-A1B-Instruct's holds its fields with its published sizes
+(docs/models.md says which values are confirmed). A tiny config keeps every field and its meaning;
+it changes the sizes and moves the special token ids to the top of the small vocabulary:
 vocab-1 mask, vocab-2 eos/pad (and Dream's bos), vocab-3 end-of-turn.
 """
 
@@ -16,9 +17,19 @@ RELEASED = {
     "llada": "llada-8b-instruct",
     "Dream": "dream-v0-instruct-7b",
     "llada_moe": "llada-moe-7b-a1b-instruct",
+    "diffucoder": "diffucoder-7b-instruct",
+    "dream_coder": "dream-coder-v0-instruct-7b",
 }
 
 # our size knobs -> each model's own field names
+_DREAM_FIELDS = dict(
+    d_model="hidden_size",
+    n_layers="num_hidden_layers",
+    n_heads="num_attention_heads",
+    n_kv_heads="num_key_value_heads",
+    mlp_hidden="intermediate_size",
+    vocab=("vocab_size",),
+)
 _FIELDS = {
     "llada": dict(
         d_model="d_model",
@@ -28,14 +39,8 @@ _FIELDS = {
         mlp_hidden="mlp_hidden_size",
         vocab=("vocab_size", "embedding_size"),
     ),
-    "Dream": dict(
-        d_model="hidden_size",
-        n_layers="num_hidden_layers",
-        n_heads="num_attention_heads",
-        n_kv_heads="num_key_value_heads",
-        mlp_hidden="intermediate_size",
-        vocab=("vocab_size",),
-    ),
+    # Dream and the Dream-architecture code models (DiffuCoder, Dream-Coder) share Dream's names
+    **dict.fromkeys(("Dream", "diffucoder", "dream_coder"), _DREAM_FIELDS),
     "llada_moe": dict(
         d_model="hidden_size",
         n_layers="num_hidden_layers",
@@ -49,7 +54,7 @@ _FIELDS = {
 
 def released_config(model_type: str) -> dict:
     """The released checkpoint's config.json; `model_type` is a key of RELEASED ("llada", "Dream",
-    "llada_moe")."""
+    "llada_moe", "diffucoder", "dream_coder")."""
     if model_type not in RELEASED:
         raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(RELEASED)}")
     text = (
