@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 import transformers
-from safetensors.torch import save_file
 from conftest import StandIn, random_ids, tiny_model
+from safetensors.torch import save_file
 
 import dllm_accel
 from dllm_accel import DualCache, ElasticCache, Sampler, Threshold
@@ -126,8 +126,8 @@ def test_expert_path_equals_a_per_expert_loop(dtype, hidden):
 
 
 def test_router_bias_and_shared_expert_follow_the_released_block():
-    """expert_bias is added to the softmax probabilities, which then weight the experts unnormalised;
-    the shared expert sees the same normed input."""
+    """expert_bias is added to the softmax probabilities, which then weight the experts
+    unnormalised; the shared expert sees the same normed input."""
     model = moe_model(moe_router_enable_expert_bias=True, shared_expert_intermediate_size=20)
     layer = model.blocks[0]
     with torch.no_grad():
@@ -177,9 +177,10 @@ def test_from_hf_shares_all_but_the_experts():
     hf = StandIn(source.state_dict(), source.config)
     native = dllm_accel.from_hf(hf)
     hf_params = dict(hf.named_parameters())
-    assert native.model.embed_tokens.weight.data_ptr() == hf_params[
-        "model.embed_tokens.weight"
-    ].data_ptr()
+    assert (
+        native.model.embed_tokens.weight.data_ptr()
+        == hf_params["model.embed_tokens.weight"].data_ptr()
+    )
     ids = random_ids(source, 2, 8)
     with torch.no_grad():
         assert torch.equal(native(ids).logits, source(ids).logits)

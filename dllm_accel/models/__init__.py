@@ -2,8 +2,8 @@
 
 from .base import DiffusionLM, ModelOutput, ModelSpec, attend, rotary_tables
 from .dream import DreamModel
-from .llada_moe import LLaDAMoEModel
 from .llada import LLaDAModel
+from .llada_moe import LLaDAMoEModel
 from .loading import build_model, from_hf, load_model, model_class, save_model
 from .tiny import released_config, tiny_config
 from .tokenizer import encode_chat, encode_texts, load_tokenizer

@@ -333,7 +333,8 @@ def build_spec(
     the model's maximum positions."""
     tokens = tokens or {}
     released = vocab == special.released_vocab
-    found_mask = tokens.get("mask_token", next(filter(None, map(tokens.get, special.mask_texts)), None))
+    named = [tokens[text] for text in special.mask_texts if text in tokens]
+    found_mask = tokens.get("mask_token", named[0] if named else None)
     mask = token_id(config, "mask_token_id", vocab, found_mask)
     mask = mask if mask is not None or not released else special.released_mask
     if mask is None:

@@ -20,8 +20,8 @@ from .base import (
     DiffusionLM,
     HeadShape,
     RMSNorm,
-    apply_rotary,
     SpecialTokens,
+    apply_rotary,
     build_spec,
     config_value,
     require_supported,
@@ -61,7 +61,9 @@ class SparseMoE(nn.Module):
                 f"{n_experts}]"
             )
         self.gate = nn.Linear(d_model, n_experts, bias=False)
-        self.experts = ExpertBank(n_experts, d_model, config_value(config, "expert_intermediate_size"))
+        self.experts = ExpertBank(
+            n_experts, d_model, config_value(config, "expert_intermediate_size")
+        )
         if config.get("moe_router_enable_expert_bias"):
             self.register_buffer("expert_bias", torch.zeros(n_experts))
         else:
@@ -96,7 +98,11 @@ class LLaDAMoELayer(nn.Module):
         self.shape = shape
         self.clip_qkv = config.get("clip_qkv")
         self.self_attn = LLaDAMoEAttention(
-            d_model, shape, bool(config.get("attention_bias")), bool(config.get("qk_layernorm")), eps
+            d_model,
+            shape,
+            bool(config.get("attention_bias")),
+            bool(config.get("qk_layernorm")),
+            eps,
         )
         self.input_layernorm = RMSNorm(d_model, eps)
         self.post_attention_layernorm = RMSNorm(d_model, eps)

@@ -121,8 +121,8 @@ def from_hf(hf_model: nn.Module) -> DiffusionLM:
     config = getattr(hf_model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise TypeError(
-            f"from_hf expects a transformers model (one of {sorted(ARCHITECTURES)}) with a .config, "
-            f"got {type(hf_model).__name__}"
+            f"from_hf expects a transformers model (one of {sorted(ARCHITECTURES)}) with a "
+            f".config, got {type(hf_model).__name__}"
         )
     config = config.to_dict()
     with torch.device("meta"):

@@ -41,7 +41,9 @@ class ExpertBank(nn.Module):
         order = experts.flatten().argsort(stable=True)  # pairs grouped by expert, token order
         tokens = order // k
         per_expert = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
-        per_expert.scatter_add_(0, experts.flatten(), torch.ones_like(experts.flatten(), dtype=torch.int32))
+        per_expert.scatter_add_(
+            0, experts.flatten(), torch.ones_like(experts.flatten(), dtype=torch.int32)
+        )
         ends = per_expert.cumsum(0, dtype=torch.int32)
         gate, up = grouped_linear(x[tokens], self.gate_up, ends).chunk(2, dim=-1)
         out = grouped_linear(F.silu(gate) * up, self.down, ends)
@@ -58,7 +60,7 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor)
         return F.grouped_mm(rows, weight.transpose(-2, -1), offs=ends)
     out = rows.new_empty(rows.shape[0], weight.shape[1])
     starts = [0, *ends.tolist()]
-    for e, (start, end) in enumerate(zip(starts, starts[1:])):
+    for e, (start, end) in enumerate(zip(starts, starts[1:], strict=False)):
         if end > start:
             out[start:end] = rows[start:end] @ weight[e].T
     return out
@@ -94,11 +96,12 @@ def _stacked_keys(module: ExpertBank, state: dict, prefix: str, *_args) -> None:
     parts = {name: state.pop(name) for name in names}
     state[prefix + "gate_up"] = torch.stack(
         [
-            torch.cat([parts[f"{prefix}{e}.gate_proj.weight"], parts[f"{prefix}{e}.up_proj.weight"]])
+            torch.cat(
+                [parts[f"{prefix}{e}.gate_proj.weight"], parts[f"{prefix}{e}.up_proj.weight"]]
+            )
             for e in range(module.n_experts)
         ]
     )
     state[prefix + "down"] = torch.stack(
         [parts[f"{prefix}{e}.down_proj.weight"] for e in range(module.n_experts)]
     )
-
