@@ -5,6 +5,7 @@ routing of only the rows computed, the released key set, loading memory and bad 
 experiments/check_remote.py runs the released remote code itself (it needs transformers 4)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from conftest import StandIn, random_ids, tiny_model
 from safetensors.torch import save_file
 
 import dllm_accel
-from dllm_accel import DualCache, ElasticCache, Sampler, Threshold
+import dllm_accel.assets
+from dllm_accel import DualCache, ElasticCache, Method, Sampler, StopAtEOS, Threshold
 from dllm_accel.models import LLaDAMoEModel, released_config, save_model
 from dllm_accel.models.moe import ExpertBank
 
@@ -289,3 +291,53 @@ def test_a_checkpoint_lacking_an_expert_is_named(tmp_path):
 def test_unsupported_options_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         moe_model(**{field: value})
+
+
+def tiny_moe_checkpoint(directory):
+    """A random LLaDA-MoE checkpoint with tiny-llada's tokenizer files and special ids."""
+    ids = dict(mask_token_id=0, eos_token_id=1, eot_token_id=2, pad_token_id=3, bos_token_id=None)
+    save_model(moe_model(seed=5, **ids), directory)
+    for file in dllm_accel.assets.checkpoint_directory("tiny-llada").iterdir():
+        if "token" in file.name or file.suffix == ".jinja":
+            shutil.copy(file, directory)
+    return directory
+
+
+def test_patch_and_the_official_sampler_drive_llada_moe():
+    """patch() on a remote-code LLaDA-MoE and llada_generate decode as Method.official does."""
+    native = moe_model(seed=7)
+    ids = random_ids(native, 2, 6)
+    remote = dllm_accel.patch(StandIn(native.state_dict(), native.config))
+    got = dllm_accel.llada_generate(remote, ids, steps=8, gen_length=8, block_length=4)
+    official = Method.official(native, max_new_tokens=8, block_length=4).sampler(native)
+    assert torch.equal(got, official.generate(ids, max_new_tokens=8, block_length=4).sequences)
+
+
+def test_lm_eval_decodes_a_llada_moe_checkpoint(tmp_path):
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from dllm_accel.lm_eval import DllmAccelLM
+
+    directory = tiny_moe_checkpoint(tmp_path)
+    lm = DllmAccelLM.create_from_arg_string(
+        f"pretrained={directory},max_new_tokens=16,block_length=8,device=cpu,unmask=threshold,"
+        "cache=elastic_cache",
+        {"batch_size": "2"},
+    )
+    assert isinstance(lm.model, LLaDAMoEModel)
+    prompts = ["k=3. b=k+2. What is b?", "a=1. What is a?"]
+    contexts = [lm.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+    requests = [
+        Instance("generate_until", {}, (c, {"until": []}), i) for i, c in enumerate(contexts)
+    ]
+    texts = lm.generate_until(requests)
+    tokenizer = dllm_accel.load_tokenizer(directory)
+    batch = dllm_accel.encode_chat(tokenizer, [[{"role": "user", "content": p}] for p in prompts])
+    sampler = Sampler(lm.model, unmask=Threshold(0.9), cache=ElasticCache(), stop=StopAtEOS())
+    out = sampler.generate(**batch, max_new_tokens=16, block_length=8)
+    width = batch["input_ids"].shape[1]
+    assert texts == [
+        tokenizer.decode(row[width : width + int(n)], skip_special_tokens=True)
+        for row, n in zip(out.sequences, out.generated_tokens, strict=True)
+    ]
