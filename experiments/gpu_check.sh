@@ -6,7 +6,8 @@
 # 3. benchmarks every kernel against its torch twin and the research code's eager attention;
 # 4. times an end-to-end ElasticCache generation of an 8B-shaped random-weight LLaDA (bf16, prompt 512,
 #    gen 256) through the kernel path and the torch path;
-# 5. times the bundled tiny-dream with and without the ARGuide (tiny-ar), end to end, batch 1 and 16.
+# 5. times the bundled tiny-dream with and without the ARGuide (tiny-ar), end to end, batch 1 and 16;
+# 6. checks and times LLaDA-MoE's expert layer (64 experts, top 8, bf16) through torch's grouped GEMM.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu_check_out}}"
@@ -33,4 +34,7 @@ echo "== AR-guided decoding (tiny models, end to end)"
 timeout 150 "$PYTHON" experiments/bench.py --model tiny-dream --setting short --problems 128 --batch-sizes 1 16 \
   --gammas 0.9 --drifts heads --methods ElasticCache --out "$OUT_DIR/guide-tiny-dream-short" 2>&1 \
   | tail -12 || status=1
+echo "== MoE expert layer (grouped GEMM on CUDA, bf16)"
+timeout 120 "$PYTHON" experiments/bench_experts.py --device cuda --dtype bfloat16 --d-model 2048 \
+  --hidden 1024 --experts 64 --tokens 8 64 4096 2>&1 | tee "$OUT_DIR/bench_experts.log" || status=1
 exit $status

@@ -178,7 +178,7 @@ def edit_weights(directory, edit):
     save_file(state, directory / SINGLE_FILE)
 
 
-SUPPORTED = r"supported.*: \['DreamModel', 'LLaDAMoEModelLM', 'LLaDAModelLM'\]"
+SUPPORTED = r"supported.*: \['DreamModel', 'ILLaDAForCausalLM', 'LLaDAMoEModelLM', 'LLaDAModelLM'\]"
 
 
 def test_unsupported_architecture(saved):

@@ -109,6 +109,7 @@ RELEASED_MODELS = {
     "llada_moe_7b_a1b_instruct": ("llada_moe", "LLADA_MOE_7B_A1B_INSTRUCT_PATH"),
     "dream_coder_v0_instruct_7b": ("dream_coder", "DREAM_CODER_V0_INSTRUCT_7B_PATH"),
     "diffucoder_7b_instruct": ("diffucoder", "DIFFUCODER_7B_INSTRUCT_PATH"),
+    "illada_8b_instruct": ("illada", "ILLADA_8B_INSTRUCT_PATH"),
 }
 FAMILY_MODELS = {
     "llada": "llada_8b_instruct",
@@ -116,6 +117,7 @@ FAMILY_MODELS = {
     "llada_moe": "llada_moe_7b_a1b_instruct",
     "dream_coder": "dream_coder_v0_instruct_7b",
     "diffucoder": "diffucoder_7b_instruct",
+    "illada": "illada_8b_instruct",
 }
 # the model cards' diffusion_generate settings: (new tokens = steps, temperature)
 DREAM_CODE_OFFICIAL = {"dream_coder": (768, 0.1), "diffucoder": (256, 0.3)}

@@ -2,6 +2,7 @@
 
 from .base import DiffusionLM, ModelOutput, ModelSpec, attend, rotary_tables
 from .dream import DreamModel
+from .illada import ILLaDAModel
 from .llada import LLaDAModel
 from .llada_moe import LLaDAMoEModel
 from .loading import build_model, from_hf, load_model, model_class, save_model
@@ -11,6 +12,7 @@ from .tokenizer import encode_chat, encode_texts, load_tokenizer
 __all__ = [
     "DiffusionLM",
     "DreamModel",
+    "ILLaDAModel",
     "LLaDAModel",
     "LLaDAMoEModel",
     "ModelOutput",

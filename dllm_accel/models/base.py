@@ -288,6 +288,18 @@ def require_supported(config: dict, name: str, supported: tuple, default=None) -
         )
 
 
+def require_head_dim_from_width(config: dict) -> None:
+    """Refuse a `head_dim` other than hidden_size // num_attention_heads, which the code assumes."""
+    hidden, heads, head_dim = (
+        config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim")
+    )
+    if head_dim is not None and heads and hidden and head_dim != hidden // heads:
+        raise ValueError(
+            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
+            f"num_attention_heads = {hidden // heads}"
+        )
+
+
 @dataclass(frozen=True)
 class SpecialTokens:
     """How a family's tokenizer spells its special tokens, and the released model's ids.
@@ -305,13 +317,13 @@ class SpecialTokens:
 
 
 def token_id(config: dict, name: str, vocab_size: int, fallback: int | None = None) -> int | None:
-    """A special token id from config.json, else `fallback`; checked against the vocabulary."""
-    value = config.get(name)
-    value = fallback if value is None else value
+    """A special token id from config.json, else `fallback` (the tokenizer files'); checked
+    against the vocabulary."""
+    value, source = config.get(name), "config.json"
+    if value is None:
+        value, source = fallback, "the tokenizer files"
     if value is not None and not 0 <= value < vocab_size:
-        raise ValueError(
-            f"config.json: {name}={value} lies outside the vocabulary [0, {vocab_size})"
-        )
+        raise ValueError(f"{source}: {name}={value} lies outside the vocabulary [0, {vocab_size})")
     return value
 
 
@@ -350,7 +362,7 @@ def build_spec(
     eot = tokens.get(special.eot_text) if special.eot_text else None
     eot = token_id(config, "eot_token_id", vocab, eot)
     eot = eot if eot is not None or not released else special.released_eot
-    ends = tuple(tokens[t] for t in special.end_texts if t in tokens)
+    ends = tuple(token_id({}, t, vocab, tokens[t]) for t in special.end_texts if t in tokens)
     return ModelSpec(
         model_type=model_type,
         mask_id=mask,

@@ -21,6 +21,7 @@ from .base import (
     config_value,
     finish_layer,
     project_qkv,
+    require_head_dim_from_width,
     require_supported,
     rope_theta,
 )
@@ -156,11 +157,4 @@ def _check_supported(config: dict) -> None:
     require_supported(config, "rope_scaling", (None,))
     require_supported(config, "use_sliding_window", (False, None))
     require_supported(config, "use_mrope", (False, None))
-    hidden, heads, head_dim = (
-        config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim")
-    )
-    if head_dim is not None and heads and hidden and head_dim != hidden // heads:
-        raise ValueError(
-            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
-            f"num_attention_heads = {hidden // heads}"
-        )
+    require_head_dim_from_width(config)

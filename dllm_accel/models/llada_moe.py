@@ -24,6 +24,7 @@ from .base import (
     apply_rotary,
     build_spec,
     config_value,
+    require_head_dim_from_width,
     require_supported,
     rope_theta,
 )
@@ -225,11 +226,4 @@ def _check_supported(config: dict) -> None:
     # the remote code's router ignores these; a config that sets them expects what it does not do
     require_supported(config, "moe_router_score_function", ("softmax", None))
     require_supported(config, "partial_rotary_factor", (1, 1.0, None))
-    hidden, heads, head_dim = (
-        config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim")
-    )
-    if head_dim is not None and heads and hidden and head_dim != hidden // heads:
-        raise ValueError(
-            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
-            f"num_attention_heads = {hidden // heads}"
-        )
+    require_head_dim_from_width(config)

@@ -21,6 +21,7 @@ from torch import nn
 from ..assets import checkpoint_directory
 from .base import DiffusionLM
 from .dream import DreamModel
+from .illada import ILLaDAModel
 from .llada import LLaDAModel
 from .llada_moe import LLaDAMoEModel
 
@@ -30,6 +31,7 @@ ARCHITECTURES: dict[str, type[DiffusionLM]] = {
     "LLaDAModelLM": LLaDAModel,
     "LLaDAMoEModelLM": LLaDAMoEModel,
     "DreamModel": DreamModel,
+    "ILLaDAForCausalLM": ILLaDAModel,
 }
 MODEL_TYPES: dict[str, type[DiffusionLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
 SINGLE_FILE = "model.safetensors"
@@ -116,8 +118,8 @@ def load_model(path, dtype=None, device=None) -> DiffusionLM:
 
 def from_hf(hf_model: nn.Module) -> DiffusionLM:
     """Native model sharing the parameter tensors of a model loaded with trust_remote_code
-    (LLaDAModelLM, LLaDAMoEModelLM or DreamModel); nothing is copied but LLaDA-MoE's experts,
-    which the native model keeps stacked."""
+    (one of ARCHITECTURES); nothing is copied but LLaDA-MoE's experts, which the native model keeps
+    stacked."""
     config = getattr(hf_model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         raise TypeError(

@@ -3,8 +3,9 @@
 The bundled copies in dllm_accel/assets/configs are the real config.json of LLaDA-8B-Instruct,
 Dream-v0-Instruct-7B and DiffuCoder-7B-Instruct; Dream-Coder-v0-Instruct-7B's is Dream-v0's (the
 same Qwen2.5-7B sizes), and LLaDA-MoE-7B-A1B-Instruct's holds its fields with its published sizes
-(docs/models.md says which values are confirmed). A tiny config keeps every field and its meaning;
-it changes the sizes and moves the special token ids to the top of the small vocabulary:
+(docs/models.md says which values are confirmed), as does iLLaDA-8B-Instruct's. A tiny config keeps
+every field and its meaning; it changes the sizes and moves the special token ids to the top of the
+small vocabulary:
 vocab-1 mask, vocab-2 eos/pad (and Dream's bos), vocab-3 end-of-turn.
 """
 
@@ -19,6 +20,7 @@ RELEASED = {
     "llada_moe": "llada-moe-7b-a1b-instruct",
     "diffucoder": "diffucoder-7b-instruct",
     "dream_coder": "dream-coder-v0-instruct-7b",
+    "illada": "illada-8b-instruct",
 }
 
 # our size knobs -> each model's own field names
@@ -40,21 +42,16 @@ _FIELDS = {
         vocab=("vocab_size", "embedding_size"),
     ),
     # Dream and the Dream-architecture code models (DiffuCoder, Dream-Coder) share Dream's names
-    **dict.fromkeys(("Dream", "diffucoder", "dream_coder"), _DREAM_FIELDS),
-    "llada_moe": dict(
-        d_model="hidden_size",
-        n_layers="num_hidden_layers",
-        n_heads="num_attention_heads",
-        n_kv_heads="num_key_value_heads",
-        mlp_hidden="dense_intermediate_size",
-        vocab=("vocab_size",),
-    ),
+    # Dream, the Dream-architecture code models (DiffuCoder, Dream-Coder) and iLLaDA share the
+    # Qwen2 / Llama names
+    **dict.fromkeys(("Dream", "diffucoder", "dream_coder", "illada"), _DREAM_FIELDS),
+    "llada_moe": _DREAM_FIELDS | dict(mlp_hidden="dense_intermediate_size"),
 }
 
 
 def released_config(model_type: str) -> dict:
     """The released checkpoint's config.json; `model_type` is a key of RELEASED ("llada", "Dream",
-    "llada_moe", "diffucoder", "dream_coder")."""
+    "llada_moe", "diffucoder", "dream_coder", "illada")."""
     if model_type not in RELEASED:
         raise ValueError(f"unknown model_type {model_type!r}; known: {sorted(RELEASED)}")
     text = (
