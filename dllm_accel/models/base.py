@@ -109,24 +109,83 @@ class HeadShape:
     head_dim: int
 
 
-def project_qkv(x_normed, q_proj, k_proj, v_proj, shape: HeadShape, rope: Rope | None):
-    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D], RoPE applied to q and k (rope None: not
-    yet, the caller rotates them, e.g. while writing the cache)."""
+def project_qkv(x_normed, attention, shape: HeadShape, rope: Rope | None, clip=None):
+    """[B, n, d] -> q [B, Hq, n, D], k, v [B, Hkv, n, D] through `attention`'s q_proj, k_proj,
+    v_proj (and its per-head q_norm / k_norm where it has them; then q, k, v clipped to +-clip where
+    given), RoPE applied to q and k (rope None: not yet, the caller rotates them, e.g. while writing
+    the cache)."""
     b, n, _ = x_normed.shape
-    q = q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim).transpose(1, 2)
-    k = k_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
-    v = v_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim).transpose(1, 2)
+    q = attention.q_proj(x_normed).view(b, n, shape.n_heads, shape.head_dim)
+    k = attention.k_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim)
+    v = attention.v_proj(x_normed).view(b, n, shape.n_kv_heads, shape.head_dim)
+    if hasattr(attention, "q_norm"):
+        q, k = attention.q_norm(q), attention.k_norm(k)
+    if clip is not None:
+        q, k, v = (t.clamp(-clip, clip) for t in (q, k, v))
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if rope is None:
         return q, k, v
     return apply_rotary(q, rope), apply_rotary(k, rope), v
 
 
-def finish_layer(h, attn, out_proj, mlp_norm, gate_proj, up_proj, down_proj):
-    """Attention output [B, Hq, n, D] -> output projection, residual, SwiGLU MLP, residual."""
+def finish_layer(h, attn, out_proj, mlp_norm, mlp):
+    """Attention output [B, Hq, n, D] -> output projection, residual, MLP, residual."""
     b, _, n, _ = attn.shape
     h = h + out_proj(attn.transpose(1, 2).reshape(b, n, -1))
-    x = mlp_norm(h)
-    return h + down_proj(F.silu(gate_proj(x)) * up_proj(x))
+    return h + mlp(mlp_norm(h))
+
+
+class SwiGLU(nn.Module):
+    """down_proj(silu(gate_proj(x)) * up_proj(x)) under the Llama / Qwen2 key names."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    """q_proj, k_proj, v_proj, o_proj under the Llama / Qwen2 key names (the computation is the
+    layer's)."""
+
+    def __init__(self, d_model: int, shape: HeadShape, qkv_bias: bool, out_bias: bool):
+        super().__init__()
+        self.q_proj = nn.Linear(d_model, shape.n_heads * shape.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(shape.n_heads * shape.head_dim, d_model, bias=out_bias)
+
+
+class DecoderLayer(nn.Module):
+    """The Llama / Qwen2 layer (`self_attn`, `mlp`, `input_layernorm`, `post_attention_layernorm`)
+    that Dream, iLLaDA and LLaDA-MoE share; a model may add per-head q/k norms to `self_attn`, a
+    clip of q, k and v, and a `shared_expert` beside the MLP."""
+
+    def __init__(self, shape: HeadShape, attention: Attention, mlp: nn.Module, norm, clip=None):
+        super().__init__()
+        self.shape = shape
+        self.clip_qkv = clip
+        self.self_attn = attention
+        self.mlp = mlp
+        self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()
+
+    def qkv(self, h, rope):
+        x = self.input_layernorm(h)
+        return project_qkv(x, self.self_attn, self.shape, rope, self.clip_qkv)
+
+    def finish(self, h, attn):
+        return finish_layer(
+            h, attn, self.self_attn.o_proj, self.post_attention_layernorm, self._mlp
+        )
+
+    def _mlp(self, x):
+        out = self.mlp(x)
+        return out + self.shared_expert(x) if hasattr(self, "shared_expert") else out
 
 
 def attend(q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -253,6 +312,59 @@ class DiffusionLM(nn.Module):
             )
 
 
+class LlamaLayoutLM(DiffusionLM):
+    """A model under the Llama / Qwen2 key names (`model.embed_tokens`, `model.layers`,
+    `model.norm`, `lm_head` unless tied), with RoPE in the model dtype: Dream, iLLaDA, LLaDA-MoE.
+    Positions are absolute (0..T-1, padding included) unless the model says otherwise."""
+
+    head_key = "lm_head.weight"
+
+    def _assemble(self, vocab: int, d_model: int, layers, final_norm: nn.Module) -> None:
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(vocab, d_model)
+        self.model.layers = nn.ModuleList(layers)
+        self.model.norm = final_norm
+        if not self.weight_tying:
+            self.lm_head = nn.Linear(d_model, vocab, bias=False)
+
+    @property
+    def embedding(self):
+        return self.model.embed_tokens
+
+    @property
+    def blocks(self):
+        return self.model.layers
+
+    @property
+    def final_norm(self):
+        return self.model.norm
+
+    @property
+    def head_weight(self):
+        return self.model.embed_tokens.weight if self.weight_tying else self.lm_head.weight
+
+    def positions(self, attention_mask, length):
+        return torch.arange(length, device=self.device)[None]
+
+    def rope_dtype(self):
+        return self.dtype
+
+
+def head_shape(config: dict) -> HeadShape:
+    """Heads of a config under the Llama / Qwen2 field names. The remote code of every such model
+    here takes head_dim = hidden_size // num_attention_heads, so a `head_dim` field that says
+    otherwise is refused."""
+    n_heads = config_value(config, "num_attention_heads")
+    width = config_value(config, "hidden_size") // n_heads
+    head_dim = config.get("head_dim")
+    if head_dim is not None and head_dim != width:
+        raise ValueError(
+            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
+            f"num_attention_heads = {width}"
+        )
+    return HeadShape(n_heads, config_value(config, "num_key_value_heads", n_heads), width)
+
+
 # -- reading config.json ---------------------------------------------------------------------
 _REQUIRED = object()
 
@@ -285,18 +397,6 @@ def require_supported(config: dict, name: str, supported: tuple, default=None) -
     if value not in supported:
         raise ValueError(
             f"config.json: {name}={value!r} is not supported; supported values: {supported}"
-        )
-
-
-def require_head_dim_from_width(config: dict) -> None:
-    """Refuse a `head_dim` other than hidden_size // num_attention_heads, which the code assumes."""
-    hidden, heads, head_dim = (
-        config.get(k) for k in ("hidden_size", "num_attention_heads", "head_dim")
-    )
-    if head_dim is not None and heads and hidden and head_dim != hidden // heads:
-        raise ValueError(
-            f"config.json: head_dim={head_dim} is not supported; it must equal hidden_size // "
-            f"num_attention_heads = {hidden // heads}"
         )
 
 

@@ -10,18 +10,17 @@ i+1 (`spec.logit_shift == 1`); the model returns raw logits and the sampler appl
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .base import (
-    DiffusionLM,
-    HeadShape,
+    Attention,
+    DecoderLayer,
+    LlamaLayoutLM,
     RMSNorm,
     SpecialTokens,
+    SwiGLU,
     build_spec,
     config_value,
-    finish_layer,
-    project_qkv,
-    require_head_dim_from_width,
+    head_shape,
     require_supported,
     rope_theta,
 )
@@ -36,65 +35,17 @@ SPECIAL = SpecialTokens(
 )
 
 
-class DreamAttention(nn.Module):
-    def __init__(self, hidden: int, shape: HeadShape):
-        super().__init__()
-        self.q_proj = nn.Linear(hidden, shape.n_heads * shape.head_dim, bias=True)
-        self.k_proj = nn.Linear(hidden, shape.n_kv_heads * shape.head_dim, bias=True)
-        self.v_proj = nn.Linear(hidden, shape.n_kv_heads * shape.head_dim, bias=True)
-        self.o_proj = nn.Linear(shape.n_heads * shape.head_dim, hidden, bias=False)
-
-
-class DreamMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-
-class DreamLayer(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, shape: HeadShape, eps: float):
-        super().__init__()
-        self.shape = shape
-        self.self_attn = DreamAttention(hidden, shape)
-        self.mlp = DreamMLP(hidden, intermediate)
-        self.input_layernorm = RMSNorm(hidden, eps)
-        self.post_attention_layernorm = RMSNorm(hidden, eps)
-
-    def qkv(self, h, rope):
-        a = self.self_attn
-        return project_qkv(self.input_layernorm(h), a.q_proj, a.k_proj, a.v_proj, self.shape, rope)
-
-    def finish(self, h, attn):
-        m = self.mlp
-        return finish_layer(
-            h,
-            attn,
-            self.self_attn.o_proj,
-            self.post_attention_layernorm,
-            m.gate_proj,
-            m.up_proj,
-            m.down_proj,
-        )
-
-
-class DreamModel(DiffusionLM):
+class DreamModel(LlamaLayoutLM):
     """Native Dream; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "Dream"
     special = SPECIAL
-    head_key = "lm_head.weight"
     tokenizer_class = "Qwen2Tokenizer"  # the remote DreamTokenizer is Qwen2's byte-level BPE
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
-        hidden = config_value(config, "hidden_size")
-        n_heads = config_value(config, "num_attention_heads")
-        shape = HeadShape(
-            n_heads, config_value(config, "num_key_value_heads", n_heads), hidden // n_heads
-        )
+        hidden, shape = config_value(config, "hidden_size"), head_shape(config)
         vocab = config_value(config, "vocab_size")
         eps = config_value(config, "rms_norm_eps", 1e-6)
         intermediate = config_value(config, "intermediate_size")
@@ -102,15 +53,16 @@ class DreamModel(DiffusionLM):
         self.rope_theta = rope_theta(config)
         self.weight_tying = bool(config.get("tie_word_embeddings", False))
 
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(vocab, hidden)
-        self.model.layers = nn.ModuleList(
-            DreamLayer(hidden, intermediate, shape, eps)
+        layers = [
+            DecoderLayer(
+                shape,
+                Attention(hidden, shape, qkv_bias=True, out_bias=False),
+                SwiGLU(hidden, intermediate),
+                lambda: RMSNorm(hidden, eps),
+            )
             for _ in range(config_value(config, "num_hidden_layers"))
-        )
-        self.model.norm = RMSNorm(hidden, eps)
-        if not self.weight_tying:
-            self.lm_head = nn.Linear(hidden, vocab, bias=False)
+        ]
+        self._assemble(vocab, hidden, layers, RMSNorm(hidden, eps))
 
         self.spec = build_spec(
             config,
@@ -125,22 +77,6 @@ class DreamModel(DiffusionLM):
             positions_field="max_position_embeddings",
         )
 
-    @property
-    def embedding(self):
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self):
-        return self.model.layers
-
-    @property
-    def final_norm(self):
-        return self.model.norm
-
-    @property
-    def head_weight(self):
-        return self.model.embed_tokens.weight if self.weight_tying else self.lm_head.weight
-
     def positions(self, attention_mask, length):
         if attention_mask is None:
             return torch.arange(length, device=self.device)[None]
@@ -148,13 +84,9 @@ class DreamModel(DiffusionLM):
         # padding's positions, as Dream sets them
         return positions.masked_fill(attention_mask == 0, 1)
 
-    def rope_dtype(self):
-        return self.dtype
-
 
 def _check_supported(config: dict) -> None:
     require_supported(config, "hidden_act", ("silu",))
     require_supported(config, "rope_scaling", (None,))
     require_supported(config, "use_sliding_window", (False, None))
     require_supported(config, "use_mrope", (False, None))
-    require_head_dim_from_width(config)

@@ -10,19 +10,19 @@ model dtype; absolute positions 0..T-1; padded keys hidden; the head tied to the
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .base import (
-    DiffusionLM,
+    Attention,
+    DecoderLayer,
     HeadShape,
+    LlamaLayoutLM,
     RMSNorm,
     SpecialTokens,
+    SwiGLU,
     build_spec,
     config_value,
-    finish_layer,
-    project_qkv,
-    require_head_dim_from_width,
+    head_shape,
     require_supported,
     rope_theta,
 )
@@ -34,23 +34,6 @@ SPECIAL = SpecialTokens(
 )
 
 
-class ILLaDAAttention(nn.Module):
-    def __init__(self, d_model: int, shape: HeadShape, bias: bool):
-        super().__init__()
-        self.q_proj = nn.Linear(d_model, shape.n_heads * shape.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=bias)
-        self.o_proj = nn.Linear(shape.n_heads * shape.head_dim, d_model, bias=bias)
-
-
-class ILLaDAMLP(nn.Module):
-    def __init__(self, d_model: int, hidden: int, bias: bool):
-        super().__init__()
-        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
-
-
 def norm(config: dict, size: int) -> nn.Module:
     eps = config.get("layer_norm_eps")
     if eps is not None:
@@ -58,64 +41,34 @@ def norm(config: dict, size: int) -> nn.Module:
     return RMSNorm(size, config_value(config, "rms_norm_eps", 1e-6))
 
 
-class ILLaDALayer(nn.Module):
-    def __init__(self, config: dict, shape: HeadShape):
-        super().__init__()
-        d_model = config["hidden_size"]
-        self.shape = shape
-        self.self_attn = ILLaDAAttention(d_model, shape, bool(config.get("attention_bias")))
-        self.mlp = ILLaDAMLP(
-            d_model, config_value(config, "intermediate_size"), bool(config.get("mlp_bias"))
-        )
-        self.input_layernorm = norm(config, d_model)
-        self.post_attention_layernorm = norm(config, d_model)
-
-    def qkv(self, h, rope):
-        a = self.self_attn
-        return project_qkv(self.input_layernorm(h), a.q_proj, a.k_proj, a.v_proj, self.shape, rope)
-
-    def finish(self, h, attn):
-        m = self.mlp
-        return finish_layer(
-            h,
-            attn,
-            self.self_attn.o_proj,
-            self.post_attention_layernorm,
-            m.gate_proj,
-            m.up_proj,
-            m.down_proj,
-        )
+def layer(config: dict, shape: HeadShape) -> DecoderLayer:
+    d_model, bias = config["hidden_size"], bool(config.get("attention_bias"))
+    return DecoderLayer(
+        shape,
+        Attention(d_model, shape, qkv_bias=bias, out_bias=bias),
+        SwiGLU(d_model, config_value(config, "intermediate_size"), bool(config.get("mlp_bias"))),
+        lambda: norm(config, d_model),
+    )
 
 
-class ILLaDAModel(DiffusionLM):
+class ILLaDAModel(LlamaLayoutLM):
     """Native iLLaDA; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "llada"  # LLaDA's sampler (its README: LLaDA's inference code with mask_id=5)
     special = SPECIAL
-    head_key = "lm_head.weight"
     tokenizer_class = "PreTrainedTokenizerFast"
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
-        d_model = config_value(config, "hidden_size")
-        n_heads = config_value(config, "num_attention_heads")
-        shape = HeadShape(
-            n_heads, config_value(config, "num_key_value_heads", n_heads), d_model // n_heads
-        )
+        d_model, shape = config_value(config, "hidden_size"), head_shape(config)
         vocab = config_value(config, "vocab_size")
         self.config = dict(config)
         self.rope_theta = rope_theta(config)
         self.weight_tying = bool(config.get("tie_word_embeddings", True))
 
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(vocab, d_model)
-        self.model.layers = nn.ModuleList(
-            ILLaDALayer(config, shape) for _ in range(config_value(config, "num_hidden_layers"))
-        )
-        self.model.norm = norm(config, d_model)
-        if not self.weight_tying:
-            self.lm_head = nn.Linear(d_model, vocab, bias=False)
+        layers = [layer(config, shape) for _ in range(config_value(config, "num_hidden_layers"))]
+        self._assemble(vocab, d_model, layers, norm(config, d_model))
 
         self.spec = build_spec(
             config,
@@ -130,30 +83,7 @@ class ILLaDAModel(DiffusionLM):
             positions_field="max_position_embeddings",
         )
 
-    @property
-    def embedding(self):
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self):
-        return self.model.layers
-
-    @property
-    def final_norm(self):
-        return self.model.norm
-
-    @property
-    def head_weight(self):
-        return self.model.embed_tokens.weight if self.weight_tying else self.lm_head.weight
-
-    def positions(self, attention_mask, length):
-        return torch.arange(length, device=self.device)[None]  # absolute, padding included
-
-    def rope_dtype(self):
-        return self.dtype
-
 
 def _check_supported(config: dict) -> None:
     require_supported(config, "hidden_act", ("silu",))
     require_supported(config, "rope_scaling", (None,))
-    require_head_dim_from_width(config)

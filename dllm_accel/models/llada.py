@@ -9,6 +9,7 @@ whatever the padding; padded keys hidden.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import (
@@ -48,14 +49,13 @@ class LLaDABlock(nn.Module):
         self.ff_out = nn.Linear(mlp_hidden, d_model, bias=False)  # down projection
 
     def qkv(self, h, rope):
-        return project_qkv(
-            self.attn_norm(h), self.q_proj, self.k_proj, self.v_proj, self.shape, rope
-        )
+        return project_qkv(self.attn_norm(h), self, self.shape, rope)
 
     def finish(self, h, attn):
-        return finish_layer(
-            h, attn, self.attn_out, self.ff_norm, self.ff_proj, self.up_proj, self.ff_out
-        )
+        return finish_layer(h, attn, self.attn_out, self.ff_norm, self._mlp)
+
+    def _mlp(self, x):
+        return self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
 
 
 class LLaDAModel(DiffusionLM):

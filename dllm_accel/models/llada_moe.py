@@ -17,14 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    DiffusionLM,
+    Attention,
+    DecoderLayer,
     HeadShape,
+    LlamaLayoutLM,
     RMSNorm,
     SpecialTokens,
-    apply_rotary,
+    SwiGLU,
     build_spec,
     config_value,
-    require_head_dim_from_width,
+    head_shape,
     require_supported,
     rope_theta,
 )
@@ -36,17 +38,6 @@ SPECIAL = SpecialTokens(
     released_vocab=157184,
     released_mask=156895,  # the model card's generate(mask_id=156895); not in its config.json
 )
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, d_model: int, hidden: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(d_model, hidden, bias=False)
-        self.up_proj = nn.Linear(d_model, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class SparseMoE(nn.Module):
@@ -79,85 +70,38 @@ class SparseMoE(nn.Module):
         return self.experts(rows, experts, weights.to(x.dtype)).view_as(x)
 
 
-class LLaDAMoEAttention(nn.Module):
-    def __init__(self, d_model: int, shape: HeadShape, bias: bool, qk_norm: bool, eps: float):
-        super().__init__()
-        self.q_proj = nn.Linear(d_model, shape.n_heads * shape.head_dim, bias=bias)
-        self.k_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=bias)
-        self.v_proj = nn.Linear(d_model, shape.n_kv_heads * shape.head_dim, bias=bias)
-        self.o_proj = nn.Linear(shape.n_heads * shape.head_dim, d_model, bias=bias)
-        if qk_norm:
-            self.q_norm = RMSNorm(shape.head_dim, eps)
-            self.k_norm = RMSNorm(shape.head_dim, eps)
+def layer(config: dict, shape: HeadShape, moe: bool) -> DecoderLayer:
+    d_model, bias = config["hidden_size"], bool(config.get("attention_bias"))
+    eps = config_value(config, "rms_norm_eps", 1e-5)
+    mlp = (
+        SparseMoE(d_model, config)
+        if moe
+        else SwiGLU(d_model, config_value(config, "dense_intermediate_size"))
+    )
+    attention = Attention(d_model, shape, qkv_bias=bias, out_bias=bias)
+    if config.get("qk_layernorm"):
+        attention.q_norm = RMSNorm(shape.head_dim, eps)
+        attention.k_norm = RMSNorm(shape.head_dim, eps)
+    built = DecoderLayer(
+        shape, attention, mlp, lambda: RMSNorm(d_model, eps), config.get("clip_qkv")
+    )
+    shared = config.get("shared_expert_intermediate_size")
+    if moe and shared is not None:
+        built.shared_expert = SwiGLU(d_model, shared)
+    return built
 
 
-class LLaDAMoELayer(nn.Module):
-    def __init__(self, config: dict, shape: HeadShape, moe: bool):
-        super().__init__()
-        d_model = config["hidden_size"]
-        eps = config_value(config, "rms_norm_eps", 1e-5)
-        self.shape = shape
-        self.clip_qkv = config.get("clip_qkv")
-        self.self_attn = LLaDAMoEAttention(
-            d_model,
-            shape,
-            bool(config.get("attention_bias")),
-            bool(config.get("qk_layernorm")),
-            eps,
-        )
-        self.input_layernorm = RMSNorm(d_model, eps)
-        self.post_attention_layernorm = RMSNorm(d_model, eps)
-        if moe:
-            self.mlp = SparseMoE(d_model, config)
-            shared = config.get("shared_expert_intermediate_size")
-            if shared is not None:
-                self.shared_expert = SwiGLU(d_model, shared)
-        else:
-            self.mlp = SwiGLU(d_model, config_value(config, "dense_intermediate_size"))
-
-    def qkv(self, h, rope):
-        a, s = self.self_attn, self.shape
-        x = self.input_layernorm(h)
-        b, n, _ = x.shape
-        q = a.q_proj(x).view(b, n, s.n_heads, s.head_dim)
-        k = a.k_proj(x).view(b, n, s.n_kv_heads, s.head_dim)
-        v = a.v_proj(x).view(b, n, s.n_kv_heads, s.head_dim)
-        if hasattr(a, "q_norm"):
-            q, k = a.q_norm(q), a.k_norm(k)
-        if self.clip_qkv is not None:
-            q, k, v = (t.clamp(-self.clip_qkv, self.clip_qkv) for t in (q, k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        if rope is None:
-            return q, k, v
-        return apply_rotary(q, rope), apply_rotary(k, rope), v
-
-    def finish(self, h, attn):
-        b, _, n, _ = attn.shape
-        h = h + self.self_attn.o_proj(attn.transpose(1, 2).reshape(b, n, -1))
-        x = self.post_attention_layernorm(h)
-        out = self.mlp(x)
-        if hasattr(self, "shared_expert"):
-            out = out + self.shared_expert(x)
-        return h + out
-
-
-class LLaDAMoEModel(DiffusionLM):
+class LLaDAMoEModel(LlamaLayoutLM):
     """Native LLaDA-MoE; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "llada"  # LLaDA's family: its sampler and its chat conventions
-    architecture = "LLaDAMoEModelLM"
     special = SPECIAL
-    head_key = "lm_head.weight"
     tokenizer_class = "PreTrainedTokenizerFast"
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
-        d_model = config_value(config, "hidden_size")
-        n_heads = config_value(config, "num_attention_heads")
-        shape = HeadShape(
-            n_heads, config_value(config, "num_key_value_heads", n_heads), d_model // n_heads
-        )
+        d_model, shape = config_value(config, "hidden_size"), head_shape(config)
         n_layers = config_value(config, "num_hidden_layers")
         moe_layers = _moe_layers(config, n_layers)
         vocab = config_value(config, "vocab_size")
@@ -166,12 +110,8 @@ class LLaDAMoEModel(DiffusionLM):
         self.rope_theta = rope_theta(config)
         self.weight_tying = bool(config.get("tie_word_embeddings", False))
 
-        self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(vocab, d_model)
-        self.model.layers = nn.ModuleList(LLaDAMoELayer(config, shape, moe) for moe in moe_layers)
-        self.model.norm = RMSNorm(d_model, eps)
-        if not self.weight_tying:
-            self.lm_head = nn.Linear(d_model, vocab, bias=False)
+        layers = [layer(config, shape, moe) for moe in moe_layers]
+        self._assemble(vocab, d_model, layers, RMSNorm(d_model, eps))
 
         self.spec = build_spec(
             config,
@@ -185,28 +125,6 @@ class LLaDAMoEModel(DiffusionLM):
             tokens=tokens,
             positions_field="max_position_embeddings",
         )
-
-    @property
-    def embedding(self):
-        return self.model.embed_tokens
-
-    @property
-    def blocks(self):
-        return self.model.layers
-
-    @property
-    def final_norm(self):
-        return self.model.norm
-
-    @property
-    def head_weight(self):
-        return self.model.embed_tokens.weight if self.weight_tying else self.lm_head.weight
-
-    def positions(self, attention_mask, length):
-        return torch.arange(length, device=self.device)[None]  # absolute, padding included
-
-    def rope_dtype(self):
-        return self.dtype
 
 
 def _moe_layers(config: dict, n_layers: int) -> list[bool]:
@@ -226,4 +144,3 @@ def _check_supported(config: dict) -> None:
     # the remote code's router ignores these; a config that sets them expects what it does not do
     require_supported(config, "moe_router_score_function", ("softmax", None))
     require_supported(config, "partial_rotary_factor", (1, 1.0, None))
-    require_head_dim_from_width(config)

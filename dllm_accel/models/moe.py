@@ -37,13 +37,12 @@ class ExpertBank(nn.Module):
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor):
         """x [N, d]; experts, weights [N, k]: each token's chosen experts and their routing
         weights (x's dtype). Returns sum_j weights[t, j] * expert_j(x[t]), [N, d]."""
-        n, k = experts.shape
-        order = experts.flatten().argsort(stable=True)  # pairs grouped by expert, token order
-        tokens = order // k
+        pairs = experts.flatten()
+        order = pairs.argsort(stable=True)  # pairs grouped by expert, in token order
+        tokens = order // experts.shape[1]
+        # counted by scatter, not bincount, which stops the host to size its output on CUDA
         per_expert = torch.zeros(self.n_experts, dtype=torch.int32, device=x.device)
-        per_expert.scatter_add_(
-            0, experts.flatten(), torch.ones_like(experts.flatten(), dtype=torch.int32)
-        )
+        per_expert.scatter_add_(0, pairs, torch.ones_like(pairs, dtype=torch.int32))
         ends = per_expert.cumsum(0, dtype=torch.int32)
         gate, up = grouped_linear(x[tokens], self.gate_up, ends).chunk(2, dim=-1)
         out = grouped_linear(F.silu(gate) * up, self.down, ends)
