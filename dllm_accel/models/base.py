@@ -318,14 +318,34 @@ class LlamaLayoutLM(DiffusionLM):
     Positions are absolute (0..T-1, padding included) unless the model says otherwise."""
 
     head_key = "lm_head.weight"
+    logit_shift = 0
+    tied_by_default = False  # the remote config's tie_word_embeddings default
+    special: SpecialTokens
 
-    def _assemble(self, vocab: int, d_model: int, layers, final_norm: nn.Module) -> None:
+    def _assemble(self, config: dict, tokens, layers: list, final_norm: nn.Module) -> None:
+        """Embedding, layers, final norm and head for config.json's sizes, and the spec."""
+        vocab, d_model = config_value(config, "vocab_size"), config_value(config, "hidden_size")
+        self.config = dict(config)
+        self.rope_theta = rope_theta(config)
+        self.weight_tying = bool(config.get("tie_word_embeddings", self.tied_by_default))
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(vocab, d_model)
         self.model.layers = nn.ModuleList(layers)
         self.model.norm = final_norm
         if not self.weight_tying:
             self.lm_head = nn.Linear(d_model, vocab, bias=False)
+        self.spec = build_spec(
+            config,
+            self.model_type,
+            vocab=vocab,
+            shape=head_shape(config),
+            n_layers=len(layers),
+            d_model=d_model,
+            logit_shift=self.logit_shift,
+            special=self.special,
+            tokens=tokens,
+            positions_field="max_position_embeddings",
+        )
 
     @property
     def embedding(self):

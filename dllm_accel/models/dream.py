@@ -18,11 +18,9 @@ from .base import (
     RMSNorm,
     SpecialTokens,
     SwiGLU,
-    build_spec,
     config_value,
     head_shape,
     require_supported,
-    rope_theta,
 )
 
 SPECIAL = SpecialTokens(
@@ -40,19 +38,15 @@ class DreamModel(LlamaLayoutLM):
 
     model_type = "Dream"
     special = SPECIAL
+    logit_shift = 1  # the raw logit at position i scores token i+1
     tokenizer_class = "Qwen2Tokenizer"  # the remote DreamTokenizer is Qwen2's byte-level BPE
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
         hidden, shape = config_value(config, "hidden_size"), head_shape(config)
-        vocab = config_value(config, "vocab_size")
         eps = config_value(config, "rms_norm_eps", 1e-6)
         intermediate = config_value(config, "intermediate_size")
-        self.config = dict(config)
-        self.rope_theta = rope_theta(config)
-        self.weight_tying = bool(config.get("tie_word_embeddings", False))
-
         layers = [
             DecoderLayer(
                 shape,
@@ -62,20 +56,7 @@ class DreamModel(LlamaLayoutLM):
             )
             for _ in range(config_value(config, "num_hidden_layers"))
         ]
-        self._assemble(vocab, hidden, layers, RMSNorm(hidden, eps))
-
-        self.spec = build_spec(
-            config,
-            self.model_type,
-            vocab=vocab,
-            shape=shape,
-            n_layers=len(self.model.layers),
-            d_model=hidden,
-            logit_shift=1,
-            special=SPECIAL,
-            tokens=tokens,
-            positions_field="max_position_embeddings",
-        )
+        self._assemble(config, tokens, layers, RMSNorm(hidden, eps))
 
     def positions(self, attention_mask, length):
         if attention_mask is None:

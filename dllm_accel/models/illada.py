@@ -20,11 +20,9 @@ from .base import (
     RMSNorm,
     SpecialTokens,
     SwiGLU,
-    build_spec,
     config_value,
     head_shape,
     require_supported,
-    rope_theta,
 )
 
 SPECIAL = SpecialTokens(
@@ -56,32 +54,15 @@ class ILLaDAModel(LlamaLayoutLM):
 
     model_type = "llada"  # LLaDA's sampler (its README: LLaDA's inference code with mask_id=5)
     special = SPECIAL
+    tied_by_default = True
     tokenizer_class = "PreTrainedTokenizerFast"
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
-        d_model, shape = config_value(config, "hidden_size"), head_shape(config)
-        vocab = config_value(config, "vocab_size")
-        self.config = dict(config)
-        self.rope_theta = rope_theta(config)
-        self.weight_tying = bool(config.get("tie_word_embeddings", True))
-
+        shape = head_shape(config)
         layers = [layer(config, shape) for _ in range(config_value(config, "num_hidden_layers"))]
-        self._assemble(vocab, d_model, layers, norm(config, d_model))
-
-        self.spec = build_spec(
-            config,
-            self.model_type,
-            vocab=vocab,
-            shape=shape,
-            n_layers=len(self.model.layers),
-            d_model=d_model,
-            logit_shift=0,
-            special=SPECIAL,
-            tokens=tokens,
-            positions_field="max_position_embeddings",
-        )
+        self._assemble(config, tokens, layers, norm(config, config_value(config, "hidden_size")))
 
 
 def _check_supported(config: dict) -> None:

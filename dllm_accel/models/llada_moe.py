@@ -24,11 +24,9 @@ from .base import (
     RMSNorm,
     SpecialTokens,
     SwiGLU,
-    build_spec,
     config_value,
     head_shape,
     require_supported,
-    rope_theta,
 )
 from .moe import ExpertBank
 
@@ -101,29 +99,13 @@ class LLaDAMoEModel(LlamaLayoutLM):
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
-        d_model, shape = config_value(config, "hidden_size"), head_shape(config)
-        n_layers = config_value(config, "num_hidden_layers")
-        moe_layers = _moe_layers(config, n_layers)
-        vocab = config_value(config, "vocab_size")
-        eps = config_value(config, "rms_norm_eps", 1e-5)
-        self.config = dict(config)
-        self.rope_theta = rope_theta(config)
-        self.weight_tying = bool(config.get("tie_word_embeddings", False))
-
-        layers = [layer(config, shape, moe) for moe in moe_layers]
-        self._assemble(vocab, d_model, layers, RMSNorm(d_model, eps))
-
-        self.spec = build_spec(
-            config,
-            self.model_type,
-            vocab=vocab,
-            shape=shape,
-            n_layers=n_layers,
-            d_model=d_model,
-            logit_shift=0,
-            special=SPECIAL,
-            tokens=tokens,
-            positions_field="max_position_embeddings",
+        shape = head_shape(config)
+        moe_layers = _moe_layers(config, config_value(config, "num_hidden_layers"))
+        final_norm = RMSNorm(
+            config_value(config, "hidden_size"), config_value(config, "rms_norm_eps", 1e-5)
+        )
+        self._assemble(
+            config, tokens, [layer(config, shape, moe) for moe in moe_layers], final_norm
         )
 
 
