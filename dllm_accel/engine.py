@@ -93,7 +93,7 @@ class ForwardResult:
     # [r] per computed row: the first layer that recomputed every position
     first_full_layer: torch.Tensor
     # (0: a full forward; n_layers: every layer reused the cache)
-    units: int  # token x layer units computed
+    units: int | torch.Tensor  # token x layer units computed (a 0-dim tensor: no host sync)
 
 
 @dataclass
@@ -268,9 +268,8 @@ class Engine:
                 )
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
-        units = int(
-            (valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum()
-        )
+        # a 0-dim tensor: the sampler sums it over the steps and reads it once, at the end
+        units = (valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum()
         return ForwardResult(split.output(), columns, first_full, units)
 
     def _recompute_from(

@@ -217,15 +217,16 @@ class Sampler:
                 if callback is not None:
                     callback(record, x)
         self._check_progress(bool(stalled.any()), stalled, stalled_at)
+        layer_units = int(run.units)
         return GenerationOutput(
             sequences=x,
             generated_tokens=count_generated(x[:, prompt_len:], spec),
             nfe=nfe,
             steps=total_steps,
             row_forwards=row_forwards,
-            recompute_fraction=run.units / max(1, run.full_units),
+            recompute_fraction=layer_units / max(1, run.full_units),
             trace=trace,
-            layer_units=int(run.units),
+            layer_units=layer_units,
             full_units=int(run.full_units),
             ar_forwards=0 if run.verification is None else run.verification.forwards,
             ar_tokens=0 if run.verification is None else run.verification.tokens,
@@ -341,7 +342,7 @@ class _Run:
         x[rows, positions] = torch.where(commit, tokens, spec.mask_id)
         # tokens committed, then those the stop policy rewrote
         changed = torch.zeros_like(candidates)
-        changed[rows[commit], positions[commit]] = True
+        changed[rows, positions] = commit  # (rows, positions) are distinct: no bool index
         rewritten = sampler.stop.after_step(x[:, self.prompt_len :], spec)
         if rewritten is not None:
             changed[:, self.prompt_len :] |= rewritten

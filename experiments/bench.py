@@ -45,6 +45,7 @@ from dllm_accel import (
     measure,
 )
 from dllm_accel.checks import check_choice
+from dllm_accel.syncs import HostSyncs
 from dllm_accel.tasks import arith
 
 ACCOUNTING = (
@@ -70,7 +71,9 @@ ACCOUNTING = (
     "size; a method "
     "guided by an AR model (ARGuide) counts that model's time too, and is also compared with "
     "itself unguided "
-    "(tokens/s and NFE ratios). NFE counts the diffusion model's forwards, AR forwards the guide's."
+    "(tokens/s and NFE ratios). NFE counts the diffusion model's forwards, AR forwards the "
+    "guide's. Host syncs per step: the ops that make the host wait for the device "
+    "(dllm_accel.syncs) over the decode steps of the first batch, counted in an extra untimed pass."
 )
 OFFICIAL = "official: NoCache + one token per step"
 FAST_DLLM = "Fast-dLLM as released: DualCache + Threshold(0.9), full length"
@@ -153,8 +156,9 @@ def decode(
 ) -> dict:
     """Decode `problems` in batches with `method`; the measured figures (see the module docstring):
     accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards per batch, and the
-    warm-up batch's peak memory. `trace` adds `refresh_rate`: the share of a row's forwards after
-    its first that recomputed a layer."""
+    warm-up batch's peak memory, and the host syncs per decode step (dllm_accel.syncs, counted on
+    the first batch in a pass of its own after the timed ones). `trace` adds `refresh_rate`: the
+    share of a row's forwards after its first that recomputed a layer."""
     batches = [
         dllm_accel.encode_chat(
             tokenizer, [arith.messages(p, shots) for p in problems[i : i + batch_size]]
@@ -194,6 +198,8 @@ def decode(
                 for layer in record.first_full_layer.tolist()
                 if layer >= 0
             ]
+    with HostSyncs() as syncs:  # untimed: the counter slows every op
+        out, _ = run(batches[0])
     n = len(problems)
     extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
     return dict(
@@ -202,6 +208,7 @@ def decode(
         exact_match=exact / n,
         **measured.report(),
         nfe_per_batch=measured.nfe / len(batches),
+        syncs_per_step=syncs.per_step(out),
         ar_forwards_per_batch=measured.ar_forwards / len(batches),
         peak_memory_mib=memory["mib"],
         method=method.name,
@@ -353,6 +360,11 @@ COLUMNS = [  # (key, header, format)
     ),
     ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
     ("recompute_fraction", "recompute", lambda r: f"{r['recompute_fraction']:.3f}"),
+    (
+        "syncs_per_step",
+        "host syncs / step",
+        lambda r: f"{r['syncs_per_step']:.1f}" if "syncs_per_step" in r else "—",
+    ),
     (
         "peak_memory_mib",
         "peak memory (MiB)",

@@ -247,7 +247,7 @@ def _key_tile_kernel(
     """Program (row * m + i, tile): out[row, i, tile] = sum over the tile's attended keys t of
     cos_h(p_before[:, t], p_now[:, t]), with p = 2^(s - lse) from _head_kernel's log-sum-exps."""
     pid = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
+    tile = tl.program_id(1).to(tl.int64)
     row, i = pid // n_tracked, pid % n_tracked
     d = tl.arange(0, BLOCK_D)
     t = tile * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -256,7 +256,8 @@ def _key_tile_kernel(
     bb = tl.zeros((BLOCK_T,), tl.float32)
     nn = tl.zeros((BLOCK_T,), tl.float32)
     bn = tl.zeros((BLOCK_T,), tl.float32)
-    for kv in range(n_kv):  # each key/value head's tile is loaded once for its group of query heads
+    for kv_index in range(n_kv):  # each key/value head's tile is loaded once for its query heads
+        kv = tl.cast(kv_index, tl.int64)  # kv * k_sh passes 2^31 elements at long contexts
         before, now = _load_keys(
             k_ptr + row * k_sr + kv * k_sh,
             kb_ptr + row * kb_sr + kv * kb_sh,

@@ -83,7 +83,10 @@ def _attention_fwd(
     row it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v,
     both rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l,
     lse = m + log2(l)."""
-    tile, kv_head, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    # int64 (as every batch-row and head index times a stride): b * stride_b and kv_head * stride_h
+    # pass 2^31 elements at long contexts
+    tile, kv_head = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
     rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # index into the G * n rows of this kv head
     row_ok = rows < GROUP * n
     head = kv_head * GROUP + rows // n  # [BLOCK_M] query head of each row
@@ -181,7 +184,7 @@ def _attention_mass(
     """One program owns mass[b, t-tile]: mass[t] = sum over heads h and queries i of
     w[i] * p[h, i, t], with p = exp2(s - lse) recomputed from the scores and pass 1's log-sum-exp
     (base 2)."""
-    tile, b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    tile, b = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     key_ok = keys < length
     attend = key_ok
@@ -191,7 +194,8 @@ def _attention_mass(
     dim_ok = dims < head_dim
 
     mass = tl.zeros([BLOCK_N], tl.float32)
-    for kv_head in range(n_kv_heads):
+    for kv in range(n_kv_heads):
+        kv_head = tl.cast(kv, tl.int64)
         k_t = tl.load(
             k_ptr + b * skb + kv_head * skh + keys[None, :] * skt + dims[:, None] * skd,
             mask=key_ok[None, :] & dim_ok[:, None],

@@ -48,7 +48,7 @@ def _rotate_heads(
     BLOCK_HALF: tl.constexpr,
 ):
     """dst[h, :] = rotate(src[h, :]) for h < n_heads; src and dst point at head 0 of one row."""
-    heads = tl.arange(0, BLOCK_H)[:, None]
+    heads = tl.arange(0, BLOCK_H)[:, None].to(tl.int64)  # heads * stride_h may pass 2^31
     cols = tl.arange(0, BLOCK_HALF)[None, :]
     mask = (heads < n_heads) & (cols < half)
     first = src + heads * src_stride_h + cols * src_stride_d
@@ -77,7 +77,7 @@ def _copy_heads(
     BLOCK_D: tl.constexpr,
 ):
     """dst[h, :] = src[h, :] for h < n_heads; dst rows are contiguous."""
-    heads = tl.arange(0, BLOCK_H)[:, None]
+    heads = tl.arange(0, BLOCK_H)[:, None].to(tl.int64)  # heads * stride_h may pass 2^31
     cols = tl.arange(0, BLOCK_D)[None, :]
     mask = (heads < n_heads) & (cols < head_dim)
     x = tl.load(src + heads * src_stride_h + cols * src_stride_d, mask=mask, other=0.0)
@@ -135,7 +135,7 @@ def _rope_write_kernel(
     BLOCK_HALF: tl.constexpr,
     BLOCK_MODEL: tl.constexpr,
 ):
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     i = (pid // n).to(tl.int64)
     j = (pid % n).to(tl.int64)
     head_dim = 2 * half

@@ -256,6 +256,18 @@ def impl(monkeypatch):
 
 
 @pytest.fixture
+def debug_checks(monkeypatch):
+    """DLLM_ACCEL_DEBUG=1 for this test: the ops' range checks that read the device's values run
+    (they are skipped otherwise, to keep the host from waiting)."""
+    from dllm_accel import ops
+
+    monkeypatch.setenv("DLLM_ACCEL_DEBUG", "1")
+    ops.debug.cache_clear()
+    yield
+    ops.debug.cache_clear()
+
+
+@pytest.fixture
 def kernel_calls(monkeypatch):
     """kernel_calls(module, name) replaces a kernel launcher with a spy and returns the list of its
     calls."""

@@ -188,7 +188,7 @@ def test_public_op_runs_the_kernel(impl, monkeypatch, axis):
 
 
 @pytest.mark.parametrize("name", ["torch", "triton"])
-def test_bad_inputs_are_refused(impl, name):
+def test_bad_inputs_are_refused(impl, debug_checks, name):
     impl(name)
     s = SHAPES[3]
     good = make_inputs(s, torch.float32, padded=True)

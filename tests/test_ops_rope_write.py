@@ -263,7 +263,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("breaker, message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
-def test_bad_input_raises_before_launch(triton_impl, breaker, message):
+def test_bad_input_raises_before_launch(triton_impl, debug_checks, breaker, message):
     case = CASES[0]
     fresh = make_rows(case, torch.float32, torch.float32)
     caches = poisoned_caches(case, torch.float32, True)

@@ -16,7 +16,9 @@ imports and anything else to the twin (a CUDA fallback warns once). The kernels 
 importable only as dllm_accel.kernels.<op>: each module holds its @triton.jit kernels and one
 launcher with the signature of its op; the twins in reference.py are the specification) are imported
 only when first used, so `import dllm_accel` never needs triton. Arguments are checked here, before
-anything launches.
+anything launches, from their shapes, dtypes and devices only: a check that must read the device's
+values (the index ranges a kernel reads through) stops the host, so it runs only under
+DLLM_ACCEL_DEBUG=1 (read once per process; see debug()).
 """
 
 from __future__ import annotations
@@ -53,6 +55,17 @@ def implementation(op: str, device_type: str) -> str:
     if reason:
         warnings.warn(f"{op}: using the torch twin ({reason})", RuntimeWarning, stacklevel=3)
     return "torch" if reason else "triton"
+
+
+@cache
+def debug() -> bool:
+    """DLLM_ACCEL_DEBUG=1: also check what needs the device's values (index ranges, one host sync
+    per op call); unset or 0: never stop the host to check. Read once (debug.cache_clear()
+    rereads)."""
+    value = os.environ.get("DLLM_ACCEL_DEBUG", "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"DLLM_ACCEL_DEBUG must be 0, 1 or unset, got {value!r}")
+    return value == "1"
 
 
 def _why_no_kernel(device_type: str) -> str | None:
@@ -292,13 +305,14 @@ def _check_shape(name, tensor, shape, device) -> None:
 
 
 def _check_index(name, index, rows, limit, device, *, bounds: bool) -> None:
-    """Shape, dtype and device always; the range only before a kernel (a host sync; torch's own
-    indexing raises on its own)."""
+    """Shape, dtype and device always; the range only before a kernel and under DLLM_ACCEL_DEBUG=1
+    (a host sync per call; torch's own indexing raises on its own)."""
     if index.dim() != 2 or index.shape[0] != rows or index.dtype != torch.long:
         raise ValueError(
             f"{name} must be a long tensor [{rows}, ...], got {tuple(index.shape)} {index.dtype}"
         )
     if index.device != device:
         raise ValueError(f"{name} is on {index.device}, expected {device}")
-    if bounds and index.numel() and bool(((index < 0) | (index >= limit)).any()):  # one host sync
+    # one host sync
+    if bounds and debug() and index.numel() and bool(((index < 0) | (index >= limit)).any()):
         raise ValueError(f"{name} holds positions outside [0, {limit})")

@@ -162,7 +162,7 @@ class _BlockCache(RefreshState):
         self.query = (positions >= start) & ((positions < end) | self.to_end)
 
     def plan(self, model_ids, live, head_reads):
-        if not bool(self.fresh[live].all()):
+        if not bool((self.fresh | ~live).all()):
             return ForwardPlan(None, self.canvas.n_layers)
         return ForwardPlan(self.query | self.changed | head_reads, self.canvas.n_layers)
 
@@ -181,7 +181,7 @@ class _Frozen(_BlockCache):
         self._query_block(start, end)  # a new block refreshes nothing
 
     def plan(self, model_ids, live, head_reads):
-        if not bool(self.fresh[live].all()):
+        if not bool((self.fresh | ~live).all()):
             return ForwardPlan(None, self.canvas.n_layers)
         masks = self.query & (model_ids == self.canvas.mask_id)
         return ForwardPlan(masks | head_reads, self.canvas.n_layers)
@@ -271,7 +271,7 @@ class _Elastic(RefreshState):
         query = self.tracked | self.changed | self.window | head_reads
         if self.distant is not None:
             query |= self.distant
-        first_full_layer = self.canvas.n_layers if bool(self.fresh[live].all()) else 0
+        first_full_layer = self.canvas.n_layers if bool((self.fresh | ~live).all()) else 0
         if (
             self.policy.gamma == 0
         ):  # never refreshes: nothing to track (a cosine below 0 would refresh)

@@ -1,0 +1,159 @@
+"""Host syncs per decode step (ARCHITECTURE.md §8): a constant that does not grow with the layers,
+counted on CPU by dllm_accel.syncs.HostSyncs; the debug switch behind the ops' range checks; int64
+offsets in the kernels."""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import KERNEL_DEVICE, prompts
+from test_guide import ar_model
+
+from dllm_accel import (
+    ARGuide,
+    DualCache,
+    ElasticCache,
+    NoCache,
+    PrefixCache,
+    Sampler,
+    Threshold,
+    ops,
+)
+from dllm_accel.models import build_model, tiny_config
+from dllm_accel.syncs import HostSyncs
+
+KERNELS = Path(__file__).resolve().parents[1] / "kernels"
+BOUND, GUIDED_BOUND = 8, 12
+POLICIES = {
+    "none": NoCache,
+    "prefix": PrefixCache,
+    "dual": DualCache,
+    "elastic-no-monitor": lambda: ElasticCache(gamma=0.0),  # gamma 0: no drift test runs
+}
+ELASTIC_REASON = (
+    "ElasticCache's drift decision reads each layer's verdict on the host (refresh.py "
+    "AttentionDrift.attend: bool(drifted.any())), so its syncs grow with the layers (10.7 at 2, "
+    "16.5 at 8); rows that drift leave the query path through bool indexing (engine.py _Split), "
+    "21.4 per step when every step drifts"
+)
+GUIDE_REASON = (
+    "ARGuide.verify syncs several times per verified chunk (bool indexing of the drafts, "
+    "count.max(), nonzero): about 21-25 syncs per step on this case"
+)
+
+
+def syncs_per_step(n_layers, cache, guide=None) -> float:
+    model = build_model(tiny_config("llada", n_layers=n_layers), seed=0)
+    ids, mask = prompts(model, [5, 9])  # ragged: the first row is left-padded
+    sampler = Sampler(model, unmask=Threshold(0.9), cache=cache, guide=guide)
+    with HostSyncs() as syncs:
+        out = sampler.generate(ids, mask, max_new_tokens=32, block_length=8)
+    return syncs.per_step(out)
+
+
+def assert_constant(make, bound, guided=False):
+    counts = [
+        syncs_per_step(n, make(), ARGuide(ar_model(), verify_chunk=8) if guided else None)
+        for n in (2, 8)
+    ]
+    print(f"syncs per step at 2 and 8 layers: {counts}")
+    assert counts[0] == counts[1], f"syncs per step grow with the layers: {counts}"
+    assert counts[0] <= bound, f"{counts[0]} syncs per step, more than {bound}"
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_syncs_per_step_do_not_grow_with_the_layers(policy):
+    assert_constant(POLICIES[policy], BOUND)
+
+
+@pytest.mark.xfail(strict=True, reason=ELASTIC_REASON)
+@pytest.mark.parametrize(
+    "gamma", [pytest.param(1e-6, id="monitor-no-drift"), pytest.param(2.0, id="drift-every-step")]
+)
+def test_elastic_cache_syncs_per_step(gamma):
+    assert_constant(lambda: ElasticCache(gamma=gamma), BOUND)
+
+
+@pytest.mark.xfail(strict=True, reason=GUIDE_REASON)
+@pytest.mark.parametrize("policy", ["none", "prefix", "dual"])
+def test_guided_syncs_per_step(policy):
+    assert_constant(POLICIES[policy], GUIDED_BOUND, guided=True)
+
+
+# -- the counter ---------------------------------------------------------------------------------
+def test_the_counter_counts_each_kind_of_sync_once_per_call():
+    t, tolist = torch.arange(6), torch.Tensor.tolist
+    with HostSyncs() as syncs:
+        t.tolist()  # no op is dispatched: counted by the wrapper, once for the whole tensor
+        bool(t.any()), int(t[0]), t.sum().item()
+        t.nonzero(), torch.unique(t), t.repeat_interleave(t), torch.bincount(t)
+        t.repeat_interleave(t, output_size=15)  # no sync: the size is given
+        t[t > 2]
+        t[t > 2] = 0
+        t[torch.tensor([0, 1])]  # no sync: a long index
+    assert syncs.count == 10
+    assert syncs.by_op["tolist"] == 1 and syncs.by_op["index"] == 1
+    assert torch.Tensor.tolist is tolist, "tolist must be restored on leaving"
+
+
+def test_per_step_needs_a_generation_output():
+    with pytest.raises(ValueError, match="steps >= 1"):
+        HostSyncs().per_step(object())
+    with pytest.raises(ValueError, match="sites must be True or False"):
+        HostSyncs(sites="yes")
+
+
+# -- the debug switch ----------------------------------------------------------------------------
+def test_range_checks_sync_only_under_the_debug_switch(monkeypatch):
+    index = torch.tensor([[0, 5]])
+    try:
+        monkeypatch.delenv("DLLM_ACCEL_DEBUG", raising=False)
+        ops.debug.cache_clear()
+        with HostSyncs() as syncs:
+            ops._check_index("index", index, 1, 4, index.device, bounds=True)  # 5 passes unseen
+        assert syncs.count == 0
+        monkeypatch.setenv("DLLM_ACCEL_DEBUG", "1")
+        ops.debug.cache_clear()
+        with HostSyncs() as syncs, pytest.raises(ValueError, match="index holds positions"):
+            ops._check_index("index", index, 1, 4, index.device, bounds=True)
+        assert syncs.count == 1
+        monkeypatch.setenv("DLLM_ACCEL_DEBUG", "yes")
+        ops.debug.cache_clear()
+        with pytest.raises(ValueError, match="DLLM_ACCEL_DEBUG must be"):
+            ops.debug()
+    finally:
+        ops.debug.cache_clear()
+
+
+# -- int64 offsets -------------------------------------------------------------------------------
+def test_every_program_id_is_widened_to_int64():
+    """A program or loop index times a stride is int32 unless widened: at long contexts (batch x
+    heads x length x head_dim) it passes 2^31 and wraps. Every kernel widens its program ids."""
+    for path in sorted(KERNELS.glob("*.py")):
+        source = path.read_text()
+        for match in re.finditer(r"tl\.program_id\(\d\)(\S*)", source):
+            assert match.group(1).startswith(".to(tl.int64)"), f"{path.name}: {match.group(0)}"
+
+
+def test_a_widened_index_times_a_large_stride_does_not_wrap():
+    """What the kernels rely on, in Triton's interpreter as on a GPU: an int32 index times a stride
+    wraps past 2^31, the widened one (tl.cast / .to(tl.int64)) does not."""
+    triton = pytest.importorskip("triton")
+    tl = pytest.importorskip("triton.language")
+
+    @triton.jit
+    def products(out, n, stride):
+        narrow = tl.zeros((), tl.int64)
+        wide = tl.zeros((), tl.int64)
+        for h in range(n):
+            narrow += h * stride
+            wide += tl.cast(h, tl.int64) * stride
+        tl.store(out, narrow)
+        tl.store(out + 1, wide)
+        tl.store(out + 2, (tl.program_id(0).to(tl.int64) + 3) * stride)
+
+    out = torch.zeros(3, dtype=torch.int64, device=KERNEL_DEVICE)
+    products[(1,)](out, 3, 2**30)
+    assert out[1:].tolist() == [3 * 2**30] * 2
+    assert out[0] != 3 * 2**30, "the interpreter no longer wraps int32: this test checks nothing"
