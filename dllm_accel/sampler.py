@@ -229,7 +229,7 @@ class Sampler:
             layer_units=layer_units,
             full_units=int(run.full_units),
             ar_forwards=0 if run.verification is None else run.verification.forwards,
-            ar_tokens=0 if run.verification is None else run.verification.tokens,
+            ar_tokens=0 if run.verification is None else int(run.verification.tokens),
         )
 
     def _check_positions(self, prompt_len: int, max_new_tokens: int) -> None:

@@ -37,10 +37,6 @@ ELASTIC_REASON = (
     "16.5 at 8); rows that drift leave the query path through bool indexing (engine.py _Split), "
     "21.4 per step when every step drifts"
 )
-GUIDE_REASON = (
-    "ARGuide.verify syncs several times per verified chunk (bool indexing of the drafts, "
-    "count.max(), nonzero): about 21-25 syncs per step on this case"
-)
 
 
 def syncs_per_step(n_layers, cache, guide=None) -> float:
@@ -53,13 +49,19 @@ def syncs_per_step(n_layers, cache, guide=None) -> float:
 
 
 def assert_constant(make, bound, guided=False):
+    """Unguided, the random models commit one token per step at either depth, so the counts must be
+    equal; guided, the AR model accepts different drafts from models of different depths, so the
+    counts may differ a little, but one sync per layer would add at least 6 per step."""
     counts = [
         syncs_per_step(n, make(), ARGuide(ar_model(), verify_chunk=8) if guided else None)
         for n in (2, 8)
     ]
     print(f"syncs per step at 2 and 8 layers: {counts}")
-    assert counts[0] == counts[1], f"syncs per step grow with the layers: {counts}"
-    assert counts[0] <= bound, f"{counts[0]} syncs per step, more than {bound}"
+    if guided:
+        assert abs(counts[1] - counts[0]) < 1, f"syncs per step grow with the layers: {counts}"
+    else:
+        assert counts[0] == counts[1], f"syncs per step grow with the layers: {counts}"
+    assert max(counts) <= bound, f"{counts} syncs per step, more than {bound}"
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -75,7 +77,6 @@ def test_elastic_cache_syncs_per_step(gamma):
     assert_constant(lambda: ElasticCache(gamma=gamma), BOUND)
 
 
-@pytest.mark.xfail(strict=True, reason=GUIDE_REASON)
 @pytest.mark.parametrize("policy", ["none", "prefix", "dual"])
 def test_guided_syncs_per_step(policy):
     assert_constant(POLICIES[policy], GUIDED_BOUND, guided=True)

@@ -237,7 +237,7 @@ class Verification:
         index = torch.full_like(x, -1)  # [B, T] candidate -> its row in logits
         index[rows, positions] = torch.arange(rows.numel(), device=x.device)
         pending = x == self.spec.mask_id  # [B, T] drafts the guide decides
-        pending[rows[commit], positions[commit]] = False
+        pending[rows, positions] &= ~commit  # (rows, positions) are distinct: no bool index
         first, end = self._runs(x, candidates, pending)
         accepted_end, rejected_at, correction = (
             first.clone(),
@@ -247,22 +247,34 @@ class Verification:
         alive, begin = end > first, self.keep.clone()
         # the first forward also reads the prefix
         stop = torch.minimum(first + self.guide.verify_chunk, end)
-        while bool(alive.any()):
-            # outputs before every run's first go unread
-            skip = max(0, int((first - 1 - begin)[alive].min()))
-            ar_logits = self._forward(drafted, begin, torch.where(alive, stop - begin, 0), skip)
+        while True:
+            count = torch.where(alive, stop - begin, 0)
+            # one host sync per chunk: whether a run is left, the outputs before every run's first
+            # (unread), the widest chunk
+            left, skip, width = torch.stack(
+                [
+                    alive.any().long(),
+                    torch.where(alive, first - 1 - begin, x.shape[1]).min(),
+                    count.max(),
+                ]
+            ).tolist()
+            if not left:
+                break
+            skip = max(0, skip)
+            ar_logits = self._forward(drafted, begin, count, skip, width)
             # what they predict
             target = begin[:, None] + 1 + skip + torch.arange(ar_logits.shape[1], device=x.device)
             read_to = torch.minimum(stop + 1, end)
             window = alive[:, None] & (target >= first[:, None]) & (target < read_to[:, None])
             clamped = target.clamp(max=x.shape[1] - 1)
             is_draft = window & pending.gather(1, clamped)
+            drafts_at = is_draft.nonzero(as_tuple=True)  # one sync for the four reads below
             ok = torch.ones_like(window)
-            ok[is_draft] = self._accept(
-                ar_logits[is_draft],
-                drafted.gather(1, clamped)[is_draft],
+            ok[drafts_at] = self._accept(
+                ar_logits[drafts_at],
+                drafted.gather(1, clamped)[drafts_at],
                 logits,
-                index.gather(1, clamped)[is_draft],
+                index.gather(1, clamped)[drafts_at],
                 generator,
                 is_draft.sum(1),
             )
@@ -312,12 +324,20 @@ class Verification:
         prefix = (self.fed == x).int().cumprod(1).sum(1)
         self.keep = torch.minimum(prefix, first - 1)
         dropped = (self.arange >= self.keep[:, None]) & (self.slot >= 0)
-        rows, positions = dropped.nonzero(as_tuple=True)
-        self.slot_valid[rows, self.slot[rows, positions]] = False
+        # the dropped positions' slots become invalid; the others write to a spare column S,
+        # then dropped (a scatter: no host sync)
+        n_slots = self.slot_valid.shape[1]
+        target = torch.where(dropped, self.slot, n_slots)
+        widened = torch.cat([self.slot_valid, self.slot_valid.new_zeros(len(x), 1)], 1)
+        self.slot_valid = widened.scatter_(1, target, False)[:, :n_slots]
         self.fed.masked_fill_(self.arange >= self.keep[:, None], -1)
         self.slot.masked_fill_(dropped, -1)
-        used = self.slot_valid.any(0).nonzero()
-        width = 0 if used.numel() == 0 else int(used[-1]) + 1
+        used = self.slot_valid.any(0)  # [S]
+        width = (
+            0
+            if used.numel() == 0
+            else int(torch.where(used, torch.arange(1, used.numel() + 1, device=x.device), 0).max())
+        )
         if width < self.slot_valid.shape[1]:
             if width == 0:
                 self.cache = DynamicCache()
@@ -328,10 +348,9 @@ class Verification:
 
     # -- pieces
     # --------------------------------------------------------------------------------------
-    def _forward(self, drafted, begin, count, skip) -> torch.Tensor:
-        """Feed positions [begin, begin + count) of each row (drafts at the masks) -> AR logits [B,
-        n - skip, V] of the outputs from the skip-th on."""
-        width = int(count.max())
+    def _forward(self, drafted, begin, count, skip, width) -> torch.Tensor:
+        """Feed positions [begin, begin + count) of each row (drafts at the masks; width =
+        count.max()) -> AR logits [B, n - skip, V] of the outputs from the skip-th on."""
         offsets = torch.arange(width, device=drafted.device)
         positions = begin[:, None] + offsets
         valid = offsets < count[:, None]
@@ -339,9 +358,7 @@ class Verification:
         ar_tokens = self.to_ar[tokens]
         ar_tokens = torch.where(valid & (ar_tokens >= 0), ar_tokens, self.fill)
         attend = valid.clone()
-        attend[count == 0, 0] = (
-            True  # a row with nothing to read attends one throwaway slot, never nothing
-        )
+        attend[:, 0] |= count == 0  # a row with nothing to read attends one throwaway slot
         out = self.guide.ar_model(
             input_ids=ar_tokens,
             attention_mask=torch.cat([self.slot_valid, attend], 1).long(),
@@ -350,12 +367,17 @@ class Verification:
             **{self.guide.cache_argument: self.cache},
             **self._keep_logits(skip, width),
         )
-        rows, columns = valid.nonzero(as_tuple=True)
-        self.fed[rows, positions[rows, columns]] = tokens[rows, columns]
-        self.slot[rows, positions[rows, columns]] = self.slot_valid.shape[1] + columns
+        # the fed positions' tokens and slots; the others go to a spare column T, then dropped
+        length = self.fed.shape[1]
+        target = torch.where(valid, positions, length)
+        slots = (self.slot_valid.shape[1] + offsets).expand_as(positions)
+        for name, values in (("fed", tokens), ("slot", slots)):
+            table = getattr(self, name)
+            widened = torch.cat([table, table[:, :1]], 1).scatter_(1, target, values)
+            setattr(self, name, widened[:, :length])
         self.slot_valid = torch.cat([self.slot_valid, valid], 1)
         self.forwards += 1
-        self.tokens += int(count.sum())
+        self.tokens = self.tokens + count.sum()  # a 0-dim tensor: read once, after the generation
         return out.logits[:, -(width - skip) :]
 
     def _keep_logits(self, skip, width) -> dict:
