@@ -39,8 +39,8 @@ ELASTIC_REASON = (
 )
 
 
-def syncs_per_step(n_layers, cache, guide=None) -> float:
-    model = build_model(tiny_config("llada", n_layers=n_layers), seed=0)
+def syncs_per_step(n_layers, cache, guide=None, kind="llada") -> float:
+    model = build_model(tiny_config(kind, n_layers=n_layers), seed=0)
     ids, mask = prompts(model, [5, 9])  # ragged: the first row is left-padded
     sampler = Sampler(model, unmask=Threshold(0.9), cache=cache, guide=guide)
     with HostSyncs() as syncs:
@@ -67,6 +67,12 @@ def assert_constant(make, bound, guided=False):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_syncs_per_step_do_not_grow_with_the_layers(policy):
     assert_constant(POLICIES[policy], BOUND)
+
+
+def test_the_moe_expert_path_adds_no_sync():
+    """LLaDA-MoE's router and grouped experts stay on the device: DualCache's count as for LLaDA."""
+    moe = [syncs_per_step(n, DualCache(), kind="llada_moe") for n in (2, 8)]
+    assert moe[0] == moe[1] == syncs_per_step(2, DualCache()), moe
 
 
 @pytest.mark.xfail(strict=True, reason=ELASTIC_REASON)
