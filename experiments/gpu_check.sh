@@ -7,7 +7,9 @@
 # 4. times an end-to-end ElasticCache generation of an 8B-shaped random-weight LLaDA (bf16, prompt 512,
 #    gen 256) through the kernel path and the torch path;
 # 5. times the bundled tiny-dream with and without the ARGuide (tiny-ar), end to end, batch 1 and 16;
-# 6. checks and times LLaDA-MoE's expert layer (64 experts, top 8, bf16) through torch's grouped GEMM.
+# 6. checks and times LLaDA-MoE's expert layer (64 experts, top 8, bf16) through torch's grouped GEMM;
+# 7. compiles the kernels ahead of time (the quick set) for sm_80/sm_90 and reads this GPU's own
+#    target back through the driver (registers, spills) beside cuobjdump's reading.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-gpu_check_out}}"
@@ -37,4 +39,7 @@ timeout 150 "$PYTHON" experiments/bench.py --model tiny-dream --setting short --
 echo "== MoE expert layer (grouped GEMM on CUDA, bf16)"
 timeout 120 "$PYTHON" experiments/bench_experts.py --device cuda --dtype bfloat16 --d-model 2048 \
   --hidden 1024 --experts 64 --tokens 8 64 4096 2>&1 | tee "$OUT_DIR/bench_experts.log" || status=1
+echo "== ahead-of-time compile report (sm_80/sm_90; the driver's reading on this GPU)"
+timeout 240 "$PYTHON" experiments/bench_kernels.py --compile-report --quick \
+  --json "$OUT_DIR/aot_compile.json" 2>&1 | tee "$OUT_DIR/aot_compile.log" | tail -6 || status=1
 exit $status
