@@ -95,22 +95,23 @@ class Record:
 
 
 def model_shapes() -> list[Shape]:
-    """The released models' shapes (read from the bundled configs), the bundled tiny models', the
-    tests' tiny models' and a head dim of 64."""
-    from dllm_accel.models.tiny import _FIELDS, RELEASED, released_config
+    """The released models' shapes (their bundled configs), the bundled tiny models', the tests'
+    tiny models' (tiny_config's defaults, with and without GQA) and a head dim of 64."""
+    from importlib import resources
 
-    shapes = []
-    for model_type in RELEASED:
-        config, names = released_config(model_type), _FIELDS[model_type]
-        n_heads, d_model = config[names["n_heads"]], config[names["d_model"]]
-        n_kv = config.get(names["n_kv_heads"]) or n_heads
-        vocab = config[names["vocab"][0]]
-        shapes.append(Shape(model_type, n_heads, n_kv, d_model // n_heads, d_model, vocab))
+    from dllm_accel.models.tiny import RELEASED, released_config, tiny_config
+
+    configs = [(kind, kind, released_config(kind)) for kind in RELEASED]
+    for name in ("tiny-llada", "tiny-dream"):
+        text = resources.files("dllm_accel.assets").joinpath(name, "config.json").read_text()
+        config = json.loads(text)
+        configs.append((name, config["model_type"], config))
+    configs += [
+        ("tiny-tests", "llada", tiny_config("llada")),
+        ("tiny-tests-gqa", "Dream", tiny_config("Dream", n_kv_heads=2)),
+    ]
+    shapes = [_shape(name, kind, config) for name, kind, config in configs]
     shapes += [
-        Shape("tiny-bundled", 4, 4, 32, 128, 128),  # dllm_accel/assets/tiny-llada
-        Shape("tiny-bundled-gqa", 4, 2, 32, 128, 128),  # tiny-dream
-        Shape("tiny-tests", 4, 4, 16, 64, 128),  # tiny_config's defaults
-        Shape("tiny-tests-gqa", 4, 2, 16, 64, 128),
         Shape("head-dim-64", 16, 16, 64, 1024, 32000),
         Shape("head-dim-64-gqa", 16, 4, 64, 1024, 32000),
     ]
@@ -120,6 +121,16 @@ def model_shapes() -> list[Shape]:
         key = (shape.n_heads, shape.n_kv_heads, shape.head_dim, shape.d_model, shape.vocab)
         unique.setdefault(key, shape)
     return list(unique.values())
+
+
+def _shape(name: str, model_type: str, config: dict) -> Shape:
+    """A config.json's heads and sizes, under its model type's field names."""
+    from dllm_accel.models.tiny import _FIELDS
+
+    names = _FIELDS[model_type]
+    n_heads, d_model = config[names["n_heads"]], config[names["d_model"]]
+    n_kv = config.get(names["n_kv_heads"]) or n_heads
+    return Shape(name, n_heads, n_kv, d_model // n_heads, d_model, config[names["vocab"][0]])
 
 
 class _Spy:
@@ -169,7 +180,7 @@ def cases(*, quick: bool = False) -> list[tuple[Shape, str]]:
     for shape in shapes:
         if shape.name in ("llada", "Dream"):
             chosen += [(shape, "fp16"), (shape, "bf16")]
-        elif shape.name == "tiny-bundled":
+        elif shape.name == "tiny-llada":
             chosen += [(shape, dtype) for dtype in DTYPES]
     return chosen
 
