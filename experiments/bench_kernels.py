@@ -310,7 +310,9 @@ def main() -> None:
     parser.add_argument(
         "--compile-report", action="store_true", help="compile every kernel for sm_80/sm_90"
     )
-    parser.add_argument("--json", default="aot_compile.json", help="--compile-report's records")
+    parser.add_argument(
+        "--json", default="outputs/aot_compile.json", help="where --compile-report writes"
+    )
     parser.add_argument("--from-json", help="--compile-report: read these records, compile none")
     args = parser.parse_args()
     if args.compile_report:
