@@ -3,6 +3,8 @@ shapes.
 
     python experiments/bench_kernels.py                 # every op, bf16, batch 1 and 8
     python experiments/bench_kernels.py --end-to-end  # also ElasticCache, kernel vs twin path
+    python experiments/bench_kernels.py --compile-report [--quick] [--json F] [--from-json F]
+                                        # AOT compiles for sm_80/sm_90 (no GPU needed), a table
 
 Times with triton.testing.do_bench (median ms) and prints achieved TFLOP/s and GB/s computed from
 the shapes against the device's peak, then one JSON line with every figure. Without a GPU it says so
@@ -248,11 +250,74 @@ def _random_model(config: dict, device):
     return model.eval()
 
 
+def compile_report(args) -> None:
+    """The table of dllm_accel.kernels.aot's records: compiled now (into --json) or read back."""
+    from dllm_accel.kernels import aot
+
+    if args.from_json:
+        with open(args.from_json) as file:
+            records = json.load(file)["records"]
+    else:
+        reason = aot.unavailable()
+        if reason:
+            print(f"bench_kernels: no ahead-of-time compile here ({reason})")
+            return
+        records = aot.compile_report(args.json, quick=args.quick)
+    print(
+        f"{'kernel':21} {'target':6} {'dtype':5} {'config':58} {'warps':>5} {'regs':>4} "
+        f"{'spills':>6} {'smem':>6} {'limit':>6} {'8B 16-bit':>9}"
+    )
+    for r in sorted(
+        records, key=lambda r: (r["kernel"], r["target"], r["dtype"], str(r["config"]))
+    ):
+        config = " ".join(
+            f"{key.removeprefix('BLOCK_')}={value}"
+            for key, value in r["config"].items()
+            if not key.endswith(("_DTYPE", "_PRECISION", "EPS")) and isinstance(value, bool | int)
+        )
+        print(
+            f"{r['kernel']:21} {r['target']:6} {r['dtype']:5} {config[:58]:58} {r['num_warps']:>5} "
+            f"{r['regs']:>4} {r['spill_bytes']:>6} {r['shared']:>6} {r['shared_limit']:>6} "
+            f"{'yes' if r['large_16bit'] else '':>9}"
+        )
+    for target in aot.TARGETS:
+        mine = [r for r in records if r["target"] == target]
+        if mine:
+            print(
+                f"{target}: {len(mine)} compiles, max {max(r['regs'] for r in mine)} registers, "
+                f"{sum(1 for r in mine if r['spill_bytes'])} spilling "
+                f"(max {max(r['spill_bytes'] for r in mine)} bytes/thread), max shared "
+                f"{max(r['shared'] for r in mine)} of {mine[0]['shared_limit']} bytes"
+            )
+    native = [r for r in records if r.get("driver_regs") is not None]
+    if native:  # the CUDA driver's reading of this GPU's own target, against cuobjdump's
+        differ = [r for r in native if r["driver_regs"] != r["regs"]]
+        print(
+            f"native: {len(native)} kernels loaded; driver registers differ from cuobjdump's in "
+            f"{len(differ)}; driver spills (n_spills) nonzero in "
+            f"{sum(1 for r in native if r['driver_spills'])}"
+        )
+    problems = aot.problems(records, any_spill=True)
+    print("\n".join(problems) or "no compile over its shared memory or spilling")
+    if problems:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--end-to-end", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="fewer shapes")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes (or compiles)")
+    parser.add_argument(
+        "--compile-report", action="store_true", help="compile every kernel for sm_80/sm_90"
+    )
+    parser.add_argument(
+        "--json", default="outputs/aot_compile.json", help="where --compile-report writes"
+    )
+    parser.add_argument("--from-json", help="--compile-report: read these records, compile none")
     args = parser.parse_args()
+    if args.compile_report:
+        compile_report(args)
+        return
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device here; nothing timed")
         return

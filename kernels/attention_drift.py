@@ -296,8 +296,7 @@ def attention_drift(
     m] fp32 (see the module docstring). Arguments are checked by dllm_accel.ops.attention_drift."""
     r, n_heads, n_tracked, head_dim = q_now.shape
     n_kv, length = k.shape[1], k.shape[2]
-    block_d = triton.next_power_of_2(head_dim)
-    block_t = max(16, min(TILE_ELEMENTS // block_d, triton.next_power_of_2(length)))
+    block_t, block_d = _blocks(head_dim, length)
     slot = _written_slots(written, length)
     if (
         keys_before.numel() == 0
@@ -341,6 +340,13 @@ def attention_drift(
     )
     attended = length if key_mask is None else key_mask.sum(-1, keepdim=True)
     return per_tile.sum(-1) / attended
+
+
+def _blocks(head_dim: int, length: int) -> tuple[int, int]:
+    """(BLOCK_T, BLOCK_D): the whole head dim, and a key tile of at most TILE_ELEMENTS elements (at
+    least 16 keys, no more than the keys there are)."""
+    block_d = triton.next_power_of_2(head_dim)
+    return max(16, min(TILE_ELEMENTS // block_d, triton.next_power_of_2(length))), block_d
 
 
 def _written_slots(written: torch.Tensor, length: int) -> torch.Tensor:

@@ -236,9 +236,9 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
             f"the partial_attention kernel supports head dims 1..{MAX_HEAD_DIM}, got {head_dim}"
         )
     group = n_heads // n_kv_heads
-    config = _config(group * n, head_dim)
     qk_dtype = torch.promote_types(q.dtype, k.dtype)
     pv_dtype = v.dtype  # p is cast to v's dtype for the p @ v product, as in flash attention
+    config = _config(group * n, head_dim, torch.promote_types(qk_dtype, pv_dtype))
     scale = head_dim**-0.5 * LOG2E
     has_mask = key_mask is not None
     mask = key_mask.view(torch.uint8) if has_mask else q
@@ -304,13 +304,18 @@ def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
     return out, mass
 
 
-def _config(rows: int, head_dim: int) -> dict:
+def _config(rows: int, head_dim: int, dtype: torch.dtype) -> dict:
     """Tile sizes: every tl.dot dimension >= 16; a row tile no wider than the G * n rows need (up to
-    64); narrower key tiles for wide heads, so acc [BLOCK_M, BLOCK_D] and a K/V tile fit in
-    registers."""
+    64; in fp32 32, and 16 above head dim 64); key tiles narrow enough that acc [BLOCK_M, BLOCK_D]
+    and a K/V tile fit in registers: 32 keys up to head dim 64, 16 above. Ahead-of-time compiles
+    for sm_80 and sm_90 (kernels/aot.py) spilled with wider tiles: fp32 at 64 x 64 (and a few bytes
+    at 32 rows x 32 keys, head dim 128), 16-bit at 64 rows x 32 keys, head dim 128, and 32 x 64 at
+    head dim 32 on sm_80."""
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    block_n = 64 if block_d <= 64 else 32
+    wide = dtype == torch.float32
+    cap = (16 if block_d > 64 else 32) if wide else 64
+    block_m = min(cap, max(16, triton.next_power_of_2(rows)))
+    block_n = 32 if block_d <= 64 else 16
     return {
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,

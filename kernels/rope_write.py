@@ -275,10 +275,20 @@ def rope_write(
         *index.stride(),
         *hidden_strides,
         HAS_INPUTS=has_inputs,
-        BLOCK_HQ=triton.next_power_of_2(n_heads),
-        BLOCK_HKV=triton.next_power_of_2(n_kv_heads),
-        BLOCK_HALF=triton.next_power_of_2(half),
-        BLOCK_MODEL=min(MAX_BLOCK_MODEL, triton.next_power_of_2(max(d_model, 1))),
-        num_warps=4,
+        **_config(n_heads, n_kv_heads, head_dim, d_model),
     )
     return out
+
+
+def _config(n_heads: int, n_kv_heads: int, head_dim: int, d_model: int) -> dict:
+    """Every head of a row in one tile, half a head dim wide; the layer input in chunks of at most
+    MAX_BLOCK_MODEL features (d_model 0: no inputs); 8 warps once a tile holds 2048 elements (at 4,
+    an 8B shape's 32 heads x 64 spilled on sm_80 and sm_90: kernels/aot.py)."""
+    block_hq, block_half = triton.next_power_of_2(n_heads), triton.next_power_of_2(head_dim // 2)
+    return {
+        "BLOCK_HQ": block_hq,
+        "BLOCK_HKV": triton.next_power_of_2(n_kv_heads),
+        "BLOCK_HALF": block_half,
+        "BLOCK_MODEL": min(MAX_BLOCK_MODEL, triton.next_power_of_2(max(d_model, 1))),
+        "num_warps": 8 if block_hq * block_half >= 2048 else 4,
+    }

@@ -103,7 +103,6 @@ def score_tokens(logits: torch.Tensor, *, exclude: int | None = None):
     probability, margin, entropy = (
         torch.empty(rows, dtype=torch.float32, device=logits.device) for _ in range(3)
     )
-    block = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
     _score_tokens_kernel[(rows,)](
         logits,
         token,
@@ -114,7 +113,12 @@ def score_tokens(logits: torch.Tensor, *, exclude: int | None = None):
         logits.stride(0),
         logits.stride(1),
         -1 if exclude is None else exclude,
-        BLOCK_V=block,
-        num_warps=8 if block >= 2048 else 4,
+        **_config(vocab),
     )
     return token, probability, margin, entropy
+
+
+def _config(vocab: int) -> dict:
+    """The vocabulary tile (at most MAX_BLOCK_V logits) and the warps that read it."""
+    block = min(MAX_BLOCK_V, triton.next_power_of_2(vocab))
+    return {"BLOCK_V": block, "num_warps": 8 if block >= 2048 else 4}
