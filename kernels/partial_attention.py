@@ -83,13 +83,14 @@ def _attention_fwd(
     row it keeps the running max m, the running sum l = sum exp2(s - m) and acc = sum exp2(s - m) v,
     both rescaled by exp2(m_old - m_new) when the max grows; at the end out = acc / l,
     lse = m + log2(l)."""
-    # int64 (as every batch-row and head index times a stride): b * stride_b and kv_head * stride_h
-    # pass 2^31 elements at long contexts
+    # int64 scalars (as every batch-row and kv-head index times a stride): b * stride_b and
+    # kv_head * stride_h pass 2^31 elements at long contexts. The [BLOCK_M] row vectors stay int32
+    # (they index the few query rows; 64-bit vectors cost registers and spilled on sm_80)
     tile, kv_head = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)  # index into the G * n rows of this kv head
+    rows = (tile * BLOCK_M).to(tl.int32) + tl.arange(0, BLOCK_M)  # the G * n rows of this kv head
     row_ok = rows < GROUP * n
-    head = kv_head * GROUP + rows // n  # [BLOCK_M] query head of each row
+    head = (kv_head * GROUP).to(tl.int32) + rows // n  # [BLOCK_M] query head of each row
     query = rows % n  # [BLOCK_M] query index within the head
     dims = tl.arange(0, BLOCK_D)
     dim_ok = dims < head_dim
