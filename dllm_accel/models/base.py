@@ -49,6 +49,10 @@ class ModelSpec:
     # more tokens that end an answer, e.g. DiffuCoder's <|dlm_pad|>, which fills the tail of the
     # fixed-length answers it was trained on
     end_ids: tuple[int, ...] = ()
+    # attention structure: None, bidirectional over the whole canvas; b, block-causal (LLaDA2): a
+    # position attends to every position of its own block of b and of the blocks before it, blocks
+    # counted from the row's first token. A generation may choose another block (block_length)
+    block_size: int | None = None
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
@@ -188,16 +192,28 @@ class DecoderLayer(nn.Module):
         return out + self.shared_expert(x) if hasattr(self, "shared_expert") else out
 
 
-def attend(q, k, v, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Bidirectional attention of q [B, Hq, n, D] over k, v [B, Hkv, T, D] -> [B, Hq, n, D].
+def attend(q, k, v, key_mask: torch.Tensor | None = None, key_end=None) -> torch.Tensor:
+    """Attention of q [B, Hq, n, D] over k, v [B, Hkv, T, D] -> [B, Hq, n, D].
 
-    key_mask [B, T] (True = attend) hides padding keys; None attends to every key.
+    key_mask [B, T] (True = attend) hides padding keys; None attends to every key. key_end [B, n]
+    (block-causal models): query i sees only the keys before index key_end[:, i].
     Query head h reads key/value head h // (Hq / Hkv), as both released models group them.
     """
     mask = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)
+    if key_end is not None:
+        before = torch.arange(k.shape[2], device=k.device) < key_end[:, None, :, None]
+        mask = before if mask is None else mask & before
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1]
     )
+
+
+def block_key_end(positions: torch.Tensor, block: int) -> torch.Tensor:
+    """Position ids [B, T] of a canvas (0 at each row's first token) -> [B, T]: the canvas index
+    that ends each position's block of `block`, the keys it may see under block-causal
+    attention (every earlier index; left padding is hidden by the key mask)."""
+    index = torch.arange(positions.shape[-1], device=positions.device)
+    return index - positions % block + block
 
 
 class DiffusionLM(nn.Module):
@@ -263,11 +279,15 @@ class DiffusionLM(nn.Module):
         """Last layer's output [B, T, d], before the final norm; the inputs are trusted (no checks,
         no host sync), so callers that loop validate once up front."""
         key_mask = None if attention_mask is None else attention_mask.bool()
-        rope = self.rotary(self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device))
+        positions = self.positions(attention_mask, input_ids.shape[1]).to(input_ids.device)
+        rope = self.rotary(positions)
+        key_end = None
+        if self.spec.block_size is not None:
+            key_end = block_key_end(positions, self.spec.block_size).expand(len(input_ids), -1)
         h = self.embed(input_ids)
         for block in self.blocks:
             q, k, v = block.qkv(h, rope)
-            h = block.finish(h, attend(q, k, v, key_mask))
+            h = block.finish(h, attend(q, k, v, key_mask, key_end))
         return h
 
     def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
