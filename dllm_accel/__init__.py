@@ -1,6 +1,6 @@
 """dllm_accel: training-free decoding acceleration for masked diffusion language models."""
 
-from .dropin import dream_generate, llada_generate, patch, unpatch
+from .dropin import dream_generate, llada2_generate, llada_generate, patch, unpatch
 from .method import POLICIES, Measurement, Method, measure
 from .models import (
     DiffusionLM,
@@ -15,6 +15,7 @@ from .models import (
 )
 from .policies import (
     ARGuide,
+    BlockPrefixCache,
     DreamAlgorithm,
     DualCache,
     ElasticCache,
@@ -25,6 +26,8 @@ from .policies import (
     LowConfidence,
     NoCache,
     PrefixCache,
+    ScheduledThreshold,
+    StopAfterBlock,
     StopAtEOS,
     Threshold,
     load_ar_model,
@@ -36,6 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARGuide",
+    "BlockPrefixCache",
     "DiffusionLM",
     "DreamAlgorithm",
     "DualCache",
@@ -50,7 +54,9 @@ __all__ = [
     "NoCache",
     "PrefixCache",
     "Sampler",
+    "ScheduledThreshold",
     "StepRecord",
+    "StopAfterBlock",
     "StopAtEOS",
     "Threshold",
     "build_model",
@@ -58,6 +64,7 @@ __all__ = [
     "encode_chat",
     "encode_texts",
     "from_hf",
+    "llada2_generate",
     "llada_generate",
     "load_ar_model",
     "load_model",

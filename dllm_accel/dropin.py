@@ -2,10 +2,12 @@
 Sampler.
 
 `llada_generate` is LLaDA's `generate(model, prompt, ...)` from its repository's generate.py;
-`dream_generate` is Dream's `model.diffusion_generate(input_ids, ...)`. Both accept a native model
-or one loaded with trust_remote_code (converted with from_hf, sharing its weights), and take two
-extra keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache, ElasticCache)
-and `unmask=` (an unmask policy replacing the one the official arguments describe).
+`dream_generate` is Dream's `model.diffusion_generate(input_ids, ...)`; `llada2_generate` is
+LLaDA2's `model.generate(inputs, ...)` (its remote code's block-diffusion loop). They accept a
+native model or one loaded with trust_remote_code (converted with from_hf, sharing its weights),
+and take two extra keyword arguments: `cache=` (a refresh policy: NoCache, PrefixCache, DualCache,
+ElasticCache; BlockPrefixCache for LLaDA2) and `unmask=` (an unmask policy replacing the one the
+official arguments describe).
 
 `patch(hf_model, cache=..., unmask=...)` makes a model loaded with trust_remote_code decode through
 Sampler with the user's code unchanged: Dream's `model.diffusion_generate(...)` is replaced (its
@@ -26,13 +28,13 @@ import torch
 import transformers
 from transformers.utils import ModelOutput
 
-from .checks import check_bool
+from .checks import check_bool, check_int
 from .method import Method
 from .models.base import DiffusionLM
 from .models.loading import from_hf
-from .policies.refresh import NoCache
-from .policies.stop import FullLength
-from .policies.unmask import DreamAlgorithm, LowConfidence
+from .policies.refresh import BlockPrefixCache, NoCache
+from .policies.stop import FullLength, StopAfterBlock
+from .policies.unmask import DreamAlgorithm, LowConfidence, ScheduledThreshold
 from .sampler import Sampler
 
 DREAM_DEFAULT_NEW_TOKENS = (
@@ -125,6 +127,65 @@ def llada_generate(
         generator=generator,
     )
     return out.sequences
+
+
+def llada2_generate(
+    model,
+    inputs,
+    temperature=0.0,
+    block_length=32,
+    steps=32,
+    gen_length=2048,
+    top_p=None,
+    top_k=None,
+    eos_early_stop=False,
+    minimal_topk=1,
+    threshold=0.95,
+    eos_id=None,
+    mask_id=None,
+    *,
+    attention_mask=None,
+    generator=None,
+    cache=None,
+    unmask=None,
+) -> torch.Tensor:
+    """LLaDA2's generate: the answer, LongTensor [B, L], each row up to and including its first EOS
+    (or gen_length tokens), rows shorter than the longest padded with EOS. `eos_id` / `mask_id`
+    None take the model's. Unlike the official code (batch 1), a batch of left-padded prompts
+    (`attention_mask`) decodes each row as it would alone; the prefix cache (BlockPrefixCache, the
+    same tokens) is the default, `cache=NoCache()` runs the official loop. At temperature 0 the
+    tokens are the official argmax (the first public copies of the code sample there instead); at
+    temperature > 0 the draws are the rows' own (`generator`), not the official random stream."""
+    cache, unmask = _patched_settings(model, cache, unmask)
+    model = native(model)
+    spec = model.spec
+    for name, value, own in (("eos_id", eos_id, spec.eos_id), ("mask_id", mask_id, spec.mask_id)):
+        if value is not None and value != own:
+            raise ValueError(
+                f"{name}={value} differs from the model's token {own}; pass {name}=None to use "
+                "the model's"
+            )
+    check_int(minimal_topk, "minimal_topk", 1)
+    check_int(gen_length, "gen_length", 1)
+    if unmask is None:
+        unmask = ScheduledThreshold(
+            min(steps, max(1, gen_length // minimal_topk)), threshold, temperature, top_p, top_k
+        )
+    stop = StopAfterBlock(check_bool(eos_early_stop, "eos_early_stop"))
+    method = Method(
+        unmask, BlockPrefixCache() if cache is None else cache, stop, None, block_length
+    )
+    out = method.sampler(model).generate(
+        inputs,
+        attention_mask,
+        max_new_tokens=gen_length,
+        block_length=block_length,
+        generator=generator,
+    )
+    answers = out.sequences[:, inputs.shape[1] :]
+    length = int(out.generated_tokens.max())
+    ended = torch.arange(answers.shape[1], device=answers.device) >= out.generated_tokens[:, None]
+    return answers.masked_fill(ended, spec.eos_id)[:, :length]
 
 
 @dataclass

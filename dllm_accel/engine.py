@@ -32,7 +32,7 @@ import torch
 
 from . import ops
 from .cache import KVCache
-from .models.base import DiffusionLM, Rope, attend
+from .models.base import DiffusionLM, Rope, attend, block_key_end
 
 
 class LayerMonitor(Protocol):
@@ -82,6 +82,9 @@ class ForwardPlan:
     )
     # row there earlier)
     monitor: LayerMonitor | None = None
+    # block-causal models: positions >= length are neither computed nor read (nothing before them
+    # sees them); None: the whole canvas
+    length: int | None = None
 
 
 @dataclass
@@ -108,6 +111,7 @@ class RowGroup:
     key_mask: torch.Tensor | None  # [g, T]
     rope: Rope | None = None  # [g, 1, n, D]: the query positions' tables
     mass_weights: torch.Tensor | None = None  # [g, n]: the monitor's weights of the query rows
+    key_end: torch.Tensor | None = None  # [g, n] block-causal models: the keys each query sees
 
     @property
     def cache_rows(self) -> torch.Tensor | None:
@@ -123,6 +127,7 @@ class RowGroup:
             _take(self.key_mask, keep),
             rope,
             _take(self.mass_weights, keep),
+            _take(self.key_end, keep),
         )
 
 
@@ -169,7 +174,9 @@ class _Split:
 
 
 class Engine:
-    """Holds one generation's RoPE tables, key mask and (when a policy keeps one) KV cache."""
+    """Holds one generation's RoPE tables, key mask and (when a policy keeps one) KV cache.
+    `block`: the attention block of a block-causal model (its queries see only the keys of their
+    block and the blocks before it), None for bidirectional attention."""
 
     def __init__(
         self,
@@ -180,11 +187,15 @@ class Engine:
         *,
         cache: bool,
         inputs: bool,
+        block: int | None = None,
     ):
         self.model = model
         # once per generation
-        self.rope = model.rotary(model.positions(canvas_mask, length).to(model.device))
+        positions = model.positions(canvas_mask, length).to(model.device)
+        self.rope = model.rotary(positions)
         self.key_mask = None if canvas_mask is None else canvas_mask.bool()
+        # [R, T]: the canvas index that ends each position's block (the keys it may see)
+        self.key_end = None if block is None else block_key_end(positions, block).expand(rows, -1)
         self.all_rows = torch.arange(rows, device=model.device)
         spec = model.spec
         self.cache = (
@@ -198,6 +209,7 @@ class Engine:
                 dtype=model.dtype,
                 device=model.device,
                 inputs=inputs,
+                fill=float("nan") if block is None else 0.0,
             )
             if cache
             else None
@@ -214,12 +226,24 @@ class Engine:
         r, length = ids.shape
         row_ids = self.all_rows if rows is None else rows
         if plan.query is None:
-            every = RowGroup(row_ids, rows is None, None, None, _take(self.key_mask, rows))
+            ids = ids[:, : plan.length]
+            key_mask = _take(self.key_mask, rows)
+            every = RowGroup(
+                row_ids,
+                rows is None,
+                None,
+                None,
+                None if key_mask is None else key_mask[:, : plan.length],
+            )
+            rope = Rope(*(table[:, :, : plan.length] for table in self._rope(row_ids)))
             hidden = self.model.embed(ids)
             for i in range(n_layers):
-                hidden = self._full_layer(i, hidden, every, self._rope(row_ids))
+                hidden = self._full_layer(i, hidden, every, rope)
             return ForwardResult(
-                hidden, None, torch.zeros(r, dtype=torch.long, device=device), r * length * n_layers
+                hidden,
+                None,
+                torch.zeros(r, dtype=torch.long, device=device),
+                r * ids.shape[1] * n_layers,
             )
         monitor = plan.monitor
         query = _take(plan.query, rows)
@@ -235,7 +259,9 @@ class Engine:
             _take(self.key_mask, rows),
             gather_rope(self._rope(row_ids), index),
             weights,
+            None if self.key_end is None else self.key_end[row_ids].gather(1, index),
         )
+        self.read_length = plan.length
         split = _Split(queried, self.model.embed(ids.gather(1, index)))
         first_full = torch.full((r,), n_layers, dtype=torch.long, device=device)
         # layers that computed a row's query rows
@@ -313,8 +339,13 @@ class Engine:
             hidden=None if inputs is None else h,
         )
         keys, values = cache.read(i, group.cache_rows)
+        key_mask = group.key_mask
+        if self.read_length is not None:  # block-causal: no query sees past it
+            keys, values = keys[:, :, : self.read_length], values[:, :, : self.read_length]
+            key_mask = None if key_mask is None else key_mask[:, : self.read_length]
         if monitor is None:
-            return layer.finish(h, ops.partial_attention(q, keys, values, group.key_mask)[0]), None
+            attn = ops.partial_attention(q, keys, values, key_mask, key_end=group.key_end)[0]
+            return layer.finish(h, attn), None
         attn, leaving = monitor.attend(i, q, keys, values, group, before)
         return layer.finish(h, attn), leaving
 
@@ -328,7 +359,8 @@ class Engine:
             cache.write_all(i, group.cache_rows, k, v)
         if monitor is not None:
             monitor.observe_full(i, q, k, group)
-        return layer.finish(hidden, attend(q, k, v, group.key_mask))
+        key_end = None if self.key_end is None else self.key_end[group.ids, : hidden.shape[1]]
+        return layer.finish(hidden, attend(q, k, v, group.key_mask, key_end))
 
     def _rope(self, rows: torch.Tensor) -> Rope:
         if self.rope.cos.shape[0] == 1:

@@ -26,6 +26,7 @@ from .checks import check_int
 from .models.base import DiffusionLM
 from .policies import (
     ARGuide,
+    BlockPrefixCache,
     DreamAlgorithm,
     DualCache,
     ElasticCache,
@@ -36,6 +37,8 @@ from .policies import (
     LowConfidence,
     NoCache,
     PrefixCache,
+    ScheduledThreshold,
+    StopAfterBlock,
     StopAtEOS,
     Threshold,
 )
@@ -53,6 +56,7 @@ POLICIES = {
         "factor": Factor,
         "entropy_threshold": EntropyThreshold,
         "dream": DreamAlgorithm,
+        "scheduled_threshold": ScheduledThreshold,
     },
     "cache": {
         "no_cache": NoCache,
@@ -60,8 +64,13 @@ POLICIES = {
         "dual_cache": DualCache,
         "elastic_cache": ElasticCache,
         "frozen_cache": FrozenCache,
+        "block_prefix_cache": BlockPrefixCache,
     },
-    "stop": {"full_length": FullLength, "stop_at_eos": StopAtEOS},
+    "stop": {
+        "full_length": FullLength,
+        "stop_at_eos": StopAtEOS,
+        "stop_after_block": StopAfterBlock,
+    },
     "guide": {"none": None, "ar": ARGuide},
 }
 # what Method.build gives the arguments these policies require (the values of their conf/unmask/
@@ -138,6 +147,8 @@ class Method:
             return cls(
                 LowConfidence(steps=max_new_tokens), NoCache(), FullLength(), None, block_length
             )
+        if model.spec.block_size is not None:  # LLaDA2's generate with its defaults
+            return cls(ScheduledThreshold(), NoCache(), StopAfterBlock(), None, block_length)
         return cls(
             DreamAlgorithm("entropy", steps=max_new_tokens), NoCache(), FullLength(), None, None
         )

@@ -30,7 +30,7 @@ from .engine import Engine
 from .models.base import DiffusionLM
 from .policies.cfg import CFGRows
 from .policies.guide import ARGuide
-from .policies.refresh import Canvas, NoCache, RefreshPolicy
+from .policies.refresh import BlockPrefixCache, Canvas, NoCache, RefreshPolicy
 from .policies.stop import FullLength, StopPolicy, count_generated
 from .policies.unmask import StepContext, UnmaskPolicy
 from .seeding import row_generators
@@ -98,12 +98,15 @@ class Sampler:
                 "EntropyThreshold, "
                 f"DreamAlgorithm), got {unmask!r}"
             )
-        cache = NoCache() if cache is None else cache
+        block_causal = model.spec.block_size is not None
+        if cache is None:
+            cache = BlockPrefixCache() if block_causal else NoCache()
         if not isinstance(cache, RefreshPolicy):
             raise TypeError(
-                f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache), "
-                f"got {cache!r}"
+                f"cache must be a refresh policy (NoCache, PrefixCache, DualCache, ElasticCache, "
+                f"BlockPrefixCache), got {cache!r}"
             )
+        _check_attention_structure(cache, block_causal)
         if guide is not None:
             if not isinstance(guide, ARGuide):
                 raise TypeError(f"guide must be None or an ARGuide, got {guide!r}")
@@ -147,14 +150,28 @@ class Sampler:
             raise TypeError(
                 f"callback must be None or a function callback(record, sequences), got {callback!r}"
             )
-        n_blocks, block_length = _blocks(max_new_tokens, block_length)
         batch, prompt_len = input_ids.shape
         self._check_positions(prompt_len, max_new_tokens)
-        steps = self.unmask.steps_per_block(n_blocks)
+        block = spec.block_size
+        if block is None:
+            n_blocks, block_length = _blocks(max_new_tokens, block_length)
+            windows = [
+                (prompt_len + j * block_length, prompt_len + (j + 1) * block_length)
+                for j in range(n_blocks)
+            ]
+            canvas_new = max_new_tokens
+        else:
+            check_int(block_length, "block_length", 1, optional=True)
+            check_int(max_new_tokens, "max_new_tokens", 1)
+            block = block_length = block if block_length is None else block_length
+            windows, canvas_new = _block_causal_windows(
+                attention_mask, input_ids.shape[0], prompt_len, max_new_tokens, block, device
+            )
+        steps = self.unmask.steps_per_block(len(windows))
         x = torch.cat(
             [
                 input_ids.to(device),
-                torch.full((batch, max_new_tokens), spec.mask_id, dtype=torch.long, device=device),
+                torch.full((batch, canvas_new), spec.mask_id, dtype=torch.long, device=device),
             ],
             1,
         )
@@ -162,39 +179,37 @@ class Sampler:
             None
             if attention_mask is None
             else torch.cat(
-                [
-                    attention_mask.to(device),
-                    attention_mask.new_ones(batch, max_new_tokens).to(device),
-                ],
+                [attention_mask.to(device), attention_mask.new_ones(batch, canvas_new).to(device)],
                 1,
             )
         )
         cfg = CFGRows(batch, self.unmask.cfg_scale)
-        run = _Run(self, x, canvas_mask, prompt_len, cfg)
+        run = _Run(self, x, canvas_mask, prompt_len, cfg, block)
         nfe = total_steps = 0
         row_forwards = torch.zeros(batch, dtype=torch.long, device=device)
         # [B] rows the last forward computed that committed nothing (see _check_progress)
         stalled, stalled_at = torch.zeros(batch, dtype=torch.bool, device=device), None
         trace = [] if self.trace else None
-        for block in range(n_blocks):
-            end = prompt_len + (block + 1) * block_length
+        columns = torch.arange(x.shape[1], device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows the stop policy ended
+        for block_index, (start, end) in enumerate(windows):
+            in_window = _window(columns, start, end)  # [B or 1, T]
             plan = self.unmask.begin_block(
-                (x[:, end - block_length : end] == spec.mask_id).sum(1), steps
+                ((x == spec.mask_id) & in_window).sum(1), steps, block_length
             )
-            run.state.begin_block(end - block_length, end)
+            run.state.begin_block(start, end)
             for step in itertools.count() if steps is None else range(steps):
                 masks = x == spec.mask_id  # the masked positions still to be decoded
                 still_open = self.stop.open(x[:, prompt_len:], spec)
                 if still_open is not None:
                     masks[:, prompt_len:] &= still_open
-                candidates = masks.clone()
-                candidates[:, end:] = False
+                candidates = masks & _window(columns, None, end) & ~done[:, None]
                 # one host sync per step: whether anything is left, and the last step's progress
                 left, stuck = torch.stack([candidates.any(), stalled.any()]).tolist()
                 self._check_progress(stuck, stalled, stalled_at)
                 if not left:
                     break
-                live, rows, commit = run.step(
+                live, rows, commit, changed = run.step(
                     StepContext(candidates, step, plan, spec, generator), masks
                 )
                 committed = torch.zeros(batch, dtype=torch.long, device=device)
@@ -202,11 +217,12 @@ class Sampler:
                     nfe, total_steps = nfe + cfg.copies, total_steps + 1
                     row_forwards += live.long() * cfg.copies
                     committed.index_add_(0, rows, commit.long())
-                    stalled, stalled_at = live & (committed == 0), (block, step)
+                    stalled, stalled_at = live & (committed == 0), (block_index, step)
+                    done |= self._finished(x[:, prompt_len:], changed[:, prompt_len:], done)
                 if trace is None and callback is None:
                     continue
                 record = StepRecord(
-                    block,
+                    block_index,
                     step,
                     live is not None,
                     committed,
@@ -216,8 +232,10 @@ class Sampler:
                     trace.append(record)
                 if callback is not None:
                     callback(record, x)
+            done |= self._finished(x[:, prompt_len:], None, done)
         self._check_progress(bool(stalled.any()), stalled, stalled_at)
         layer_units = int(run.units)
+        x = x[:, : prompt_len + max_new_tokens]  # a block-causal canvas ends on a whole block
         return GenerationOutput(
             sequences=x,
             generated_tokens=count_generated(x[:, prompt_len:], spec),
@@ -231,6 +249,10 @@ class Sampler:
             ar_forwards=0 if run.verification is None else run.verification.forwards,
             ar_tokens=0 if run.verification is None else int(run.verification.tokens),
         )
+
+    def _finished(self, generated, changed, done) -> torch.Tensor:
+        finished = self.stop.finished(generated, changed, self.model.spec)
+        return done if finished is None else finished
 
     def _check_positions(self, prompt_len: int, max_new_tokens: int) -> None:
         """The canvas (prompt, padding included, + new tokens) must fit the positions the model (and
@@ -289,7 +311,7 @@ class Sampler:
 class _Run:
     """One generation's engine, refresh state and accounting; `step` edits the canvas x in place."""
 
-    def __init__(self, sampler: Sampler, x, canvas_mask, prompt_len, cfg: CFGRows):
+    def __init__(self, sampler: Sampler, x, canvas_mask, prompt_len, cfg: CFGRows, block):
         model, spec = sampler.model, sampler.model.spec
         self.sampler, self.x, self.prompt_len, self.cfg = sampler, x, prompt_len, cfg
         rows, length = cfg.rows, x.shape[1]
@@ -299,7 +321,7 @@ class _Run:
             if model_mask is None
             else model_mask.bool()
         )
-        canvas = Canvas(cfg, length, prompt_len, spec.n_layers, spec.mask_id, key_valid)
+        canvas = Canvas(cfg, length, prompt_len, spec.n_layers, spec.mask_id, key_valid, block)
         self.state = sampler.cache.begin(canvas)
         self.engine = Engine(
             model,
@@ -308,6 +330,7 @@ class _Run:
             length,
             cache=sampler.cache.keeps_cache,
             inputs=sampler.cache.keeps_inputs,
+            block=block,
         )
         self.units = self.full_units = 0
         self.verification = (
@@ -323,13 +346,13 @@ class _Run:
 
     def step(self, ctx: StepContext, masks: torch.Tensor):
         """masks [B, T]: the masked positions still to be decoded -> (live rows [B], the candidates'
-        rows [M], which of them were committed [M]); all None when no row had anything to commit and
-        nothing ran."""
+        rows [M], which of them were committed [M], the positions whose token changed [B, T]); all
+        None when no row had anything to commit and nothing ran."""
         sampler, x, spec = self.sampler, self.x, ctx.spec
         quota = sampler.unmask.quota(ctx)
         live = ctx.candidates.any(1) if quota is None else ctx.candidates.any(1) & (quota > 0)
         if not bool(live.any()):
-            return None, None, None
+            return None, None, None, None
         candidates = self.state.restrict(masks, ctx.candidates & live[:, None], quota)
         ctx = replace(ctx, candidates=candidates)
         rows, positions = candidates.nonzero(as_tuple=True)
@@ -350,7 +373,7 @@ class _Run:
         if self.verification is not None:
             self.verification.after_step(x)
         self.last_forward = model_rows, result.first_full_layer
-        return live, rows, commit
+        return live, rows, commit, changed
 
     def first_full_layer(self) -> torch.Tensor:
         """[B] the last forward's first layer that recomputed every position, per row (-1: the row
@@ -386,6 +409,56 @@ class _Run:
 def _rows_at(result, rows, positions) -> torch.Tensor:
     columns = positions if result.columns is None else result.columns[rows, positions]
     return result.hidden[rows, columns]
+
+
+def _window(columns, start, end) -> torch.Tensor:
+    """[B or 1, T] bool: the canvas columns in [start, end) (ints, or [B] per row; None: from 0)."""
+    if isinstance(end, int):
+        return ((columns >= (start or 0)) & (columns < end))[None]
+    inside = columns < end[:, None]
+    return inside if start is None else inside & (columns >= start[:, None])
+
+
+def _block_causal_windows(attention_mask, batch, prompt_len, new_tokens, block, device):
+    """The blocks of a block-causal model, per row: row b (n_b prompt tokens, left-padded to
+    prompt_len) decodes its blocks of `block` counted from its first token, as the official loop
+    does for one prompt: from the block holding its prompt's end to the one holding its last new
+    token. -> ([(start [B], end [B]) canvas columns per block; an empty window once a row has no
+    block left], the canvas positions after the prompt: new_tokens, or more so that every row ends
+    on a whole block)."""
+    if attention_mask is None:
+        lengths = [prompt_len] * batch
+    else:
+        lengths = attention_mask.sum(1).tolist()  # one host sync per generation
+    rows = range(batch)
+    pads = [prompt_len - n for n in lengths]
+    first = [n // block for n in lengths]
+    stop = [-(-(n + new_tokens) // block) for n in lengths]  # past the last block
+    windows = []
+    for j in range(max(stop[b] - first[b] for b in rows)):
+        left = [first[b] + j < stop[b] for b in rows]
+        starts = [pads[b] + (first[b] + j) * block if left[b] else 0 for b in rows]
+        ends = [start + block if more else 0 for start, more in zip(starts, left, strict=True)]
+        windows.append(tuple(torch.tensor(v, device=device) for v in (starts, ends)))
+    return windows, max(pads[b] + stop[b] * block for b in rows) - prompt_len
+
+
+def _check_attention_structure(cache, block_causal: bool) -> None:
+    """Refuse a refresh policy that is not exact (or has no meaning) for the model's attention."""
+    if block_causal and not cache.block_causal:
+        raise ValueError(
+            f"cache={cache!r} does not apply to a block-causal model (ModelSpec.block_size): its "
+            "finished blocks' K/V are exact, so BlockPrefixCache (the default) keeps them, and "
+            "NoCache runs the official loop; PrefixCache, DualCache, FrozenCache and ElasticCache "
+            "are written for bidirectional models"
+        )
+    if not block_causal and not cache.bidirectional:
+        raise ValueError(
+            f"cache={cache!r} needs a block-causal model (ModelSpec.block_size): on a "
+            "bidirectional model a prefix's K/V change as later tokens are committed; use "
+            "PrefixCache, "
+            "DualCache or ElasticCache"
+        )
 
 
 def _blocks(max_new_tokens, block_length) -> tuple[int, int]:

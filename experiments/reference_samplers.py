@@ -210,3 +210,58 @@ class EntropyRule(ThresholdRule):
 
     def count(self, confidence, entropy):
         return 1 + int((entropy[1:] <= self.tau).sum())
+
+
+@torch.no_grad()
+def llada2(
+    model,
+    prompt,
+    *,
+    gen_length,
+    block_length=32,
+    steps=32,
+    threshold=0.95,
+    minimal_topk=1,
+    eos_early_stop=False,
+):
+    """LLaDA2's `generate` at temperature 0 for one unpadded prompt [1, P] -> (the answer [L]: up to
+    and including the first EOS, or gen_length tokens; the number of forwards). The model attends
+    block-causally with blocks of block_length (its spec.block_size must say so); every step runs
+    the whole canvas up to the current block's end."""
+    spec = model.spec
+    assert spec.block_size == block_length and prompt.shape[0] == 1
+    steps = min(steps, gen_length // minimal_topk)
+    prompt_len = prompt.shape[1]
+    n_blocks = -(-(prompt_len + gen_length) // block_length)
+    x = torch.full((1, n_blocks * block_length), spec.mask_id, dtype=torch.long)
+    x[:, :prompt_len] = prompt
+    schedule = [block_length // steps + (i < block_length % steps) for i in range(steps)]
+    forwards = 0
+    for block in range(prompt_len // block_length, n_blocks):
+        end = (block + 1) * block_length
+        for step in range(steps):
+            window = x[0, end - block_length : end]  # a view: commits write into x
+            active = window == spec.mask_id
+            if not active.any():
+                break
+            logits = model(x[:, :end]).logits[0, -block_length:].float()
+            forwards += 1
+            probs = torch.softmax(logits, -1)
+            tokens = probs.argmax(-1)
+            confidence = torch.where(active, probs.gather(1, tokens[:, None])[:, 0], -math.inf)
+            commit = confidence > threshold
+            if commit.sum() < schedule[step]:
+                commit = torch.zeros_like(active)
+                top = confidence.topk(min(schedule[step], int(active.sum()))).indices
+                commit[top] = True
+            window[commit] = tokens[commit]
+            generated = x[0, prompt_len:]
+            if eos_early_stop and (tokens[commit] == spec.eos_id).any():
+                first = int((generated == spec.eos_id).int().argmax())
+                if not (generated[:first] == spec.mask_id).any():
+                    return generated[: first + 1].clone(), forwards
+        if (x[0, prompt_len:end] == spec.eos_id).any():
+            break
+    answer = x[0, prompt_len : prompt_len + gen_length]
+    eos = (answer == spec.eos_id).nonzero()
+    return (answer if not len(eos) else answer[: int(eos[0]) + 1]).clone(), forwards

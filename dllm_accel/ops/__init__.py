@@ -91,14 +91,21 @@ def _uses_kernel(op: str, tensor: torch.Tensor) -> bool:
 
 
 # -- the ops ---------------------------------------------------------------------------------------
-def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
+def partial_attention(q, k, v, key_mask=None, *, mass_weights=None, key_end=None):
     """Attention of q [r, Hq, n, D] over k, v [r, Hkv, T, D] (key_mask [r, T], True = attend), scale
     1/sqrt(D), softmax in fp32 -> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 or None).
     mass = sum over heads and queries of mass_weights [r, n] times the attention probabilities: the
-    attention the weighted queries pay each key."""
+    attention the weighted queries pay each key. key_end [r, n] (block-causal models): query i sees
+    only the keys before index key_end[:, i]; that is the model's own attention (SDPA with a mask),
+    which the kernel (written for ElasticCache's mass) does not compute, so it runs the twin."""
     _check_attention(q, k, v, key_mask)
     if mass_weights is not None:
         _check_shape("mass_weights", mass_weights, (q.shape[0], q.shape[2]), q.device)
+    if key_end is not None:
+        _check_shape("key_end", key_end, (q.shape[0], q.shape[2]), q.device)
+        if mass_weights is not None:
+            raise ValueError("partial_attention: key_end and mass_weights cannot be combined")
+        return reference.partial_attention(q, k, v, key_mask, key_end=key_end)
     if _uses_kernel("partial_attention", q):
         return _kernel("partial_attention").partial_attention(
             q, k, v, key_mask, mass_weights=mass_weights

@@ -49,12 +49,13 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out.view(r, n_heads, n, -1).to(v.dtype)
 
 
-def partial_attention(q, k, v, key_mask=None, *, mass_weights=None):
+def partial_attention(q, k, v, key_mask=None, *, mass_weights=None, key_end=None):
     """-> (out [r, Hq, n, D] in v's dtype, mass [r, T] fp32 = sum over heads and queries of
     mass_weights[n] * p[h, n, t], or None without mass_weights). Without mass_weights this is the
-    model's own attention (SDPA), which no probability tensor is needed for."""
+    model's own attention (SDPA), which no probability tensor is needed for; key_end [r, n]: query
+    i sees the keys before index key_end[:, i] only (without mass_weights)."""
     if mass_weights is None:
-        return attend(q, k, v, key_mask).to(v.dtype), None
+        return attend(q, k, v, key_mask, key_end).to(v.dtype), None
     probs = attention_probs(q, k, key_mask)
     return apply_probs(probs, v), _mass(probs, mass_weights)
 

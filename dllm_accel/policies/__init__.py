@@ -3,6 +3,7 @@
 from .guide import ACCEPTANCE, ARGuide, load_ar_model
 from .refresh import (
     AttentionDrift,
+    BlockPrefixCache,
     DualCache,
     ElasticCache,
     FrozenCache,
@@ -10,12 +11,13 @@ from .refresh import (
     PrefixCache,
     RefreshPolicy,
 )
-from .stop import FullLength, StopAtEOS, StopPolicy
+from .stop import FullLength, StopAfterBlock, StopAtEOS, StopPolicy
 from .unmask import (
     DreamAlgorithm,
     EntropyThreshold,
     Factor,
     LowConfidence,
+    ScheduledThreshold,
     StepContext,
     Threshold,
     UnmaskPolicy,
@@ -25,6 +27,7 @@ __all__ = [
     "ACCEPTANCE",
     "ARGuide",
     "AttentionDrift",
+    "BlockPrefixCache",
     "DreamAlgorithm",
     "DualCache",
     "ElasticCache",
@@ -36,7 +39,9 @@ __all__ = [
     "NoCache",
     "PrefixCache",
     "RefreshPolicy",
+    "ScheduledThreshold",
     "StepContext",
+    "StopAfterBlock",
     "StopAtEOS",
     "StopPolicy",
     "Threshold",

@@ -57,6 +57,8 @@ class Canvas:
     n_layers: int
     mask_id: int
     key_valid: torch.Tensor  # [R, T] bool: not padding
+    # block-causal models: the attention block (blocks are then per-row windows, see Sampler)
+    block: int | None = None
 
     @property
     def rows(self) -> int:
@@ -66,6 +68,9 @@ class Canvas:
 class RefreshPolicy:
     keeps_cache = True  # the engine allocates K/V buffers
     keeps_inputs = False  # ... and every layer's input hidden states
+    # which attention structures the policy is exact or meaningful for (ModelSpec.block_size)
+    bidirectional = True
+    block_causal = False
 
     def begin(self, canvas: Canvas) -> RefreshState:
         raise NotImplementedError
@@ -102,17 +107,67 @@ class RefreshState:
 # -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoCache(RefreshPolicy):
-    """Every position through every layer, every step."""
+    """Every position through every layer, every step. On a block-causal model, every position up to
+    the end of the current block (nothing before it sees the later blocks): the official loop."""
 
     keeps_cache = False
+    block_causal = True
 
     def begin(self, canvas: Canvas) -> RefreshState:
         return _Full(canvas)
 
 
 class _Full(RefreshState):
+    length = None
+
+    def begin_block(self, start, end):
+        if self.canvas.block is not None:  # [B] windows: one host sync per block
+            self.length = int(end.max())
+
     def plan(self, model_ids, live, head_reads):
-        return ForwardPlan(None, self.canvas.n_layers)
+        return ForwardPlan(None, self.canvas.n_layers, length=self.length)
+
+
+# -- block-causal models ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockPrefixCache(RefreshPolicy):
+    """The exact prefix cache of block-causal models (LLaDA2), their default: no position sees a
+    later block, so a block's K/V are final once its tokens are, and are computed once. Each step
+    computes the current block's positions (at every layer) against the cached prefix; a block's
+    first step also computes the block before it, whose last tokens were committed after its last
+    forward (and the first step the whole prompt). The tokens are NoCache's (the official loop's)
+    exactly."""
+
+    bidirectional = False
+    block_causal = True
+
+    def begin(self, canvas: Canvas) -> RefreshState:
+        return _BlockPrefix(canvas)
+
+
+class _BlockPrefix(RefreshState):
+    def __init__(self, canvas: Canvas):
+        super().__init__(canvas)
+        device = canvas.key_valid.device
+        self.positions = torch.arange(canvas.length, device=device)
+        # [R]: each row's K/V are final before this canvas index
+        self.final = torch.zeros(canvas.rows, dtype=torch.long, device=device)
+
+    def begin_block(self, start, end):
+        rows = self.canvas.model_rows
+        self.start, self.end = rows.repeat(start), rows.repeat(end)
+        self.length = int(end.max())  # one host sync per block
+
+    def plan(self, model_ids, live, head_reads):
+        positions = self.positions
+        query = (positions >= self.final[:, None]) & (positions < self.end[:, None])
+        query &= self.canvas.key_valid
+        return ForwardPlan(query | head_reads, self.canvas.n_layers, length=self.length)
+
+    def after_step(self, rows, result, committed):
+        rows = slice(None) if rows is None else rows
+        # everything before the block was computed from final tokens by now
+        self.final[rows] = torch.maximum(self.final[rows], self.start[rows])
 
 
 # -- Fast-dLLM

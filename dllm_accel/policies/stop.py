@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_choice
+from ..checks import check_bool, check_choice
 from ..models.base import ModelSpec
 
 
@@ -17,6 +17,11 @@ class StopPolicy:
         """generated [B, N], the canvas after the prompt, may be edited in place after each step;
         returns the positions whose token it changed [B, N] (None: none), which the cache then
         recomputes."""
+        return None
+
+    def finished(self, generated, committed, spec: ModelSpec) -> torch.Tensor | None:
+        """After each step (committed [B, N]: the positions it committed) and at the end of each
+        block (committed None): [B] bool, the rows that stop decoding now (None: none)."""
         return None
 
     def __repr__(self):
@@ -57,6 +62,30 @@ class StopAtEOS(StopPolicy):
 
     def __repr__(self):
         return "StopAtEOS()" if self.fill == "eos" else f"StopAtEOS(fill={self.fill!r})"
+
+
+class StopAfterBlock(StopPolicy):
+    """LLaDA2's official loop: a row stops after the block in which it holds EOS, the rest of that
+    block decoded as usual (its tokens after EOS are not part of the answer). eos_early_stop=True
+    (the official option) also stops a row as soon as a step commits EOS and nothing before the
+    row's first EOS is masked: the same answer, fewer forwards."""
+
+    def __init__(self, eos_early_stop: bool = False):
+        self.eos_early_stop = check_bool(eos_early_stop, "eos_early_stop")
+
+    def finished(self, generated, committed, spec):
+        eos = generated == spec.eos_id
+        if committed is None:
+            return eos.any(1)
+        if not self.eos_early_stop:
+            return None
+        first = torch.where(eos.any(1), eos.int().argmax(1), generated.shape[1])
+        masked = generated == spec.mask_id
+        first_mask = torch.where(masked.any(1), masked.int().argmax(1), generated.shape[1])
+        return (eos & committed).any(1) & (first_mask > first)
+
+    def __repr__(self):
+        return f"StopAfterBlock(eos_early_stop={self.eos_early_stop})"
 
 
 def _after_first_stop(generated: torch.Tensor, spec: ModelSpec) -> torch.Tensor:

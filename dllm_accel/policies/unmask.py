@@ -3,7 +3,8 @@
 A policy validates its arguments when built and is a pure function of what the Sampler hands it:
 
     steps = policy.steps_per_block(n_blocks)    # once per generation; None: until the block is done
-    plan = policy.begin_block(n_masked, steps)  # once per block; n_masked [B]: masks in the block
+    plan = policy.begin_block(n_masked, steps, size)  # once per block; n_masked [B]: masks in
+                                                      # the block of `size` positions
     quota = policy.quota(ctx)                   # before the forward: tokens per row [B], or None
                                                     # when the scores decide; rows at 0 are not
                                                     computed
@@ -59,7 +60,7 @@ class UnmaskPolicy:
     def steps_per_block(self, n_blocks: int) -> int | None:
         return None
 
-    def begin_block(self, n_masked: torch.Tensor, steps: int | None):
+    def begin_block(self, n_masked: torch.Tensor, steps: int | None, size: int):
         return None
 
     def quota(self, ctx: StepContext) -> torch.Tensor | None:
@@ -198,7 +199,7 @@ class LowConfidence(UnmaskPolicy):
     def steps_per_block(self, n_blocks):
         return _split_steps(self.steps, n_blocks)
 
-    def begin_block(self, n_masked, steps):
+    def begin_block(self, n_masked, steps, size):
         base, remainder = n_masked // steps, n_masked % steps
         # [B, steps]
         return base[:, None] + (torch.arange(steps, device=n_masked.device) < remainder[:, None])
@@ -221,6 +222,64 @@ class LowConfidence(UnmaskPolicy):
             confidence = torch.softmax(logits, -1).gather(1, tokens[:, None]).squeeze(1)
             scores = dense(confidence, ctx.candidates)
         return top_per_row(scores, quota)[ctx.candidates], tokens
+
+
+# -- LLaDA2 ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduledThreshold(UnmaskPolicy):
+    """LLaDA2's official rule (`generate` of LLaDA2.0/2.1): `steps` per block, each with a quota
+    from the block's size (size ÷ steps, the remainder to the first steps, however many masks the
+    block holds); a step commits every mask whose chosen token has probability > `threshold` when
+    they are at least the quota, else the quota's most confident masks. Tokens: argmax at
+    temperature 0, else a sample of softmax(logits / temperature) after `top_k` / `top_p`;
+    probabilities in fp32 (the official code takes the logits in fp32)."""
+
+    steps: int = 32
+    threshold: float = 0.95
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self):
+        _check_steps(self.steps)
+        check_number(self.threshold, "threshold", 0, 1)
+        _check_temperature(self.temperature)
+        check_number(self.top_p, "top_p", 0, 1, open_low=True, optional=True)
+        check_int(self.top_k, "top_k", 1, optional=True)
+
+    def steps_per_block(self, n_blocks):
+        return self.steps
+
+    def begin_block(self, n_masked, steps, size):
+        if steps > size:
+            raise ValueError(
+                f"steps ({steps}) must not exceed the block length ({size}): steps past it would "
+                "have no quota"
+            )
+        base, remainder = divmod(size, steps)
+        return base + (torch.arange(steps, device=n_masked.device) < remainder)  # [steps]
+
+    def quota(self, ctx):
+        return ctx.plan[ctx.step].expand(ctx.candidates.shape[0])
+
+    def select(self, ctx, logits, quota):
+        logits = logits.float()
+        if self.temperature > 0:
+            logits = logits / self.temperature
+            if self.top_k is not None:
+                logits = _top_k_filter(logits, self.top_k)
+            if self.top_p is not None and self.top_p < 1:
+                logits = _top_p_filter(logits, self.top_p)
+        probs = torch.softmax(logits, -1)
+        if self.temperature > 0:
+            tokens = multinomial(probs, ctx.candidates.sum(1), ctx.generator)
+        else:
+            tokens = probs.argmax(-1)
+        scores = dense(probs.gather(1, tokens[:, None]).squeeze(1), ctx.candidates)
+        above = (scores > self.threshold) & ctx.candidates
+        enough = above.sum(1) >= quota
+        chosen = torch.where(enough[:, None], above, top_per_row(scores, quota))
+        return chosen[ctx.candidates], tokens
 
 
 # -- Fast-dLLM and dParallel -----------------------------------------------------------------------
@@ -336,7 +395,7 @@ class DreamAlgorithm(UnmaskPolicy):
     def steps_per_block(self, n_blocks):
         return _split_steps(self.steps, n_blocks)
 
-    def begin_block(self, n_masked, steps):
+    def begin_block(self, n_masked, steps, size):
         return torch.linspace(1, self.eps, steps + 1, device=n_masked.device)  # float32, as Dream's
 
     def quota(self, ctx):
