@@ -396,9 +396,11 @@ class _Run:
         head_reads = torch.zeros_like(ids, dtype=torch.bool)
         for model_row in copy_rows:
             head_reads[model_row, sources] = True
-        result = self.engine.forward(ids, model_rows, self.state.plan(ids, model_live, head_reads))
+        plan = self.state.plan(ids, model_live, head_reads)
+        result = self.engine.forward(ids, model_rows, plan)
         self.units += result.units
-        self.full_units += result.hidden.shape[0] * x.shape[1] * model.n_layers
+        # NoCache's units on this step (block-causal models: up to the block's end)
+        self.full_units += result.hidden.shape[0] * (plan.length or x.shape[1]) * model.n_layers
         local = model_live.cumsum(0) - 1  # model row -> row among the computed ones
         logits = cfg.mix(
             [model.head(_rows_at(result, local[model_row], sources)) for model_row in copy_rows]

@@ -3,6 +3,12 @@ memory.
 
     python experiments/bench.py --model tiny-llada --setting long --problems 200 --batch-sizes 1 8 \
         --out results/bench-tiny-llada-long
+    python experiments/bench.py --model random-llada2 --lengths 64:256 256:512 \
+        --out results/bench-random-llada2
+
+`random-llada2`: a block-causal model in LLaDA2's layout with random weights (speed only: no
+accuracy), random prompts of the given lengths (prompt:generated), LLaDA2's official loop against
+the exact prefix cache, blocks of 32, every token decoded (FullLength).
 
 Every method decodes the same held-out problems greedily, in one process, one after another, after
 an untimed warm-up batch each. Settings (from the model's metrics.json): `short`, the question alone
@@ -34,17 +40,21 @@ from threads import set_threads
 import dllm_accel
 from dllm_accel import (
     ARGuide,
+    BlockPrefixCache,
     DualCache,
     ElasticCache,
     FullLength,
     Measurement,
     Method,
+    NoCache,
     PrefixCache,
+    ScheduledThreshold,
     StopAtEOS,
     Threshold,
     measure,
 )
 from dllm_accel.checks import check_choice
+from dllm_accel.models.tiny import tiny_config
 from dllm_accel.syncs import HostSyncs
 from dllm_accel.tasks import arith
 
@@ -218,6 +228,56 @@ def decode(
     )
 
 
+RANDOM_LLADA2 = "random-llada2"
+LLADA2_OFFICIAL = "official: NoCache + ScheduledThreshold (LLaDA2's generate)"
+
+
+def block_causal_methods() -> dict:
+    """LLaDA2's official loop and the prefix cache, blocks of 32, full length."""
+    unmask = ScheduledThreshold()
+    return {
+        LLADA2_OFFICIAL: Method(unmask, NoCache(), FullLength(), None, 32),
+        "BlockPrefixCache + ScheduledThreshold": Method(
+            unmask, BlockPrefixCache(), FullLength(), None, 32
+        ),
+    }
+
+
+def random_llada2(device) -> dllm_accel.DiffusionLM:
+    """A tiny random model in LLaDA2's layout (4 layers, 8 experts of which 2 per token)."""
+    config = tiny_config("llada2", n_layers=4, vocab=512)
+    return dllm_accel.build_model(config, device=device)
+
+
+def decode_random(model, batch_size: int, prompt_length: int, gen_length: int, method) -> dict:
+    """decode()'s figures for random prompts (no accuracy): 4 timed batches after a warm-up."""
+    generator = torch.Generator().manual_seed(prompt_length)
+    spec = model.spec
+    batches = [
+        torch.randint(0, spec.vocab_size - 4, (batch_size, prompt_length), generator=generator)
+        for _ in range(5)
+    ]
+    with peak_memory(model.device) as memory:
+        measure(method, model, batches[0], max_new_tokens=gen_length)
+    measured = Measurement()
+    for ids in batches[1:]:
+        measured += measure(method, model, ids, max_new_tokens=gen_length)[1]
+    with HostSyncs() as syncs:
+        out, _ = measure(method, model, batches[0], max_new_tokens=gen_length)
+    return dict(
+        accuracy=None,
+        exact_match=None,
+        **measured.report(),
+        nfe_per_batch=measured.nfe / 4,
+        layer_units_per_batch=measured.layer_units / 4,
+        syncs_per_step=syncs.per_step(out),
+        peak_memory_mib=memory["mib"],
+        method=method.name,
+        guided=False,
+        barred=False,
+    )
+
+
 def barred(method: Method) -> bool:
     """The long-testbed issue's bars apply to ElasticCache(γ 0.9) + Threshold(0.9) + StopAtEOS,
     unguided."""
@@ -285,6 +345,7 @@ def with_ratios(results: dict, table: dict) -> dict:
     dataclasses.replace(method, guide=None)) with its tokens/s and NFE ratios against it."""
     for reference, key in (
         (OFFICIAL, "speedup"),
+        (LLADA2_OFFICIAL, "speedup"),
         (FAST_DLLM, "vs_fast_dllm"),
         (DUAL, "vs_dualcache"),
     ):
@@ -338,9 +399,17 @@ COLUMNS = [  # (key, header, format)
     (
         "accuracy",
         "accuracy (95% CI)",
-        lambda r: f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})",
+        lambda r: (
+            "n/a"
+            if r["accuracy"] is None
+            else f"{r['accuracy']:.1%} ({r['accuracy_ci95'][0]:.1%}–{r['accuracy_ci95'][1]:.1%})"
+        ),
     ),
-    ("exact_match", "exact match", lambda r: f"{r['exact_match']:.1%}"),
+    (
+        "exact_match",
+        "exact match",
+        lambda r: "n/a" if r["exact_match"] is None else f"{r['exact_match']:.1%}",
+    ),
     ("tokens_per_second", "tokens/s", lambda r: f"{r['tokens_per_second']:.0f}"),
     ("speedup", "× official", lambda r: _ratio(r, "speedup")),
     ("vs_fast_dllm", "× Fast-dLLM", lambda r: _ratio(r, "vs_fast_dllm")),
@@ -360,6 +429,11 @@ COLUMNS = [  # (key, header, format)
     ),
     ("tokens_per_forward", "tokens / forward", lambda r: f"{r['tokens_per_forward']:.2f}"),
     ("recompute_fraction", "recompute", lambda r: f"{r['recompute_fraction']:.3f}"),
+    (
+        "layer_units_per_batch",
+        "layer units / batch",
+        lambda r: f"{r['layer_units_per_batch']:.0f}" if "layer_units_per_batch" in r else "—",
+    ),
     (
         "syncs_per_step",
         "host syncs / step",
@@ -381,11 +455,14 @@ def plot(report: dict, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 5))
     markers = "osd^v"
+    speed_only = all(
+        r["accuracy"] is None for results in report["runs"].values() for r in results.values()
+    )
     for (batch_size, results), marker in zip(report["runs"].items(), markers, strict=False):
         for i, (name, r) in enumerate(results.items()):
             axis.scatter(
                 r["tokens_per_second"],
-                100 * r["accuracy"],
+                r["layer_units_per_batch"] if speed_only else 100 * r["accuracy"],
                 marker=marker,
                 color=f"C{i % 10}",
                 label=name if marker == markers[0] else None,
@@ -393,7 +470,9 @@ def plot(report: dict, path: Path) -> None:
         axis.plot([], [], marker, color="gray", label=f"batch {batch_size}")
     axis.set_xscale("log")
     axis.set_xlabel("tokens/s (log)")
-    axis.set_ylabel("accuracy (%)")
+    if speed_only:
+        axis.set_yscale("log")
+    axis.set_ylabel("layer units / batch (log)" if speed_only else "accuracy (%)")
     axis.set_title(f"{report['model']}, {report['setting']} setting, {report['problems']} problems")
     axis.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
@@ -419,7 +498,16 @@ def environment(threads: int, device: torch.device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["tiny-llada", "tiny-dream"], default="tiny-llada")
+    parser.add_argument(
+        "--model", choices=["tiny-llada", "tiny-dream", RANDOM_LLADA2], default="tiny-llada"
+    )
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        default=["64:256", "256:512"],
+        metavar="PROMPT:GENERATED",
+        help=f"{RANDOM_LLADA2} only: prompt and generation lengths",
+    )
     parser.add_argument("--setting", choices=SETTINGS, default="long")
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
@@ -443,6 +531,8 @@ def main() -> None:
     if args.problems < 1 or min(args.batch_sizes) < 1:
         parser.error("--problems and --batch-sizes must be >= 1")
     set_threads(args.threads)
+    if args.model == RANDOM_LLADA2:
+        return bench_random_llada2(args)
     model = dllm_accel.load_model(args.model, device=args.device)
     tokenizer = dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
@@ -479,6 +569,35 @@ def main() -> None:
         report["runs"][str(batch_size)] = with_ratios(results, table)
         if args.out:  # after each batch size, so a long run killed later keeps what it measured
             write(report, args.out)
+    print(markdown(report))
+
+
+def bench_random_llada2(args) -> None:
+    model = random_llada2(args.device)
+    table = block_causal_methods()
+    report = dict(
+        model=RANDOM_LLADA2,
+        setting="random prompts",
+        problems=4,
+        shots=0,
+        gen_length="/".join(length.split(":")[1] for length in args.lengths),
+        block_length=32,
+        command=shlex.join(["python", "experiments/bench.py", *sys.argv[1:]]),
+        **environment(args.threads, model.device),
+        runs={},
+    )
+    for batch_size in args.batch_sizes:
+        for lengths in args.lengths:
+            prompt_length, gen_length = (int(n) for n in lengths.split(":"))
+            results = {
+                name: decode_random(model, batch_size, prompt_length, gen_length, method)
+                for name, method in table.items()
+            }
+            key = f"{batch_size}, prompt {prompt_length}, {gen_length} generated"
+            report["runs"][key] = with_ratios(results, table)
+            print(f"batch {key} | " + json.dumps(results), flush=True)
+    if args.out:
+        write(report, args.out)
     print(markdown(report))
 
 
