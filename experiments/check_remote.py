@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
             "remote": type(remote).__name__,
             "transformers": transformers.__version__,
             "dtype": args.dtype,
-            "attn": args.attn,
+            "attn": getattr(remote.config, "_attn_implementation", args.attn),
             "block_size": native.spec.block_size,
             "batch1_max_abs_diff": (ours - theirs).abs().max().item(),
             "padded_rows_max_abs_diff": padded_rows_diff(native, ids),
