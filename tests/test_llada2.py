@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from conftest import random_ids, tiny_model
+from conftest import StandIn, random_ids, tiny_model
 from safetensors import safe_open
 
 import dllm_accel
@@ -300,6 +300,17 @@ def test_save_and_load_keep_the_checkpoint_keys(tmp_path):
     ids = random_ids(model, 1, 12)
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def test_from_hf_shares_all_but_the_experts():
+    source = llada2()
+    hf = StandIn(source.state_dict(), source.config)
+    native = dllm_accel.from_hf(hf)
+    shared = dict(hf.named_parameters())["model.word_embeddings.weight"]
+    assert native.model.word_embeddings.weight.data_ptr() == shared.data_ptr()
+    ids = random_ids(source, 2, 20)
+    with torch.no_grad():
+        assert torch.equal(native(ids).logits, source(ids).logits)
 
 
 def test_the_released_config_builds_with_its_key_set_and_ids():
