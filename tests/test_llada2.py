@@ -17,6 +17,7 @@ from safetensors import safe_open
 import dllm_accel
 from dllm_accel.models import LLaDA2Model, released_config, save_model
 from dllm_accel.models.llada2 import SparseMoE, pair_rotated_dims
+from dllm_accel.syncs import HostSyncs
 
 MOE = dict(n_experts=8, top_k=2, expert_hidden=24)
 
@@ -272,6 +273,18 @@ def test_partial_rotary_by_pairing_equals_rotating_the_first_dims():
     want = torch.cat((rot * cos + half * sin, x[..., r:]), -1)
     got = dllm_accel.models.base.apply_rotary(pair_rotated_dims(x, r), rope)
     torch.testing.assert_close(got, pair_rotated_dims(want, r))
+
+
+def test_the_forward_stops_the_host_nowhere():
+    """The router, the grouped experts, the positions and the block mask stay on the device: no
+    host sync in the layers of a padded forward (ARCHITECTURE.md §8)."""
+    model = llada2(n_layers=3, block_size=8)
+    ids = random_ids(model, 2, 21)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.no_grad(), HostSyncs(sites=True) as syncs:
+        model.hidden_states(ids, mask)
+    assert syncs.count == 0, syncs.by_site
 
 
 def test_save_and_load_keep_the_checkpoint_keys(tmp_path):
