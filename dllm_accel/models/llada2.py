@@ -131,6 +131,8 @@ class Attention(nn.Module):
 
 
 class Layer(nn.Module):
+    """`attention`, `mlp` (dense below first_k_dense_replace, else SparseMoE), the two norms."""
+
     def __init__(self, config: dict, shape: HeadShape, rotary_dim: int, moe: bool):
         super().__init__()
         d_model = config_value(config, "hidden_size")
