@@ -2,6 +2,7 @@
 
     python experiments/check_remote.py DIR [--length 48 --batch 3 --seed 0 --dtype float32]
     python experiments/check_remote.py --tiny llada_moe --remote-code FILES... [--out DIR]
+    python experiments/check_remote.py --tiny llada2 --remote-code FILES... [--fields JSON]
 
 DIR is a Hugging Face checkpoint directory whose config.json maps `auto_map` to modelling files in
 the directory (what `trust_remote_code=True` runs). `--tiny KIND` first writes a tiny random
@@ -11,7 +12,11 @@ without its weights. Run it under the transformers version the remote code was w
 
 Printed: the max abs difference of the logits at batch 1 (the remote code's own setting: several
 remote implementations ignore the attention mask), and of each left-padded row of a ragged batch
-(native) against the same row alone (native), over the row's real positions.
+(native) against the same row alone (native), over the row's real positions. A block-causal model
+(spec.block_size, LLaDA2) is given the mask its remote generate builds: the lower-triangular block
+matrix expanded to [1, 1, T, T], its log (0 or -inf) as an additive mask, with position ids 0..T-1,
+(`--attn eager` passes the 0/1 matrix instead, which transformers 4's eager path inverts into the
+same additive mask).
 """
 
 from __future__ import annotations
@@ -34,24 +39,47 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     directory = Path(args.directory) if args.directory else write_tiny(args)
     native = load_model(directory, dtype=args.dtype)
-    remote = transformers.AutoModel.from_pretrained(
-        directory, trust_remote_code=True, dtype=getattr(torch, args.dtype)
+    auto_map = json.loads((directory / "config.json").read_text()).get("auto_map", {})
+    # the LM class: LLaDA2's AutoModel is its backbone without the head
+    auto = getattr(
+        transformers, "AutoModelForCausalLM" if "AutoModelForCausalLM" in auto_map else "AutoModel"
+    )
+    remote = auto.from_pretrained(
+        directory,
+        trust_remote_code=True,
+        dtype=getattr(torch, args.dtype),
+        **({} if args.attn is None else {"attn_implementation": args.attn}),
     ).eval()
     vocab = native.spec.vocab_size
     ids = torch.randint(0, min(vocab, native.spec.mask_id), (args.batch, args.length))
     ids[:, -args.length // 3 :] = native.spec.mask_id  # a decoding canvas: the tail masked
     with torch.no_grad():
         ours = native(ids[:1]).logits
-        theirs = remote(input_ids=ids[:1]).logits
+        theirs = remote(input_ids=ids[:1], **block_inputs(native, args)).logits
         report = {
             "remote": type(remote).__name__,
             "transformers": transformers.__version__,
             "dtype": args.dtype,
+            "attn": getattr(remote.config, "_attn_implementation", args.attn),
+            "block_size": native.spec.block_size,
             "batch1_max_abs_diff": (ours - theirs).abs().max().item(),
             "padded_rows_max_abs_diff": padded_rows_diff(native, ids),
         }
     print(json.dumps(report, indent=2))
     return report
+
+
+def block_inputs(model, args) -> dict:
+    """The remote generate's attention inputs for a block-causal model; none otherwise."""
+    block = model.spec.block_size
+    if block is None:
+        return {}
+    n = -(-args.length // block)
+    allowed = torch.tril(torch.ones(n, n)).repeat_interleave(block, 0).repeat_interleave(block, 1)
+    allowed = allowed[None, None, : args.length, : args.length]
+    mask = allowed if args.attn == "eager" else allowed.log()
+    positions = torch.arange(args.length)[None]
+    return {"attention_mask": mask.to(getattr(torch, args.dtype)), "position_ids": positions}
 
 
 def padded_rows_diff(model, ids) -> float:
@@ -74,10 +102,16 @@ def write_tiny(args) -> Path:
     config = tiny_config(args.tiny, **json.loads(args.fields))
     model = build_model(config, seed=args.seed)
     generator = torch.Generator().manual_seed(args.seed + 1)
-    with torch.no_grad():  # random norm weights and router biases too, so a misplaced one shows
+    with (
+        torch.no_grad()
+    ):  # random norms, router and projection biases too, so a misplaced one shows
         for name, tensor in model.state_dict().items():
-            if name.endswith("norm.weight") or name.endswith("expert_bias"):
+            if name.endswith("norm.weight"):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif name.endswith("expert_bias") and not args.zero_router_bias:
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif name.endswith(".bias"):
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
     save_model(model, directory)
     for file in args.remote_code:
         shutil.copy(file, directory)
@@ -91,10 +125,16 @@ def parse(argv):
     parser.add_argument("--remote-code", nargs="*", default=[], help="files copied beside it")
     parser.add_argument("--fields", default="{}", help="JSON of config fields to override")
     parser.add_argument("--out", help="where the tiny checkpoint goes (default: a temp dir)")
+    parser.add_argument(
+        "--zero-router-bias", action="store_true", help="leave expert_bias at 0 (default: random)"
+    )
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--batch", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--attn", choices=["sdpa", "eager"], help="attention of the remote code (default: its own)"
+    )
     args = parser.parse_args(argv)
     if (args.directory is None) == (args.tiny is None):
         parser.error("give either a checkpoint DIR or --tiny KIND")

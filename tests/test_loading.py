@@ -178,7 +178,10 @@ def edit_weights(directory, edit):
     save_file(state, directory / SINGLE_FILE)
 
 
-SUPPORTED = r"supported.*: \['DreamModel', 'ILLaDAForCausalLM', 'LLaDAMoEModelLM', 'LLaDAModelLM'\]"
+SUPPORTED = (
+    r"supported.*: \['DreamModel', 'ILLaDAForCausalLM', 'LLaDA2MoeModelLM', 'LLaDAMoEModelLM', "
+    r"'LLaDAModelLM'\]"
+)
 
 
 def test_unsupported_architecture(saved):

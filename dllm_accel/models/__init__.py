@@ -4,6 +4,7 @@ from .base import DiffusionLM, ModelOutput, ModelSpec, attend, rotary_tables
 from .dream import DreamModel
 from .illada import ILLaDAModel
 from .llada import LLaDAModel
+from .llada2 import LLaDA2Model
 from .llada_moe import LLaDAMoEModel
 from .loading import build_model, from_hf, load_model, model_class, save_model
 from .tiny import released_config, tiny_config
@@ -13,6 +14,7 @@ __all__ = [
     "DiffusionLM",
     "DreamModel",
     "ILLaDAModel",
+    "LLaDA2Model",
     "LLaDAModel",
     "LLaDAMoEModel",
     "ModelOutput",

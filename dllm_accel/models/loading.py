@@ -23,6 +23,7 @@ from .base import DiffusionLM
 from .dream import DreamModel
 from .illada import ILLaDAModel
 from .llada import LLaDAModel
+from .llada2 import LLaDA2Model
 from .llada_moe import LLaDAMoEModel
 
 # config.json's `architectures` -> the native class. LLaDA-MoE shares model_type "llada" with the
@@ -32,8 +33,13 @@ ARCHITECTURES: dict[str, type[DiffusionLM]] = {
     "LLaDAMoEModelLM": LLaDAMoEModel,
     "DreamModel": DreamModel,
     "ILLaDAForCausalLM": ILLaDAModel,
+    "LLaDA2MoeModelLM": LLaDA2Model,
 }
-MODEL_TYPES: dict[str, type[DiffusionLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
+MODEL_TYPES: dict[str, type[DiffusionLM]] = {
+    "llada": LLaDAModel,
+    "Dream": DreamModel,
+    "llada2_moe": LLaDA2Model,
+}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 

@@ -36,7 +36,8 @@ class ExpertBank(nn.Module):
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor):
         """x [N, d]; experts, weights [N, k]: each token's chosen experts and their routing
-        weights (x's dtype). Returns sum_j weights[t, j] * expert_j(x[t]), [N, d]."""
+        weights. Returns sum_j weights[t, j] * expert_j(x[t]), [N, d] in x's dtype; the products
+        and their sum are taken in the weights' dtype (x's, or fp32 as LLaDA2 adds them)."""
         pairs = experts.flatten()
         order = pairs.argsort(stable=True)  # pairs grouped by expert, in token order
         tokens = order // experts.shape[1]
@@ -46,8 +47,9 @@ class ExpertBank(nn.Module):
         ends = per_expert.cumsum(0, dtype=torch.int32)
         gate, up = grouped_linear(x[tokens], self.gate_up, ends).chunk(2, dim=-1)
         out = grouped_linear(F.silu(gate) * up, self.down, ends)
-        out = out * weights.flatten()[order, None]
-        return torch.zeros_like(x).index_add_(0, tokens, out)
+        out = out.to(weights.dtype) * weights.flatten()[order, None]
+        total = torch.zeros_like(x, dtype=weights.dtype).index_add_(0, tokens, out)
+        return total.to(x.dtype)
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor):
