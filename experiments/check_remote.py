@@ -3,6 +3,7 @@
     python experiments/check_remote.py DIR [--length 48 --batch 3 --seed 0 --dtype float32]
     python experiments/check_remote.py --tiny llada_moe --remote-code FILES... [--out DIR]
     python experiments/check_remote.py --tiny llada2 --remote-code FILES... [--fields JSON]
+    python experiments/check_remote.py --tiny llada2 --remote-code FILES... --generate --sharpen 8
 
 DIR is a Hugging Face checkpoint directory whose config.json maps `auto_map` to modelling files in
 the directory (what `trust_remote_code=True` runs). `--tiny KIND` first writes a tiny random
@@ -17,6 +18,12 @@ remote implementations ignore the attention mask), and of each left-padded row o
 matrix expanded to [1, 1, T, T], its log (0 or -inf) as an additive mask, with position ids 0..T-1,
 (`--attn eager` passes the 0/1 matrix instead, which transformers 4's eager path inverts into the
 same additive mask).
+
+`--generate` (block-causal models) also runs the remote `generate` at temperature 0 against
+`llada2_generate` with NoCache (the official loop) and with BlockPrefixCache, for prompts ending
+mid-block and on a block boundary, eos_early_stop off and on, and two step/threshold settings; it
+prints each case's answers and whether they are equal. `--sharpen S` scales the LM head of the tiny
+checkpoint, so that confidences pass the threshold and EOS is predicted as in a trained model.
 """
 
 from __future__ import annotations
@@ -65,8 +72,63 @@ def main(argv=None) -> dict:
             "batch1_max_abs_diff": (ours - theirs).abs().max().item(),
             "padded_rows_max_abs_diff": padded_rows_diff(native, ids),
         }
+        if args.generate:
+            report["generate"] = compare_generate(native, remote, args)
     print(json.dumps(report, indent=2))
     return report
+
+
+def _mask_in_model_dtype(remote) -> None:
+    """The remote generate builds its additive mask (0 / -inf, exact in any dtype) in bfloat16,
+    which SDPA refuses beside fp32 queries: an fp32 model gets it in fp32."""
+    forward, dtype = remote.forward, remote.dtype
+
+    def cast(*args, attention_mask=None, **kwargs):
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.to(dtype)
+        return forward(*args, attention_mask=attention_mask, **kwargs)
+
+    remote.forward = cast
+
+
+GENERATE_CASES = [  # (prompt length, steps, threshold): the prompt ends mid-block or on a boundary
+    (5, 32, 0.95),
+    (32, 8, 0.8),
+    (45, 32, 0.5),
+]
+
+
+def compare_generate(native, remote, args) -> dict:
+    """The remote generate against llada2_generate at temperature 0, case by case."""
+    from dllm_accel import BlockPrefixCache, NoCache, llada2_generate
+
+    spec, block = native.spec, native.spec.block_size
+    _mask_in_model_dtype(remote)
+    cases, equal = [], 0
+    for prompt_length, steps, threshold in GENERATE_CASES:
+        for early in (False, True):
+            ids = torch.randint(0, min(spec.eos_id, spec.mask_id), (1, prompt_length))
+            settings = dict(
+                gen_length=args.gen_length,
+                block_length=block,
+                steps=steps,
+                threshold=threshold,
+                eos_early_stop=early,
+            )
+            ids_spec = dict(eos_id=spec.eos_id, mask_id=spec.mask_id)
+            theirs = remote.generate(ids, temperature=0.0, **settings, **ids_spec)
+            ours = {
+                type(cache).__name__: llada2_generate(native, ids, cache=cache, **settings)
+                for cache in (NoCache(), BlockPrefixCache())
+            }
+            same = all(torch.equal(answer, theirs) for answer in ours.values())
+            equal += same
+            cases.append(
+                dict(prompt=prompt_length, steps=steps, threshold=threshold, eos_early_stop=early)
+                | dict(equal=same, remote=theirs[0].tolist())
+                | {name: answer[0].tolist() for name, answer in ours.items()}
+            )
+    return {"cases": cases, "equal": f"{equal}/{len(cases)}"}
 
 
 def block_inputs(model, args) -> dict:
@@ -112,6 +174,7 @@ def write_tiny(args) -> Path:
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
             elif name.endswith(".bias"):
                 tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
+        model.head_weight.mul_(args.sharpen)
     save_model(model, directory)
     for file in args.remote_code:
         shutil.copy(file, directory)
@@ -128,6 +191,9 @@ def parse(argv):
     parser.add_argument(
         "--zero-router-bias", action="store_true", help="leave expert_bias at 0 (default: random)"
     )
+    parser.add_argument("--generate", action="store_true", help="also compare generate")
+    parser.add_argument("--gen-length", type=int, default=64)
+    parser.add_argument("--sharpen", type=float, default=1.0, help="scale the tiny LM head")
     parser.add_argument("--length", type=int, default=48)
     parser.add_argument("--batch", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

@@ -70,6 +70,28 @@ def test_official_loop_and_prefix_cache_equal_the_official_generate(case, eos, e
     assert outputs["BlockPrefixCache"].layer_units < outputs["NoCache"].layer_units
 
 
+@pytest.mark.parametrize("block, eos", [(32, 9.0), (8, 12.0)])
+@pytest.mark.parametrize("eos_early_stop", [False, True])
+def test_tiny_llada2_decodes_as_the_official_generate(block, eos, eos_early_stop):
+    """The native LLaDA2 model (the remote generate itself: experiments/check_remote.py
+    --generate) under the official loop and the prefix cache, prompts ending mid-block and on a
+    boundary, in one ragged batch."""
+    model = decoder("llada2", seed=3, favour={EOS: eos})
+    model.spec = dataclasses.replace(model.spec, block_size=block)
+    lengths = [block + 3, block]
+    ids, mask = prompts(model, lengths, seed=3)
+    settings = dict(gen_length=40, block_length=block, steps=8, threshold=0.9)
+    settings["eos_early_stop"] = eos_early_stop
+    answers = [
+        ref.llada2(model, ids[row : row + 1, -n:], **settings)[0] for row, n in enumerate(lengths)
+    ]
+    assert any(EOS in answer for answer in answers) and any(len(a) > 1 for a in answers)
+    for cache in (NoCache(), BlockPrefixCache()):
+        batch = llada2_generate(model, ids, attention_mask=mask, cache=cache, **settings)
+        for row, answer in enumerate(answers):
+            assert torch.equal(batch[row, : len(answer)], answer)
+
+
 def test_the_prefix_cache_computes_a_block_and_its_predecessor_only():
     """Layer units of the prefix cache: the prompt and first block at the first step, then per step
     the block (two blocks at a block's first step)."""

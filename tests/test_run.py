@@ -101,7 +101,8 @@ def test_every_group_option_composes_and_instantiates(group, tmp_path):
 
 
 # conf/model/ entry of a released model -> (its tiny_config kind, the environment variable of its
-# directory); the experiments are named task_<family>_official / task_<family>_elastic
+# directory); the experiments are named task_<family>_official / task_<family>_elastic (LLaDA2:
+# task_llada2_prefix, its exact prefix cache)
 RELEASED_MODELS = {
     "llada_8b_instruct": ("llada", "LLADA_8B_INSTRUCT_PATH"),
     "llada_1_5": ("llada", "LLADA_1_5_PATH"),
@@ -110,6 +111,7 @@ RELEASED_MODELS = {
     "dream_coder_v0_instruct_7b": ("dream_coder", "DREAM_CODER_V0_INSTRUCT_7B_PATH"),
     "diffucoder_7b_instruct": ("diffucoder", "DIFFUCODER_7B_INSTRUCT_PATH"),
     "illada_8b_instruct": ("illada", "ILLADA_8B_INSTRUCT_PATH"),
+    "llada2_mini": ("llada2", "LLADA2_MINI_PATH"),
 }
 FAMILY_MODELS = {
     "llada": "llada_8b_instruct",
@@ -118,6 +120,7 @@ FAMILY_MODELS = {
     "dream_coder": "dream_coder_v0_instruct_7b",
     "diffucoder": "diffucoder_7b_instruct",
     "illada": "illada_8b_instruct",
+    "llada2": "llada2_mini",
 }
 # the model cards' diffusion_generate settings: (new tokens = steps, temperature)
 DREAM_CODE_OFFICIAL = {"dream_coder": (768, 0.1), "diffucoder": (256, 0.3)}
@@ -178,6 +181,15 @@ def test_every_experiment_composes_and_instantiates(experiment, tmp_path, monkey
     extra = task_overrides("gsm8k" if "gsm8k" in experiment else "humaneval", tmp_path)
     cfg = compose_main([f"experiment={experiment}", *extra])
     new_tokens, temperature = DREAM_CODE_OFFICIAL.get(family, (256, 0.0))
+    if family == "llada2":  # LLaDA2's published evaluation settings, and its exact prefix cache
+        new_tokens = 2048
+        assert (cfg.unmask.steps, cfg.unmask.threshold, cfg.stop.eos_early_stop) == (
+            32,
+            0.95,
+            False,
+        )
+        cache = "BlockPrefixCache" if experiment.endswith("_prefix") else "NoCache"
+        assert cfg.cache._target_ == f"dllm_accel.{cache}"
     assert cfg.max_new_tokens == new_tokens and cfg.batch_size == 1
     dream_official = experiment.endswith("_official") and family in ("dream", *DREAM_CODE_OFFICIAL)
     assert cfg.block_length == (None if dream_official else 32)
