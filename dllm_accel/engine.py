@@ -12,12 +12,19 @@ One forward (`Engine.forward`) for the model rows being computed (`rows`; None: 
                              starting from the cached input of that layer with the fresh query rows
                              substituted.
     plan.monitor             a LayerMonitor (ElasticCache's drift test, policies/refresh.py) orders
-    the
-                             query positions and, at each layer still reusing the cache, takes over
-                             the query rows' attention and may send a batch row to the full
-                             recompute from that layer on, or with monitor.leave_after from the next
-                             one (each row at its own layer); it sees the query rows' attention at
-                             every layer.
+                             the query positions and, at each layer before first_full_layer, takes
+                             over the query rows' attention and flags the rows that drifted there;
+                             each row then recomputes every position from its first drifting layer
+                             (with monitor.leave_after from the next one), or from
+                             first_full_layer.
+
+Two passes, so that the host does not wait for the device at every layer: the query rows first go
+through every layer before first_full_layer, the drift flags kept on the device; then the rows'
+first drifting layers are read once, and each row recomputes every position from its layer on,
+from the cache's input of that layer with the query rows' input of the first pass substituted.
+The tokens are those of deciding layer by layer; a row that drifted has its query rows computed
+past its drifting layer too (counted in `units`), and those writes are overwritten by its
+recompute.
 
 The math is the model's own (embed / layer(i).qkv / attend / layer(i).finish), so a full forward
 here is the plain forward, and a plan that recomputes everything reproduces it exactly.
@@ -25,6 +32,7 @@ here is the plain forward, and a plan that recomputes everything reproduces it e
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,8 +53,8 @@ class LayerMonitor(Protocol):
         attn, leaving = monitor.attend(i, q, keys, values, group, before)
     and at each layer recomputing every position, monitor.observe_full(i, q, k, group)."""
 
-    # True: a row leaving at layer i keeps layer i's query-rows output and recomputes every position
-    # from layer i + 1; False: from layer i itself
+    # True: a row drifting at layer i keeps layer i's query-rows output and recomputes every
+    # position from layer i + 1; False: from layer i itself
     leave_after: bool
 
     def query_positions(self, query: torch.Tensor, rows: torch.Tensor | None):
@@ -68,7 +76,8 @@ class LayerMonitor(Protocol):
 
     def attend(self, layer: int, q, keys, values, group: RowGroup, before):
         """q [g, Hq, n, D] against keys, values [g, Hkv, T, D] -> (attention output, as
-        ops.partial_attention's; the rows [g] bool that leave for the full recompute, or None)."""
+        ops.partial_attention's; the rows [g] bool that drifted at this layer, or None), without
+        stopping the host."""
 
     def observe_full(self, layer: int, q: torch.Tensor, k: torch.Tensor, group: RowGroup) -> None:
         """q [f, Hq, T, D], k [f, Hkv, T, D]: a layer recomputing every position of `group`."""
@@ -129,48 +138,6 @@ class RowGroup:
             _take(self.mass_weights, keep),
             _take(self.key_end, keep),
         )
-
-
-class _Split:
-    """The computed rows of one forward: those still computing only their query rows (`h` [p, n, d])
-    and those recomputing every position (`hidden` [f, T, d]); `*_at` are positions among the
-    computed rows."""
-
-    def __init__(self, queried: RowGroup, h: torch.Tensor):
-        self.queried, self.partial, self.h = queried, queried, h
-        self.partial_at = torch.arange(h.shape[0], device=h.device)
-        self.full, self.full_at, self.hidden = None, self.partial_at[:0], None
-
-    def move(self, leaving: torch.Tensor, fresh: torch.Tensor) -> None:
-        """Rows `leaving` [p] bool switch to recomputing every position, from inputs `fresh` [l, T,
-        d]."""
-        self.full_at = torch.cat([self.full_at, self.partial_at[leaving]])
-        self.hidden = fresh if self.hidden is None else torch.cat([self.hidden, fresh])
-        everyone = len(self.full_at) == len(self.queried.ids)
-        if everyone:  # back to batch order, so that the cache is read through views again
-            order = self.full_at.argsort()
-            self.full_at, self.hidden = self.full_at[order], self.hidden[order]
-        self.full = self.queried.select(self.full_at)
-        self.full.whole = everyone and self.queried.whole
-        stay = ~leaving
-        self.partial_at, self.h, self.partial = (
-            self.partial_at[stay],
-            self.h[stay],
-            self.partial.select(stay),
-        )
-
-    def output(self) -> torch.Tensor:
-        """The last layer's output at the query positions, [r, n, d] in batch order."""
-        if not len(self.full_at):
-            return self.h
-        gathered = self.hidden.gather(
-            1, self.full.index[..., None].expand(-1, -1, self.hidden.shape[-1])
-        )
-        if not len(self.partial_at):
-            return gathered
-        out = gathered.new_empty(len(self.partial_at) + len(self.full_at), *gathered.shape[1:])
-        out[self.partial_at], out[self.full_at] = self.h, gathered
-        return out
 
 
 class Engine:
@@ -245,7 +212,7 @@ class Engine:
                 torch.zeros(r, dtype=torch.long, device=device),
                 r * ids.shape[1] * n_layers,
             )
-        monitor = plan.monitor
+        self.monitor = monitor = plan.monitor
         query = _take(plan.query, rows)
         index, valid = (
             query_positions(query) if monitor is None else monitor.query_positions(query, rows)
@@ -262,60 +229,68 @@ class Engine:
             None if self.key_end is None else self.key_end[row_ids].gather(1, index),
         )
         self.read_length = plan.length
-        split = _Split(queried, self.model.embed(ids.gather(1, index)))
-        first_full = torch.full((r,), n_layers, dtype=torch.long, device=device)
-        # layers that computed a row's query rows
-        partial_layers = torch.zeros(r, dtype=torch.long, device=device)
-        leave_after = monitor is not None and monitor.leave_after
-        left_before = None  # rows the monitor sent at the previous layer, under leave_after
-        for i in range(n_layers):
-            if (
-                left_before is not None
-            ):  # every position from this layer, the previous one's output kept
-                self._recompute_from(i, split, left_before, split.h, ids, index, first_full)
-                left_before = None
-            if len(split.partial_at):
-                leaving, layer_input = None, split.h
-                if i < plan.first_full_layer:
-                    partial_layers[split.partial_at] += 1
-                    split.h, leaving = self._partial_layer(i, split, monitor)
-                    if leaving is not None and leave_after:
-                        left_before, leaving = leaving, None
-                else:
-                    leaving = torch.ones_like(split.partial_at, dtype=torch.bool)
-                if (
-                    leaving is not None
-                ):  # layer i recomputes these rows, the one that sent them included
-                    self._recompute_from(i, split, leaving, layer_input, ids, index, first_full)
-            if len(split.full_at):
-                full = split.full
-                split.hidden = self._full_layer(
-                    i, split.hidden, full, self._rope(full.ids), monitor
-                )
+        # pass 1: the query rows through every layer before plan.first_full_layer; the monitor's
+        # drift decisions stay on the device
+        reused = min(plan.first_full_layer, n_layers)
+        inputs = [self.model.embed(ids.gather(1, index))]  # the query rows' input of each layer
+        drift_layer = torch.full((r,), n_layers, dtype=torch.long, device=device)
+        for i in range(reused):
+            h, drifted = self._partial_layer(i, queried, inputs[-1], monitor)
+            if drifted is not None:  # the first layer that drifted, per row
+                drift_layer = torch.where(drifted & (drift_layer == n_layers), i, drift_layer)
+            inputs.append(h)
+        # pass 2: each row recomputes every position from its first drifting layer (under
+        # leave_after, the next one) or from plan.first_full_layer
+        leave_after = int(monitor is not None and monitor.leave_after)
+        first_full = (drift_layer + leave_after).clamp(max=reused)
+        out = self._recompute_from(first_full, queried, inputs, ids, monitor is not None)
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
         # a 0-dim tensor: the sampler sums it over the steps and reads it once, at the end
-        units = (valid.sum(1) * partial_layers).sum() + (length * (n_layers - first_full)).sum()
-        return ForwardResult(split.output(), columns, first_full, units)
+        units = valid.sum() * reused + (length * (n_layers - first_full)).sum()
+        return ForwardResult(out, columns, first_full, units)
 
-    def _recompute_from(
-        self, i, split: _Split, leaving, layer_input, ids, index, first_full
-    ) -> None:
-        """Rows `leaving` [p] of the query-rows path recompute every position from layer i: its
-        cached input with their fresh query rows `layer_input` [p, n, d] substituted."""
-        joining = split.partial_at[leaving]
-        rows = split.queried.ids[joining]
-        fresh = self.model.embed(ids[joining]) if i == 0 else self.cache.inputs[i][rows]
-        fresh.scatter_(
-            1, index[joining, :, None].expand(-1, -1, fresh.shape[-1]), layer_input[leaving]
-        )
-        split.move(leaving, fresh)
-        first_full[joining] = i
+    def _recompute_from(self, first_full, queried: RowGroup, inputs, ids, monitored: bool):
+        """Rows recompute every position from their layer first_full [r] (n_layers: not at all),
+        starting from the cached input of that layer with their query rows' input `inputs[layer]`
+        [r, n, d] substituted -> the last layer's output at the query positions [r, n, d]. Which
+        rows start where is read from the device once (a monitor's drift decisions: the step's one
+        host sync for them); without a monitor every row starts at the plan's layer."""
+        n_layers, r = self.model.n_layers, first_full.shape[0]
+        if monitored:
+            starts = sorted(first_full.tolist())
+            order = first_full.argsort(stable=True)  # rows by the layer they start at
+        else:
+            starts, order = [len(inputs) - 1] * r, self.all_rows[:r]
+        out, index = inputs[-1], queried.index
+        hidden, joined = None, 0
+        for i in range(starts[0], n_layers):
+            count = bisect.bisect_right(starts, i) - joined  # rows starting at layer i
+            if count:
+                joining = order[joined : joined + count]
+                fresh = (
+                    self.model.embed(ids[joining])
+                    if i == 0
+                    else self.cache.inputs[i][queried.ids[joining]]
+                )
+                where = index[joining, :, None].expand(-1, -1, fresh.shape[-1])
+                fresh.scatter_(1, where, inputs[i][joining])
+                hidden = fresh if hidden is None else torch.cat([hidden, fresh])
+                joined += count
+                group = queried.select(order[:joined])
+                # every row, in batch order: the cache is read and written through views
+                group.whole = queried.whole and joined == r and starts[0] == starts[-1]
+            hidden = self._full_layer(i, hidden, group, self._rope(group.ids), self.monitor)
+        if not joined:
+            return out
+        recomputed = order[:joined]
+        gathered = hidden.gather(1, index[recomputed, :, None].expand(-1, -1, hidden.shape[-1]))
+        return out.index_copy(0, recomputed, gathered)
 
-    def _partial_layer(self, i, split: _Split, monitor: LayerMonitor | None):
-        """Layer i for the query rows of the rows still on that path -> (output [g, n, d], the rows
-        the monitor sends to the full recompute [g] or None)."""
-        layer, cache, group, h = self.model.layer(i), self.cache, split.partial, split.h
+    def _partial_layer(self, i, group: RowGroup, h, monitor: LayerMonitor | None):
+        """Layer i for the query rows h [g, n, d] -> (output [g, n, d], the rows whose attention
+        drifted at this layer [g] bool, or None without a drift test)."""
+        layer, cache = self.model.layer(i), self.cache
         n = h.shape[1]
         # [g, m, d] or None
         stale = None if monitor is None else monitor.stale_inputs(i, cache, group)
@@ -369,11 +344,12 @@ class Engine:
 
 
 # -- index helpers ---------------------------------------------------------------------------------
-def mask_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[r, T] bool -> (positions [r, n] ascending, valid [r, n]), n the largest count of a row; the
-    entries past a row's count are unspecified (callers replace them)."""
+def mask_index(mask: torch.Tensor, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """[r, T] bool -> (positions [r, n] ascending, valid [r, n]), n the largest count of a row (read
+    from the device unless given); the entries past a row's count are unspecified (callers replace
+    them)."""
     counts = mask.sum(1)
-    n = int(counts.max())
+    n = int(counts.max()) if n is None else n
     order = mask.to(torch.uint8).sort(dim=1, descending=True, stable=True).indices[:, :n]
     return order, torch.arange(n, device=mask.device) < counts[:, None]
 

@@ -229,6 +229,7 @@ def decode(
 
 
 RANDOM_LLADA2 = "random-llada2"
+RANDOM_PROMPTS = "random prompts"
 LLADA2_OFFICIAL = "official: NoCache + ScheduledThreshold (LLaDA2's generate)"
 
 
@@ -367,9 +368,18 @@ def markdown(report: dict, misses: dict | None = None) -> str:
     """The report's tables; `misses` {(batch size, method, column): bar} marks figures that miss a
     bar."""
     misses = misses or {}
+    if report["setting"] == RANDOM_PROMPTS:
+        what = (
+            f"{report['problems']} random prompts per length (random weights: no accuracy), "
+            f"{report['gen_length']} generated tokens"
+        )
+    else:
+        what = (
+            f"{report['problems']} held-out problems, {report['shots']} shots, "
+            f"{report['gen_length']} generated tokens"
+        )
     lines = [
-        f"{report['model']}, {report['setting']} setting: {report['problems']} held-out problems, "
-        f"{report['shots']} shots, {report['gen_length']} generated tokens, blocks of "
+        f"{report['model']}, {report['setting']} setting: {what}, blocks of "
         f"{report['block_length']} (block-based methods), {report['threads']} threads on "
         f"{report['machine']}",
         "",
@@ -577,7 +587,7 @@ def bench_random_llada2(args) -> None:
     table = block_causal_methods()
     report = dict(
         model=RANDOM_LLADA2,
-        setting="random prompts",
+        setting=RANDOM_PROMPTS,
         problems=4,
         shots=0,
         gen_length="/".join(length.split(":")[1] for length in args.lengths),

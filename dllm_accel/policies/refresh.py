@@ -297,6 +297,7 @@ class _Elastic(RefreshState):
         self.policy = policy
         device = canvas.key_valid.device
         self.fresh = torch.zeros(canvas.rows, dtype=torch.bool, device=device)
+        self.all_fresh = self.refreshes_all = False  # host flags: see _live_rows_fresh
         self.tracked = torch.zeros(canvas.rows, canvas.length, dtype=torch.bool, device=device)
         # per layer and row, the attention mass the window's masks paid each key this step (-1: not
         # observed);
@@ -326,7 +327,8 @@ class _Elastic(RefreshState):
         query = self.tracked | self.changed | self.window | head_reads
         if self.distant is not None:
             query |= self.distant
-        first_full_layer = self.canvas.n_layers if bool((self.fresh | ~live).all()) else 0
+        first_full_layer = self.canvas.n_layers if self._live_rows_fresh(live) else 0
+        self.refreshes_all = first_full_layer == 0 and bool(live.all())
         if (
             self.policy.gamma == 0
         ):  # never refreshes: nothing to track (a cosine below 0 would refresh)
@@ -338,7 +340,13 @@ class _Elastic(RefreshState):
             AttentionDrift(self.tracked, self, leave_after=self.policy.refresh_from == "next"),
         )
 
+    def _live_rows_fresh(self, live) -> bool:
+        """Whether every live row has had a full forward; read from the device only until every
+        row has had one."""
+        return self.all_fresh or bool((self.fresh | ~live).all())
+
     def after_step(self, rows, result, committed):
+        self.all_fresh |= self.refreshes_all  # a forward of every row from layer 0
         rows = slice(None) if rows is None else rows
         self.fresh[rows] |= result.first_full_layer == 0
         self.changed[rows] = False
@@ -414,8 +422,11 @@ class AttentionDrift:
         n]). Padding entries repeat the row's first non-tracked query position, so computing them
         rewrites that row with the same values."""
         tracked = self.tracked if rows is None else self.tracked[rows]
-        index, valid = mask_index(query & ~tracked)
-        tracked_index, tracked_valid = mask_index(tracked)
+        others = query & ~tracked
+        # both widths in one read from the device
+        n_tracked, n_others = torch.stack([tracked.sum(1).max(), others.sum(1).max()]).tolist()
+        index, valid = mask_index(others, n_others)
+        tracked_index, tracked_valid = mask_index(tracked, n_tracked)
         self.n_tracked = n = tracked_index.shape[1]
         index, valid = torch.cat([tracked_index, index], 1), torch.cat([tracked_valid, valid], 1)
         return torch.where(valid, index, index[:, n : n + 1]), valid
@@ -441,9 +452,9 @@ class AttentionDrift:
         return q_before, keys_before
 
     def attend(self, layer, q, keys, values, group: RowGroup, before):
-        """The query rows' attention; the rows whose tracked rows drifted (None: none did). The mass
-        of a drifting row is observed here only under leave_after (otherwise its layer is
-        recomputed, and observed then)."""
+        """The query rows' attention; the rows whose tracked rows drifted [g] bool (None: no test,
+        nothing is tracked), decided on the device. Every row's mass is observed; a row that
+        recomputes this layer is observed again then (observe_full), which overwrites it."""
         judge = self.judge
         if before is None:
             attn, mass = ops.partial_attention(
@@ -463,14 +474,8 @@ class AttentionDrift:
             keys_before=keys_before,
             axis=judge.drift_axis,
         )
-        drifted = judge.drifted(layer, similarity, group.valid[:, : self.n_tracked], group.ids)
-        drifted = drifted if bool(drifted.any()) else None
-        if drifted is None or self.leave_after:
-            judge.observe(layer, mass, group.ids)
-        elif not bool(drifted.all()):
-            kept = ~drifted
-            judge.observe(layer, mass[kept], group.ids[kept])
-        return attn, drifted
+        judge.observe(layer, mass, group.ids)
+        return attn, judge.drifted(layer, similarity, group.valid[:, : self.n_tracked], group.ids)
 
     def observe_full(self, layer: int, q: torch.Tensor, k: torch.Tensor, group: RowGroup) -> None:
         """The query rows' attention mass at a layer recomputing every position."""
