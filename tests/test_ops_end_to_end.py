@@ -22,10 +22,24 @@ def generate(name, cache, lengths):
     return out.sequences, out.recompute_fraction
 
 
-@pytest.mark.parametrize("cache", ["elastic", "elastic-drifting-keys", "dual"])
-# lengths: shots per row, so ragged prompts
-@pytest.mark.parametrize("lengths", [(0,), (0, 1)], ids=["B1", "B2-ragged"])
-@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+# (model, shots per row, cache): every cache at batch 1; ragged prompts (a row with one solved
+# example before its question) under each ElasticCache boundary and DualCache, one model each (the
+# interpreter takes about a minute per ragged ElasticCache case)
+CASES = [
+    *(
+        pytest.param(name, (0,), cache, id=f"{name}-B1-{cache}")
+        for name in ("tiny-llada", "tiny-dream")
+        for cache in ("elastic", "elastic-drifting-keys", "dual")
+    ),
+    pytest.param("tiny-dream", (0, 1), "elastic", id="tiny-dream-B2-ragged-elastic"),
+    pytest.param(
+        "tiny-llada", (0, 1), "elastic-drifting-keys", id="tiny-llada-B2-ragged-drifting-keys"
+    ),
+    pytest.param("tiny-llada", (0, 1), "dual", id="tiny-llada-B2-ragged-dual"),
+]
+
+
+@pytest.mark.parametrize("name, lengths, cache", CASES)
 def test_kernel_path_gives_the_torch_path_tokens(name, lengths, cache, impl):
     policy = {
         "elastic": ElasticCache(),

@@ -161,8 +161,9 @@ def test_every_benchmarked_method_decodes_the_testbed(name, tokenizer):
     for label, method in table.items():
         result = bench.decode(model, tokenizer, HELD_OUT[:8], 4, method, shots=0, gen_length=48)
         assert result["accuracy"] >= 0.6, label
+        # above 1 only by ElasticCache's query rows past a drifting layer (engine.py, two passes)
         assert (
-            0 < result["recompute_fraction"] <= 1
+            0 < result["recompute_fraction"] <= 1.1
             and result["tokens_per_second"] > 0
             and result["nfe"] >= 1
         )
