@@ -161,6 +161,14 @@ def test_a_block_sees_no_later_block():
         ).abs().max() > 1e-3
 
 
+def rope_fields(c: dict) -> dict:
+    """RoPE's config fields: nested in rope_parameters from transformers 5, top-level before."""
+    fields = {"rope_theta": c["rope_theta"], "partial_rotary_factor": c["partial_rotary_factor"]}
+    if int(transformers.__version__.split(".")[0]) < 5:
+        return fields
+    return {"rope_parameters": {"rope_type": "default", **fields}}
+
+
 def glm4_moe(model):
     """transformers' GLM4-MoE holding the same weights: q, k, v cut from the fused rows."""
     c, s = model.config, model.spec
@@ -183,11 +191,7 @@ def glm4_moe(model):
         use_qk_norm=True,
         attention_bias=bool(c["use_qkv_bias"]),
         rms_norm_eps=c["rms_norm_eps"],
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": c["rope_theta"],
-            "partial_rotary_factor": c["partial_rotary_factor"],
-        },
+        **rope_fields(c),
         max_position_embeddings=4096,
         tie_word_embeddings=False,
         attn_implementation="eager",
@@ -201,9 +205,12 @@ def glm4_moe(model):
         "attention.key_layernorm": "self_attn.k_norm",
         "gate.expert_bias": "gate.e_score_correction_bias",
     }
+    # transformers 5 stacks the experts (experts.gate_up_proj, experts.down_proj); transformers 4
+    # keeps one module per expert under the checkpoint's own keys
+    stacked = any(key.endswith("experts.gate_up_proj") for key in reference.state_dict())
     state = {}
     for key, tensor in model.state_dict().items():
-        if ".experts." in key:
+        if ".experts." in key and stacked:
             continue
         if "query_key_value" in key:  # rows: the q heads, the k heads, the v heads
             for name, part in zip("qkv", tensor.split([hq, hkv, hkv]), strict=True):
@@ -213,7 +220,7 @@ def glm4_moe(model):
             key = key.replace(ours, theirs)
         state[key] = tensor
     for i, layer in enumerate(model.blocks):
-        if isinstance(layer.mlp, SparseMoE):
+        if isinstance(layer.mlp, SparseMoE) and stacked:
             state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = layer.mlp.experts.gate_up
             state[f"model.layers.{i}.mlp.experts.down_proj"] = layer.mlp.experts.down
     reference.load_state_dict(state, strict=True)
