@@ -57,6 +57,8 @@ SHAPES = {  # model -> sizes
     "tiny-llada": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=384),
     "tiny-dream": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, mlp_hidden=384),
     "tiny-ar": dict(d_model=128, n_layers=4, n_heads=4, mlp_hidden=384),
+    # the deep testbed (long chains): tiny-llada's width, 12 layers (--grow-from tiny-llada)
+    "tiny-llada-deep": dict(d_model=128, n_layers=12, n_heads=4, mlp_hidden=384),
 }
 
 
@@ -103,7 +105,7 @@ def model_config(name: str, tokenizer, rope_theta: float, n_layers: int | None =
             bos_token_id=None,
             **{k: v for k, v in ids.items() if k != "mask_token_id"},
         )
-    model_type = "llada" if name == "tiny-llada" else "Dream"
+    model_type = "llada" if name.startswith("tiny-llada") else "Dream"
     config = tiny_config(model_type, vocab=VOCAB, **shape, **ids, rope_theta=rope_theta)
     config["bos_token_id"] = None
     return config
@@ -121,14 +123,18 @@ class Data:
     """Training examples: chat prompt (with `shots` solved examples) ++ solution ++ <|eot|> ++ EOS
     padding up to `gen_length`; left-padded into a batch."""
 
-    def __init__(self, tokenizer, shots: int, gen_length: int, pool: int, seed: int):
+    def __init__(
+        self, tokenizer, shots: int, gen_length: int, pool: int, seed: int, chain=arith.CHAIN
+    ):
         self.tokenizer, self.shots, self.gen_length = tokenizer, shots, gen_length
-        self.pool = arith.problems(pool, seed=seed, split="train")
+        self.chain = chain
+        self.pool = arith.problems(pool, seed=seed, split="train", chain=chain)
         self.generator = torch.Generator().manual_seed(seed)
 
     def encode(self, problem):
         prompt = self.tokenizer(
-            arith.prompt(problem, self.tokenizer, shots=self.shots), add_special_tokens=False
+            arith.prompt(problem, self.tokenizer, shots=self.shots, chain=self.chain),
+            add_special_tokens=False,
         )["input_ids"]
         answer = self.tokenizer(problem.solution + SPECIAL["eot"], add_special_tokens=False)[
             "input_ids"
@@ -250,7 +256,16 @@ def accuracy(model, tokenizer, problems, **settings) -> float:
 
 @torch.no_grad()
 def scores(
-    model, tokenizer, problems, *, shots, gen_length, block_length, decode=None, batch_size=64
+    model,
+    tokenizer,
+    problems,
+    *,
+    shots,
+    gen_length,
+    block_length,
+    decode=None,
+    batch_size=64,
+    chain=arith.CHAIN,
 ) -> dict:
     """{"accuracy": the right final number, "exact_match": the whole solution} over greedy decodes;
     `decode` (default: the official baseline of the model's family) maps (model, tokenizer, batch,
@@ -259,7 +274,9 @@ def scores(
     correct = exact = 0
     for start in range(0, len(problems), batch_size):
         chunk = problems[start : start + batch_size]
-        batch = dllm_accel.encode_chat(tokenizer, [arith.messages(p, shots) for p in chunk])
+        batch = dllm_accel.encode_chat(
+            tokenizer, [arith.messages(p, shots, chain=chain) for p in chunk]
+        )
         outputs = decode(model, tokenizer, batch, gen_length=gen_length, block_length=block_length)
         correct += sum(arith.is_correct(text, p) for text, p in zip(outputs, chunk, strict=True))
         exact += sum(arith.is_exact(text, p) for text, p in zip(outputs, chunk, strict=True))
@@ -313,6 +330,25 @@ def make_model(
         model.config.eot_token_id = config["eot_token_id"]
         return model
     return build_model(config, seed=seed)
+
+
+def grow(model, shallow) -> None:
+    """Start a deeper LLaDA from a shallower one of the same width: its layer k becomes layer
+    k * depth // shallow depth, the layers between are new with their output projections (attn_out,
+    ff_out) at zero, so they add nothing to the residual stream and the deep model computes what
+    the shallow one did; embedding, final norm and head are copied."""
+    deep, old = model.blocks, shallow.blocks
+    placed = {k * len(deep) // len(old): layer for k, layer in enumerate(old)}
+    with torch.no_grad():
+        for i, layer in enumerate(deep):
+            if i in placed:
+                layer.load_state_dict(placed[i].state_dict())
+            else:
+                layer.attn_out.weight.zero_()
+                layer.ff_out.weight.zero_()
+        model.embedding.weight.copy_(shallow.embedding.weight)
+        model.final_norm.weight.copy_(shallow.final_norm.weight)
+        model.head_weight.copy_(shallow.head_weight)
 
 
 def save(model, tokenizer, out: Path, metrics: dict) -> None:
@@ -403,6 +439,21 @@ def main() -> None:
         help="save the checkpoint with the best validation score, or the last one evaluated",
     )
     parser.add_argument("--rope-theta", type=float, default=10_000.0)
+    parser.add_argument(
+        "--chain",
+        type=int,
+        nargs=2,
+        default=list(arith.CHAIN),
+        metavar=("FEWEST", "MOST"),
+        help="steps per training problem (and per solved example in its prompt)",
+    )
+    parser.add_argument(
+        "--eval-chain", type=int, nargs=2, metavar=("FEWEST", "MOST"), help="(default: --chain)"
+    )
+    parser.add_argument(
+        "--grow-from",
+        help="a fresh deeper LLaDA starts as this shallower one of the same width (see grow)",
+    )
     parser.add_argument("--n-layers", type=int, help="layers of a fresh model (default: SHAPES)")
     parser.add_argument(
         "--init",
@@ -414,27 +465,32 @@ def main() -> None:
     set_threads(args.threads)
 
     tokenizer = build_tokenizer()
-    settings = {
-        "short": Setting(
-            Data(tokenizer, args.shots, args.gen_length, args.pool, args.seed),
+    chain = tuple(args.chain)
+    settings = {}
+    if args.long_share < 1:
+        settings["short"] = Setting(
+            Data(tokenizer, args.shots, args.gen_length, args.pool, args.seed, chain),
             args.batch,
             args.block_length,
             args.eval_problems,
         )
-    }
     if args.long_share > 0:
         settings["long"] = Setting(
-            Data(tokenizer, args.long_shots, args.long_gen_length, args.pool, args.seed + 3),
+            Data(tokenizer, args.long_shots, args.long_gen_length, args.pool, args.seed + 3, chain),
             args.long_batch,
             args.long_block_length,
             args.eval_problems_long,
         )
     validation = arith.problems(
-        max(s.eval_problems for s in settings.values()), seed=args.seed + 1, split="train"
+        max(s.eval_problems for s in settings.values()),
+        seed=args.seed + 1,
+        split="train",
+        chain=tuple(args.eval_chain or args.chain),
     )
-    model = make_model(
-        args.model, tokenizer, args.seed, args.rope_theta, args.init, args.n_layers
-    ).train()
+    model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init, args.n_layers)
+    if args.grow_from is not None:
+        grow(model, dllm_accel.load_model(args.grow_from, dtype=torch.float32))
+    model.train()
     before = json.loads((args.init / "metrics.json").read_text()) if args.init else {}
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     optimizer = torch.optim.AdamW(
@@ -487,6 +543,7 @@ def main() -> None:
                     shots=s.data.shots,
                     gen_length=s.data.gen_length,
                     block_length=s.block_length,
+                    chain=tuple(args.eval_chain or args.chain),
                 )
                 for name, s in settings.items()
             }
@@ -518,6 +575,8 @@ def main() -> None:
                         gen_length=args.gen_length,
                         block_length=args.block_length,
                         block_share=args.block_share,
+                        chain=list(chain),
+                        eval_chain=list(args.eval_chain or chain),
                         copy_share=args.copy_share,
                         copy_weight=args.copy_weight,
                         batch=args.batch,

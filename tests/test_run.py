@@ -46,7 +46,7 @@ import run  # noqa: E402
 # the default main job's methods, by their dllm_accel.Method names
 FAST = "ElasticCache + Threshold(tau=0.9) + StopAtEOS, blocks of 24"
 GUIDED = "ElasticCache + Threshold(tau=0.9) + StopAtEOS + ARGuide(tiny-ar), blocks of 24"
-TASK_OVERRIDES = {"arith": [], "humaneval": ["task.timeout=5.0"]}
+TASK_OVERRIDES = {"arith": [], "arith_long_chain": [], "humaneval": ["task.timeout=5.0"]}
 
 
 def choices(group: str) -> list[str]:

@@ -23,40 +23,73 @@ def test_splits_cannot_overlap():
     assert all(arith.split_of(q) == "train" for q in train)
 
 
+def trace(problem) -> int:
+    """Checks that the solution traces the question's chain step by step -> its number of steps."""
+    steps = re.findall(r"([a-z])=(\d)([-+*])(\d)=(\d)\.", problem.solution)
+    previous, value = re.match(r"(?:Let )?([a-z])=(\d)\.", problem.question).groups()
+    value = int(value)
+    for name, left, op, right, result in steps:
+        assert int(left) == value, "each step starts from the previous result"
+        assert f"{name}={previous}{op}{right}." in problem.question, "and follows its definition"
+        computed = {"+": int(left) + int(right), "-": int(left) - int(right)}
+        assert int(result) == computed.get(op, int(left) * int(right))
+        previous, value = name, int(result)
+    assert problem.solution.endswith(f"#### {value}") and problem.answer == str(value)
+    asked = problem.question.split(". ")[-1]
+    assert asked in (f"What is {previous}?", f"Find {previous}.", f"What does {previous} equal?")
+    assert (
+        problem.solution
+        == " ".join(f"{m.group(0)}" for m in re.finditer(r"[a-z]=\d[-+*]\d=\d\.", problem.solution))
+        + f" #### {value}"
+    ), "nothing but the steps"
+    return len(steps)
+
+
 def test_solutions_trace_the_chain_correctly():
     seen_ops, seen_lengths, seen_phrasings = set(), set(), set()
     for problem in arith.problems(500, seed=1, split="train"):
-        steps = re.findall(r"([a-z])=(\d)([-+*])(\d)=(\d)\.", problem.solution)
-        assert 2 <= len(steps) <= 4
-        previous, value = re.match(r"(?:Let )?([a-z])=(\d)\.", problem.question).groups()
-        value = int(value)
-        for name, left, op, right, result in steps:
-            assert int(left) == value, "each step starts from the previous result"
-            assert f"{name}={previous}{op}{right}." in problem.question, (
-                "and follows its definition"
-            )
-            assert (
-                int(result)
-                == {
-                    "+": int(left) + int(right),
-                    "-": int(left) - int(right),
-                    "*": int(left) * int(right),
-                }[op]
-            )
-            previous, value = name, int(result)
-            seen_ops.add(op)
-        assert problem.solution.endswith(f"#### {value}") and problem.answer == str(value)
+        seen_lengths.add(trace(problem))
+        seen_ops |= set(re.findall(r"=\d([-+*])\d=", problem.solution))
         asked = problem.question.split(". ")[-1]
-        assert asked in (
-            f"What is {previous}?",
-            f"Find {previous}.",
-            f"What does {previous} equal?",
-        )
-        seen_lengths.add(len(steps))
         seen_phrasings.add(
             (problem.question.startswith("Let"), asked.split(" ")[0], len(asked.split(" ")))
         )
     assert seen_ops == {"+", "-", "*"} and seen_lengths == {2, 3, 4} and len(seen_phrasings) == 6
+
+
+def test_the_default_chain_keeps_the_problems_the_bundled_models_were_trained_on():
+    problems = arith.problems(3, seed=0)
+    assert [p.question for p in problems] == [
+        "g=0. i=g+7. k=i-6. What is k?",
+        "Let y=5. l=y-3. x=l-2. p=x+8. s=p+1. What is s?",
+        "n=9. l=n-3. m=l-4. What is m?",
+    ]
+    assert problems == arith.problems(3, seed=0, chain=arith.CHAIN)
+
+
+def test_long_chains_are_long_dependent_and_split():
+    fewest, most = arith.LONG_CHAIN
+    train = arith.problems(1500, seed=0, split="train", chain=arith.LONG_CHAIN)
+    test = arith.problems(150, seed=0, split="test", chain=arith.LONG_CHAIN)
+    assert not {p.question for p in train} & {p.question for p in test}
+    lengths = [trace(p) for p in train + test]
+    assert min(lengths) == fewest >= 9 and max(lengths) == most == 20  # 9+ dependent values
+    assert 80 <= min(len(p.solution) for p in test) and max(len(p.solution) for p in test) <= 200
+    tokens = len(arith.prompt(test[0], _Characters(), shots=2, chain=arith.LONG_CHAIN))
+    assert tokens >= 200, "two solved examples make a long prompt"
+
+
+class _Characters:
+    """The testbed tokenizer's chat template, as text (one token per character)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        return "".join(f"<{m['role']}>{m['content']}<eot>" for m in messages) + "<assistant>"
+
+
+@pytest.mark.parametrize("chain", [(0, 3), (3, 2), (2, 26), (2,), "2-4", (2.0, 4)])
+def test_a_bad_chain_is_named(chain):
+    with pytest.raises(ValueError, match="chain must be"):
+        arith.problems(1, seed=0, chain=chain)
 
 
 @pytest.mark.parametrize(

@@ -233,6 +233,26 @@ def test_bench_writes_its_report(tmp_path, monkeypatch):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
+def test_bench_compares_llada2s_official_loop_with_the_prefix_cache(tmp_path, monkeypatch):
+    out = tmp_path / "llada2"
+    argv = ["bench.py", "--model", "random-llada2", "--lengths", "8:40", "40:40", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--batch-sizes", "1", "--out", str(out)])
+    bench.main()
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert list(report["runs"]) == ["1, prompt 8, 40 generated", "1, prompt 40, 40 generated"]
+    units = []
+    for results in report["runs"].values():
+        official, prefix = (
+            results[bench.LLADA2_OFFICIAL],
+            results["BlockPrefixCache + ScheduledThreshold"],
+        )
+        assert official["speedup"] == 1.0 and official["recompute_fraction"] == 1.0
+        assert official["nfe"] == prefix["nfe"] and prefix["accuracy"] is None
+        units.append(prefix["layer_units"] / official["layer_units"])
+    assert units[1] < units[0] < 1, "the cache saves more after a longer prompt"
+    assert "n/a" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
+
+
 def test_wilson_interval():
     assert bench.wilson(0, 0) == [0.0, 1.0]
     low, high = bench.wilson(195, 200)
@@ -258,6 +278,23 @@ def test_semi_ar_training_states():
         assert not noised[row, :block].any() and noised[row, block + 2 :].all()
         assert torch.equal(scored[row], masked[row] & region[row])
         assert torch.equal(noised[row, block : block + 2], masked[row, block : block + 2])
+
+
+def test_a_grown_deep_model_starts_as_the_shallow_one():
+    """tiny-llada-deep starts from tiny-llada: its layers at 0, 3, 6, 9, new ones in between that
+    add nothing yet (their output projections at zero)."""
+    tokenizer = train_tiny.build_tokenizer()
+    shallow = dllm_accel.load_model("tiny-llada", dtype=torch.float32)
+    deep = train_tiny.make_model("tiny-llada-deep", tokenizer, seed=0)
+    train_tiny.grow(deep, shallow)
+    assert deep.n_layers == 12 and torch.equal(
+        deep.blocks[3].q_proj.weight, shallow.blocks[1].q_proj.weight
+    )
+    ids = torch.randint(0, 100, (2, 30))
+    assert torch.allclose(deep(ids).logits, shallow(ids).logits, atol=1e-5)
+    long = train_tiny.Data(tokenizer, 2, 256, pool=16, seed=0, chain=arith.LONG_CHAIN)
+    prompt, answer = long.encode(long.pool[0])
+    assert len(prompt) >= 380 and len(answer) == 256
 
 
 def test_copy_drills_mask_one_variable_name_per_chosen_row():

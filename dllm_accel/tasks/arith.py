@@ -6,10 +6,13 @@ thought.
 
 Each step of the chain of thought copies its operands from earlier text (its definition in the
 question, the previous result from the solution) and does one single-digit operation whose result
-stays in 0..9. 2-4 steps, +, - and ×, several phrasings, random variable names. Deterministic from a
-seed; the split of a problem is a hash of its question, so the train and test splits cannot share a
-problem. (A word-problem version, "Ann has 2 more pens than Tom ...", was measured first: a tiny
-masked diffusion model stayed at chance after 1,000 steps while the same-size AR model reached 98%.)
+stays in 0..9. 2-4 steps by default (`chain`: any range up to 25 steps; the long-chain variant,
+`LONG_CHAIN`, has 9-20 dependent steps and solutions of 87-186 characters, one token each for the
+testbed's tokenizer), +, - and ×, several phrasings,
+random variable names. Deterministic from a seed; the split of a problem is a hash of its question,
+so the train and test splits cannot share a problem. (A word-problem version, "Ann has 2 more pens
+than Tom ...", was measured first: a tiny masked diffusion model stayed at chance after 1,000 steps
+while the same-size AR model reached 98%.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dllm_accel.checks import check_choice, check_int
@@ -28,6 +32,8 @@ START = ("{a}={v}.", "Let {a}={v}.")
 QUESTION = ("What is {b}?", "Find {b}.", "What does {b} equal?")
 SPLITS = ("train", "test")
 TEST_SHARE = 10  # one problem in TEST_SHARE belongs to the test split
+CHAIN = (2, 4)  # steps per problem, the bundled models' task
+LONG_CHAIN = (9, 20)  # the deep testbed's: 87-186-character solutions
 
 
 @dataclass(frozen=True)
@@ -37,14 +43,16 @@ class Problem:
     answer: str
 
 
-def problems(n: int, seed: int, split: str = "test") -> list[Problem]:
-    """`n` distinct problems of `split` ('train' or 'test'), the same for the same seed."""
+def problems(n: int, seed: int, split: str = "test", chain=CHAIN) -> list[Problem]:
+    """`n` distinct problems of `split` ('train' or 'test') with `chain` = (fewest, most) steps, the
+    same for the same seed and chain."""
     check_choice(split, "split", SPLITS)
     check_int(n, "n", 0)
+    chain = check_chain(chain)
     rng = random.Random(f"{seed}-{split}")
     found: dict[str, Problem] = {}
     while len(found) < n:
-        problem = _draw(rng)
+        problem = _draw(rng, chain)
         if split_of(problem.question) == split:
             found.setdefault(problem.question, problem)
     return list(found.values())
@@ -55,8 +63,25 @@ def split_of(question: str) -> str:
     return "test" if digest % TEST_SHARE == 0 else "train"
 
 
-def _draw(rng: random.Random) -> Problem:
-    n_steps = rng.randint(2, 4)
+def check_chain(chain) -> tuple[int, int]:
+    """(fewest, most) steps: 1 <= fewest <= most <= 25 (each step names a new variable)."""
+    ok = (
+        isinstance(chain, Sequence)
+        and not isinstance(chain, str)
+        and len(chain) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in chain)
+        and 1 <= chain[0] <= chain[1] <= len(NAMES) - 1
+    )
+    if not ok:
+        raise ValueError(
+            f"chain must be (fewest, most) steps with 1 <= fewest <= most <= {len(NAMES) - 1}, "
+            f"got {chain!r}"
+        )
+    return int(chain[0]), int(chain[1])
+
+
+def _draw(rng: random.Random, chain: tuple[int, int]) -> Problem:
+    n_steps = rng.randint(*chain)
     names = rng.sample(NAMES, n_steps + 1)
     value = rng.randint(0, 9)
     sentences = [rng.choice(START).format(a=names[0], v=value)]
@@ -79,11 +104,11 @@ def _operation(rng: random.Random, value: int) -> tuple[str, int]:
 
 
 # -- prompts and scoring ---------------------------------------------------------------------------
-def messages(problem: Problem, shots: int = 0, seed: int = 0) -> list[dict]:
-    """The conversation: `shots` solved training problems as earlier turns, then the question (a
-    batch of these is what dllm_accel.encode_chat takes)."""
+def messages(problem: Problem, shots: int = 0, seed: int = 0, chain=CHAIN) -> list[dict]:
+    """The conversation: `shots` solved training problems of `chain` steps as earlier turns, then
+    the question (a batch of these is what dllm_accel.encode_chat takes)."""
     turns = []
-    for example in problems(shots, seed=seed + 10_000, split="train"):
+    for example in problems(shots, seed=seed + 10_000, split="train", chain=chain):
         turns += [
             {"role": "user", "content": example.question},
             {"role": "assistant", "content": example.solution},
@@ -91,10 +116,10 @@ def messages(problem: Problem, shots: int = 0, seed: int = 0) -> list[dict]:
     return [*turns, {"role": "user", "content": problem.question}]
 
 
-def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0) -> str:
-    """The chat-formatted prompt text of `messages(problem, shots, seed)`."""
+def prompt(problem: Problem, tokenizer, shots: int = 0, seed: int = 0, chain=CHAIN) -> str:
+    """The chat-formatted prompt text of `messages(problem, shots, seed, chain)`."""
     return tokenizer.apply_chat_template(
-        messages(problem, shots, seed), add_generation_prompt=True, tokenize=False
+        messages(problem, shots, seed, chain), add_generation_prompt=True, tokenize=False
     )
 
 
@@ -115,7 +140,7 @@ def is_exact(text: str, problem: Problem) -> bool:
 
 class Arith(Task):
     """The first `size` problems of a split (the held-out test split by default), `limit` of
-    them."""
+    them; `chain` = [fewest, most] steps per problem (and per solved example)."""
 
     name = "arith"
 
@@ -127,25 +152,31 @@ class Arith(Task):
         seed: int = 0,
         split: str = "test",
         size: int = 500,
+        chain: tuple[int, int] | list[int] = CHAIN,
     ):
         super().__init__(limit=limit, shots=shots)
         check_choice(split, "task.split", SPLITS)
         check_int(seed, "task.seed")
         check_int(size, "task.size", 1)
         self.seed, self.split, self.size = seed, split, size
+        self.chain = check_chain(chain)
 
     def samples(self) -> list[Sample]:
         # problems(n) is a prefix of problems(size), so limiting keeps every id's problem.
         n = self.size if self.limit is None else min(self.limit, self.size)
         return [
             Sample(
-                f"{self.split}-{self.seed}-{i}",
-                messages(problem, self.shots, self.seed),
+                f"{self.split}-{self.seed}-{i}" + self._chain_tag,
+                messages(problem, self.shots, self.seed, self.chain),
                 problem.answer,
                 problem,
             )
-            for i, problem in enumerate(problems(n, self.seed, self.split))
+            for i, problem in enumerate(problems(n, self.seed, self.split, self.chain))
         ]
+
+    @property
+    def _chain_tag(self) -> str:
+        return "" if self.chain == CHAIN else f"-chain{self.chain[0]}-{self.chain[1]}"
 
     def score(self, sample: Sample, output: str) -> dict:
         return {
