@@ -140,7 +140,7 @@ def is_exact(text: str, problem: Problem) -> bool:
 
 class Arith(Task):
     """The first `size` problems of a split (the held-out test split by default), `limit` of
-    them; `chain` = [fewest, most] steps per problem (and per solved example)."""
+    them; `chain` = [fewest, most] steps per problem (and per solved example; None: CHAIN)."""
 
     name = "arith"
 
@@ -152,14 +152,14 @@ class Arith(Task):
         seed: int = 0,
         split: str = "test",
         size: int = 500,
-        chain: tuple[int, int] | list[int] = CHAIN,
+        chain: tuple[int, int] | list[int] | None = None,
     ):
         super().__init__(limit=limit, shots=shots)
         check_choice(split, "task.split", SPLITS)
         check_int(seed, "task.seed")
         check_int(size, "task.size", 1)
         self.seed, self.split, self.size = seed, split, size
-        self.chain = check_chain(chain)
+        self.chain = CHAIN if chain is None else check_chain(chain)
 
     def samples(self) -> list[Sample]:
         # problems(n) is a prefix of problems(size), so limiting keeps every id's problem.
