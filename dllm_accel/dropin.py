@@ -72,6 +72,15 @@ def _patched_settings(model, cache, unmask):
     )
 
 
+def _check_token(name: str, value: int | None, own: int, what: str) -> None:
+    """An official argument naming a special token must be the model's (None: the model's)."""
+    if value is not None and value != own:
+        raise ValueError(
+            f"{name}={value} differs from the model's {what} {own}; pass {name}=None to use the "
+            "model's"
+        )
+
+
 def llada_generate(
     model,
     prompt,
@@ -95,11 +104,7 @@ def llada_generate(
     policy."""
     cache, unmask = _patched_settings(model, cache, unmask)
     model = native(model)
-    if mask_id is not None and mask_id != model.spec.mask_id:
-        raise ValueError(
-            f"mask_id={mask_id} differs from the model's mask token {model.spec.mask_id}; "
-            "pass mask_id=None to use the model's"
-        )
+    _check_token("mask_id", mask_id, model.spec.mask_id, "mask token")
     if (
         isinstance(block_length, int)
         and block_length > 0
@@ -159,12 +164,8 @@ def llada2_generate(
     cache, unmask = _patched_settings(model, cache, unmask)
     model = native(model)
     spec = model.spec
-    for name, value, own in (("eos_id", eos_id, spec.eos_id), ("mask_id", mask_id, spec.mask_id)):
-        if value is not None and value != own:
-            raise ValueError(
-                f"{name}={value} differs from the model's token {own}; pass {name}=None to use "
-                "the model's"
-            )
+    _check_token("eos_id", eos_id, spec.eos_id, "EOS token")
+    _check_token("mask_id", mask_id, spec.mask_id, "mask token")
     check_int(minimal_topk, "minimal_topk", 1)
     check_int(gen_length, "gen_length", 1)
     if unmask is None:

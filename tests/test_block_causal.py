@@ -182,7 +182,7 @@ def test_bad_arguments_are_named():
         Sampler(model, unmask=ScheduledThreshold(16)).generate(ids, max_new_tokens=8)
     with pytest.raises(ValueError, match="threshold"):
         ScheduledThreshold(threshold=1.5)
-    with pytest.raises(ValueError, match="mask_id=5 differs"):
+    with pytest.raises(ValueError, match="mask_id=5 differs from the model.s mask token"):
         llada2_generate(model, ids, gen_length=8, block_length=8, mask_id=5)
     with pytest.raises(ValueError, match="eos_early_stop"):
         StopAfterBlock(eos_early_stop="yes")

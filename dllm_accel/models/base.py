@@ -340,16 +340,20 @@ class LlamaLayoutLM(DiffusionLM):
     head_key = "lm_head.weight"
     logit_shift = 0
     tied_by_default = False  # the remote config's tie_word_embeddings default
+    embedding_name = "embed_tokens"  # the embedding's key under `model.` (LLaDA2: word_embeddings)
     special: SpecialTokens
 
-    def _assemble(self, config: dict, tokens, layers: list, final_norm: nn.Module) -> None:
-        """Embedding, layers, final norm and head for config.json's sizes, and the spec."""
+    def _assemble(
+        self, config: dict, tokens, layers: list, final_norm: nn.Module, shape=None
+    ) -> None:
+        """Embedding, layers, final norm and head for config.json's sizes, and the spec (`shape`:
+        the heads, by default head_shape(config))."""
         vocab, d_model = config_value(config, "vocab_size"), config_value(config, "hidden_size")
         self.config = dict(config)
         self.rope_theta = rope_theta(config)
         self.weight_tying = bool(config.get("tie_word_embeddings", self.tied_by_default))
         self.model = nn.Module()
-        self.model.embed_tokens = nn.Embedding(vocab, d_model)
+        setattr(self.model, self.embedding_name, nn.Embedding(vocab, d_model))
         self.model.layers = nn.ModuleList(layers)
         self.model.norm = final_norm
         if not self.weight_tying:
@@ -358,7 +362,7 @@ class LlamaLayoutLM(DiffusionLM):
             config,
             self.model_type,
             vocab=vocab,
-            shape=head_shape(config),
+            shape=shape or head_shape(config),
             n_layers=len(layers),
             d_model=d_model,
             logit_shift=self.logit_shift,
@@ -369,7 +373,7 @@ class LlamaLayoutLM(DiffusionLM):
 
     @property
     def embedding(self):
-        return self.model.embed_tokens
+        return getattr(self.model, self.embedding_name)
 
     @property
     def blocks(self):
@@ -381,7 +385,7 @@ class LlamaLayoutLM(DiffusionLM):
 
     @property
     def head_weight(self):
-        return self.model.embed_tokens.weight if self.weight_tying else self.lm_head.weight
+        return self.embedding.weight if self.weight_tying else self.lm_head.weight
 
     def positions(self, attention_mask, length):
         return torch.arange(length, device=self.device)[None]

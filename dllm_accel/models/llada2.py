@@ -39,18 +39,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
-    DiffusionLM,
     HeadShape,
+    LlamaLayoutLM,
     RMSNorm,
     Rope,
     SpecialTokens,
     SwiGLU,
     apply_rotary,
-    build_spec,
     config_value,
     finish_layer,
     require_supported,
-    rope_theta,
 )
 from .moe import ExpertBank
 
@@ -178,76 +176,41 @@ def pair_rotated_dims(x: torch.Tensor, rotary_dim: int) -> torch.Tensor:
     return torch.cat((a, c, b, e), dim=-1)
 
 
-class LLaDA2Model(DiffusionLM):
+class LLaDA2Model(LlamaLayoutLM):
     """Native LLaDA2.x; `config` is the checkpoint's config.json as a dict."""
 
     model_type = "llada2"
     special = SPECIAL
-    head_key = "lm_head.weight"
     tokenizer_class = "PreTrainedTokenizerFast"
+    embedding_name = "word_embeddings"
 
     def __init__(self, config: dict, *, tokens: dict[str, int] | None = None):
         super().__init__()
         _check_supported(config)
         shape = _head_shape(config)
         self.rotary_dim = _rotary_dim(config, shape.head_dim)
-        n_layers = config_value(config, "num_hidden_layers")
-        vocab, d_model = config_value(config, "vocab_size"), config_value(config, "hidden_size")
         dense = config_value(config, "first_k_dense_replace", 0)
         moe = config.get("num_experts") is not None
-        self.config = dict(config)
-        self.rope_theta = rope_theta(config)
-        self.weight_tying = bool(config.get("tie_word_embeddings", False))
-        self.model = nn.Module()
-        self.model.word_embeddings = nn.Embedding(vocab, d_model)
-        self.model.layers = nn.ModuleList(
-            Layer(config, shape, self.rotary_dim, moe and i >= dense) for i in range(n_layers)
+        layers = [
+            Layer(config, shape, self.rotary_dim, moe and i >= dense)
+            for i in range(config_value(config, "num_hidden_layers"))
+        ]
+        final_norm = RMSNorm(
+            config_value(config, "hidden_size"), config_value(config, "rms_norm_eps", 1e-5)
         )
-        self.model.norm = RMSNorm(d_model, config_value(config, "rms_norm_eps", 1e-5))
-        if not self.weight_tying:
-            self.lm_head = nn.Linear(d_model, vocab, bias=False)
         # the released config.json names no eos_token_id; the released vocabulary's is known
         given = dict(config)
-        if given.get("eos_token_id") is None and vocab == SPECIAL.released_vocab:
+        if given.get("eos_token_id") is None and given.get("vocab_size") == SPECIAL.released_vocab:
             given["eos_token_id"] = RELEASED_EOS
-        spec = build_spec(
-            given,
-            self.model_type,
-            vocab=vocab,
-            shape=shape,
-            n_layers=n_layers,
-            d_model=d_model,
-            logit_shift=0,
-            special=self.special,
-            tokens=tokens,
-            positions_field="max_position_embeddings",
-        )
-        self.spec = replace(spec, block_size=_block_size(config))
-
-    @property
-    def embedding(self):
-        return self.model.word_embeddings
-
-    @property
-    def blocks(self):
-        return self.model.layers
-
-    @property
-    def final_norm(self):
-        return self.model.norm
-
-    @property
-    def head_weight(self):
-        return self.model.word_embeddings.weight if self.weight_tying else self.lm_head.weight
+        self._assemble(given, tokens, layers, final_norm, shape)
+        self.config = dict(config)
+        self.spec = replace(self.spec, block_size=_block_size(config))
 
     def positions(self, attention_mask, length):
         """0 at each row's first token (cumulative sum of the mask); padding at 0."""
         if attention_mask is None:
             return torch.arange(length, device=self.device)[None]
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-    def rope_dtype(self):
-        return self.dtype
 
     def rotary(self, positions: torch.Tensor) -> Rope:
         """D-wide rotate-half tables for the paired head dims (module docstring): the first R/2
