@@ -86,10 +86,8 @@ class LayerMonitor(Protocol):
 @dataclass
 class ForwardPlan:
     query: torch.Tensor | None  # [R, T] bool; None: every position through every layer
-    first_full_layer: (
-        int  # layers >= it recompute every position (n_layers: none; a monitor may send a
-    )
-    # row there earlier)
+    # layers >= it recompute every position (n_layers: none; a monitor may send a row there earlier)
+    first_full_layer: int
     monitor: LayerMonitor | None = None
     # block-causal models: positions >= length are neither computed nor read (nothing before them
     # sees them); None: the whole canvas
@@ -102,9 +100,9 @@ class ForwardResult:
     hidden: torch.Tensor
     # [r, T]: column of `hidden` holding each query position; None: identity
     columns: torch.Tensor | None
-    # [r] per computed row: the first layer that recomputed every position
+    # [r] per computed row: the first layer that recomputed every position (0: a full forward;
+    # n_layers: every layer reused the cache)
     first_full_layer: torch.Tensor
-    # (0: a full forward; n_layers: every layer reused the cache)
     units: int | torch.Tensor  # token x layer units computed (a 0-dim tensor: no host sync)
 
 
@@ -186,8 +184,8 @@ class Engine:
         self, ids: torch.Tensor, rows: torch.Tensor | None, plan: ForwardPlan
     ) -> ForwardResult:
         """ids [R, T] the model rows' canvas; rows [r] the ones computed (None: all). Each row
-        leaves the query-rows path at its own layer: where the plan says, or where the monitor sent
-        it."""
+        recomputes every position from its own layer: where the plan says, or where its attention
+        drifted (see the module notes)."""
         n_layers, device = self.model.n_layers, ids.device
         ids = ids if rows is None else ids[rows]
         r, length = ids.shape

@@ -11,7 +11,10 @@ which the Sampler drives:
     plan = state.plan(model_ids, live, head_reads)     # engine.ForwardPlan for this step
     state.after_step(rows, result, committed)          # what was computed and committed
 
-- NoCache: a full forward every step (the baseline).
+- NoCache: a full forward every step (the baseline; on a block-causal model, up to the current
+  block's end: the official loop).
+- BlockPrefixCache: block-causal models only (LLaDA2): the current block against the cached, exact
+  prefix.
 - PrefixCache / DualCache (Fast-dLLM): a full forward at a block's first step, which also decodes;
   then PrefixCache computes the block and everything after it against the cached prefix, DualCache
   only the block.
