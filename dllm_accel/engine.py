@@ -201,16 +201,17 @@ class Engine:
                 None if key_mask is None else key_mask[:, : plan.length],
             )
             rope = Rope(*(table[:, :, : plan.length] for table in self._rope(row_ids)))
+            key_end = self._key_end(row_ids, plan.length)
             hidden = self.model.embed(ids)
             for i in range(n_layers):
-                hidden = self._full_layer(i, hidden, every, rope)
+                hidden = self._full_layer(i, hidden, every, rope, key_end)
             return ForwardResult(
                 hidden,
                 None,
                 torch.zeros(r, dtype=torch.long, device=device),
                 r * ids.shape[1] * n_layers,
             )
-        self.monitor = monitor = plan.monitor
+        monitor = plan.monitor
         query = _take(plan.query, rows)
         index, valid = (
             query_positions(query) if monitor is None else monitor.query_positions(query, rows)
@@ -226,14 +227,13 @@ class Engine:
             weights,
             None if self.key_end is None else self.key_end[row_ids].gather(1, index),
         )
-        self.read_length = plan.length
         # pass 1: the query rows through every layer before plan.first_full_layer; the monitor's
         # drift decisions stay on the device
         reused = min(plan.first_full_layer, n_layers)
         inputs = [self.model.embed(ids.gather(1, index))]  # the query rows' input of each layer
         drift_layer = torch.full((r,), n_layers, dtype=torch.long, device=device)
         for i in range(reused):
-            h, drifted = self._partial_layer(i, queried, inputs[-1], monitor)
+            h, drifted = self._partial_layer(i, queried, inputs[-1], monitor, plan.length)
             if drifted is not None:  # the first layer that drifted, per row
                 drift_layer = torch.where(drifted & (drift_layer == n_layers), i, drift_layer)
             inputs.append(h)
@@ -241,21 +241,21 @@ class Engine:
         # leave_after, the next one) or from plan.first_full_layer
         leave_after = int(monitor is not None and monitor.leave_after)
         first_full = (drift_layer + leave_after).clamp(max=reused)
-        out = self._recompute_from(first_full, queried, inputs, ids, monitor is not None)
+        out = self._recompute_from(first_full, queried, inputs, ids, monitor)
         columns = torch.full((r, length), -1, dtype=torch.long, device=device)
         columns.scatter_(1, index, torch.arange(index.shape[1], device=device).expand_as(index))
         # a 0-dim tensor: the sampler sums it over the steps and reads it once, at the end
         units = valid.sum() * reused + (length * (n_layers - first_full)).sum()
         return ForwardResult(out, columns, first_full, units)
 
-    def _recompute_from(self, first_full, queried: RowGroup, inputs, ids, monitored: bool):
+    def _recompute_from(self, first_full, queried: RowGroup, inputs, ids, monitor):
         """Rows recompute every position from their layer first_full [r] (n_layers: not at all),
         starting from the cached input of that layer with their query rows' input `inputs[layer]`
         [r, n, d] substituted -> the last layer's output at the query positions [r, n, d]. Which
         rows start where is read from the device once (a monitor's drift decisions: the step's one
         host sync for them); without a monitor every row starts at the plan's layer."""
         n_layers, r = self.model.n_layers, first_full.shape[0]
-        if monitored:
+        if monitor is not None:
             starts = sorted(first_full.tolist())
             order = first_full.argsort(stable=True)  # rows by the layer they start at
         else:
@@ -278,16 +278,18 @@ class Engine:
                 group = queried.select(order[:joined])
                 # every row, in batch order: the cache is read and written through views
                 group.whole = queried.whole and joined == r and starts[0] == starts[-1]
-            hidden = self._full_layer(i, hidden, group, self._rope(group.ids), self.monitor)
+                rope, key_end = self._rope(group.ids), self._key_end(group.ids, None)
+            hidden = self._full_layer(i, hidden, group, rope, key_end, monitor)
         if not joined:
             return out
         recomputed = order[:joined]
         gathered = hidden.gather(1, index[recomputed, :, None].expand(-1, -1, hidden.shape[-1]))
         return out.index_copy(0, recomputed, gathered)
 
-    def _partial_layer(self, i, group: RowGroup, h, monitor: LayerMonitor | None):
+    def _partial_layer(self, i, group: RowGroup, h, monitor: LayerMonitor | None, length):
         """Layer i for the query rows h [g, n, d] -> (output [g, n, d], the rows whose attention
-        drifted at this layer [g] bool, or None without a drift test)."""
+        drifted at this layer [g] bool, or None without a drift test). `length`: the keys read
+        (block-causal models: none past the current block; None: all)."""
         layer, cache = self.model.layer(i), self.cache
         n = h.shape[1]
         # [g, m, d] or None
@@ -313,17 +315,18 @@ class Engine:
         )
         keys, values = cache.read(i, group.cache_rows)
         key_mask = group.key_mask
-        if self.read_length is not None:  # block-causal: no query sees past it
-            keys, values = keys[:, :, : self.read_length], values[:, :, : self.read_length]
-            key_mask = None if key_mask is None else key_mask[:, : self.read_length]
+        if length is not None:
+            keys, values = keys[:, :, :length], values[:, :, :length]
+            key_mask = None if key_mask is None else key_mask[:, :length]
         if monitor is None:
             attn = ops.partial_attention(q, keys, values, key_mask, key_end=group.key_end)[0]
             return layer.finish(h, attn), None
         attn, leaving = monitor.attend(i, q, keys, values, group, before)
         return layer.finish(h, attn), leaving
 
-    def _full_layer(self, i, hidden, group: RowGroup, rope: Rope, monitor=None):
-        """Layer i over every position of the group's rows, writing the cache where one is kept."""
+    def _full_layer(self, i, hidden, group: RowGroup, rope: Rope, key_end, monitor=None):
+        """Layer i over every position of the group's rows, writing the cache where one is kept;
+        key_end [g, n] or None (see attend)."""
         cache, layer = self.cache, self.model.layer(i)
         if cache is not None and cache.inputs is not None:
             cache.write_inputs(i, group.cache_rows, hidden)
@@ -332,8 +335,12 @@ class Engine:
             cache.write_all(i, group.cache_rows, k, v)
         if monitor is not None:
             monitor.observe_full(i, q, k, group)
-        key_end = None if self.key_end is None else self.key_end[group.ids, : hidden.shape[1]]
         return layer.finish(hidden, attend(q, k, v, group.key_mask, key_end))
+
+    def _key_end(self, rows: torch.Tensor, length: int | None) -> torch.Tensor | None:
+        """[g, length] the block ends of the rows' first `length` positions (None: all); None for
+        bidirectional attention."""
+        return None if self.key_end is None else self.key_end[rows, :length]
 
     def _rope(self, rows: torch.Tensor) -> Rope:
         if self.rope.cos.shape[0] == 1:
