@@ -97,25 +97,30 @@ class Setting:
     shots: int
     gen_length: int
     block_length: int  # of the block-based methods (LLaDA's official sampler included)
+    chain: tuple[int, int] = arith.CHAIN  # steps per problem (dllm_accel.tasks.arith)
 
 
 def setting(model_name: str, name: str) -> Setting:
-    """The testbed's `short` or `long` setting, as the model was trained for it."""
+    """The testbed's `short` or `long` setting, as the model was trained for it (the chain lengths
+    of its validation problems)."""
     check_choice(name, "setting", SETTINGS)
     metrics = json.loads((dllm_accel.assets.path(model_name) / "metrics.json").read_text())
+    chain = tuple(metrics.get("eval_chain") or arith.CHAIN)
     if name == "long":
         if "long" not in metrics:
             raise ValueError(
                 f"{model_name} was not trained for the long setting (no 'long' in its metrics.json)"
             )
         metrics = metrics["long"]
-    return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"])
+    return Setting(metrics["shots"], metrics["gen_length"], metrics["block_length"], chain)
 
 
-def elastic_name(gamma: float, drift: str, guide: str = "") -> str:
-    """guide: "" (none), "ARGuide" or e.g. "ARGuide(exact)"."""
+def elastic_name(gamma: float, drift: str, guide: str = "", boundary: str = "next") -> str:
+    """guide: "" (none), "ARGuide" or e.g. "ARGuide(exact)"; boundary: ElasticCache's
+    refresh_from."""
     guided = f"{guide} + " if guide else ""
-    return f"ElasticCache(γ {gamma}, {drift}) + Threshold(0.9) + {guided}StopAtEOS"
+    start = "" if boundary == "next" else f", from {boundary}"
+    return f"ElasticCache(γ {gamma}, {drift}{start}) + Threshold(0.9) + {guided}StopAtEOS"
 
 
 def methods(
@@ -125,10 +130,12 @@ def methods(
     gammas=(0.8, 0.9, 0.95),
     drifts=("heads", "keys"),
     ar_model=None,
+    boundaries=("next",),
 ) -> dict:
     """label -> dllm_accel.Method: the official baseline, Fast-dLLM as released, the caches with
-    StopAtEOS, and with an `ar_model` ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults,
-    'exact' acceptance, and correct=True)."""
+    StopAtEOS (ElasticCache at every γ, drift axis and refresh boundary), and with an `ar_model`
+    ElasticCache(γ 0.9, heads) guided by it (ARGuide's defaults, 'exact' acceptance, and
+    correct=True)."""
     table = {
         OFFICIAL: Method.official(model, gen_length, block_length),
         FAST_DLLM: Method(Threshold(0.9), DualCache(), FullLength(), None, block_length),
@@ -139,9 +146,11 @@ def methods(
     }
     for gamma in gammas:
         for drift in drifts:
-            table[elastic_name(gamma, drift)] = Method(
-                Threshold(0.9), ElasticCache(gamma=gamma, drift=drift), StopAtEOS()
-            )
+            for boundary in boundaries:
+                cache = ElasticCache(gamma=gamma, drift=drift, refresh_from=boundary)
+                table[elastic_name(gamma, drift, boundary=boundary)] = Method(
+                    Threshold(0.9), cache, StopAtEOS()
+                )
     if ar_model is not None:
         for label, options in (
             (GUIDED, {}),
@@ -162,16 +171,18 @@ def decode(
     method: Method,
     shots: int,
     gen_length: int,
-    trace: bool = False,
+    chain=arith.CHAIN,
 ) -> dict:
-    """Decode `problems` in batches with `method`; the measured figures (see the module docstring):
-    accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards per batch, and the
-    warm-up batch's peak memory, and the host syncs per decode step (dllm_accel.syncs, counted on
-    the first batch in a pass of its own after the timed ones). `trace` adds `refresh_rate`: the
-    share of a row's forwards after its first that recomputed a layer."""
+    """Decode `problems` (of `chain` steps) in batches with `method`; the measured figures (see the
+    module docstring): accuracy, the dllm_accel.Measurement's sums and ratios, NFE and AR forwards
+    per batch, the warm-up batch's peak memory, the host syncs per decode step (dllm_accel.syncs,
+    counted on the first batch in a pass of its own after the timed ones), and where depth the
+    refreshes start: `first_refreshed_layers`, over the row forwards after each row's first, how
+    many recomputed every position from layer 0, 1, ... (the last count: none, every layer
+    reused its cache), and `refresh_rate`, the share that recomputed a layer."""
     batches = [
         dllm_accel.encode_chat(
-            tokenizer, [arith.messages(p, shots) for p in problems[i : i + batch_size]]
+            tokenizer, [arith.messages(p, shots, chain=chain) for p in problems[i : i + batch_size]]
         )
         for i in range(0, len(problems), batch_size)
     ]
@@ -183,14 +194,14 @@ def decode(
             batch["input_ids"],
             batch["attention_mask"],
             max_new_tokens=gen_length,
-            trace=trace,
+            trace=True,  # a few tiny ops per step, alike for every method
         )
 
     with peak_memory(model.device) as memory:
         run(batches[0])  # warm-up, untimed
     correct = exact = 0
     measured = Measurement()
-    refreshes = []
+    first_refreshed = [0] * (model.n_layers + 1)
     for batch, start in zip(batches, range(0, len(problems), batch_size), strict=True):
         out, counts = run(batch)
         measured += counts
@@ -200,18 +211,15 @@ def decode(
         chunk = problems[start : start + batch_size]
         correct += sum(map(arith.is_correct, texts, chunk))
         exact += sum(map(arith.is_exact, texts, chunk))
-        if trace:
-            refreshes += [
-                layer < model.n_layers
-                for record in out.trace[1:]
-                if record.forwarded
-                for layer in record.first_full_layer.tolist()
-                if layer >= 0
-            ]
+        for record in out.trace[1:]:
+            if record.forwarded:
+                for layer in record.first_full_layer.tolist():
+                    if layer >= 0:  # -1: the row was not computed
+                        first_refreshed[layer] += 1
     with HostSyncs() as syncs:  # untimed: the counter slows every op
         out, _ = run(batches[0])
     n = len(problems)
-    extra = {"refresh_rate": sum(refreshes) / max(1, len(refreshes))} if trace else {}
+    refreshed = sum(first_refreshed[:-1])
     return dict(
         accuracy=correct / n,
         accuracy_ci95=wilson(correct, n),
@@ -224,7 +232,8 @@ def decode(
         method=method.name,
         guided=method.guide is not None,
         barred=barred(method),
-        **extra,
+        first_refreshed_layers=first_refreshed,
+        refresh_rate=refreshed / max(1, refreshed + first_refreshed[-1]),
     )
 
 
@@ -374,9 +383,10 @@ def markdown(report: dict, misses: dict | None = None) -> str:
             f"{report['gen_length']} generated tokens"
         )
     else:
+        chain = report.get("chain", arith.CHAIN)
         what = (
-            f"{report['problems']} held-out problems, {report['shots']} shots, "
-            f"{report['gen_length']} generated tokens"
+            f"{report['problems']} held-out problems of {chain[0]}-{chain[1]} steps, "
+            f"{report['shots']} shots, {report['gen_length']} generated tokens"
         )
     lines = [
         f"{report['model']}, {report['setting']} setting: {what}, blocks of "
@@ -398,7 +408,33 @@ def markdown(report: dict, misses: dict | None = None) -> str:
                 cells.append(show(r) + (f" **✗ bar {bar}**" if bar else ""))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + depth_table(report))
+
+
+def depth_table(report: dict) -> list[str]:
+    """Markdown lines: per batch size and method, the shares of the row forwards after each row's
+    first by the first layer they refreshed (`first_refreshed_layers`); none when not measured."""
+    rows = [
+        (batch_size, name, r["first_refreshed_layers"])
+        for batch_size, results in report["runs"].items()
+        for name, r in results.items()
+        if "first_refreshed_layers" in r
+    ]
+    if not rows:
+        return []
+    n_layers = len(rows[0][2]) - 1
+    lines = [
+        "Where refreshes start: the share of row forwards (after each row's first) whose first "
+        "layer recomputing every position is 0, 1, ...; `none`: every layer reused its cache.",
+        "",
+        "| batch | method | " + " | ".join(map(str, range(n_layers))) + " | none |",
+        "|" + " --- |" * (n_layers + 3),
+    ]
+    for batch_size, name, counts in rows:
+        total = max(1, sum(counts))
+        shares = " | ".join(f"{count / total:.0%}" if count else "·" for count in counts)
+        lines.append(f"| {batch_size} | {name} | {shares} |")
+    return lines + [""]
 
 
 def _ratio(r: dict, key: str) -> str:
@@ -490,6 +526,42 @@ def plot(report: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def plot_depth(report: dict, path: Path) -> None:
+    """The first refreshed layer's distribution (depth_table), one panel per ElasticCache drift axis
+    and boundary at the first batch size, a line per γ, DualCache's for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch_size, results = next(iter(report["runs"].items()))
+    panels: dict[str, dict] = {}
+    for name, r in results.items():
+        if name.startswith("ElasticCache(") and GUIDED not in name:
+            gamma, rest = name[len("ElasticCache(γ ") :].split(")")[0].split(", ", 1)
+            panels.setdefault(rest, {})[gamma] = r["first_refreshed_layers"]
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for axis, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        references = {DUAL: results[DUAL]["first_refreshed_layers"]} if DUAL in results else {}
+        for i, (label, counts) in enumerate({**lines, **references}.items()):
+            shares = [100 * c / max(1, sum(counts)) for c in counts]
+            style = "--" if label == DUAL else "-o"
+            name = "DualCache + τ0.9" if label == DUAL else f"γ {label}"
+            axis.plot(range(len(shares)), shares, style, color=f"C{i}", label=name, markersize=3)
+        n_layers = len(next(iter(lines.values()))) - 1
+        axis.set_xticks(range(n_layers + 1), [*map(str, range(n_layers)), "none"], fontsize=7)
+        axis.set_xlabel("first refreshed layer")
+        axis.set_title(f"drift: {title}", fontsize=9)
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("% of row forwards after the first")
+    figure.suptitle(f"{report['model']}, {report['setting']} setting, batch {batch_size}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def environment(threads: int, device: torch.device) -> dict:
     machine = (
         torch.cuda.get_device_name(device)
@@ -509,7 +581,9 @@ def environment(threads: int, device: torch.device) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--model", choices=["tiny-llada", "tiny-dream", RANDOM_LLADA2], default="tiny-llada"
+        "--model",
+        choices=["tiny-llada", "tiny-dream", "tiny-llada-deep", RANDOM_LLADA2],
+        default="tiny-llada",
     )
     parser.add_argument(
         "--lengths",
@@ -523,6 +597,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.8, 0.9, 0.95])
     parser.add_argument("--drifts", nargs="+", choices=["heads", "keys"], default=["heads", "keys"])
+    parser.add_argument(
+        "--boundaries",
+        nargs="+",
+        choices=["next", "drifting"],
+        default=["next"],
+        help="ElasticCache's refresh_from values",
+    )
     parser.add_argument(
         "--ar",
         default="tiny-ar",
@@ -546,7 +627,7 @@ def main() -> None:
     model = dllm_accel.load_model(args.model, device=args.device)
     tokenizer = dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
-    problems = arith.problems(args.problems, seed=0, split="test")
+    problems = arith.problems(args.problems, seed=0, split="test", chain=shape.chain)
     table = methods(
         model,
         shape.gen_length,
@@ -554,6 +635,7 @@ def main() -> None:
         args.gammas,
         args.drifts,
         None if args.ar == "none" else dllm_accel.load_ar_model(args.ar, device=model.device),
+        args.boundaries,
     )
     if args.methods:
         table = {name: m for name, m in table.items() if any(text in name for text in args.methods)}
@@ -573,7 +655,14 @@ def main() -> None:
         results = {}
         for name, method in table.items():
             results[name] = decode(
-                model, tokenizer, problems, batch_size, method, shape.shots, shape.gen_length
+                model,
+                tokenizer,
+                problems,
+                batch_size,
+                method,
+                shape.shots,
+                shape.gen_length,
+                shape.chain,
             )
             print(f"batch {batch_size} | {name} | " + json.dumps(results[name]), flush=True)
         report["runs"][str(batch_size)] = with_ratios(results, table)
@@ -616,6 +705,7 @@ def write(report: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report) + "\n")
     plot(report, out.with_suffix(".png"))
+    plot_depth(report, out.with_name(out.name + "-depth.png"))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def sweep(
                     method,
                     shape.shots,
                     shape.gen_length,
-                    trace=isinstance(method.cache, ElasticCache),
+                    shape.chain,
                 )
                 rows.append(dict(tau=tau, window=window, gamma=gamma, **result))
                 print(json.dumps(rows[-1]), flush=True)
@@ -102,7 +102,7 @@ def main() -> None:
     set_threads(args.threads)
     model, tokenizer = dllm_accel.load_model(args.model), dllm_accel.load_tokenizer(args.model)
     shape = setting(args.model, args.setting)
-    problems = arith.problems(args.problems, seed=0, split="test")
+    problems = arith.problems(args.problems, seed=0, split="test", chain=shape.chain)
     rows = sweep(
         model,
         tokenizer,

@@ -56,7 +56,10 @@ def from_bench(path: Path) -> dict:
         "seed": 0,
         "shots": report["shots"],
         "gen_length": report["gen_length"],
-        "block_length": report["block_length"] if report["model"] == "tiny-llada" else None,
+        "block_length": (
+            report["block_length"] if report["model"].startswith("tiny-llada") else None
+        ),
+        "chain": report.get("chain", list(arith.CHAIN)),
         "accuracy": official["accuracy"],
         "exact_match": official["exact_match"],
         "source": f"{path.name}: {report['command']}",
@@ -99,7 +102,6 @@ def main() -> None:
             f"{args.problems_long}"
         )
     set_threads(args.threads)
-    problems = arith.problems(max(args.problems, args.problems_long), seed=0, split="test")
     results = {}
     for name in args.models:
         directory = dllm_accel.assets.path(name)
@@ -110,11 +112,17 @@ def main() -> None:
             model.config.eot_token_id = tokenizer.convert_tokens_to_ids("<|eot|>")
         else:
             model = dllm_accel.load_model(name)
-        block_length = (
-            (args.block_length or metrics["block_length"]) if name == "tiny-llada" else None
+        llada = name.startswith("tiny-llada")  # the others decode without blocks
+        block_length = (args.block_length or metrics["block_length"]) if llada else None
+        chain = tuple(metrics.get("eval_chain") or arith.CHAIN)
+        problems = arith.problems(
+            max(args.problems, args.problems_long), seed=0, split="test", chain=chain
         )
         settings = dict(
-            shots=metrics["shots"], gen_length=metrics["gen_length"], block_length=block_length
+            shots=metrics["shots"],
+            gen_length=metrics["gen_length"],
+            block_length=block_length,
+            chain=chain,
         )
         start = time.perf_counter()
         short = problems[: args.problems]
@@ -140,7 +148,8 @@ def main() -> None:
             settings = dict(
                 shots=long["shots"],
                 gen_length=long["gen_length"],
-                block_length=long["block_length"] if name == "tiny-llada" else None,
+                block_length=long["block_length"] if llada else None,
+                chain=chain,
             )
             start, chosen = time.perf_counter(), problems[: args.problems_long]
             metrics["held_out_long"] = {

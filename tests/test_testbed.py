@@ -9,7 +9,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import dllm_accel
-from dllm_accel import DreamAlgorithm, LowConfidence, Sampler
+from dllm_accel import (
+    DreamAlgorithm,
+    DualCache,
+    ElasticCache,
+    LowConfidence,
+    NoCache,
+    PrefixCache,
+    Sampler,
+    StopAtEOS,
+    Threshold,
+)
 from dllm_accel.tasks import arith
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -124,6 +134,38 @@ def test_diffusion_models_answer_in_the_long_setting(name, tokenizer):
     )
 
 
+def test_the_deep_testbed_decodes_long_chains_as_nocache_when_refresh_is_forced(tokenizer):
+    """tiny-llada-deep in its long setting (held-out long chains after two solved ones): every
+    cache that can be made to refresh everything (ElasticCache above γ 1 from the drifting layer,
+    the block caches at one step per block) decodes what NoCache decodes."""
+    model = dllm_accel.load_model("tiny-llada-deep")
+    long = bench.setting("tiny-llada-deep", "long")
+    assert model.n_layers >= 12 and long.chain == arith.LONG_CHAIN and long.shots >= 2
+    problems = arith.problems(2, seed=5, split="test", chain=long.chain)
+    batch = dllm_accel.encode_chat(
+        tokenizer, [arith.messages(p, long.shots, chain=long.chain) for p in problems]
+    )
+    assert batch["input_ids"].shape[1] >= 400
+
+    def decode(unmask, cache, block_length=None):
+        sampler = Sampler(model, unmask=unmask, cache=cache, stop=StopAtEOS())
+        return sampler.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            max_new_tokens=long.gen_length,
+            block_length=block_length,
+        ).sequences
+
+    plain = decode(Threshold(0.9), NoCache())
+    window = long.gen_length  # the window spans the generation: it does not narrow the candidates
+    forced = ElasticCache(gamma=1.01, window=window, refresh_from="drifting")
+    assert torch.equal(decode(Threshold(0.9), forced), plain)
+    one_step_per_block = LowConfidence(steps=long.gen_length // 16)
+    plain = decode(one_step_per_block, NoCache(), 16)
+    for cache in (PrefixCache(), DualCache()):
+        assert torch.equal(decode(one_step_per_block, cache, 16), plain), cache
+
+
 def test_ar_model_solves_held_out_problems_greedily(tokenizer):
     model = AutoModelForCausalLM.from_pretrained(dllm_accel.assets.path("tiny-ar")).eval()
     batch = _batch(tokenizer)
@@ -203,6 +245,9 @@ def test_bench_writes_its_report(tmp_path, monkeypatch):
             "0.9",
             "--drifts",
             "heads",
+            "--boundaries",
+            "next",
+            "drifting",
             "--threads",
             "1",
             "--out",
@@ -228,9 +273,17 @@ def test_bench_writes_its_report(tmp_path, monkeypatch):
         assert all(
             r["peak_memory_mib"] is None or r["peak_memory_mib"] >= 0 for r in results.values()
         )
-    table = out.with_suffix(".md").read_text()
+        official = results[bench.OFFICIAL]["first_refreshed_layers"]
+        assert len(official) == 5 and official[0] > 0 and official[1:] == [0] * 4  # 4 layers, none
+        drifting = results[bench.elastic_name(0.9, "heads", boundary="drifting")]
+        assert sum(drifting["first_refreshed_layers"]) > 0 and 0 <= drifting["refresh_rate"] <= 1
+    table, depth = out.with_suffix(".md").read_text().split("Where refreshes start")
     assert table.count("| " + bench.elastic_name(0.9, "heads")) == 2
-    assert out.with_suffix(".png").stat().st_size > 0
+    assert table.count(f"| {bench.elastic_name(0.9, 'heads', boundary='drifting')} |") == 2
+    assert "| batch | method | 0 | 1 | 2 | 3 | none |" in depth
+    assert f"| 1 | {bench.OFFICIAL} | 100% | · | · | · | · |" in depth
+    for suffix in (".png", "-depth.png"):
+        assert out.with_name(out.name + suffix).stat().st_size > 0
 
 
 def test_bench_compares_llada2s_official_loop_with_the_prefix_cache(tmp_path, monkeypatch):
