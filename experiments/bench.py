@@ -97,7 +97,7 @@ class Setting:
     shots: int
     gen_length: int
     block_length: int  # of the block-based methods (LLaDA's official sampler included)
-    chain: tuple[int, int] = arith.CHAIN  # steps per problem (dllm_accel.tasks.arith)
+    chain: arith.Chain = arith.CHAIN
 
 
 def setting(model_name: str, name: str) -> Setting:
@@ -105,7 +105,7 @@ def setting(model_name: str, name: str) -> Setting:
     of its validation problems)."""
     check_choice(name, "setting", SETTINGS)
     metrics = json.loads((dllm_accel.assets.path(model_name) / "metrics.json").read_text())
-    chain = tuple(metrics.get("eval_chain") or arith.CHAIN)
+    chain = arith.check_chain(metrics.get("eval_chain") or arith.CHAIN)
     if name == "long":
         if "long" not in metrics:
             raise ValueError(

@@ -114,7 +114,7 @@ def main() -> None:
             model = dllm_accel.load_model(name)
         llada = name.startswith("tiny-llada")  # the others decode without blocks
         block_length = (args.block_length or metrics["block_length"]) if llada else None
-        chain = tuple(metrics.get("eval_chain") or arith.CHAIN)
+        chain = arith.check_chain(metrics.get("eval_chain") or arith.CHAIN)
         problems = arith.problems(
             max(args.problems, args.problems_long), seed=0, split="test", chain=chain
         )

@@ -451,6 +451,9 @@ def main() -> None:
         "--eval-chain", type=int, nargs=2, metavar=("FEWEST", "MOST"), help="(default: --chain)"
     )
     parser.add_argument(
+        "--names", choices=arith.NAMINGS, default="random", help="the chains' variable names"
+    )
+    parser.add_argument(
         "--grow-from",
         help="a fresh deeper LLaDA starts as this shallower one of the same width (see grow)",
     )
@@ -465,7 +468,8 @@ def main() -> None:
     set_threads(args.threads)
 
     tokenizer = build_tokenizer()
-    chain = tuple(args.chain)
+    chain = arith.Chain(*args.chain, args.names)
+    eval_chain = arith.Chain(*(args.eval_chain or args.chain), args.names)
     settings = {}
     if args.long_share < 1:
         settings["short"] = Setting(
@@ -485,7 +489,7 @@ def main() -> None:
         max(s.eval_problems for s in settings.values()),
         seed=args.seed + 1,
         split="train",
-        chain=tuple(args.eval_chain or args.chain),
+        chain=eval_chain,
     )
     model = make_model(args.model, tokenizer, args.seed, args.rope_theta, args.init, args.n_layers)
     if args.grow_from is not None:
@@ -543,7 +547,7 @@ def main() -> None:
                     shots=s.data.shots,
                     gen_length=s.data.gen_length,
                     block_length=s.block_length,
-                    chain=tuple(args.eval_chain or args.chain),
+                    chain=eval_chain,
                 )
                 for name, s in settings.items()
             }
@@ -576,7 +580,7 @@ def main() -> None:
                         block_length=args.block_length,
                         block_share=args.block_share,
                         chain=list(chain),
-                        eval_chain=list(args.eval_chain or chain),
+                        eval_chain=list(eval_chain),
                         copy_share=args.copy_share,
                         copy_weight=args.copy_weight,
                         batch=args.batch,

@@ -2,6 +2,7 @@
 extraction."""
 
 import re
+import string
 
 import pytest
 
@@ -68,7 +69,7 @@ def test_the_default_chain_keeps_the_problems_the_bundled_models_were_trained_on
 
 
 def test_long_chains_are_long_dependent_and_split():
-    fewest, most = arith.LONG_CHAIN
+    fewest, most, names = arith.LONG_CHAIN
     train = arith.problems(1500, seed=0, split="train", chain=arith.LONG_CHAIN)
     test = arith.problems(150, seed=0, split="test", chain=arith.LONG_CHAIN)
     assert not {p.question for p in train} & {p.question for p in test}
@@ -77,6 +78,26 @@ def test_long_chains_are_long_dependent_and_split():
     assert 80 <= min(len(p.solution) for p in test) and max(len(p.solution) for p in test) <= 200
     tokens = len(arith.prompt(test[0], _Characters(), shots=2, chain=arith.LONG_CHAIN))
     assert tokens >= 200, "two solved examples make a long prompt"
+    assert names == "ordered"
+    for problem in test:  # each step's name is the letter after the one before
+        defined = re.findall(r"([a-z])=", problem.question)
+        assert "".join(defined) in string.ascii_lowercase
+    assert len({p.question[p.question.index("=") - 1] for p in test}) > 5, "from a random letter"
+
+
+def test_a_chain_is_normalised_and_its_naming_kept_apart():
+    assert arith.check_chain([9, 20]) == arith.Chain(9, 20, "random") == (9, 20, "random")
+    assert arith.check_chain((9, 20, "ordered")) == arith.LONG_CHAIN
+    random_names = arith.problems(50, seed=0, split="test", chain=(9, 20))
+    assert any(
+        "".join(re.findall(r"([a-z])=", p.question)) not in string.ascii_lowercase
+        for p in random_names
+    )
+    tags = {
+        arith.Arith(chain=chain, limit=1).samples()[0].id
+        for chain in (None, (9, 20), (9, 20, "ordered"))
+    }
+    assert tags == {"test-0-0", "test-0-0-chain9-20", "test-0-0-chain9-20-ordered"}
 
 
 class _Characters:
@@ -86,7 +107,9 @@ class _Characters:
         return "".join(f"<{m['role']}>{m['content']}<eot>" for m in messages) + "<assistant>"
 
 
-@pytest.mark.parametrize("chain", [(0, 3), (3, 2), (2, 26), (2,), "2-4", (2.0, 4)])
+@pytest.mark.parametrize(
+    "chain", [(0, 3), (3, 2), (2, 26), (2,), "2-4", (2.0, 4), (2, 4, "sorted"), (2, 4, "random", 1)]
+)
 def test_a_bad_chain_is_named(chain):
     with pytest.raises(ValueError, match="chain must be"):
         arith.problems(1, seed=0, chain=chain)

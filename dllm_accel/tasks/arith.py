@@ -6,13 +6,14 @@ thought.
 
 Each step of the chain of thought copies its operands from earlier text (its definition in the
 question, the previous result from the solution) and does one single-digit operation whose result
-stays in 0..9. 2-4 steps by default (`chain`: any range up to 25 steps; the long-chain variant,
-`LONG_CHAIN`, has 9-20 dependent steps and solutions of 87-186 characters, one token each for the
-testbed's tokenizer), +, - and ×, several phrasings,
-random variable names. Deterministic from a seed; the split of a problem is a hash of its question,
-so the train and test splits cannot share a problem. (A word-problem version, "Ann has 2 more pens
-than Tom ...", was measured first: a tiny masked diffusion model stayed at chance after 1,000 steps
-while the same-size AR model reached 98%.)
+stays in 0..9. 2-4 steps by default; `chain` (a Chain) sets the range, up to 25 steps, and the
+naming: random letters, or consecutive ones from a random letter. The long-chain variant,
+`LONG_CHAIN`, has 9-20 dependent steps, solutions of 87-186 characters (one token each for the
+testbed's tokenizer) and ordered names (see docs/testbed.md). +, - and ×, several phrasings.
+Deterministic from a seed; the split of a problem is a hash of its question, so the train and test
+splits cannot share a problem. (A word-problem version, "Ann has 2 more pens than Tom ...", was
+measured first: a tiny masked diffusion model stayed at chance after 1,000 steps while the same-size
+AR model reached 98%.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dllm_accel.checks import check_choice, check_int
 from dllm_accel.tasks import gsm8k
@@ -32,8 +34,20 @@ START = ("{a}={v}.", "Let {a}={v}.")
 QUESTION = ("What is {b}?", "Find {b}.", "What does {b} equal?")
 SPLITS = ("train", "test")
 TEST_SHARE = 10  # one problem in TEST_SHARE belongs to the test split
-CHAIN = (2, 4)  # steps per problem, the bundled models' task
-LONG_CHAIN = (9, 20)  # the deep testbed's: 87-186-character solutions
+NAMINGS = ("random", "ordered")
+
+
+class Chain(NamedTuple):
+    """Steps per problem, fewest to most, and the variables' names: "random" letters, or "ordered",
+    consecutive letters from a random one (each step's name the letter after the one before)."""
+
+    fewest: int
+    most: int
+    names: str = "random"
+
+
+CHAIN = Chain(2, 4)  # the bundled models' task
+LONG_CHAIN = Chain(9, 20, "ordered")  # the deep testbed's: 87-186-character solutions
 
 
 @dataclass(frozen=True)
@@ -44,8 +58,8 @@ class Problem:
 
 
 def problems(n: int, seed: int, split: str = "test", chain=CHAIN) -> list[Problem]:
-    """`n` distinct problems of `split` ('train' or 'test') with `chain` = (fewest, most) steps, the
-    same for the same seed and chain."""
+    """`n` distinct problems of `split` ('train' or 'test') and `chain` (see check_chain), the same
+    for the same seed and chain."""
     check_choice(split, "split", SPLITS)
     check_int(n, "n", 0)
     chain = check_chain(chain)
@@ -63,26 +77,32 @@ def split_of(question: str) -> str:
     return "test" if digest % TEST_SHARE == 0 else "train"
 
 
-def check_chain(chain) -> tuple[int, int]:
-    """(fewest, most) steps: 1 <= fewest <= most <= 25 (each step names a new variable)."""
+def check_chain(chain) -> Chain:
+    """(fewest, most[, names]): 1 <= fewest <= most <= 25 steps (each step names a new variable),
+    names one of NAMINGS (default "random")."""
     ok = (
         isinstance(chain, Sequence)
         and not isinstance(chain, str)
-        and len(chain) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in chain)
+        and len(chain) in (2, 3)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in chain[:2])
         and 1 <= chain[0] <= chain[1] <= len(NAMES) - 1
+        and (len(chain) == 2 or chain[2] in NAMINGS)
     )
     if not ok:
         raise ValueError(
-            f"chain must be (fewest, most) steps with 1 <= fewest <= most <= {len(NAMES) - 1}, "
-            f"got {chain!r}"
+            f"chain must be (fewest, most[, names]) with 1 <= fewest <= most <= {len(NAMES) - 1} "
+            f"steps and names one of {NAMINGS}, got {chain!r}"
         )
-    return int(chain[0]), int(chain[1])
+    return Chain(*chain)
 
 
-def _draw(rng: random.Random, chain: tuple[int, int]) -> Problem:
-    n_steps = rng.randint(*chain)
-    names = rng.sample(NAMES, n_steps + 1)
+def _draw(rng: random.Random, chain: Chain) -> Problem:
+    n_steps = rng.randint(chain.fewest, chain.most)
+    if chain.names == "ordered":
+        first = rng.randrange(len(NAMES) - n_steps)
+        names = NAMES[first : first + n_steps + 1]
+    else:
+        names = rng.sample(NAMES, n_steps + 1)
     value = rng.randint(0, 9)
     sentences = [rng.choice(START).format(a=names[0], v=value)]
     steps = []
@@ -140,7 +160,8 @@ def is_exact(text: str, problem: Problem) -> bool:
 
 class Arith(Task):
     """The first `size` problems of a split (the held-out test split by default), `limit` of
-    them; `chain` = [fewest, most] steps per problem (and per solved example; None: CHAIN)."""
+    them; `chain` = [fewest, most(, names)] (see Chain) for each problem and solved example (None:
+    CHAIN)."""
 
     name = "arith"
 
@@ -152,7 +173,7 @@ class Arith(Task):
         seed: int = 0,
         split: str = "test",
         size: int = 500,
-        chain: tuple[int, int] | list[int] | None = None,
+        chain: Sequence | None = None,
     ):
         super().__init__(limit=limit, shots=shots)
         check_choice(split, "task.split", SPLITS)
@@ -176,7 +197,10 @@ class Arith(Task):
 
     @property
     def _chain_tag(self) -> str:
-        return "" if self.chain == CHAIN else f"-chain{self.chain[0]}-{self.chain[1]}"
+        if self.chain == CHAIN:
+            return ""
+        ordered = "-ordered" if self.chain.names == "ordered" else ""
+        return f"-chain{self.chain.fewest}-{self.chain.most}{ordered}"
 
     def score(self, sample: Sample, output: str) -> dict:
         return {
