@@ -542,8 +542,12 @@ def plot_depth(report: dict, path: Path) -> None:
             panels.setdefault(rest, {})[gamma] = r["first_refreshed_layers"]
     if not panels:
         return
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
-    for axis, (title, lines) in zip(axes[0], panels.items(), strict=True):
+    columns = min(2, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (title, lines) in zip(axes.flat, panels.items(), strict=False):
         references = {DUAL: results[DUAL]["first_refreshed_layers"]} if DUAL in results else {}
         for i, (label, counts) in enumerate({**lines, **references}.items()):
             shares = [100 * c / max(1, sum(counts)) for c in counts]
@@ -553,9 +557,9 @@ def plot_depth(report: dict, path: Path) -> None:
         n_layers = len(next(iter(lines.values()))) - 1
         axis.set_xticks(range(n_layers + 1), [*map(str, range(n_layers)), "none"], fontsize=7)
         axis.set_xlabel("first refreshed layer")
+        axis.set_ylabel("% of row forwards after the first")
         axis.set_title(f"drift: {title}", fontsize=9)
         axis.legend(fontsize=7)
-    axes[0][0].set_ylabel("% of row forwards after the first")
     figure.suptitle(f"{report['model']}, {report['setting']} setting, batch {batch_size}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

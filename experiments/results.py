@@ -127,7 +127,16 @@ def bench_section(path: Path, base: Path) -> list[str]:
         bench.markdown(report, missed),
         f"![accuracy against tokens/s]({os.path.relpath(path.with_suffix('.png'), base)})",
         "",
+        *depth_plot(path, base),
     ]
+
+
+def depth_plot(path: Path, base: Path) -> list[str]:
+    """The link to bench.py's plot of where refreshes start, where it made one."""
+    plot = path.with_name(path.stem + "-depth.png")
+    if not plot.exists():
+        return []
+    return [f"![first refreshed layer per row forward]({os.path.relpath(plot, base)})", ""]
 
 
 def testbed_section() -> list[str]:
