@@ -15,8 +15,11 @@ an untimed warm-up batch each. Settings (from the model's metrics.json): `short`
 and 48 generated tokens; `long`, the papers' shape, solved examples before the question and 256
 tokens of which the answer fills a part and EOS the rest.
 
-Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md` and `<out>.png` (accuracy against
-tokens/s).
+`tiny-llada-deep` (12 layers) decodes the long chains it was trained on (its metrics.json's
+`eval_chain`); `--boundaries next drifting` adds ElasticCache's two refresh boundaries.
+
+Accounting: see ACCOUNTING. Writes `<out>.json`, `<out>.md`, `<out>.png` (accuracy against
+tokens/s) and `<out>-depth.png` (where in depth ElasticCache's refreshes start, per γ).
 """
 
 from __future__ import annotations

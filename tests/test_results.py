@@ -90,6 +90,18 @@ def test_misses_mark_exactly_the_figures_below_their_bars():
     assert "**✗ bar ≥ 1.0×**" not in table  # 950 tokens/s beats DualCache's 900
 
 
+def test_the_deep_testbed_is_held_to_its_own_bars():
+    """Against DualCache + τ0.9 + EOS: accuracy within a point, tokens/s at least its; recompute
+    ≤ 0.25; the official baseline's and Fast-dLLM's ratios are not its bars."""
+    deep = report(0.955, 850.0, 0.3) | {"model": results.DEEP_MODEL}
+    assert results.misses(deep) == {
+        ("1", ELASTIC, "accuracy"): "≥ DualCache − 1 pt",
+        ("1", ELASTIC, "recompute_fraction"): "≤ 0.25",
+        ("1", ELASTIC, "vs_dualcache"): "≥ 1.0×",
+    }
+    assert results.misses(report(0.961, 950.0, 0.2) | {"model": results.DEEP_MODEL}) == {}
+
+
 def test_results_page_and_readme_table_are_regenerated_and_checked(tmp_path, monkeypatch):
     folder = tmp_path / "results"
     folder.mkdir()
