@@ -170,8 +170,9 @@ def testbed_section() -> list[str]:
         "generate); accuracy is the right final number, exact match the whole solution, variable "
         "names "
         "included. Short: the question alone, 48 tokens; long: solved examples before the "
-        "question, 256 "
-        "tokens (EOS after the answer).",
+        "question, 256 tokens (EOS after the answer). tiny-llada-deep: chains of 9-20 steps "
+        "(ordered names), 192 tokens, the question alone (short) or after two solved examples "
+        "(long).",
         "",
         "| model | training (minutes, CPU) | short: problems | accuracy | exact match | long: "
         "problems | shots | "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BUNDLED = ("tiny-llada", "tiny-dream", "tiny-ar")
+BUNDLED = ("tiny-llada", "tiny-dream", "tiny-ar", "tiny-llada-deep")
 
 
 def path(name: str) -> Path:
